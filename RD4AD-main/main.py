@@ -1,0 +1,61 @@
+"""Command line of the RD4AD swappable-backbone repository.
+
+    python RD4AD-main/main.py {summary,synth,check-data,download,train,test,compare,bench,demo} --help
+
+Each sub-command lives in a module of its own that defines ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their command runs (``import torch`` is slow).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from errors import RDError  # noqa: E402  (needs the path above)
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "summary": ("summary", "parameter counts, GFLOPs and feature shapes of an RD model"),
+    "synth": ("synth", "write a synthetic MVTec-format data set (demo and tests)"),
+    "check-data": ("check_data", "count and validate an MVTec-format data root"),
+    "download": ("download", "download, verify and extract MVTec AD"),
+    "train": ("train", "train RD models (sweeps over backbones, categories and seeds)"),
+    "test": ("evaluate", "evaluate trained runs: metrics.json and scores.csv"),
+    "compare": ("report", "fair-comparison report from results files"),
+    "bench": ("bench", "speed and memory benchmark, fast path vs naive path"),
+    "demo": ("demo", "synthetic data -> train the fair pair -> test -> compare"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    requested = sys.argv[1] if len(sys.argv) > 1 else None
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        # Import a command's module only when it is the one asked for: keeps `--help` and `synth` fast.
+        if name == requested:
+            importlib.import_module(module_name).add_arguments(command_parser)
+            command_parser.set_defaults(module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    args = build_parser().parse_args()
+    try:
+        return int(importlib.import_module(args.module).run(args) or 0)
+    except RDError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
