@@ -1,0 +1,89 @@
+"""Pretrained teacher weights: torchvision's weight enums, or a local file; never a silent fallback.
+
+A teacher without its ImageNet weights makes RD meaningless, so every failure here raises a
+``WeightsError`` that says which file to place under ``$TORCH_HOME/hub/checkpoints/`` (or which
+``--teacher-weights`` file is wrong) and that ``--no-pretrained`` is the explicit way out.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from errors import WeightsError
+
+# A download that cannot connect must fail within seconds, not hang on a dead network.
+DOWNLOAD_CONNECT_TIMEOUT_S = 5.0
+
+
+def hub_checkpoint_dir() -> Path:
+    """Where torchvision looks for (and caches) downloaded weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def weights_file_name(weights: WeightsEnum) -> str:
+    return os.path.basename(urlparse(weights.url).path)
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _advice(weights: WeightsEnum) -> str:
+    target = hub_checkpoint_dir() / weights_file_name(weights)
+    return (
+        f"Download {weights.url} on a machine with internet access and place it at {target} "
+        f"(that is $TORCH_HOME/hub/checkpoints/{weights_file_name(weights)}), or pass "
+        f"--teacher-weights PATH to a local copy, or pass --no-pretrained to train on a random "
+        f"teacher on purpose (results are then meaningless for anomaly detection)."
+    )
+
+
+def load_weights_enum(weights: WeightsEnum) -> dict[str, torch.Tensor]:
+    """State dict of a torchvision weights enum, from the hub cache or a (time-limited) download."""
+    cached = hub_checkpoint_dir() / weights_file_name(weights)
+    try:
+        if cached.is_file():
+            return torch.load(cached, map_location="cpu", weights_only=True)
+        with _socket_timeout(DOWNLOAD_CONNECT_TIMEOUT_S):
+            return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as error:  # network errors, hash mismatch, truncated or corrupt files
+        reason = f"{type(error).__name__}: {error}".strip()
+        where = f"the cached file {cached} is unreadable or corrupt ({reason}); delete it. " if cached.is_file() \
+            else f"{weights.url} could not be downloaded ({reason}). "
+        raise WeightsError(f"Pretrained teacher weights {weights} are not available: {where}{_advice(weights)}") from error
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """State dict saved with ``torch.save(model.state_dict(), path)`` (tensors only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"--teacher-weights {path}: no such file (expected a torchvision state dict .pth)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightsError(f"--teacher-weights {path}: cannot be read as a tensor-only state dict ({error})") from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"--teacher-weights {path}: expected a dict of tensors (a model's state_dict())")
+    return state
+
+
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a full torchvision model's weights strictly; a mismatch names the source."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise WeightsError(f"weights {source} do not fit {type(model).__name__}: {error}") from error

@@ -1,0 +1,195 @@
+"""Issue 2: the RD models, their registry, teacher freezing, weights loading and checkpoints."""
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import resnet50
+
+import backbones
+import weights
+from backbones import BACKBONES, build_model
+from checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from errors import CheckpointError, WeightsError
+from rd_model import distillation_loss
+from summary import RESNET50_TRAINABLE, count_parameters
+
+ALL = list(BACKBONES)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {name: build_model(name, pretrained=False) for name in ALL}
+
+
+@pytest.mark.parametrize("name, ocbe, decoder", [
+    ("wide_resnet50_2", 58_885_120, 24_917_504),
+    ("resnet50", 30_829_568, 15_821_824),
+])
+def test_resnet_parameter_counts_are_rd4ads(models, name, ocbe, decoder):
+    model = models[name]
+    assert count_parameters(model.bottleneck) == ocbe
+    assert count_parameters(model.student) == decoder
+
+
+def test_convnext_tiny_is_capacity_matched_to_resnet50(models):
+    model = models["convnext_tiny"]
+    trainable = count_parameters(model.bottleneck) + count_parameters(model.student)
+    assert abs(trainable / RESNET50_TRAINABLE - 1) <= 0.15
+
+
+def test_convnext_knobs_change_capacity():
+    small = build_model("convnext_tiny", pretrained=False, embed_dim=256, oce_depth=1, decoder_depths=(1, 1, 1))
+    assert count_parameters(small.bottleneck) + count_parameters(small.student) < RESNET50_TRAINABLE / 5
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_student_and_teacher_shapes_match(models, size):
+    images = torch.randn(1, 3, size, size)
+    for name, model in models.items():
+        with torch.no_grad():
+            teacher, student = model.eval()(images)
+        assert len(teacher) == len(student) == 3, name
+        strides = [size // t.shape[-1] for t in teacher]
+        assert strides == [4, 8, 16], name
+        for t, s in zip(teacher, student):
+            assert t.shape == s.shape, name
+
+
+def test_convnext_taps_are_stage_outputs(models):
+    teacher = models["convnext_tiny"].teacher
+    shapes = [tuple(t.shape[1:]) for t in teacher(torch.randn(1, 3, 256, 256))]
+    assert shapes == [(96, 64, 64), (192, 32, 32), (384, 16, 16)]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_teacher_is_frozen_and_deterministic(models, name):
+    model = copy.deepcopy(models[name]).train()
+    assert not model.teacher.training
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert all(p.requires_grad for p in model.trainable_modules().parameters())
+    buffers = {k: v.clone() for k, v in model.teacher.named_buffers()}
+    images = torch.randn(2, 3, 64, 64)
+    first, _ = model(images)
+    second, _ = model(images)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)  # no drop path, no batch statistics
+    optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=0.005, betas=(0.5, 0.999))
+    loss, _ = distillation_loss(*model(images))
+    loss.backward()
+    optimizer.step()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    for key, value in model.teacher.named_buffers():
+        assert torch.equal(value, buffers[key]), key
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_training_lowers_loss_and_map_finds_corrupted_patch(models, name):
+    torch.manual_seed(1)
+    model = copy.deepcopy(models[name]).train()
+    images = torch.randn(4, 3, 64, 64)
+    optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=0.005, betas=(0.5, 0.999))
+    losses = []
+    for _ in range(30):
+        loss, _ = distillation_loss(*model(images))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] <= 0.5 * losses[0], f"{name}: {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+    model.eval()
+    corrupted = images[:1].clone()
+    corrupted[..., 8:24, 8:24] = torch.randn(3, 16, 16) * 3
+    anomaly = model.anomaly_map(corrupted)[0]
+    assert anomaly.shape == (64, 64)
+    inside, outside = anomaly[8:24, 8:24].mean(), anomaly[40:, 40:].mean()
+    assert inside > outside, f"{name}: patch {inside:.3f} vs clean corner {outside:.3f}"
+
+
+def test_pretrained_without_network_fails_fast_with_advice(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    enum = backbones.BACKBONES["resnet50"].default_weights
+    # An address that refuses at once stands in for "no network" on any machine.
+    monkeypatch.setattr(type(enum), "url", property(lambda self: "http://127.0.0.1:9/resnet50-0676ba61.pth"))
+    start = time.monotonic()
+    with pytest.raises(WeightsError) as error:
+        build_model("resnet50", pretrained=True)
+    assert time.monotonic() - start < 10
+    message = str(error.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth") in message
+    assert "--no-pretrained" in message
+
+
+def test_corrupt_cached_weights_are_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="corrupt"):
+        build_model("resnet50", pretrained=True)
+
+
+def test_local_weights_file_is_loaded_and_used(tmp_path):
+    torch.manual_seed(3)
+    source = resnet50(weights=None)
+    path = tmp_path / "resnet50_random.pth"
+    torch.save(source.state_dict(), path)
+    model = build_model("resnet50", weights_path=path)
+    assert torch.equal(model.teacher.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    assert torch.equal(model.teacher.stem[1].running_var, source.bn1.running_var)
+    assert backbones.teacher_weights_id("resnet50", True, path) == f"file:{path}"
+
+
+def test_weights_file_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save(resnet50(weights=None).state_dict(), path)
+    with pytest.raises(WeightsError, match="wrong.pth"):
+        build_model("convnext_tiny", weights_path=path)
+    with pytest.raises(WeightsError, match="no such file"):
+        build_model("resnet50", weights_path=tmp_path / "missing.pth")
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(Exception, match="convnext_tiny"):
+        build_model("vit_b_16", pretrained=False)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny"])
+def test_checkpoint_round_trip_reproduces_outputs(tmp_path, name):
+    torch.manual_seed(4)
+    model = build_model(name, pretrained=False).eval()
+    path = tmp_path / "last.pth"
+    save_checkpoint(path, model, backbone=name, image_size=64, teacher_weights="random")
+    restored, payload = model_from_checkpoint(path, expected_backbone=name, expected_image_size=64)
+    assert payload["versions"]["torch"] == str(torch.__version__)
+    images = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model.anomaly_map(images), restored.eval().anomaly_map(images))
+    with pytest.raises(CheckpointError, match=r"'resnet50'.*'wide_resnet50_2'|'convnext_tiny'.*'wide_resnet50_2'"):
+        read_checkpoint(path, expected_backbone="wide_resnet50_2")
+    with pytest.raises(CheckpointError, match="--image-size 64"):
+        read_checkpoint(path, expected_image_size=128)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"format": "x", "payload": _Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        read_checkpoint(path)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError):
+        read_checkpoint(plain)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(Path(tmp_path / "none.pth"))
