@@ -9,3 +9,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CODE_DIR = REPO_ROOT / "RD4AD-main"
 sys.path.insert(0, str(CODE_DIR))
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic MVTec-format tree shared by the tests (read-only: copy it to break it).
+
+    64 px, synth_texture (grayscale) and synth_object (RGB), 24 train and 16 test images each.
+    """
+    from synth import generate
+
+    root = tmp_path_factory.mktemp("synthetic_mvtec")
+    generate(root, categories=2, image_size=64, n_train=24, n_test=16, seed=0)
+    return root
