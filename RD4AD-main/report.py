@@ -541,6 +541,28 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
+NOTHING_TO_COMPARE = "Nothing to compare: fewer than two backbones share a category and seed."
+
+
+def tests_method(report: Report) -> str:
+    """How the paired tests were done (pairing, tests, seeds)."""
+    return (
+        "For each category and each seed run by both backbones, the two scores.csv files are joined on the "
+        "image path, so both AUROCs come from exactly the same test images. Difference = AUROC(a) − AUROC(b). "
+        f"DeLong's test for correlated ROC curves (two-sided) gives p; a paired bootstrap ({report.n_boot} "
+        f"resamples of the test images, seed {BOOT_SEED}) gives the {CONFIDENCE:.0%} interval. Seeds are tested "
+        "one by one, not pooled: averaging scores over seeds would test an ensemble instead of the single models."
+    )
+
+
+def conclusions_markdown(report: Report) -> str:
+    """The conclusions as a markdown list, then the multiple-comparisons note."""
+    if report.tests.empty:
+        return NOTHING_TO_COMPARE
+    lines = conclusions(report.tests, sorted(set(report.runs["category"])))
+    return "\n".join(f"- {line}" for line in lines) + "\n\n" + multiple_comparisons_note(report.tests)
+
+
 def _pair_runs(report: Report) -> pd.DataFrame:
     backbones = {name for pair in report.pairs for name in pair}
     return report.runs[report.runs["backbone"].isin(backbones)]
@@ -573,18 +595,13 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         f"{h} Is the difference real? Paired tests of image AUROC",
     ]
     if report.tests.empty:
-        out.append("Nothing to compare: fewer than two backbones share a category and seed.")
+        out.append(NOTHING_TO_COMPARE)
     else:
         out += [
-            "For each category and each seed run by both backbones, the two scores.csv files are joined on the "
-            "image path, so both AUROCs come from exactly the same test images. Difference = AUROC(a) − AUROC(b). "
-            f"DeLong's test for correlated ROC curves (two-sided) gives p; a paired bootstrap ({report.n_boot} resamples "
-            f"of the test images, seed {BOOT_SEED}) gives the {CONFIDENCE:.0%} interval. Seeds are tested one by "
-            "one, not pooled: averaging scores over seeds would test an ensemble instead of the single models.",
+            tests_method(report),
             markdown_table(report.tables["pairwise_tests"]), f"_{provenance(_pair_runs(report))}_",
             f"{hh} Conclusions",
-            *[f"- {line}" for line in conclusions(report.tests, sorted(set(runs_frame['category'])))],
-            multiple_comparisons_note(report.tests),
+            conclusions_markdown(report),
         ]
     out += [
         f"{h} Efficiency",
