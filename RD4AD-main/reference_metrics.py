@@ -1,0 +1,109 @@
+"""Straightforward metric implementations: naive on purpose; used by tests and benchmarks only.
+
+They follow the definitions of RD4AD_FACTS section 4 literally (Python lists for scikit-learn, a Python
+loop over thresholds and regions for AUPRO, an explicit pairwise kernel for DeLong) so that the fast,
+vectorised functions of ``metrics.py`` can be checked against them and timed against them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+
+def image_auroc_naive(scores: np.ndarray, labels: np.ndarray) -> float:
+    """scikit-learn ROC AUC on Python lists."""
+    return float(roc_auc_score(np.asarray(labels).astype(int).tolist(), np.asarray(scores, dtype=float).tolist()))
+
+
+def pixel_auroc_naive(maps: np.ndarray, masks: np.ndarray) -> float:
+    """scikit-learn ROC AUC on Python lists of every pixel of every image."""
+    return image_auroc_naive(np.asarray(maps).ravel(), np.asarray(masks).ravel())
+
+
+def _region_scores(maps: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
+    """Scores of each 8-connected defect region, labelled image by image."""
+    regions = []
+    for image_map, image_mask in zip(maps, masks):
+        labelled, count = ndimage.label(image_mask, structure=np.ones((3, 3), dtype=int))
+        regions.extend(image_map[labelled == r] for r in range(1, count + 1))
+    return regions
+
+
+def pro_curve_naive(
+    maps: np.ndarray, masks: np.ndarray, thresholds: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, PRO) from (0, 0) over descending thresholds (default: every distinct score), ``score >= t``.
+
+    For each threshold, one pass over all pixels for the false positives and a loop over the regions.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    masks = np.asarray(masks).astype(bool)
+    normal = ~masks
+    n_normal = int(normal.sum())
+    regions = _region_scores(maps, masks)
+    if thresholds is None:
+        thresholds = np.unique(maps)[::-1]
+    fprs, pros = [0.0], [0.0]
+    for t in thresholds:
+        flagged = maps >= t
+        fprs.append(float((flagged & normal).sum()) / n_normal)
+        pros.append(float(np.mean([(region >= t).mean() for region in regions])))
+    return np.array(fprs), np.array(pros)
+
+
+def integrate_naive(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+    """Trapezoid segment by segment up to ``fpr_limit``, the last one cut at an interpolated point."""
+    area = 0.0
+    for i in range(1, len(fpr)):
+        x0, y0, x1, y1 = fpr[i - 1], pro[i - 1], fpr[i], pro[i]
+        if x1 > fpr_limit:
+            if x0 < fpr_limit:
+                y_limit = y0 + (fpr_limit - x0) * (y1 - y0) / (x1 - x0)
+                area += (fpr_limit - x0) * (y0 + y_limit) / 2.0
+            break
+        area += (x1 - x0) * (y0 + y1) / 2.0
+    return area / fpr_limit
+
+
+def aupro_naive(
+    maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, n_thresholds: int | None = None
+) -> float:
+    """AUPRO from the definition: every distinct score as a threshold, or ``n_thresholds`` evenly spaced
+    between the largest and the smallest score (the benchmark's naive path)."""
+    maps = np.asarray(maps, dtype=np.float64)
+    thresholds = None if n_thresholds is None else np.linspace(maps.max(), maps.min(), n_thresholds)
+    fpr, pro = pro_curve_naive(maps, masks, thresholds)
+    return integrate_naive(fpr, pro, fpr_limit)
+
+
+def f1_max_naive(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Best F1 over ``score > t`` for t in every score and -inf, counted with a loop."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    best = 0.0
+    for t in [-math.inf, *np.unique(scores)]:
+        flagged = scores > t
+        tp = int((flagged & labels).sum())
+        fp = int((flagged & ~labels).sum())
+        fn = int((~flagged & labels).sum())
+        if tp:
+            best = max(best, 2 * tp / (2 * tp + fp + fn))
+    return best
+
+
+def delong_naive(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """(AUC a, AUC b, variance of the difference) from DeLong et al. (1988) with the explicit m x n kernel."""
+    labels = np.asarray(labels).astype(bool)
+    components = []
+    for scores in (np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)):
+        pos, neg = scores[labels], scores[~labels]
+        kernel = np.array([[1.0 if x > y else 0.5 if x == y else 0.0 for y in neg] for x in pos])
+        components.append((kernel.mean(), kernel.mean(axis=1), kernel.mean(axis=0)))
+    (auc_a, v10_a, v01_a), (auc_b, v10_b, v01_b) = components
+    s10 = np.cov(np.vstack([v10_a, v10_b]))
+    s01 = np.cov(np.vstack([v01_a, v01_b]))
+    cov = s10 / len(v10_a) + s01 / len(v01_a)
+    return float(auc_a), float(auc_b), float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
