@@ -218,6 +218,13 @@ def _sort_owned(values: torch.Tensor) -> torch.Tensor:
     return torch.sort(values).values
 
 
+def _select(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values[mask]`` as a new 1-D tensor; numpy on CPU, as torch builds an int64 index per selected pixel."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(values.numpy()[mask.numpy()])
+    return values.reshape(-1)[mask.reshape(-1)]
+
+
 def _region_weights(mask: torch.Tensor) -> torch.Tensor:
     """Per defect pixel (C order), 1 / (number of regions * size of its 8-connected region), float64."""
     mask_np = mask.cpu().numpy()
@@ -232,6 +239,8 @@ def _region_weights(mask: torch.Tensor) -> torch.Tensor:
 def _split_pixels(maps: ArrayLike, masks: ArrayLike, with_weights: bool) -> _Pixels:
     """Validate (N, H, W) maps and masks; copy each pixel once into its class and sort it."""
     m = _as_tensor(maps).detach()
+    if m.dtype == torch.bfloat16:  # numpy has no bfloat16
+        m = m.float()
     if m.ndim != 3:
         raise ValueError(f"anomaly maps must be (N, H, W), got shape {tuple(m.shape)}")
     mask = _binary(masks, "masks").to(m.device)
@@ -242,7 +251,7 @@ def _split_pixels(maps: ArrayLike, masks: ArrayLike, with_weights: bool) -> _Pix
         raise ValueError("masks hold no defect pixel: pixel metrics need at least one defect pixel")
     if n_defect == mask.numel():
         raise ValueError("masks hold no normal pixel: pixel metrics need at least one normal pixel")
-    normal, defect = m[~mask], m[mask]  # the one copy of the maps, split by class
+    normal, defect = _select(m, ~mask), _select(m, mask)  # the one copy of the maps, split by class
     if normal.dtype not in (torch.float32, torch.float64):
         normal, defect = normal.float(), defect.float()
     normal = _sort_owned(normal)
@@ -270,33 +279,42 @@ def _pro_curve(px: _Pixels, fpr_limit: float | None) -> tuple[np.ndarray, np.nda
             normal = normal[torch.searchsorted(normal, cut, side="left") :]
             start = torch.searchsorted(defect, cut, side="left")
             defect, weights = defect[start:], weights[start:]
-    values_n, counts_n = torch.unique_consecutive(normal, return_counts=True)
-    values_d, inverse_d = torch.unique_consecutive(defect, return_inverse=True)
-    weights_d = torch.zeros(values_d.numel(), dtype=torch.float64, device=defect.device)
-    weights_d.index_add_(0, inverse_d, weights)
+    device, above_cut = normal.device, normal.numel()  # normals at or above the cut (all without one)
+    # PRO(t) = weight of the defect pixels >= t = suffix sum of the sorted weights at #defects < t.
+    weight_above = torch.zeros(defect.numel() + 1, dtype=torch.float64, device=device)
+    weight_above[:-1] = weights.flip(0).cumsum(0).flip(0)
 
-    # Merge the two sorted distinct lists without sorting again: positions from searchsorted.
-    below_d = torch.searchsorted(values_n, values_d, side="left")  # normal values < each defect value
-    same = values_n[below_d.clamp(max=values_n.numel() - 1)] == values_d
-    shared = (below_d < values_n.numel()) & same
-    only_d = ~shared
-    values_only_d = values_d[only_d]
-    arange_n = torch.arange(values_n.numel(), device=normal.device)
-    arange_d = torch.arange(values_only_d.numel(), device=normal.device)
-    pos_n = arange_n + torch.searchsorted(values_only_d, values_n, side="left")
-    pos_d = arange_d + below_d[only_d]
-    size = values_n.numel() + values_only_d.numel()
-    false_pos = torch.zeros(size, dtype=torch.int64, device=normal.device)
-    false_pos[pos_n] = counts_n
-    overlap = torch.zeros(size, dtype=torch.float64, device=normal.device)
-    overlap[pos_n[below_d[shared]]] = weights_d[shared]
-    overlap[pos_d] = weights_d[only_d]
+    # Distinct normal scores: first index of each tie group; FP(v) = #normals >= v.
+    group_start = torch.ones(above_cut, dtype=torch.bool, device=device)
+    group_start[1:] = normal[1:] != normal[:-1]
+    first = torch.nonzero(group_start).squeeze(1)
+    del group_start
+    values_n = normal[first]
+    # Distinct defect scores that no normal pixel has (a vertical step of the curve).
+    values_d = torch.unique_consecutive(defect)
+    below_d = torch.searchsorted(values_n, values_d, side="left")
+    shared = (below_d < values_n.numel()) & (values_n[below_d.clamp(max=values_n.numel() - 1)] == values_d)
+    values_d, below_d = values_d[~shared], below_d[~shared]
 
-    # Descending thresholds: cumulative sums from the top score down, after the (0, 0) start.
-    fpr = torch.cumsum(false_pos.flip(0), 0).double() / n_normal
-    pro = torch.cumsum(overlap.flip(0), 0)
-    zero = torch.zeros(1, dtype=torch.float64, device=fpr.device)
-    return torch.cat([zero, fpr]).cpu().numpy(), torch.cat([zero, pro]).cpu().numpy()
+    # Merge both ascending lists by position (no second sort) and write them descending after (0, 0):
+    # ascending merged position p goes to output index size - p.
+    size = values_n.numel() + values_d.numel()
+    fpr = torch.zeros(size + 1, dtype=torch.float64, device=device)
+    pro = torch.zeros(size + 1, dtype=torch.float64, device=device)
+    out_n = torch.searchsorted(values_d, values_n, side="left")
+    out_n += torch.arange(values_n.numel(), device=device)
+    out_n.neg_().add_(size)
+    false_pos = first.to(torch.float64).neg_().add_(above_cut)
+    del first
+    fpr.index_copy_(0, out_n, false_pos)
+    del false_pos
+    pro.index_copy_(0, out_n, weight_above[torch.searchsorted(defect, values_n, side="left")])
+    del out_n, values_n
+    out_d = size - below_d - torch.arange(values_d.numel(), device=device)
+    fpr[out_d] = (above_cut - torch.searchsorted(normal, values_d, side="left")).to(torch.float64)
+    pro[out_d] = weight_above[torch.searchsorted(defect, values_d, side="left")]
+    fpr /= n_normal
+    return fpr.cpu().numpy(), pro.cpu().numpy()
 
 
 def _check_fpr_limit(fpr_limit: float) -> float:
