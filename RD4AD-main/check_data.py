@@ -105,7 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=256, help="working size for --decode (default 256)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of train/good held out (default 0.1)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (default 0)")
-    parser.add_argument("--decode", action="store_true", help="also decode every image and mask (finds truncated files)")
+    parser.add_argument(
+        "--decode", action="store_true", help="also decode every image and mask (finds truncated files)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -293,12 +293,13 @@ def _save(array: np.ndarray, path: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="folder to write into (the --data-root of later commands)")
-    parser.add_argument("--categories", type=int, default=2, help="number of categories, texture and object in turn (default 2)")
-    parser.add_argument("--image-size", type=int, default=64, help="side of the square images in px (default 64)")
-    parser.add_argument("--train", dest="n_train", type=int, default=24, help="normal training images per category (default 24)")
-    parser.add_argument("--test", dest="n_test", type=int, default=16, help="test images per category, about 30%% good (default 16)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, byte-identical files (default 0)")
+    add = parser.add_argument
+    add("--out", type=Path, required=True, help="folder to write into (the --data-root of later commands)")
+    add("--categories", type=int, default=2, help="number of categories, texture and object in turn (default 2)")
+    add("--image-size", type=int, default=64, help="side of the square images in px (default 64)")
+    add("--train", dest="n_train", type=int, default=24, help="normal training images per category (default 24)")
+    add("--test", dest="n_test", type=int, default=16, help="test images per category, about 30%% good (default 16)")
+    add("--seed", type=int, default=0, help="same seed, byte-identical files (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import main
-from dataset import list_categories
+from dataset import MVTEC_CATEGORIES, list_categories
 from download import MVTEC_PAGE, download_and_extract
 from errors import DataError
 
@@ -120,7 +120,8 @@ def leftovers(dest: Path) -> list[str]:
 def test_interrupted_download_resumes_end_to_end(tmp_path, archive, serve, monkeypatch, capsys):
     url, ranges = serve(archive, cut_first_at=10_000)
     dest = tmp_path / "data"
-    with pytest.raises(DataError, match=rf"stopped at 10000 of {len(archive)} bytes; run the same command again to resume"):
+    message = rf"stopped at 10000 of {len(archive)} bytes; run the same command again to resume"
+    with pytest.raises(DataError, match=message):
         download_and_extract(dest, url, sha256=sha256(archive))
     assert (dest / f"{NAME}.part").stat().st_size == 10_000 and not (dest / NAME).exists()
 
@@ -156,7 +157,8 @@ def test_complete_part_file_answered_416(tmp_path, archive, serve):
 def test_wrong_hash_removes_the_file_and_names_both_hashes(tmp_path, archive, serve):
     url, _ = serve(archive)
     wrong = "ab" * 32
-    with pytest.raises(DataError, match=rf"SHA-256 mismatch: expected {wrong}, got {sha256(archive)}\. The file was removed"):
+    message = rf"SHA-256 mismatch: expected {wrong}, got {sha256(archive)}\. The file was removed"
+    with pytest.raises(DataError, match=message):
         download_and_extract(tmp_path, url, sha256=wrong)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -189,7 +191,7 @@ def test_archive_already_in_dest_is_used(tmp_path, archive):
         (("../evil.txt", b"x"), r"refused member '\.\./evil\.txt' \('\.\.' in the path\)"),
         (("good/../../evil.txt", b"x"), r"'\.\.' in the path"),
         (("/tmp/evil.txt", b"x"), r"refused member '/tmp/evil\.txt' \(absolute path\)"),
-        (link("good/escape", "../../evil.txt"), r"refused member 'good/escape' \(link to '\.\./\.\./evil\.txt', outside"),
+        (link("good/escape", "../../evil.txt"), r"member 'good/escape' \(link to '\.\./\.\./evil\.txt', outside"),
         (link("good/abs", "/etc/passwd"), r"link to '/etc/passwd', outside the destination"),
         (link("good/hard", "../evil.txt", tarfile.LNKTYPE), r"refused member 'good/hard' \(link to '\.\./evil\.txt'"),
         (link("good/fifo", "", tarfile.FIFOTYPE), r"special file"),
@@ -251,3 +253,10 @@ def test_http_error_and_bad_arguments(tmp_path, archive, serve, monkeypatch, cap
     assert "--sha256 'xyz': expected 64 hexadecimal digits" in capsys.readouterr().err
     assert run_cli(monkeypatch, "download", "--dest", str(tmp_path), "--archive", str(tmp_path / "no.tar.xz")) == 2
     assert "no.tar.xz: no such file" in capsys.readouterr().err
+
+
+def test_nothing_to_do_when_mvtec_is_already_there(tmp_path, monkeypatch, capsys):
+    for category in MVTEC_CATEGORIES:
+        (tmp_path / category / "train" / "good").mkdir(parents=True)
+    assert run_cli(monkeypatch, "download", "--dest", str(tmp_path)) == 0
+    assert "already in" in capsys.readouterr().out

@@ -56,8 +56,9 @@ def test_masks_are_exactly_the_altered_pixels(synthetic_root):
         for defect in DEFECTS[kind]:
             for number in range(3):
                 normal, image, mask = render_item(kind, index, "test", defect, number, 64, 0)
-                assert np.array_equal(np.asarray(Image.open(synthetic_root / name / "test" / defect / f"{number:03d}.png")), image)
-                on_disk = np.asarray(Image.open(synthetic_root / name / "ground_truth" / defect / f"{number:03d}_mask.png"))
+                folder = synthetic_root / name
+                assert np.array_equal(np.asarray(Image.open(folder / "test" / defect / f"{number:03d}.png")), image)
+                on_disk = np.asarray(Image.open(folder / "ground_truth" / defect / f"{number:03d}_mask.png"))
                 assert set(np.unique(on_disk)) <= {0, 255}
                 changed = (image != normal) if image.ndim == 2 else (image != normal).any(axis=2)
                 assert np.array_equal(on_disk == 255, changed) and np.array_equal(mask, changed)
