@@ -46,7 +46,7 @@ def check_category(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         splits = {
-            split: MVTecDataset(root, category, split, image_size, val_fraction, split_seed, cache=False)
+            split: MVTecDataset(root, category, split, image_size, val_fraction, split_seed)
             for split in ("train", "val", "test")
         }
         if decode:

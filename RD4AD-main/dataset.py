@@ -235,7 +235,7 @@ class MVTecDataset(Dataset):
         """All masks as one uint8 tensor (N, 1, S, S) in {0, 1}; all zero for good images."""
         return torch.stack([self._load(i)[1] for i in self._progress("masks")])
 
-    def _progress(self, what: str):
+    def _progress(self, what: str) -> tqdm:
         missing = sum((path, self.image_size) not in self._cache for path in self.paths)
         return tqdm(
             range(len(self)), desc=f"{self.category}/{self.split} {what}", unit="img",
@@ -243,19 +243,24 @@ class MVTecDataset(Dataset):
         )
 
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 image (3, S, S) and mask (1, S, S) of item ``index``, from the cache when there."""
         key = (self.paths[index], self.image_size)
-        cached = self._cache.get(key)
-        if cached is None:
-            image = torch.from_numpy(_read_rgb(Path(self.paths[index]), self.image_size))
-            mask_path = self.mask_paths[index]
-            mask = None if mask_path is None else torch.from_numpy(_read_mask(Path(mask_path), self.image_size))
-            cached = (image.permute(2, 0, 1).contiguous(), None if mask is None else mask.unsqueeze(0))
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._decode(index)
             if self.cache:
-                self._cache[key] = cached
-        image, mask = cached
+                self._cache[key] = entry
+        image, mask = entry
         if mask is None:
             mask = torch.zeros((1, self.image_size, self.image_size), dtype=torch.uint8)
         return image, mask
+
+    def _decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        image = torch.from_numpy(_read_rgb(Path(self.paths[index]), self.image_size)).permute(2, 0, 1)
+        mask_path = self.mask_paths[index]
+        if mask_path is None:
+            return image.contiguous(), None
+        return image.contiguous(), torch.from_numpy(_read_mask(Path(mask_path), self.image_size)).unsqueeze(0)
 
 
 def _existing_root(root: str | os.PathLike) -> Path:
