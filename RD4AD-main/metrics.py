@@ -32,13 +32,19 @@ ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
 _STRUCTURE_8 = np.zeros((3, 3, 3), dtype=bool)
 _STRUCTURE_8[1] = True
 
+# Devices whose tensors are split and sorted with numpy (values only, no int64 index per pixel).
+_NUMPY_DEVICES = ("cpu",)
+
 
 # ----------------------------------------------------------------------------------------------------
 # input checks
 # ----------------------------------------------------------------------------------------------------
 def _as_tensor(x: ArrayLike) -> torch.Tensor:
-    """View numpy arrays and tensors as tensors without copying (lists are converted)."""
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    """View numpy arrays and tensors as tensors without copying (lists and reversed views are copied)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    array = np.asarray(x)
+    return torch.as_tensor(array if all(step >= 0 for step in array.strides) else array.copy())
 
 
 def _binary(x: ArrayLike, name: str) -> torch.Tensor:
@@ -212,7 +218,7 @@ class _Pixels:
 
 def _sort_owned(values: torch.Tensor) -> torch.Tensor:
     """Ascending sort of a tensor this module owns: numpy's in-place value sort on CPU, torch elsewhere."""
-    if values.device.type == "cpu":
+    if values.device.type in _NUMPY_DEVICES:
         values.numpy().sort()
         return values
     return torch.sort(values).values
@@ -220,7 +226,7 @@ def _sort_owned(values: torch.Tensor) -> torch.Tensor:
 
 def _select(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``values[mask]`` as a new 1-D tensor; numpy on CPU, as torch builds an int64 index per selected pixel."""
-    if values.device.type == "cpu":
+    if values.device.type in _NUMPY_DEVICES:
         return torch.from_numpy(values.numpy()[mask.numpy()])
     return values.reshape(-1)[mask.reshape(-1)]
 
@@ -273,7 +279,10 @@ def _pro_curve(px: _Pixels, fpr_limit: float | None) -> tuple[np.ndarray, np.nda
     if fpr_limit is not None:
         # k: the most false positives with k / n_normal <= fpr_limit, in the float arithmetic used later.
         k = math.floor(fpr_limit * n_normal)
-        k += 1 if (k + 1) / n_normal <= fpr_limit else -1 if k / n_normal > fpr_limit else 0
+        while k / n_normal > fpr_limit:
+            k -= 1
+        while (k + 1) / n_normal <= fpr_limit:
+            k += 1
         if k < n_normal:
             cut = normal[n_normal - 1 - k]  # the (k+1)-th highest normal score: first FPR past the limit
             normal = normal[torch.searchsorted(normal, cut, side="left") :]

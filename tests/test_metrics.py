@@ -161,6 +161,14 @@ def test_pixel_auroc_equals_sklearn(levels):
     assert M.pixel_auroc(half, masks) == pytest.approx(R.pixel_auroc_naive(half, masks), abs=1e-12)
 
 
+def test_torch_path_used_on_gpu_equals_numpy_path(monkeypatch):
+    # No GPU here: route CPU tensors through the torch split/sort that CUDA tensors take.
+    maps, masks = random_maps(14, n=6, h=16, w=16, levels=20)
+    expected = M.pixel_metrics(maps, masks)
+    monkeypatch.setattr(M, "_NUMPY_DEVICES", ())
+    assert M.pixel_metrics(torch.from_numpy(maps), torch.from_numpy(masks)) == pytest.approx(expected, abs=1e-12)
+
+
 @pytest.mark.parametrize("levels", [None, 3, 10])
 def test_image_auroc_and_roc_curve_equal_sklearn(levels):
     rng = np.random.default_rng(12)
