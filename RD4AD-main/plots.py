@@ -33,6 +33,7 @@ SECTIONS = {
     "extremes": "Lowest-scored defects and highest-scored normals",
 }
 BAR_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+UNMAPPED_SHAPE = (128, 128)  # display size of images shown without an anomaly map
 
 
 @dataclass
@@ -187,9 +188,15 @@ def histogram_figure(runs_frame: pd.DataFrame, category: str) -> Figure:
 # ----------------------------------------------------------------------------------------------
 
 
-def resolve_image(path: str, data_root: str, category: str) -> Path | None:
-    """The image file of a scores.csv path: as written, else under the data root (or its category)."""
-    for candidate in (Path(path), Path(data_root) / path, Path(data_root) / category / path):
+def resolve_image(path: str, row: pd.Series) -> Path | None:
+    """The image file of a scores.csv path, which may be relative to where training ran.
+
+    Tried in turn: as written (from here), from each folder above the run directory (the results
+    folder usually sits in the project root), then under the run's data root and its category.
+    """
+    ancestors = [folder / path for folder in Path(row["run_dir"]).resolve().parents]
+    data_root = Path(row["data_root"])
+    for candidate in (Path(path), *ancestors, data_root / path, data_root / row["category"] / path):
         if candidate.is_file():
             return candidate
     return None
@@ -197,7 +204,7 @@ def resolve_image(path: str, data_root: str, category: str) -> Path | None:
 
 def load_rgb(path: str, row: pd.Series, shape: tuple[int, int]) -> np.ndarray | None:
     """A test image as RGB floats in [0, 1] at the map's (H, W), or None when not on disk."""
-    found = resolve_image(path, row["data_root"], row["category"])
+    found = resolve_image(path, row)
     if found is None:
         return None
     with Image.open(found) as image:
@@ -249,6 +256,8 @@ def gallery_figure(runs_frame: pd.DataFrame, category: str, count: int = 4) -> F
     common = set.intersection(*(set(map(str, d["paths"])) for d in data.values()))
     scores = {backbone: load_scores(row["run_dir"]).set_index("path") for backbone, row in rows.items()}
     chosen = gallery_images(scores[backbones[0]].reset_index(), common, count)
+    if chosen.empty:
+        return None
     fig = Figure(figsize=(3.3 * (2 + len(backbones)), 3.0 * len(chosen)), layout="constrained")
     axes = fig.subplots(len(chosen), 2 + len(backbones), squeeze=False)
     first = data[backbones[0]]
@@ -283,23 +292,25 @@ def extremes_figure(runs_frame: pd.DataFrame, category: str, count: int = 3) -> 
         alarms = scores[scores["label"] == 0].sort_values(["score", "path"], ascending=[False, True]).head(count)
         for r, (title, images) in enumerate((("lowest-scored defects", worst), ("highest-scored normals", alarms))):
             _extremes_row(fig, axes[2 * b + r], row, images, f"{backbone}\n{title}")
-    fig.suptitle(f"Hardest test images, {category}, seed {seed} (maps: red = more anomalous)")
+    with_maps = any(load_maps(_run(runs_frame, category, b, seed)["run_dir"]) is not None for b in backbones)
+    legend = "maps: red = more anomalous" if with_maps else "no anomaly maps saved: images only"
+    fig.suptitle(f"Hardest test images, {category}, seed {seed} ({legend})")
     return fig
 
 
 def _extremes_row(fig: Figure, axes: np.ndarray, row: pd.Series, images: pd.DataFrame, label: str) -> None:
     """One row of the extremes figure: images with their map overlay (when saved) and verdict."""
     data = load_maps(row["run_dir"])
+    lookup = _map_lookup(data) if data is not None else {}
     artist = None
     for ax, image in zip(axes, images.itertuples()):
-        flagged = image.score >= row["threshold"]
+        flagged = image.score > row["threshold"]  # metrics.py's rule: anomalous when above the threshold
         verdict = ("found" if flagged else "missed") if image.label == 1 else ("false alarm" if flagged else "passed")
-        if data is None:
-            rgb = load_rgb(image.path, row, (128, 128))
-            _show_image(ax, rgb, (128, 128))
-        else:
-            anomaly = data["maps"][_map_lookup(data)[image.path]]
+        if image.path in lookup:
+            anomaly = data["maps"][lookup[image.path]]
             artist = _overlay(ax, load_rgb(image.path, row, anomaly.shape), anomaly, _limits(data))
+        else:  # no maps saved for this image: the image alone
+            _show_image(ax, load_rgb(image.path, row, UNMAPPED_SHAPE), UNMAPPED_SHAPE)
         ax.set_title(f"{image.defect_type}: score {image.score:.3g}\n{verdict} (threshold {row['threshold']:.3g})",
                      fontsize="small")
     for ax in axes[len(images):]:

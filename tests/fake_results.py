@@ -19,6 +19,7 @@ BACKBONES = ("convnext_tiny", "resnet50", "wide_resnet50_2")
 CATEGORIES = ("synth_object", "synth_texture")
 SEEDS = (0, 1)
 SIZE = 32
+DATA_DIR = "data"  # the data root, relative to the fake project root (the folder holding results/)
 N_GOOD = 10
 DEFECTS = {"scratch": 7, "stain": 7}
 # How much higher defects score, per backbone: makes the backbones differ a little.
@@ -27,7 +28,7 @@ SEPARATION = {"convnext_tiny": 1.6, "resnet50": 1.4, "wide_resnet50_2": 1.8}
 
 @dataclass(frozen=True)
 class FakeImage:
-    """One fabricated test image: path relative to the data root, defect type, mask."""
+    """One fabricated test image: path as training would write it (under a relative data root), defect, mask."""
 
     path: str
     defect_type: str
@@ -63,7 +64,7 @@ def write_category(data_root: Path, category: str) -> list[FakeImage]:
             relative = f"{category}/test/{defect_type}/{index:03d}.png"
             (data_root / relative).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray((pixels * 255).astype(np.uint8)).save(data_root / relative)
-            images.append(FakeImage(relative, defect_type, mask))
+            images.append(FakeImage(f"{DATA_DIR}/{relative}", defect_type, mask))
     return sorted(images, key=lambda image: image.path)
 
 
@@ -77,7 +78,6 @@ def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def write_run(
     results: Path,
-    data_root: Path,
     images: list[FakeImage],
     key: runs.RunKey,
     *,
@@ -101,7 +101,7 @@ def write_run(
         "backbone": key.backbone,
         "category": key.category,
         "seed": key.seed,
-        "data_root": str(data_root),
+        "data_root": DATA_DIR,  # relative, as in `--data-root data/demo`: images resolve from the project root
         "image_size": SIZE,
         "epochs": 3,
         "batch_size": 16,
@@ -117,7 +117,7 @@ def write_run(
     lines = ["path,defect_type,label,score"]
     lines += [f"{image.path},{image.defect_type},{image.label},{score}" for image, score in zip(images, scores)]
     runs.atomic_write_text(directory / runs.SCORES_FILE, "\n".join(lines) + "\n")
-    val_lines = ["path,score"] + [f"{key.category}/train/good/v{i:03d}.png,{s}" for i, s in enumerate(val_scores)]
+    val_lines = ["path,score"] + [f"{DATA_DIR}/{key.category}/train/good/v{i:03d}.png,{s}" for i, s in enumerate(val_scores)]
     runs.atomic_write_text(directory / runs.VAL_SCORES_FILE, "\n".join(val_lines) + "\n")
     pixel_auroc = aupro = None
     if with_masks:
@@ -163,22 +163,25 @@ def write_fake_results(
     backbones: tuple[str, ...] = BACKBONES,
     categories: tuple[str, ...] = CATEGORIES,
     seeds: tuple[int, ...] = SEEDS,
-    random_teacher: bool = False,
+    random_teachers: tuple[str, ...] = (),
     without_masks: tuple[str, ...] = (),
 ) -> Path:
-    """Write data and results under ``root``; return the results directory."""
+    """Write data and results under ``root``; return the results directory.
+
+    ``random_teachers``: backbones whose runs record ``teacher_weights = "random"``;
+    ``without_masks``: categories whose runs have null pixel metrics and no maps.npz.
+    """
     root = Path(root)
-    data_root, results = root / "data", root / "results"
+    data_root, results = root / DATA_DIR, root / "results"
     for category in categories:
         images = write_category(data_root, category)
         for backbone in backbones:
             for seed in seeds:
                 write_run(
                     results,
-                    data_root,
                     images,
                     runs.RunKey(backbone, category, seed),
-                    teacher_weights="random" if random_teacher else "IMAGENET1K_V1",
+                    teacher_weights="random" if backbone in random_teachers else "IMAGENET1K_V1",
                     with_masks=category not in without_masks,
                 )
     return results
