@@ -1,8 +1,9 @@
 """The comparison report's figures, drawn from results files only.
 
-Each function returns a matplotlib Figure built without pyplot (no global state, nothing leaks in
-a long notebook, no display needed: PNGs go through Agg); ``make_figures`` collects them and ``save_figures`` writes the PNGs. Images come
-from PIL in RGB; anomaly maps use 'jet' so that high anomaly is warm (red).
+Each function returns a matplotlib Figure built without pyplot (no global state, nothing leaks in a
+long notebook, no display needed: PNGs go through Agg); ``make_figures`` collects them and
+``save_figures`` writes the PNGs. Images come from PIL in RGB; anomaly maps use 'jet' so that high
+anomaly is warm (red).
 """
 from __future__ import annotations
 
@@ -330,13 +331,15 @@ def make_figures(runs_frame: pd.DataFrame) -> list[FigureItem]:
     categories = sorted(set(runs_frame["category"]))
     items = [FigureItem("bars", "bars", "Image AUROC, pixel AUROC and AUPRO per category and backbone.",
                         bars_figure(runs_frame))]
-    items += [FigureItem("roc", f"roc_{c}", f"Image-level ROC curves, {c}.", roc_figure(runs_frame, c)) for c in categories]
+    items += [FigureItem("roc", f"roc_{c}", f"Image-level ROC curves, {c}.", roc_figure(runs_frame, c))
+              for c in categories]
     for c in categories:
         figure = pro_figure(runs_frame, c)
         caption = (f"PRO curves, {c}." if figure else
                    f"PRO curves for {c} skipped: no ground-truth masks (pixel metrics are null or maps.npz missing).")
         items.append(FigureItem("pro", f"pro_{c}", caption, figure))
-    items += [FigureItem("hist", f"hist_{c}", f"Score histograms, {c}.", histogram_figure(runs_frame, c)) for c in categories]
+    items += [FigureItem("hist", f"hist_{c}", f"Score histograms, {c}.", histogram_figure(runs_frame, c))
+              for c in categories]
     for c in categories:
         figure = gallery_figure(runs_frame, c)
         caption = (f"Anomaly-map gallery, {c}." if figure else

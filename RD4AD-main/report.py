@@ -108,6 +108,12 @@ def _run_row(directory: Path) -> dict[str, Any]:
     }
 
 
+def untested_runs(results: str | os.PathLike) -> list[str]:
+    """Run directories with a config.json but no metrics.json: trained, not yet tested."""
+    evaluated = set(runs.find_runs(results))
+    return [str(path) for path in runs.find_runs(results, require=runs.CONFIG_FILE) if path not in evaluated]
+
+
 def load_runs(results: str | os.PathLike) -> pd.DataFrame:
     """Every evaluated run under ``results``: one row per run, sorted by category, backbone, seed."""
     results = Path(results)
@@ -198,6 +204,15 @@ def teacher_warning(runs_frame: pd.DataFrame) -> str | None:
     )
 
 
+def untested_note(report: Report) -> str | None:
+    """A note naming the runs left out because they have no metrics.json, else None."""
+    missing = untested_runs(report.results)
+    if not missing:
+        return None
+    return (f"**Not in this report:** {len(missing)} trained run(s) without metrics.json "
+            f"({', '.join(missing)}); run `main.py test` to include them.")
+
+
 def synthetic_note(runs_frame: pd.DataFrame) -> str | None:
     """A note when the results come from synthetic data, else None."""
     if not is_synthetic(runs_frame):
@@ -246,7 +261,8 @@ def category_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (category, kind, backbone), group in stats.groupby(["category", "kind", "backbone"], sort=True):
         cells = {METRICS[row.metric] + " (%)": format_mean_std(row.mean, row.std) for row in group.itertuples()}
-        rows.append({"category": category, "kind": kind, "backbone": backbone, "n seeds": int(group["n_seeds"].iloc[0]), **cells})
+        n_seeds = int(group["n_seeds"].iloc[0])
+        rows.append({"category": category, "kind": kind, "backbone": backbone, "n seeds": n_seeds, **cells})
     return pd.DataFrame(rows)
 
 
@@ -297,7 +313,8 @@ def reference_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame({"metric (%)": list(METRICS.values())})
     for backbone, frame in overall.groupby("backbone", sort=True):
         by_metric = frame.set_index("metric")
-        table[f"{backbone} (ours)"] = [format_mean_std(by_metric.at[m, "mean"], by_metric.at[m, "std"]) for m in METRICS]
+        table[f"{backbone} (ours)"] = [format_mean_std(by_metric.at[m, "mean"], by_metric.at[m, "std"])
+                                       for m in METRICS]
     table[PUBLISHED_LABEL] = [f"{PUBLISHED_RD4AD[m]:.1f}" if m in PUBLISHED_RD4AD else "—" for m in METRICS]
     return table
 
@@ -342,7 +359,8 @@ def backbone_pairs(runs_frame: pd.DataFrame, pair: str | None = None) -> list[tu
 
 
 def _run_of(runs_frame: pd.DataFrame, backbone: str, category: str, seed: int) -> str:
-    match = runs_frame[(runs_frame["backbone"] == backbone) & (runs_frame["category"] == category) & (runs_frame["seed"] == seed)]
+    frame = runs_frame
+    match = frame[(frame["backbone"] == backbone) & (frame["category"] == category) & (frame["seed"] == seed)]
     return str(match["run_dir"].iloc[0])
 
 
@@ -413,7 +431,8 @@ def seed_sentence(row: Any) -> str:
     """What one paired test says, in plain words."""
     prefix = f"seed {row.seed}"
     if np.isnan(row.p_value):
-        return f"{prefix}: not tested (DeLong needs at least {MIN_PER_CLASS} normal and {MIN_PER_CLASS} defective images)"
+        return (f"{prefix}: not tested (DeLong needs at least {MIN_PER_CLASS} normal and {MIN_PER_CLASS} "
+                "defective images)")
     ci_excludes_zero = not (row.ci_low <= 0 <= row.ci_high)
     if row.p_value < ALPHA:
         winner = row.backbone_a if row.difference > 0 else row.backbone_b
@@ -467,7 +486,8 @@ def multiple_comparisons_note(tests: pd.DataFrame) -> str:
     parts = []
     for (a, b), frame in tests.groupby(["backbone_a", "backbone_b"], sort=False):
         count = int(frame["p_value"].notna().sum())
-        parts.append(f"{count} tests for {a} vs {b} (about {count * ALPHA:.1f} expected below alpha={ALPHA} by chance alone if the backbones were equal)")
+        parts.append(f"{count} tests for {a} vs {b} (about {count * ALPHA:.1f} expected below alpha={ALPHA} by "
+                     "chance alone if the backbones were equal)")
     return (
         "Multiple comparisons: " + "; ".join(parts) + ". The Holm-adjusted p-values control the chance of any "
         "false positive within each pair's family of tests (categories × seeds). DeLong's test and the bootstrap "
@@ -493,7 +513,8 @@ def pairwise_table(tests: pd.DataFrame) -> pd.DataFrame:
             "difference": fmt(row.difference, "+.3f"),
             "DeLong p": fmt(row.p_value, ".3g"),
             "p (Holm)": fmt(row.p_holm, ".3g"),
-            f"{CONFIDENCE:.0%} bootstrap CI": NOT_AVAILABLE if np.isnan(row.ci_low) else f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]",
+            f"{CONFIDENCE:.0%} bootstrap CI": (NOT_AVAILABLE if np.isnan(row.ci_low)
+                                               else f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"),
         })
     return pd.DataFrame(rows)
 
@@ -577,13 +598,14 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
     h, hh = "#" * level, "#" * (level + 1)
     runs_frame = report.runs
     prov = f"_{provenance(runs_frame)}_"
-    out = [note for note in (teacher_warning(runs_frame), synthetic_note(runs_frame)) if note]
+    out = [note for note in (teacher_warning(runs_frame), synthetic_note(runs_frame), untested_note(report)) if note]
     out += [
         f"Generated by `main.py compare` from {len(runs_frame)} runs under `{report.results}`; do not edit by hand.",
         f"{h} Metrics per category and backbone",
         "Percent, mean ± std over seeds (sample std; a single seed shows no std); n/a = not measured (no "
         "ground-truth masks). F1-max picks its threshold on the test labels, so it is optimistic. Accuracy, "
-        f"precision, recall and F1 use the threshold from validation normals only ({_threshold_rules(runs_frame)}).",
+        "precision, recall and F1 use the threshold from validation normals only "
+        f"(rule: {_threshold_rules(runs_frame)}).",
         markdown_table(report.tables["category_metrics"]), prov,
         f"{h} Texture, object and overall means",
         "Each seed's mean over the group's categories (every category weighs the same), then mean ± std over seeds.",
@@ -641,12 +663,14 @@ def write_tables(report: Report, directory: Path) -> None:
         "pairwise_tests_numeric": report.tests,
     }
     for name, frame in {**report.tables, **numeric}.items():
-        runs.atomic_write_text(directory / f"{name}.csv", frame.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+        text = frame.to_csv(index=False, float_format="%.10g", lineterminator="\n")
+        runs.atomic_write_text(directory / f"{name}.csv", text)
 
 
 def replace_generated_block(text: str, block: str, path: Path) -> str:
     """``text`` with the part between the markers replaced by ``block``; all else unchanged."""
-    if text.count(BEGIN_MARKER) != 1 or text.count(END_MARKER) != 1 or text.index(BEGIN_MARKER) > text.index(END_MARKER):
+    once = text.count(BEGIN_MARKER) == 1 and text.count(END_MARKER) == 1
+    if not once or text.index(BEGIN_MARKER) > text.index(END_MARKER):
         raise RDError(f"{path}: expected one line {BEGIN_MARKER} followed later by one line {END_MARKER}")
     start = text.index(BEGIN_MARKER) + len(BEGIN_MARKER)
     return text[:start] + "\n" + block.strip("\n") + "\n" + text[text.index(END_MARKER):]
@@ -685,7 +709,8 @@ def write_report(report: Report, out: str | os.PathLike, figures: list[FigureIte
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", default="results", help="results folder holding <backbone>/<category>/seed<k>/ runs")
+    parser.add_argument("--results", default="results",
+                        help="results folder holding <backbone>/<category>/seed<k>/ runs")
     parser.add_argument("--out", default="reports/compare", help="report folder: report.md, figures/, tables/")
     parser.add_argument("--portfolio", default=None, help="markdown file whose generated block is rewritten")
     parser.add_argument("--pair", default=None, help="test only this pair, as a,b (default: every pair present)")

@@ -117,7 +117,8 @@ def write_run(
     lines = ["path,defect_type,label,score"]
     lines += [f"{image.path},{image.defect_type},{image.label},{score}" for image, score in zip(images, scores)]
     runs.atomic_write_text(directory / runs.SCORES_FILE, "\n".join(lines) + "\n")
-    val_lines = ["path,score"] + [f"{DATA_DIR}/{key.category}/train/good/v{i:03d}.png,{s}" for i, s in enumerate(val_scores)]
+    val_paths = [f"{DATA_DIR}/{key.category}/train/good/v{i:03d}.png" for i in range(len(val_scores))]
+    val_lines = ["path,score"] + [f"{path},{score}" for path, score in zip(val_paths, val_scores)]
     runs.atomic_write_text(directory / runs.VAL_SCORES_FILE, "\n".join(val_lines) + "\n")
     pixel_auroc = aupro = None
     if with_masks:

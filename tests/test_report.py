@@ -51,7 +51,8 @@ def compare(*args: str) -> int:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Fake runs: 3 backbones, 2 categories (one without masks), 2 seeds, one backbone with random teachers."""
-    return write_fake_results(tmp_path_factory.mktemp("fake"), random_teachers=(RANDOM_BACKBONE,), without_masks=(NO_MASKS,))
+    root = tmp_path_factory.mktemp("fake")
+    return write_fake_results(root, random_teachers=(RANDOM_BACKBONE,), without_masks=(NO_MASKS,))
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +138,17 @@ def test_paired_tests_join_the_same_images(results: Path, tmp_path: Path) -> Non
     assert tests.at[("synth_object", 0), "n_images"] == len(lines) - 2
     assert tests.at[("synth_object", 0), "n_unmatched"] == 1
     assert tests.at[("synth_object", 1), "n_unmatched"] == 0
+    (copy / "resnet50" / "synth_texture" / "seed1" / runs.METRICS_FILE).unlink()  # trained, not tested
+    rep = report.build_report(copy, pair="resnet50,convnext_tiny", n_boot=50)
+    assert len(rep.runs) == 11 and "resnet50/synth_texture/seed1" in report.untested_note(rep)
+    assert set(rep.tests.query("category == 'synth_texture'")["seed"]) == {0}
     original = report.pairwise_tests(report.load_runs(results), [("resnet50", "convnext_tiny")], n_boot=200)
     assert (original["n_unmatched"] == 0).all()
     expected = report.load_runs(results).query("backbone == 'resnet50'")["image_auroc"]
     assert sorted(original["auroc_a"]) == pytest.approx(sorted(expected))
 
 
-def test_test_images_resolve_from_the_project_root(results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_images_resolve_from_the_project_root(results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import plots
 
     monkeypatch.chdir(tmp_path)  # not the project root: paths like data/synth_object/... resolve via the run dir
