@@ -72,9 +72,10 @@ def _number(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _first(config: dict, *names: str, default: Any = "unknown") -> Any:
-    """The first of ``names`` present in a config (flag names differ between data sources)."""
-    return next((config[name] for name in names if config.get(name) is not None), default)
+def _text(config: dict, name: str) -> str:
+    """A config value as text; ``unknown`` when the run did not record it."""
+    value = config.get(name)
+    return "unknown" if value is None else str(value)
 
 
 def format_hardware(hardware: Any) -> str:
@@ -96,10 +97,10 @@ def _run_row(directory: Path) -> dict[str, Any]:
         "seed": int(config["seed"]),
         "kind": category_kind(category),
         "run_dir": str(directory),
-        "data_root": str(_first(config, "data_root", "data")),
-        "image_size": str(_first(config, "image_size", "size")),
-        "epochs": str(_first(config, "epochs")),
-        "teacher_weights": str(_first(config, "teacher_weights")),
+        "data_root": _text(config, "data_root"),
+        "image_size": _text(config, "image_size"),
+        "epochs": _text(config, "epochs"),
+        "teacher_weights": _text(config, "teacher_weights"),
         "hardware": format_hardware(config.get("hardware")),
         "threshold": _number(metrics.get("threshold")),
         "threshold_rule": str(metrics.get("threshold_rule") or "unknown"),
