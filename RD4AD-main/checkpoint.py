@@ -8,24 +8,19 @@ Saved atomically; read with ``torch.load(weights_only=True)`` so a file holding 
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 
 from backbones import build_model
 from errors import CheckpointError
 from rd_model import ReverseDistillation
+from system_info import library_versions
 
 FORMAT = "rd4ad-swappable-backbones/checkpoint"
 FORMAT_VERSION = 1
-
-
-def library_versions() -> dict[str, str]:
-    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version()}
 
 
 def save_checkpoint(path: str | os.PathLike, model: ReverseDistillation, *, backbone: str, image_size: int,

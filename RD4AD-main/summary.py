@@ -31,12 +31,19 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def forward_gflops(model: nn.Module, image_size: int) -> tuple[float, tuple]:
+    """GFLOPs of one forward pass at batch 1 (a multiply-add counts 2), and the forward's output."""
+    parameter = next(model.parameters())
+    images = torch.zeros(1, 3, image_size, image_size, device=parameter.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        output = model(images)
+    return round(counter.get_total_flops() / 1e9, 3), output
+
+
 def summarize(backbone: str, image_size: int = 256) -> ModelSummary:
     """Count a randomly initialised model (counts and FLOPs do not depend on the weights)."""
     model = build_model(backbone, pretrained=False).eval()
-    images = torch.zeros(1, 3, image_size, image_size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        teacher_features, student_features = model(images)
+    gflops, (teacher_features, student_features) = forward_gflops(model, image_size)
     for t, s in zip(teacher_features, student_features, strict=True):
         assert t.shape == s.shape, f"{backbone}: teacher {tuple(t.shape)} != student {tuple(s.shape)}"
     bottleneck, decoder = count_parameters(model.bottleneck), count_parameters(model.student)
@@ -47,7 +54,7 @@ def summarize(backbone: str, image_size: int = 256) -> ModelSummary:
         bottleneck_params=bottleneck,
         decoder_params=decoder,
         trainable_params=bottleneck + decoder,
-        gflops=round(counter.get_total_flops() / 1e9, 3),
+        gflops=gflops,
         feature_shapes=[list(t.shape[1:]) for t in teacher_features],
     )
 

@@ -9,6 +9,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CODE_DIR = REPO_ROOT / "RD4AD-main"
 sys.path.insert(0, str(CODE_DIR))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One intra-op thread per test process: on a 2-core machine shared with anything else, torch's second
+# thread gets descheduled and small ops (BatchNorm, elementwise) slow down 5-50x; one thread is steadier.
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("RD_TEST_THREADS", "1"))
 
 
 import pytest  # noqa: E402
