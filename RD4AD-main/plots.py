@@ -184,6 +184,29 @@ def histogram_figure(runs_frame: pd.DataFrame, category: str) -> Figure:
     return fig
 
 
+def history_figure(run_directories: list[str | os.PathLike]) -> Figure:
+    """Learning curves: training loss and held-out validation loss per epoch, one colour per run.
+
+    A flat validation curve that rises while the training loss falls is over-fitting; the last
+    epoch's weights are the model whatever the curve shows (no selection on any test data).
+    """
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    palette = matplotlib.colormaps["tab10"]
+    for index, directory in enumerate(run_directories):
+        directory = Path(directory)
+        history = pd.read_csv(directory / "history.csv")
+        label = "/".join(directory.parts[-3:])
+        color = palette(index % 10)
+        ax.plot(history["epoch"], history["loss"], color=color, marker="o", markersize=3, label=f"{label} train")
+        ax.plot(history["epoch"], history["val_loss"], color=color, linestyle="--", label=f"{label} validation")
+    ax.set(xlabel="epoch", ylabel="distillation loss (sum over 3 scales of 1 - cos)",
+           title="Learning curves (solid: training batches; dashed: held-out validation normals)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize="x-small")
+    return fig
+
+
 # ----------------------------------------------------------------------------------------------
 # Images and anomaly maps
 # ----------------------------------------------------------------------------------------------

@@ -255,7 +255,7 @@ def _paint(kind: str, defect: str, scene: _Scene, x, y, rng: np.random.Generator
     """The normal image with one defect painted in (float; sizes in units of the image side)."""
     image = scene.image.astype(np.float64)
     size = x.shape[0]
-    half_width = max(0.02, 1.0 / size)  # scratches at least 2 px wide
+    half_width = max(0.03, 1.0 / size)  # scratches at least 2 px wide
     if kind == "texture":
         cx, cy = rng.uniform(0.2, 0.8, 2)
     else:  # on the washer's body, away from its centre hole
@@ -266,20 +266,20 @@ def _paint(kind: str, defect: str, scene: _Scene, x, y, rng: np.random.Generator
         value = 240.0 if kind == "texture" else np.array([240.0, 240.0, 240.0])
         image[region] = value + _noise(rng, image[region].shape)
     elif defect == "hole":
-        region = np.hypot(x - cx, y - cy) <= rng.uniform(0.06, 0.10)
+        region = np.hypot(x - cx, y - cy) <= rng.uniform(0.09, 0.13)
         image[region] = 15.0 + _noise(rng, image[region].shape)
     elif defect == "stain":
-        a = rng.uniform(0.07, 0.11)
+        a = rng.uniform(0.10, 0.14)
         region = _ellipse(x, y, cx, cy, a, a * rng.uniform(0.5, 0.9), rng.uniform(0, math.pi))
         image[region] += rng.choice([-1.0, 1.0]) * rng.uniform(55.0, 75.0)
     elif defect == "colour":
-        a = rng.uniform(0.07, 0.10)
+        a = rng.uniform(0.10, 0.13)
         region = _ellipse(x, y, cx, cy, a, a * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi)) & scene.part
         image[region] = image[region][:, [1, 2, 0]]
     elif defect == "missing_part":
         angle = rng.uniform(0.0, 2 * math.pi)
         bx, by = scene.cx + scene.radius * math.cos(angle), scene.cy + scene.radius * math.sin(angle)
-        region = (np.hypot(x - bx, y - by) <= rng.uniform(0.07, 0.10)) & scene.part
+        region = (np.hypot(x - bx, y - by) <= rng.uniform(0.10, 0.14)) & scene.part
         image[region] = np.array(scene.background) + _noise(rng, image[region].shape)
     else:
         raise ValueError(f"unknown defect {defect!r} for a {kind}")
