@@ -7,7 +7,7 @@ the first block of each stage upsamples with a 2x2 stride-2 transposed convoluti
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.models.resnet import Bottleneck, conv1x1, conv3x3
+from torchvision.models.resnet import Bottleneck, conv1x1
 
 
 def deconv2x2(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:

@@ -24,7 +24,7 @@ import metrics
 import runs
 from checkpoint import model_from_checkpoint
 from dataset import MVTecDataset
-from errors import CheckpointError, RDError
+from errors import CheckpointError
 from rd_model import ReverseDistillation, image_scores
 from summary import count_parameters, forward_gflops
 from system_info import peak_memory_mb, reset_peak_memory, resolve_device, synchronize

@@ -40,11 +40,16 @@ _NUMPY_DEVICES = ("cpu",)
 # input checks
 # ----------------------------------------------------------------------------------------------------
 def _as_tensor(x: ArrayLike) -> torch.Tensor:
-    """View numpy arrays and tensors as tensors without copying (lists and reversed views are copied)."""
+    """View numpy arrays and tensors as tensors without copying.
+
+    Lists, reversed views and read-only arrays (pandas columns under copy-on-write) are copied:
+    torch cannot view the last two.
+    """
     if isinstance(x, torch.Tensor):
         return x
     array = np.asarray(x)
-    return torch.as_tensor(array if all(step >= 0 for step in array.strides) else array.copy())
+    viewable = array.flags.writeable and all(step >= 0 for step in array.strides)
+    return torch.as_tensor(array if viewable else array.copy())
 
 
 def _binary(x: ArrayLike, name: str) -> torch.Tensor:

@@ -417,7 +417,7 @@ def pairwise_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], n_boo
     tests = pd.DataFrame(rows, columns=TEST_COLUMNS)
     for column in ("auroc_a", "auroc_b", "difference", "p_value", "p_holm", "ci_low", "ci_high"):
         tests[column] = tests[column].astype(float)
-    for (a, b), index in tests.groupby(["backbone_a", "backbone_b"], sort=False).groups.items():
+    for index in tests.groupby(["backbone_a", "backbone_b"], sort=False).groups.values():
         tests.loc[index, "p_holm"] = holm(tests.loc[index, "p_value"])
     return tests
 

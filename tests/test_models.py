@@ -13,7 +13,6 @@ import torch
 from torchvision.models import resnet50
 
 import backbones
-import weights
 from backbones import BACKBONES, build_model
 from checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from errors import CheckpointError, WeightsError

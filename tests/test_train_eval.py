@@ -17,7 +17,7 @@ import runs
 import train
 from checkpoint import read_checkpoint
 from dataset import MVTecDataset
-from errors import CheckpointError, RDError
+from errors import CheckpointError
 from evaluate import evaluate_run, score_images, select_runs
 from rd_model import image_scores
 from train import FastPath, TrainConfig, build_run_model, epoch_batches, train_run
