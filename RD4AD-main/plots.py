@@ -349,30 +349,27 @@ def _extremes_row(fig: Figure, axes: np.ndarray, row: pd.Series, images: pd.Data
 # ----------------------------------------------------------------------------------------------
 
 
+# Per-category figures: (kind, drawing function, caption, caption when the function returns None).
+PER_CATEGORY_FIGURES = (
+    ("roc", roc_figure, "Image-level ROC curves, {c}.", None),
+    ("pro", pro_figure, "PRO curves, {c}.",
+     "PRO curves for {c} skipped: no ground-truth masks (pixel metrics are null or maps.npz missing)."),
+    ("hist", histogram_figure, "Score histograms, {c}.", None),
+    ("gallery", gallery_figure, "Anomaly-map gallery, {c}.",
+     "Gallery for {c} skipped: no seed where every backbone saved maps with masks."),
+    ("extremes", extremes_figure, "Lowest-scored defects and highest-scored normals, {c}.",
+     "Hardest images for {c} skipped: no seed run by every backbone."),
+)
+
+
 def make_figures(runs_frame: pd.DataFrame) -> list[FigureItem]:
     """Every figure of the report, grouped by section, categories sorted."""
-    categories = sorted(set(runs_frame["category"]))
     items = [FigureItem("bars", "bars", "Image AUROC, pixel AUROC and AUPRO per category and backbone.",
                         bars_figure(runs_frame))]
-    items += [FigureItem("roc", f"roc_{c}", f"Image-level ROC curves, {c}.", roc_figure(runs_frame, c))
-              for c in categories]
-    for c in categories:
-        figure = pro_figure(runs_frame, c)
-        caption = (f"PRO curves, {c}." if figure else
-                   f"PRO curves for {c} skipped: no ground-truth masks (pixel metrics are null or maps.npz missing).")
-        items.append(FigureItem("pro", f"pro_{c}", caption, figure))
-    items += [FigureItem("hist", f"hist_{c}", f"Score histograms, {c}.", histogram_figure(runs_frame, c))
-              for c in categories]
-    for c in categories:
-        figure = gallery_figure(runs_frame, c)
-        caption = (f"Anomaly-map gallery, {c}." if figure else
-                   f"Gallery for {c} skipped: no seed where every backbone saved maps with masks.")
-        items.append(FigureItem("gallery", f"gallery_{c}", caption, figure))
-    for c in categories:
-        figure = extremes_figure(runs_frame, c)
-        caption = (f"Lowest-scored defects and highest-scored normals, {c}." if figure else
-                   f"Hardest images for {c} skipped: no seed run by every backbone.")
-        items.append(FigureItem("extremes", f"extremes_{c}", caption, figure))
+    for kind, draw, caption, skipped in PER_CATEGORY_FIGURES:
+        for c in sorted(set(runs_frame["category"])):
+            figure = draw(runs_frame, c)
+            items.append(FigureItem(kind, f"{kind}_{c}", (caption if figure else skipped).format(c=c), figure))
     return items
 
 
