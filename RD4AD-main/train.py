@@ -9,9 +9,11 @@ killed run resumed from its last checkpoint ends exactly where an uninterrupted 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
+import pickle
 import random
 import time
 from contextlib import nullcontext
@@ -21,15 +23,17 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
+import distributed
 import runs
 from backbones import build_model, get_backbone, parse_backbones, teacher_weights_id
 from checkpoint import load_into, read_checkpoint, save_checkpoint
 from dataset import MVTecDataset, list_categories, normalize, validate_image_size
 from errors import CheckpointError, RDError, WeightsError
 from rd_model import ReverseDistillation, distillation_loss
-from system_info import describe_hardware, library_versions, peak_memory_mb, reset_peak_memory, resolve_device
+from system_info import describe_hardware, library_versions, peak_memory_mb, reset_peak_memory, synchronize
 
 HISTORY_COLUMNS = ("epoch", "loss", "loss_scale1", "loss_scale2", "loss_scale3", "val_loss",
                    "epoch_time_s", "images_per_s", "peak_memory_mb")
@@ -60,9 +64,10 @@ class TrainConfig:
     checkpoint_every: int = 10
     device: str = "auto"
     deterministic: bool = False
-    channels_last: bool | None = None  # None: on for CUDA, where it is measured faster
+    channels_last: bool | None = None  # None: on (measured faster on CUDA and on this CPU, see FastPath)
     amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU where bf16 is slower), "bf16" or "off"
     compile: bool = False
+    sync_bn: bool = False  # data-parallel only: BatchNorm statistics over the global batch (see distributed.py)
     results: str = "results"
     checkpoints: str = "checkpoints"
     model_knobs: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +98,10 @@ class FastPath:
         if config.amp not in ("auto", "bf16", "off"):
             raise RDError(f"--amp {config.amp!r}: expected auto, bf16 or off")
         bf16 = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
-        channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+        # channels_last by default on CPU too: measured on the 2-core EPYC, fast steps alternating with and
+        # without it (batch 16, best of 3): training at 128 px +1..6% (resnet50, convnext_tiny, WRN-50-2, 1 and
+        # 2 threads), scoring at 256 px +9..15% for the ResNets and +1..3% for convnext_tiny; never slower.
+        channels_last = True if config.channels_last is None else config.channels_last
         return cls(channels_last, torch.bfloat16 if bf16 else None, config.compile)
 
     def autocast(self, device: torch.device):
@@ -207,13 +215,14 @@ def validation_loss(model: ReverseDistillation, images: torch.Tensor, fast: Fast
     return total / max(len(images), 1)
 
 
-def _train_step(model: ReverseDistillation, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
-                fast: FastPath, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
+                fast: FastPath, device: torch.device, loss_scale: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One optimiser step; ``loss_scale`` weights a rank's share of an unevenly split global batch."""
     with fast.autocast(device):
         teacher, student = model(batch)
     loss, per_scale = distillation_loss([t.float() for t in teacher], [s.float() for s in student])
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     optimizer.step()
     return loss.detach(), [s.detach() for s in per_scale]
 
@@ -222,12 +231,20 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
     """Train one (backbone, category, seed) to ``config.epochs``, resuming from its last checkpoint.
 
     Returns the run directory. Skips a run whose checkpoint already reached ``config.epochs``.
+    In a torchrun group (``distributed.process_group``) every rank trains its share of each global
+    batch and only rank 0 writes files and shows progress.
     """
     validate_image_size(config.image_size)
     get_backbone(config.backbone)
-    if restart:
+    world = distributed.current()
+    quiet = quiet or not world.is_main
+    if world.enabled and config.batch_size % world.size:
+        raise RDError(f"--batch-size {config.batch_size} is the global batch and must be divisible by the "
+                      f"{world.size} processes")
+    if restart and world.is_main:
         config.checkpoint_path.unlink(missing_ok=True)
         (config.run_dir / runs.CONFIG_FILE).unlink(missing_ok=True)
+    distributed.barrier()
     _check_resumable(config)
 
     # the data first: a wrong path fails before a large model is built
@@ -235,13 +252,14 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
                              config.val_fraction, config.split_seed)
     val_set = MVTecDataset(config.data_root, config.category, "val", config.image_size,
                            config.val_fraction, config.split_seed)
-    device = resolve_device(config.device)
+    device = distributed.device_for(config.device)
     seed_everything(config.seed, config.deterministic)
     fast = FastPath.resolve(config, device)
     model, weights_id, teacher_warning = build_run_model(config)
     model.to(device)
     if fast.channels_last:
         model.to(memory_format=torch.channels_last)
+    net = distributed.DistributedRD(model, device, config.sync_bn) if world.enabled else model
     optimizer = make_optimizer(model, config)
 
     start_epoch, history = 0, []
@@ -255,7 +273,8 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
             if not quiet:
                 print(f"{config.key}: complete ({start_epoch} epochs), skipped")
             return config.run_dir
-        print(f"{config.key}: resuming after epoch {start_epoch} of {config.epochs}")
+        if world.is_main:
+            print(f"{config.key}: resuming after epoch {start_epoch} of {config.epochs}")
 
     train_images = train_set.uint8_images().to(device)  # uint8 on the device: ~1/4 of float32
     val_images = val_set.uint8_images()
@@ -272,32 +291,47 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
         "n_val": len(val_set),
         "versions": library_versions(),
         "hardware": describe_hardware(device),
+        "world_size": world.size,
     }
-    runs.atomic_write_json(config.run_dir / runs.CONFIG_FILE, record)
+    if world.is_main:
+        runs.atomic_write_json(config.run_dir / runs.CONFIG_FILE, record)
 
     step = torch.compile(_train_step) if fast.compile else _train_step
-    batches_per_epoch = sum(1 for _ in epoch_batches(len(train_images), config.batch_size, config.seed, 0))
+    batches_per_epoch = sum(1 for _ in epoch_batches(len(train_images), config.batch_size, config.seed, 0,
+                                                     world.rank, world.size))
     progress = tqdm(total=(config.epochs - start_epoch) * batches_per_epoch, desc=str(config.key), unit="batch",
                     disable=quiet, dynamic_ncols=True)
     for epoch in range(start_epoch + 1, config.epochs + 1):
-        model.train()
+        net.train()
         reset_peak_memory(device)
-        started, seen = time.perf_counter(), 0
-        sums = torch.zeros(4, device=device)
-        for indices in epoch_batches(len(train_images), config.batch_size, config.seed, epoch):
-            batch = fast.prepare(train_images[indices.to(device)])
-            loss, per_scale = step(model, optimizer, batch, fast, device)
+        started, shown, seen = time.perf_counter(), 0.0, 0
+        sums = torch.zeros(4, device=device)  # loss and the 3 scales, image-weighted
+        shares = list(epoch_batches(len(train_images), config.batch_size, config.seed, epoch, world.rank, world.size))
+        whole = epoch_batches(len(train_images), config.batch_size, config.seed, epoch)  # the same order
+        global_sizes = [len(b) for b, _ in zip(whole, shares)]
+        # one host-to-device copy per epoch: a copy per step would wait for the GPU every step
+        on_device = torch.cat(shares).to(device).split([len(b) for b in shares]) if shares else []
+        for indices, global_size in zip(on_device, global_sizes):
+            batch = fast.prepare(train_images[indices])
+            loss, per_scale = step(net, optimizer, batch, fast, device,
+                                   loss_scale=world.size * len(indices) / global_size)
             sums += torch.stack([loss, *per_scale]) * len(indices)
             seen += len(indices)
             progress.update()
-            progress.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}",
-                                 img_s=f"{seen / (time.perf_counter() - started):.1f}")
-        means = (sums / seen).tolist()
+            if not quiet and time.perf_counter() - shown > 0.5:  # .item() waits for the device: not every step
+                shown = time.perf_counter()
+                progress.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}",
+                                     img_s=f"{world.size * seen / (shown - started):.1f}")
+        totals = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([seen])]))
+        seen = int(totals[4])
+        means = (totals[:4] / seen).tolist()
         if not all(math.isfinite(v) for v in means):
             progress.close()
             raise NonFiniteLoss(f"{config.key}: the loss became {means[0]} in epoch {epoch}; stopped. The last good "
                                 f"checkpoint {config.checkpoint_path} is kept (try a lower --lr or --amp off)")
         elapsed = time.perf_counter() - started
+        if not world.is_main:  # rank 0 alone validates and writes; the others go on to the next epoch
+            continue
         history.append({
             "epoch": epoch, "loss": means[0], "loss_scale1": means[1], "loss_scale2": means[2],
             "loss_scale3": means[3], "epoch_time_s": elapsed, "images_per_s": seen / elapsed,
@@ -310,6 +344,7 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
                             teacher_weights=weights_id, model_knobs=config.model_knobs,
                             training_state={"epoch": epoch, "optimizer": optimizer.state_dict(), "history": history})
     progress.close()
+    distributed.barrier()  # the checkpoint is complete before any rank moves on
     return config.run_dir
 
 
@@ -365,15 +400,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deterministic", action="store_true", default=None,
                         help="deterministic kernels (slower on CUDA)")
     parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
-                        help="channels_last memory format (default: on for CUDA, off for CPU)")
+                        help="channels_last memory format (default: on)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast (default auto: CUDA only)")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
+    parser.add_argument("--sync-bn", action="store_true", default=None,
+                        help="torchrun only: BatchNorm statistics over the whole global batch (see distributed.py)")
     parser.add_argument("--model-knobs", type=json.loads,
                         help='JSON of builder knobs, e.g. \'{"embed_dim": 768}\' for ConvNeXt')
     parser.add_argument("--restart", action="store_true", help="discard existing checkpoints and start over")
     parser.add_argument("--resume", action="store_true",
                         help="require an existing checkpoint to continue (runs resume by default anyway)")
+    parser.add_argument("--no-eta", action="store_true", help="do not estimate the sweep's time before it starts")
+    parser.add_argument("--bench-json", default="bench.json",
+                        help="a `main.py bench` output to take the throughput from for the estimate, when no "
+                             "history of the same setting exists (default bench.json, if present)")
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -409,12 +450,177 @@ def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train every selected run in turn; under torchrun, each run data-parallel over the group."""
     configs = configs_from_args(args)
+    if not configs:
+        raise RDError("no run selected: --categories, --backbones and --seeds must each name at least one")
     if args.resume:
         missing = [str(c.checkpoint_path) for c in configs if not c.checkpoint_path.is_file()]
         if missing:
             raise CheckpointError(f"--resume: no checkpoint to resume at {', '.join(missing[:3])}")
-    print(f"training {len(configs)} run(s): " + ", ".join(str(c.key) for c in configs))
-    for config in configs:
-        train_run(config, restart=args.restart)
+    with distributed.process_group(configs[0].device) as world:
+        if world.is_main:
+            print(f"training {len(configs)} run(s): " + ", ".join(str(c.key) for c in configs)
+                  + (f" on {world.size} processes" if world.enabled else ""))
+            if not args.no_eta and not args.restart:
+                print(estimate_sweep(configs, args.bench_json), flush=True)
+        distributed.barrier()
+        for config in configs:
+            train_run(config, restart=args.restart)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- sweep estimate
+
+def format_duration(seconds: float) -> str:
+    """``1d 3h 05m``, ``2h 07m`` or ``4m 09s``."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h {minutes:02d}m"
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+@dataclass
+class Throughput:
+    images_per_s: float
+    basis: str
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """Epochs trained in a checkpoint (0 when there is none), memory-mapped: the weights are not read."""
+    if not path.is_file():
+        return 0
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):
+        return 0
+    return int(payload.get("training_state", {}).get("epoch", 0))
+
+
+def _same_setting(recorded: dict[str, Any], config: TrainConfig, hardware: dict[str, Any]) -> bool:
+    """Same backbone size, batch and fast path on the same kind of hardware: the throughput carries over."""
+    keys = ("device", "gpu") if hardware["device"] == "cuda" else ("device", "cpu", "torch_threads")
+    same_hardware = all(recorded.get("hardware", {}).get(k) == hardware.get(k) for k in keys)
+    return same_hardware and all(recorded.get(k) == getattr(config, k) for k in ("backbone", "image_size",
+                                                                                  "batch_size", "model_knobs"))
+
+
+def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any]
+                             ) -> Throughput | None:
+    """Mean images/s of the epochs after the first in an earlier run of the same setting (single process)."""
+    for config_file in sorted(Path(config.results).glob(f"{config.backbone}/*/seed*/{runs.CONFIG_FILE}")):
+        recorded = runs.read_json(config_file)
+        if not _same_setting(recorded, config, hardware) or recorded.get("fast_path") != fast \
+                or recorded.get("world_size", 1) != 1:
+            continue
+        history_file = config_file.with_name(runs.HISTORY_FILE)
+        if not history_file.is_file():
+            continue
+        with open(history_file, encoding="utf-8") as handle:
+            speeds = [float(row["images_per_s"]) for row in csv.DictReader(handle)]
+        steady = speeds[1:] or speeds  # epoch 1 includes the warm-up
+        if steady:
+            return Throughput(sum(steady) / len(steady), f"history of {config_file.parent}")
+    return None
+
+
+def _throughput_from_bench(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any],
+                           bench_file: str | None) -> Throughput | None:
+    """The fast training images/s of a `main.py bench` output taken with the same setting."""
+    if not bench_file or not Path(bench_file).is_file():
+        return None
+    try:
+        bench = runs.read_json(bench_file)
+        figures = bench["backbones"][config.backbone]
+        recorded = {"hardware": bench["machine"], "backbone": config.backbone, "model_knobs": {},
+                    "image_size": bench["settings"]["image_size"], "batch_size": bench["settings"]["batch_size"]}
+        if not _same_setting(recorded, config, hardware) or figures["fast_path"] != fast:
+            return None
+        return Throughput(float(figures["train"]["fast"]["images_per_s"]), f"{bench_file} (main.py bench)")
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        return None
+
+
+def _measure_throughput(config: TrainConfig, device: torch.device, steps: int = 2) -> Throughput:
+    """Time a few training steps of the run's model on random images (a random teacher: the speed does not
+    depend on the weights), after one warm-up step; the best step counts."""
+    fast = FastPath.resolve(config, device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = build_model(config.backbone, pretrained=False, **config.model_knobs).to(device)
+        if fast.channels_last:
+            model.to(memory_format=torch.channels_last)
+        model.train()
+        optimizer = make_optimizer(model, config)
+        images = torch.randint(0, 256, (config.batch_size, 3, config.image_size, config.image_size),
+                               dtype=torch.uint8, device=device)
+        times = []
+        for _ in tqdm(range(1 + steps), desc="timing steps for the estimate", unit="step", leave=False):
+            synchronize(device)
+            started = time.perf_counter()
+            _train_step(model, optimizer, fast.prepare(images), fast, device)
+            synchronize(device)
+            times.append(time.perf_counter() - started)
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Throughput(config.batch_size / min(times[1:]), f"{steps} timed training steps after a warm-up")
+
+
+@dataclass
+class SweepEstimate:
+    """Estimated training time of the runs still to train; ``str()`` gives the printed summary."""
+
+    total_s: float
+    runs_to_train: int
+    runs_complete: int
+    lines: list[str]
+
+    def __str__(self) -> str:
+        if not self.runs_to_train:
+            return "sweep estimate: every run is complete; nothing to train"
+        return "\n".join([f"sweep estimate: {format_duration(self.total_s)} of training for {self.runs_to_train} "
+                          f"run(s) to train ({self.runs_complete} complete); training steps only (the per-epoch "
+                          f"validation pass and `main.py test` come on top)", *self.lines])
+
+
+def estimate_sweep(configs: list[TrainConfig], bench_file: str | None = "bench.json") -> SweepEstimate:
+    """The estimated training time of the runs still to train: images left x epochs / throughput.
+
+    The throughput of each (backbone, size, batch) comes from, in this order: an earlier run's
+    history.csv with the same setting and hardware, a bench.json of the same, or a few timed steps.
+    """
+    world = distributed.current()
+    device = distributed.device_for(configs[0].device)
+    hardware = describe_hardware(device)
+    train_sizes: dict[tuple, int] = {}
+    groups: dict[tuple, list[int]] = {}  # (backbone, size, batch, knobs) -> images left per run
+    representative: dict[tuple, TrainConfig] = {}
+    for config in configs:
+        done = checkpoint_epoch(config.checkpoint_path)
+        if done >= config.epochs:
+            continue
+        data_key = (config.data_root, config.category, config.val_fraction, config.split_seed)
+        if data_key not in train_sizes:
+            train_sizes[data_key] = len(MVTecDataset(config.data_root, config.category, "train", config.image_size,
+                                                     config.val_fraction, config.split_seed))
+        key = (config.backbone, config.image_size, config.batch_size, json.dumps(config.model_knobs, sort_keys=True))
+        groups.setdefault(key, []).append((config.epochs - done) * train_sizes[data_key])
+        representative.setdefault(key, config)
+    lines, total = [], 0.0
+    for key, images in groups.items():
+        config = representative[key]
+        fast = FastPath.resolve(config, device).as_dict()
+        speed = (_throughput_from_history(config, hardware, fast)
+                 or _throughput_from_bench(config, hardware, fast, bench_file)
+                 or _measure_throughput(config, device))
+        seconds = sum(images) / (speed.images_per_s * world.size)
+        total += seconds
+        scaling = f" x {world.size} processes (assumed linear)" if world.enabled else ""
+        lines.append(f"  {config.backbone} at {config.image_size} px, batch {config.batch_size}: {len(images)} run(s), "
+                     f"{sum(images):,} images x epochs at {speed.images_per_s:.1f} img/s{scaling} -> "
+                     f"{format_duration(seconds)} (throughput from {speed.basis})")
+    to_train = sum(len(images) for images in groups.values())
+    return SweepEstimate(total, to_train, len(configs) - to_train, lines)

@@ -1,0 +1,204 @@
+"""Data-parallel training of one model over several processes (``torchrun --nproc-per-node N main.py train``).
+
+torchrun starts one process per device and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``
+and ``MASTER_PORT``. ``process_group`` joins the group those variables describe (NCCL on CUDA, gloo on
+CPU; a plain ``python main.py train`` is a group of one and joins nothing), and each rank then uses
+``cuda:LOCAL_RANK``. Only the trainable path (bottleneck + student) is wrapped in
+DistributedDataParallel: the frozen teacher runs outside it, under ``no_grad``, and the RD model has
+no unused parameters (the original's dead ``conv4``/``bn4`` is gone), so DDP needs no unused-parameter
+search.
+
+BatchNorm: with plain BatchNorm each rank normalises with the statistics of its own share of the
+batch, so the ResNet student trains slightly differently from one process on the whole batch.
+``--sync-bn`` computes the statistics over the whole global batch: torch's ``SyncBatchNorm`` on CUDA,
+and on CPU (where torch's refuses to run) ``GlobalBatchNorm``, two differentiable all-reduces per
+layer. With it, N processes give the loss curve of one process with the same global batch and seed.
+The ConvNeXt models use LayerNorm only and need no synchronisation.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from errors import RDError
+from rd_model import ReverseDistillation
+from system_info import resolve_device
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the group; ``World()`` is a single process."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world() -> World:
+    """The group described by torchrun's environment variables (a single process when they are absent)."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise RDError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they are set by torchrun)") from None
+    if size < 1 or not 0 <= rank < size:
+        raise RDError(f"RANK {rank} / WORLD_SIZE {size}: expected 0 <= RANK < WORLD_SIZE")
+    return World(rank, size, local_rank)
+
+
+def current() -> World:
+    """The joined group, or a single process when none is joined."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), env_world().local_rank)
+
+
+def device_for(name: str) -> torch.device:
+    """The device a rank trains on: ``--device`` resolved, with CUDA pinned to ``cuda:LOCAL_RANK`` in a group."""
+    device = resolve_device(name)
+    world = current()
+    if world.enabled and device.type == "cuda":
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+@contextmanager
+def process_group(device_name: str) -> Iterator[World]:
+    """Join torchrun's group for the block (NCCL for CUDA devices, gloo for CPU) and leave it after."""
+    world = env_world()
+    if not world.enabled or dist.is_initialized():
+        yield current()
+        return
+    if not dist.is_available():
+        raise RDError("torch.distributed is not available in this torch build; run without torchrun")
+    cuda = resolve_device(device_name).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=world.rank, world_size=world.size)
+    try:
+        yield world
+        barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if current().enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum over the ranks, in place (a no-op for a single process)."""
+    if current().enabled:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the all-reduced gradient: every rank's loss reaches every input."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # noqa: ANN001 (autograd context)
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        return _SumOverRanks.apply(grad)
+
+
+class GlobalBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics span the global batch of all ranks, on any device.
+
+    The per-channel sum and sum of squared deviations are all-reduced by an autograd-aware collective,
+    so gradients flow through the global statistics as in one process (two-pass variance, as torch's
+    CPU kernel). Outside training, or in a group of one, it is plain BatchNorm2d.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and current().enabled):
+            return super().forward(x)
+        self._check_input_dim(x)
+        dims = [0, 2, 3]
+        local_count = x.new_tensor([x.numel() / x.shape[1]])
+        totals = _SumOverRanks.apply(torch.cat([x.sum(dims), local_count]))
+        count = totals[-1].detach()
+        mean = totals[:-1] / count
+        centered = x - mean.view(1, -1, 1, 1)
+        var = _SumOverRanks.apply((centered * centered).sum(dims)) / count
+        out = centered * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach(), factor)
+                self.running_var.lerp_(var.detach() * count / (count - 1).clamp(min=1), factor)
+        return out
+
+
+def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Make every BatchNorm of ``module`` use global-batch statistics (same parameters, buffers and keys)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm):
+        like = next((t for t in (module.weight, module.running_mean) if t is not None), None)
+        factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
+        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats, **factory)
+        converted.load_state_dict(module.state_dict())
+        if module.affine:
+            converted.weight, converted.bias = module.weight, module.bias  # keep the optimiser's Parameters
+        converted.train(module.training)
+        return converted
+    for name, child in module.named_children():
+        setattr(module, name, convert_batchnorm(child, device))
+    return module
+
+
+class _TrainablePath(nn.Module):
+    """Bottleneck then student: the part of the RD model that DDP wraps."""
+
+    def __init__(self, bottleneck: nn.Module, student: nn.Module) -> None:
+        super().__init__()
+        self.bottleneck, self.student = bottleneck, student
+
+    def forward(self, teacher_features: list[Tensor]) -> list[Tensor]:
+        return self.student(self.bottleneck(teacher_features))
+
+
+class DistributedRD(nn.Module):
+    """An RD model for data-parallel training: same ``forward`` contract as ``ReverseDistillation``
+    (images -> teacher and student features), gradients of the trainable path averaged over the ranks."""
+
+    def __init__(self, model: ReverseDistillation, device: torch.device, sync_bn: bool = False) -> None:
+        super().__init__()
+        if sync_bn:
+            model.bottleneck = convert_batchnorm(model.bottleneck, device)
+            model.student = convert_batchnorm(model.student, device)
+        self.model = model
+        self.path = DistributedDataParallel(_TrainablePath(model.bottleneck, model.student),
+                                            device_ids=[device.index] if device.type == "cuda" else None)
+
+    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        with torch.no_grad():
+            teacher_features = self.model.teacher(images)
+        return teacher_features, self.path(teacher_features)

@@ -1,0 +1,139 @@
+"""Issue 6: data-parallel training (DDP over gloo, 2 CPU processes) matches one process on the global batch.
+
+The ranks are started as torchrun starts them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and run
+the real ``main.py train``. The loss-curve test uses ConvNeXt, whose student has LayerNorm only, so the
+ranks' shares of a batch are independent and 2 processes give the 1-process curve to rounding. The
+ResNet student has BatchNorm: without ``--sync-bn`` each rank normalises with the statistics of its
+own 4 images, a different computation from one process's over 8. With ``--sync-bn`` the computation
+is the same, which the second test shows exactly, on float64 gradients: in float32 a ResNet RD loss
+curve at 64 px is sensitive to rounding (a memory-format change alone moves epoch 2's loss by ~1.6%),
+so a float32 curve comparison would test rounding, not the method.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import distributed
+import runs
+from backbones import build_model
+from rd_model import distillation_loss
+from train import TrainConfig, train_run
+
+EPOCHS, BATCH = 2, 8
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _rank_main(rank: int, world_size: int, port: int, argv: list[str]) -> None:
+    """One torchrun-like rank; any file write by a rank other than 0 fails the test."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import train
+    from main import main
+
+    if rank != 0:
+        def refuse(*_args, **_kwargs):
+            raise AssertionError(f"rank {rank} tried to write a file")
+
+        runs.atomic_write_text = runs.atomic_write_json = refuse
+        train.save_checkpoint = train._write_history = refuse
+    assert main(argv) == 0
+
+
+def test_two_gloo_processes_give_the_single_process_loss_curve(synthetic_root, tmp_path):
+    single = TrainConfig(data_root=str(synthetic_root), category="synth_object", backbone="convnext_tiny",
+                         epochs=EPOCHS, image_size=64, batch_size=BATCH, pretrained=False,
+                         results=str(tmp_path / "one" / "results"), checkpoints=str(tmp_path / "one" / "checkpoints"))
+    train_run(single, quiet=True)
+    parallel = replace(single, results=str(tmp_path / "two" / "results"),
+                       checkpoints=str(tmp_path / "two" / "checkpoints"))
+    argv = ["train", "--data-root", str(synthetic_root), "--categories", "synth_object", "--backbones",
+            "convnext_tiny", "--epochs", str(EPOCHS), "--image-size", "64", "--batch-size", str(BATCH),
+            "--no-pretrained", "--device", "cpu", "--no-eta", "--results", parallel.results,
+            "--checkpoints", parallel.checkpoints]
+    mp.spawn(_rank_main, args=(2, free_port(), argv), nprocs=2, join=True)
+
+    expected = pd.read_csv(single.run_dir / runs.HISTORY_FILE)
+    actual = pd.read_csv(parallel.run_dir / runs.HISTORY_FILE)
+    assert len(expected) == len(actual) == EPOCHS
+    for column in ("loss", "loss_scale1", "loss_scale2", "loss_scale3", "val_loss"):
+        np.testing.assert_allclose(actual[column], expected[column], rtol=1e-4, err_msg=column)
+    assert runs.read_json(parallel.run_dir / runs.CONFIG_FILE)["world_size"] == 2
+    assert sorted(p.name for p in Path(parallel.results).rglob("*") if p.is_file()) == \
+        [runs.CONFIG_FILE, runs.HISTORY_FILE]
+    assert [p.name for p in Path(parallel.checkpoints).rglob("*") if p.is_file()] == [runs.CHECKPOINT_FILE]
+
+
+def _rd_gradients(rank: int, world_size: int, sync_bn: bool) -> dict[str, torch.Tensor]:
+    """Float64 gradients and BatchNorm running statistics of a ResNet RD model after one backward on
+    this rank's share of 8 fixed images (all 8 in a single process)."""
+    torch.manual_seed(0)
+    model = build_model("resnet50", pretrained=False).double()
+    net = distributed.DistributedRD(model, torch.device("cpu"), sync_bn) if world_size > 1 else model
+    net.train()
+    images = torch.randn(8, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    teacher, student = net(images.tensor_split(world_size)[rank])
+    distillation_loss(teacher, student)[0].backward()
+    trainable = model.trainable_modules()
+    return {**{name: p.grad for name, p in trainable.named_parameters()},
+            **{name: b for name, b in trainable.named_buffers() if "running" in name}}
+
+
+def _gradients_main(rank: int, world_size: int, port: int, out: Path) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        for sync_bn in (True, False):
+            gradients = _rd_gradients(rank, world_size, sync_bn)
+            if rank == 0:
+                torch.save(gradients, out / f"sync_bn_{sync_bn}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _worst_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-300)) for k in a)
+
+
+def test_sync_bn_gives_the_single_process_gradients_of_a_batchnorm_student(tmp_path):
+    mp.spawn(_gradients_main, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    single = _rd_gradients(0, 1, sync_bn=False)
+    synced = torch.load(tmp_path / "sync_bn_True.pt")
+    per_rank = torch.load(tmp_path / "sync_bn_False.pt")
+    assert _worst_relative_difference(synced, single) < 1e-9  # gradients and running statistics
+    assert _worst_relative_difference(per_rank, single) > 1e-3  # per-rank statistics: another computation
+
+
+def test_global_batchnorm_is_batchnorm_outside_a_group():
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    converted = distributed.convert_batchnorm(torch.nn.Sequential(*layer), torch.device("cpu"))
+    assert isinstance(converted[1], distributed.GlobalBatchNorm)
+    assert converted[1].weight is layer[1].weight  # the optimiser's parameters are kept
+    images = torch.randn(6, 3, 5, 5)
+    assert torch.allclose(converted(images), layer(images))
+    assert converted.state_dict().keys() == layer.state_dict().keys()
+
+
+def test_batch_must_split_evenly(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(distributed, "current", lambda: distributed.World(0, 3, 0))
+    config = TrainConfig(data_root=str(synthetic_root), category="synth_object", backbone="resnet50",
+                         batch_size=8, pretrained=False, results=str(tmp_path))
+    with pytest.raises(distributed.RDError, match="divisible by the 3 processes"):
+        train_run(config, quiet=True)
