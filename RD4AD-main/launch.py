@@ -1,0 +1,218 @@
+"""Sweep launcher: independent (backbone, category, seed) runs, one per device at a time, in subprocesses.
+
+    python RD4AD-main/launch.py --devices cuda:0,cuda:1 -- --data-root data/mvtec --categories all \\
+        --backbones resnet50,convnext_tiny --seeds 0,1,2
+
+Everything after ``--`` is a ``main.py train`` command line and selects the sweep as it would there.
+Each run becomes one ``main.py train`` process for that run alone, started on the next free device;
+its output goes to a log file, and ``events.jsonl`` records when each run started and ended. Runs
+whose checkpoint reached the final epoch are skipped without starting a process and incomplete ones
+resume from their last checkpoint (train's own resume), so a killed launcher is restarted with the
+same command. A CUDA device reaches its job as ``CUDA_VISIBLE_DEVICES``; CPU "devices" (tests, or
+several jobs on a many-core machine) share the cores through ``OMP_NUM_THREADS``. On Linux the jobs
+die with the launcher, however it is killed, so a restart never runs a job twice at once.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train  # noqa: E402  (needs the path above)
+from errors import RDError  # noqa: E402
+
+MAIN = Path(__file__).resolve().parent / "main.py"
+POLL_S = 0.2
+
+
+@dataclass
+class Job:
+    config: train.TrainConfig
+    log: Path
+    device: str = ""
+    process: subprocess.Popen | None = None
+    handle: IO | None = None
+    started: float = 0.0
+
+
+def parse_devices(text: str) -> list[str]:
+    """``all`` (every visible GPU, else the CPU) or a comma list of ``cpu`` and ``cuda:N``."""
+    import torch
+
+    if text == "all":
+        count = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
+    devices = train.parse_list(text, "--devices")
+    for device in devices:
+        if device == "cpu":
+            continue
+        kind, _, index = device.partition(":")
+        if kind != "cuda" or not index.isdigit():
+            raise RDError(f"--devices {text!r}: expected 'all' or a comma list of cpu and cuda:N")
+        if int(index) >= torch.cuda.device_count():
+            raise RDError(f"--devices: {device} is not visible here ({torch.cuda.device_count()} CUDA device(s))")
+    if not devices:
+        raise RDError("--devices: name at least one device")
+    return devices
+
+
+def job_command(train_args: list[str], config: train.TrainConfig, device: str) -> list[str]:
+    """``main.py train`` for this run alone; later flags override the sweep's selection and device."""
+    return [sys.executable, str(MAIN), "train", *train_args, "--backbones", config.backbone,
+            "--categories", config.category, "--seeds", str(config.seed),
+            "--device", "cpu" if device == "cpu" else "cuda", "--no-eta"]
+
+
+def job_environment(device: str, cpu_slots: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if device == "cpu":
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cpu_slots)))
+    else:
+        index = int(device.split(":")[1])
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the launcher dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Launcher:
+    """Runs jobs on device slots as they free up and records each start and end."""
+
+    def __init__(self, devices: list[str], jobs_per_device: int, train_args: list[str], log_dir: Path) -> None:
+        self.slots: list[Job | None] = [None] * (len(devices) * jobs_per_device)
+        self.slot_devices = [device for device in devices for _ in range(jobs_per_device)]
+        self.cpu_slots = self.slot_devices.count("cpu")
+        self.train_args = train_args
+        self.log_dir = log_dir
+        self.failed: list[tuple[Job, int]] = []
+
+    def event(self, kind: str, job: Job, **extra: object) -> None:
+        record = {"event": kind, "run": str(job.config.key), "device": job.device, "time": time.time(), **extra}
+        with open(self.log_dir / "events.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def start(self, slot: int, job: Job) -> None:
+        job.device = self.slot_devices[slot]
+        job.handle = open(job.log, "a", encoding="utf-8")
+        job.handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.config.key} on {job.device}\n")
+        job.handle.flush()
+        job.started = time.time()
+        job.process = subprocess.Popen(job_command(self.train_args, job.config, job.device), stdout=job.handle,
+                                       stderr=subprocess.STDOUT, env=job_environment(job.device, self.cpu_slots),
+                                       preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.slots[slot] = job
+        self.event("start", job)
+        print(f"{time.strftime('%H:%M:%S')} start {job.config.key} on {job.device} (log {job.log})", flush=True)
+
+    def reap(self) -> None:
+        for slot, job in enumerate(self.slots):
+            if job is None or job.process.poll() is None:
+                continue
+            code = job.process.returncode
+            job.handle.close()
+            self.slots[slot] = None
+            self.event("end", job, returncode=code)
+            seconds = time.time() - job.started
+            if code:
+                self.failed.append((job, code))
+            outcome = "done" if code == 0 else f"FAILED (exit {code}; see {job.log})"
+            print(f"{time.strftime('%H:%M:%S')} {outcome} {job.config.key} on {job.device} in {seconds:.1f} s",
+                  flush=True)
+
+    def run(self, jobs: list[Job]) -> int:
+        pending = deque(jobs)
+        while pending or any(self.slots):
+            for slot, job in enumerate(self.slots):
+                if job is None and pending:
+                    self.start(slot, pending.popleft())
+            time.sleep(POLL_S)
+            self.reap()
+        for job, code in self.failed:
+            print(f"failed: {job.config.key} (exit {code}), log {job.log}", file=sys.stderr)
+        return 1 if self.failed else 0
+
+    def stop(self) -> None:
+        """Terminate the running jobs (their checkpoints are written atomically: they resume later)."""
+        for job in self.slots:
+            if job is not None and job.process.poll() is None:
+                job.process.terminate()
+        for job in self.slots:
+            if job is not None:
+                job.process.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.splitlines()[0],
+                                     usage="%(prog)s [--devices D1,D2] [--jobs-per-device K] [--logs DIR] "
+                                           "-- TRAIN_FLAGS")
+    parser.add_argument("--devices", default="all", help="comma list of cuda:N and cpu, or 'all' (default: every "
+                                                         "visible GPU, else the CPU)")
+    parser.add_argument("--jobs-per-device", type=int, default=1, help="concurrent runs per device (default 1)")
+    parser.add_argument("--logs", help="folder of per-run logs and events.jsonl (default <results>/launch_logs)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = build_parser().parse_args(argv[:split])
+    train_args = argv[split + 1:]
+    try:
+        if args.jobs_per_device < 1:
+            raise RDError(f"--jobs-per-device {args.jobs_per_device}: expected at least 1")
+        train_parser = argparse.ArgumentParser(prog="launch.py ... --")
+        train.add_arguments(train_parser)
+        train_options = train_parser.parse_args(train_args)
+        configs = train.configs_from_args(train_options)
+        devices = parse_devices(args.devices)
+    except RDError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    log_dir = Path(args.logs or Path(configs[0].results if configs else "results") / "launch_logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    jobs = []
+    for config in configs:
+        done = train.checkpoint_epoch(config.checkpoint_path)
+        if done >= config.epochs and not train_options.restart:
+            print(f"{config.key}: complete ({done} epochs), skipped")
+            continue
+        jobs.append(Job(config, log_dir / f"{config.backbone}__{config.category}__seed{config.seed}.log"))
+    print(f"{len(jobs)} run(s) to train of {len(configs)}, on {', '.join(devices)} "
+          f"({args.jobs_per_device} job(s) per device); logs in {log_dir}", flush=True)
+    if jobs and not train_options.no_eta:
+        estimate = train.estimate_sweep([job.config for job in jobs], train_options.bench_json)
+        print(f"{estimate}\n  with {len(set(devices))} device(s) in parallel: about "
+              f"{train.format_duration(estimate.total_s / min(len(set(devices)), len(jobs)))}", flush=True)
+
+    launcher = Launcher(devices, args.jobs_per_device, train_args, log_dir)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        launcher.stop()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return launcher.run(jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
