@@ -87,10 +87,12 @@ def process_group(device_name: str) -> Iterator[World]:
         return
     if not dist.is_available():
         raise RDError("torch.distributed is not available in this torch build; run without torchrun")
-    cuda = resolve_device(device_name).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(world.local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo", rank=world.rank, world_size=world.size)
+    if resolve_device(device_name).type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", rank=world.rank, world_size=world.size, device_id=device)
+    else:
+        dist.init_process_group("gloo", rank=world.rank, world_size=world.size)
     try:
         yield world
         barrier()

@@ -216,7 +216,8 @@ def validation_loss(model: ReverseDistillation, images: torch.Tensor, fast: Fast
 
 
 def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
-                fast: FastPath, device: torch.device, loss_scale: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                fast: FastPath, device: torch.device, loss_scale: float = 1.0
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One optimiser step; ``loss_scale`` weights a rank's share of an unevenly split global batch."""
     with fast.autocast(device):
         teacher, student = model(batch)
@@ -486,6 +487,7 @@ def format_duration(seconds: float) -> str:
 class Throughput:
     images_per_s: float
     basis: str
+    world_size: int = 1  # processes that shared the work when it was measured
 
 
 def checkpoint_epoch(path: Path) -> int:
@@ -507,13 +509,13 @@ def _same_setting(recorded: dict[str, Any], config: TrainConfig, hardware: dict[
                                                                                   "batch_size", "model_knobs"))
 
 
-def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any]
-                             ) -> Throughput | None:
-    """Mean images/s of the epochs after the first in an earlier run of the same setting (single process)."""
+def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any],
+                             world_size: int) -> Throughput | None:
+    """Mean images/s of the epochs after the first in an earlier run of the same setting and world size."""
     for config_file in sorted(Path(config.results).glob(f"{config.backbone}/*/seed*/{runs.CONFIG_FILE}")):
         recorded = runs.read_json(config_file)
         if not _same_setting(recorded, config, hardware) or recorded.get("fast_path") != fast \
-                or recorded.get("world_size", 1) != 1:
+                or recorded.get("world_size", 1) != world_size:
             continue
         history_file = config_file.with_name(runs.HISTORY_FILE)
         if not history_file.is_file():
@@ -522,7 +524,7 @@ def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast
             speeds = [float(row["images_per_s"]) for row in csv.DictReader(handle)]
         steady = speeds[1:] or speeds  # epoch 1 includes the warm-up
         if steady:
-            return Throughput(sum(steady) / len(steady), f"history of {config_file.parent}")
+            return Throughput(sum(steady) / len(steady), f"history of {config_file.parent}", world_size)
     return None
 
 
@@ -613,12 +615,13 @@ def estimate_sweep(configs: list[TrainConfig], bench_file: str | None = "bench.j
     for key, images in groups.items():
         config = representative[key]
         fast = FastPath.resolve(config, device).as_dict()
-        speed = (_throughput_from_history(config, hardware, fast)
+        speed = (_throughput_from_history(config, hardware, fast, world.size)
                  or _throughput_from_bench(config, hardware, fast, bench_file)
                  or _measure_throughput(config, device))
-        seconds = sum(images) / (speed.images_per_s * world.size)
+        scale = world.size / speed.world_size
+        seconds = sum(images) / (speed.images_per_s * scale)
         total += seconds
-        scaling = f" x {world.size} processes (assumed linear)" if world.enabled else ""
+        scaling = f" x {world.size} processes (assumed linear)" if scale != 1 else ""
         lines.append(f"  {config.backbone} at {config.image_size} px, batch {config.batch_size}: {len(images)} run(s), "
                      f"{sum(images):,} images x epochs at {speed.images_per_s:.1f} img/s{scaling} -> "
                      f"{format_duration(seconds)} (throughput from {speed.basis})")
