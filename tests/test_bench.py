@@ -1,0 +1,109 @@
+"""Issue 6: the benchmark writes every figure, the on-device blur equals scipy's, the sweep estimate.
+
+Speed itself is never asserted here (timings depend on the machine): `main.py bench` checks targets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+import bench
+import runs
+import train
+from rd_model import GaussianBlur
+from system_info import describe_hardware
+from train import TrainConfig, estimate_sweep, train_run
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (2, 20, 70), (1, 64, 48)])
+def test_blur_equals_scipy_also_under_bf16_autocast(shape):
+    maps = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    expected = np.stack([gaussian_filter(m.astype(np.float64), 4.0) for m in maps.numpy()])
+    blur = GaussianBlur()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the CUDA fast path scores under bf16 autocast
+        blurred = blur(maps)
+    assert blurred.dtype == torch.float32
+    np.testing.assert_allclose(blurred.numpy(), expected, atol=1e-6)
+
+
+def bench_args(tmp_path: Path, **overrides) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--backbones", "convnext_tiny", "--image-size", "64", "--device", "cpu",
+                              "--eval-images", "32", "--batch-size", "4", "--rounds", "1", "--warmup", "0",
+                              "--out", str(tmp_path / "bench.json")])
+    return argparse.Namespace(**(vars(args) | overrides))
+
+
+def test_bench_writes_every_figure_with_its_naive_reference(tmp_path, capsys):
+    assert bench.run(bench_args(tmp_path)) == 0
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    assert payload["machine"]["device"] == "cpu" and payload["versions"]["torch"] == torch.__version__
+    assert payload["settings"]["image_size"] == 64 and payload["settings"]["pretrained"] is False
+    assert len(payload["load_average"]["start"]) == 3
+    figures = payload["backbones"]["convnext_tiny"]
+    assert figures["fast_path"]["autocast"] == "off"
+    for path in ("fast", "naive"):
+        assert figures["train"][path]["images_per_s"] > 0 and figures["train"][path]["peak_memory_mb"] > 0
+        assert figures["inference"]["batch_1"][path]["ms_per_image"] > 0
+        assert figures["inference"]["batch_32"][path]["images_per_s"] > 0
+        assert figures["evaluation"][path]["total_s"] > figures["evaluation"][path]["forward_s"] > 0
+    assert figures["train"]["ratio"] > 0 and figures["inference"]["batch_32"]["ratio"] > 0
+    evaluation = figures["evaluation"]
+    assert evaluation["images"] == 32 and evaluation["ratio_total"] > 0 and evaluation["ratio_without_forward"] > 0
+    assert evaluation["identical_metrics"], evaluation["metrics"]
+    for name in ("image_auroc", "pixel_auroc", "aupro"):
+        assert evaluation["metrics"][name]["abs_diff"] <= bench.EQUAL_TOLERANCE
+    assert "minus_exact" in evaluation["metrics"]["aupro_200_thresholds"]
+    assert figures["sweep_estimate"]["train_images_per_epoch"] == bench.mvtec_train_images()
+    assert any("identical metrics" in check["target"] for check in payload["targets"])
+    printed = capsys.readouterr().out
+    assert "training images/s" in printed and "random teachers" in printed and "speed-up" in printed
+
+
+def test_mvtec_sweep_size():
+    # 3,629 training images minus the validation hold-out of each category (max(4, round(10%)))
+    assert bench.mvtec_train_images() == 3629 - 362
+
+
+def small_config(root: Path, tmp_path: Path, **overrides) -> TrainConfig:
+    base = TrainConfig(data_root=str(root), category="synth_object", backbone="resnet50", epochs=1, image_size=64,
+                       batch_size=8, pretrained=False, results=str(tmp_path / "results"),
+                       checkpoints=str(tmp_path / "checkpoints"), checkpoint_every=1)
+    return replace(base, **overrides)
+
+
+def test_sweep_estimate_from_history_bench_or_timed_steps(synthetic_root, tmp_path):
+    done = small_config(synthetic_root, tmp_path)
+    train_run(done, quiet=True)
+    n_train = runs.read_json(done.run_dir / runs.CONFIG_FILE)["n_train"]
+
+    # the complete run is skipped; another seed with 3 epochs is estimated from the first run's history
+    todo = replace(done, seed=1, epochs=3)
+    estimate = estimate_sweep([done, todo], bench_file=None)
+    assert (estimate.runs_to_train, estimate.runs_complete) == (1, 1)
+    assert "history of" in str(estimate) and f"{3 * n_train:,} images x epochs" in str(estimate)
+    assert estimate.total_s > 0
+
+    # no history of that setting (other batch size): a bench.json of the same setting is used
+    other = replace(todo, batch_size=4, results=str(tmp_path / "elsewhere"))
+    fast = train.FastPath.resolve(other, torch.device("cpu")).as_dict()
+    bench_file = tmp_path / "bench.json"
+    bench_file.write_text(json.dumps({
+        "machine": describe_hardware(torch.device("cpu")), "settings": {"image_size": 64, "batch_size": 4},
+        "backbones": {"resnet50": {"fast_path": fast, "train": {"fast": {"images_per_s": 10.0}}}}}))
+    estimate = estimate_sweep([other], bench_file=str(bench_file))
+    assert "main.py bench" in str(estimate)
+    assert estimate.total_s == pytest.approx(3 * n_train / 10.0)
+
+    # neither: a few steps are timed
+    estimate = estimate_sweep([other], bench_file=None)
+    assert "timed training steps" in str(estimate) and estimate.total_s > 0
+    assert str(estimate_sweep([done])).endswith("nothing to train")
