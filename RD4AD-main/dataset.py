@@ -15,6 +15,7 @@ the same for every backbone and never trained on.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -137,10 +138,17 @@ def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"normalize expects uint8 images, got {images_uint8.dtype} (already normalised?)")
     if images_uint8.dim() < 3 or images_uint8.shape[-3] != 3:
         raise ValueError(f"normalize expects (..., 3, H, W) images, got shape {tuple(images_uint8.shape)}")
-    std = torch.tensor(IMAGENET_STD, device=images_uint8.device).view(3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, device=images_uint8.device).view(3, 1, 1)
-    # (x / 255 - mean) / std as one multiply and one add
-    return images_uint8.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
+    scale, shift = _normalization_constants(images_uint8.device)
+    # (x / 255 - mean) / std as one multiply and one subtraction
+    return images_uint8.float().mul_(scale).sub_(shift)
+
+
+@functools.lru_cache(maxsize=None)
+def _normalization_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1 / (255 std)`` and ``mean / std`` as (3, 1, 1) tensors, made once per device (no copy per batch)."""
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    return (1.0 / (255.0 * std)).to(device), (mean / std).to(device)
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:

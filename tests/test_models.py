@@ -212,3 +212,17 @@ def test_summary_json_and_doc_block(capsys, tmp_path):
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "| convnext_tiny | 12,348,000 |" in text
     assert main.main(["summary", "--backbone", "nope"]) == 2
+
+
+def test_anomaly_map_matches_the_reference_formula():
+    import torch.nn.functional as F
+
+    from rd_model import anomaly_map
+
+    torch.manual_seed(5)
+    teacher = [torch.randn(2, c, s, s) for c, s in ((8, 16), (16, 8), (32, 4))]
+    student = [t + 0.3 * torch.randn_like(t) for t in teacher]
+    expected = sum(F.interpolate(1 - F.cosine_similarity(t, s, dim=1).unsqueeze(1), size=(64, 64), mode="bilinear",
+                                 align_corners=True) for t, s in zip(teacher, student)).squeeze(1)
+    channels_last = [x.contiguous(memory_format=torch.channels_last) for x in student]
+    assert torch.allclose(anomaly_map(teacher, channels_last, (64, 64)), expected, atol=1e-6)
