@@ -19,7 +19,7 @@ test: venv
 	$(BIN)/python -m pytest tests
 
 demo: venv
-	$(BIN)/python RD4AD-main/main.py demo
+	$(BIN)/python RD4AD-main/main.py demo --portfolio RD4AD-main/RD_Model_Comparison_Portfolio.md
 
 bench: venv
 	$(BIN)/python RD4AD-main/main.py bench
