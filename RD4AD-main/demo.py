@@ -14,22 +14,22 @@ from pathlib import Path
 
 import report
 from evaluate import evaluate_run, write_summary
-from synth import generate
-from train import TrainConfig, parse_list, train_run
+from train import train_run
+from workflow import generate_demo_data, sweep_configs
 
 FAIR_PAIR = ("resnet50", "convnext_tiny")
 
 
-def run_demo(data: Path, results: Path, checkpoints: Path, out: Path, epochs: int, seeds: list[int],
+def run_demo(data: Path, results: Path, checkpoints: Path, out: Path, epochs: int, seeds: str,
              image_size: int, device: str, portfolio: str | None) -> Path:
     """Every step of the demo; returns the path of report.md."""
     started = time.perf_counter()
-    categories = generate(data, categories=2, image_size=image_size, n_train=40, n_test=30, seed=0)
-    configs = [TrainConfig(data_root=str(data), category=category, backbone=backbone, seed=seed,
-                           image_size=image_size, epochs=epochs, batch_size=16, fallback_random_teacher=True,
-                           checkpoint_every=epochs, device=device, results=str(results),
-                           checkpoints=str(checkpoints))
-               for backbone in FAIR_PAIR for category in categories for seed in seeds]
+    categories = generate_demo_data(data, image_size)
+    configs = [config for backbone in FAIR_PAIR
+               for config in sweep_configs(str(data), backbone, ",".join(categories), seeds,
+                                           image_size=image_size, epochs=epochs, batch_size=16,
+                                           fallback_random_teacher=True, checkpoint_every=epochs, device=device,
+                                           results=str(results), checkpoints=str(checkpoints))]
     print(f"demo: {len(configs)} runs ({', '.join(FAIR_PAIR)} x {', '.join(categories)} x seeds {seeds}), "
           f"{epochs} epochs at {image_size} px")
     for number, config in enumerate(configs, 1):
@@ -60,5 +60,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     run_demo(Path(args.data), Path(args.results), Path(args.checkpoints), Path(args.out), args.epochs,
-             parse_list(args.seeds, "--seeds", int), args.image_size, args.device, args.portfolio)
+             args.seeds, args.image_size, args.device, args.portfolio)
     return 0

@@ -28,7 +28,7 @@ from errors import CheckpointError
 from rd_model import ReverseDistillation, image_scores
 from summary import count_parameters, forward_gflops
 from system_info import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
-from train import FastPath, TrainConfig, add_common_arguments, parse_list
+from train import FastPath, TrainConfig, add_common_arguments, parse_list, steady_images_per_s
 
 SUMMARY_COLUMNS = ("backbone", "category", "seed", "image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy",
                    "precision", "recall", "f1", "threshold", "trainable_params", "gflops", "train_images_per_s",
@@ -63,12 +63,8 @@ def score_images(model: ReverseDistillation, images: torch.Tensor, fast: FastPat
 
 def _history_stats(run_directory: Path) -> dict[str, float | None]:
     path = run_directory / runs.HISTORY_FILE
-    if not path.is_file():
-        return {"train_images_per_s": None, "peak_memory_mb": None}
-    history = pd.read_csv(path)
-    steady = history.iloc[1:] if len(history) > 1 else history  # epoch 1 includes warm-up
-    return {"train_images_per_s": float(steady["images_per_s"].mean()),
-            "peak_memory_mb": float(history["peak_memory_mb"].max())}
+    peak = float(pd.read_csv(path)["peak_memory_mb"].max()) if path.is_file() else None
+    return {"train_images_per_s": steady_images_per_s(path), "peak_memory_mb": peak}
 
 
 def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: bool = False,

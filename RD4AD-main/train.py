@@ -517,15 +517,20 @@ def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast
         if not _same_setting(recorded, config, hardware) or recorded.get("fast_path") != fast \
                 or recorded.get("world_size", 1) != world_size:
             continue
-        history_file = config_file.with_name(runs.HISTORY_FILE)
-        if not history_file.is_file():
-            continue
-        with open(history_file, encoding="utf-8") as handle:
-            speeds = [float(row["images_per_s"]) for row in csv.DictReader(handle)]
-        steady = speeds[1:] or speeds  # epoch 1 includes the warm-up
-        if steady:
-            return Throughput(sum(steady) / len(steady), f"history of {config_file.parent}", world_size)
+        speed = steady_images_per_s(config_file.with_name(runs.HISTORY_FILE))
+        if speed is not None:
+            return Throughput(speed, f"history of {config_file.parent}", world_size)
     return None
+
+
+def steady_images_per_s(history_file: Path) -> float | None:
+    """Mean training images/s of a history.csv without its first epoch (warm-up), when there are others."""
+    if not history_file.is_file():
+        return None
+    with open(history_file, encoding="utf-8") as handle:
+        speeds = [float(row["images_per_s"]) for row in csv.DictReader(handle)]
+    steady = speeds[1:] or speeds
+    return sum(steady) / len(steady) if steady else None
 
 
 def _throughput_from_bench(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any],

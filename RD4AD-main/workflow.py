@@ -18,10 +18,15 @@ METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", 
                   "recall", "f1")
 
 
+def generate_demo_data(data_root: str | Path, image_size: int) -> list[str]:
+    """The demo's synthetic data set (two categories, 40 train and 30 test images each); its category names."""
+    return generate(data_root, categories=2, image_size=image_size, n_train=40, n_test=30, seed=0)
+
+
 def ensure_demo_data(data_root: str, generate_if_missing: bool, image_size: int) -> None:
     """Write the synthetic demo data set at ``data_root`` when asked to and it is not there yet."""
     if generate_if_missing and not Path(data_root).exists():
-        generate(data_root, categories=2, image_size=image_size, n_train=40, n_test=30, seed=0)
+        generate_demo_data(data_root, image_size)
 
 
 def sweep_configs(data_root: str, backbone: str, categories: str, seeds: str, **settings) -> list[TrainConfig]:
