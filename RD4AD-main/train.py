@@ -62,6 +62,7 @@ class TrainConfig:
     teacher_weights_path: str | None = None
     fallback_random_teacher: bool = False  # the demo only: warn loudly and go on without weights
     checkpoint_every: int = 10
+    keep_optimizer: bool = False  # keep Adam's state in the final checkpoint too (3x its size) to extend the run later
     device: str = "auto"
     deterministic: bool = False
     channels_last: bool | None = None  # None: on (measured faster on CUDA and on this CPU, see FastPath)
@@ -268,12 +269,17 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
         payload = read_checkpoint(config.checkpoint_path, config.backbone, config.image_size)
         load_into(model, payload)
         state = payload["training_state"]
-        optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
         if start_epoch >= config.epochs:
             if not quiet:
                 print(f"{config.key}: complete ({start_epoch} epochs), skipped")
             return config.run_dir
+        if "optimizer" not in state:
+            raise CheckpointError(
+                f"{config.checkpoint_path} is a finished {start_epoch}-epoch run saved without its optimiser state "
+                f"(final checkpoints drop it: 3x smaller); --epochs {config.epochs} cannot continue it exactly. "
+                f"Pass --restart to train it from scratch, and --keep-optimizer to keep runs extendable")
+        optimizer.load_state_dict(state["optimizer"])
         if world.is_main:
             print(f"{config.key}: resuming after epoch {start_epoch} of {config.epochs}")
 
@@ -341,9 +347,12 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
         })
         _write_history(config.run_dir / runs.HISTORY_FILE, history)
         if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+            # Adam's moments (2x the weights) are needed only to continue: a finished run drops them
+            training_state = {"epoch": epoch, "history": history}
+            if epoch < config.epochs or config.keep_optimizer:
+                training_state["optimizer"] = optimizer.state_dict()
             save_checkpoint(config.checkpoint_path, model, backbone=config.backbone, image_size=config.image_size,
-                            teacher_weights=weights_id, model_knobs=config.model_knobs,
-                            training_state={"epoch": epoch, "optimizer": optimizer.state_dict(), "history": history})
+                            teacher_weights=weights_id, model_knobs=config.model_knobs, training_state=training_state)
     progress.close()
     distributed.barrier()  # the checkpoint is complete before any rank moves on
     return config.run_dir
@@ -398,6 +407,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fallback-random-teacher", action="store_true", default=None,
                         help="demo only: if pretrained weights cannot be loaded, warn loudly and go on")
     parser.add_argument("--checkpoint-every", type=int, help=f"epochs between checkpoints (default {d.checkpoint_every})")
+    parser.add_argument("--keep-optimizer", action="store_true", default=None,
+                        help="keep the optimiser state in the final checkpoint (3x larger) so that the run can be "
+                             "extended with more --epochs later; unfinished checkpoints always keep it")
     parser.add_argument("--deterministic", action="store_true", default=None,
                         help="deterministic kernels (slower on CUDA)")
     parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,

@@ -123,6 +123,27 @@ def test_killed_run_resumes_to_the_same_checkpoint(synthetic_root, tmp_path, mon
     assert resumed.checkpoint_path.stat().st_mtime_ns == before
 
 
+def test_finished_checkpoint_drops_the_optimiser_unless_asked_to_keep_it(synthetic_root, tmp_path):
+    """Adam's moments are 2/3 of a checkpoint; a finished run keeps them only with --keep-optimizer."""
+    reference = small_config(synthetic_root, tmp_path / "reference", epochs=2, checkpoint_every=5)
+    train_run(reference, quiet=True)
+    final = read_checkpoint(reference.checkpoint_path)["training_state"]
+    assert final["epoch"] == 2 and "optimizer" not in final
+
+    slim = small_config(synthetic_root, tmp_path / "slim", epochs=1)
+    train_run(slim, quiet=True)
+    with pytest.raises(CheckpointError, match="--restart.*--keep-optimizer"):
+        train_run(replace(slim, epochs=2), quiet=True)
+
+    kept = small_config(synthetic_root, tmp_path / "kept", epochs=1, keep_optimizer=True)
+    train_run(kept, quiet=True)
+    assert kept.checkpoint_path.stat().st_size > 2.5 * slim.checkpoint_path.stat().st_size
+    train_run(replace(kept, epochs=2), quiet=True)  # extended: exactly the uninterrupted 2-epoch run
+    expected, actual = _trainable_state(reference.checkpoint_path), _trainable_state(kept.checkpoint_path)
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
     config = small_config(synthetic_root, tmp_path, epochs=2)
     real_loss = train.distillation_loss
