@@ -15,6 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from errors import RDError  # noqa: E402  (needs the path above)
+from process_setup import use_huge_pages  # noqa: E402
+
+use_huge_pages()  # before any command imports torch
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

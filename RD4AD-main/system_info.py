@@ -10,6 +10,7 @@ import torch
 import torchvision
 
 from errors import RDError
+from process_setup import huge_pages_enabled
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -37,6 +38,7 @@ def describe_hardware(device: torch.device) -> dict[str, str | int]:
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
+        "cpu_huge_pages": huge_pages_enabled(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

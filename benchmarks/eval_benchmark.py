@@ -22,9 +22,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RD4AD-main"))
+
+from process_setup import use_huge_pages  # noqa: E402
+
+use_huge_pages()  # as main.py does, before torch is imported
+
+import torch  # noqa: E402
 
 import bench  # noqa: E402  (needs the path above)
 import runs  # noqa: E402

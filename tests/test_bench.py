@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,3 +110,17 @@ def test_sweep_estimate_from_history_bench_or_timed_steps(synthetic_root, tmp_pa
     estimate = estimate_sweep([other], bench_file=None)
     assert "timed training steps" in str(estimate) and estimate.total_s > 0
     assert str(estimate_sweep([done])).endswith("nothing to train")
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, "1"), ("0", "0")])
+def test_main_asks_for_huge_pages_before_torch_is_imported_unless_the_user_chose(user_value, expected):
+    """c10 reads THP_MEM_ALLOC_ENABLE once, at its first allocation: it must be set before `import torch`."""
+    code_dir = Path(bench.__file__).resolve().parent
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if user_value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = user_value
+    probe = ("import os, sys; sys.argv = ['main.py']; import main; "
+             "print('torch' in sys.modules, os.environ['THP_MEM_ALLOC_ENABLE'])")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=code_dir, env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", expected]
