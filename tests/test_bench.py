@@ -40,7 +40,7 @@ def bench_args(tmp_path: Path, **overrides) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--backbones", "convnext_tiny", "--image-size", "64", "--device", "cpu",
-                              "--eval-images", "32", "--batch-size", "4", "--rounds", "1", "--warmup", "0",
+                              "--eval-image-size", "96", "--eval-images", "32", "--batch-size", "4", "--rounds", "1", "--warmup", "0",
                               "--out", str(tmp_path / "bench.json")])
     return argparse.Namespace(**(vars(args) | overrides))
 
@@ -60,6 +60,7 @@ def test_bench_writes_every_figure_with_its_naive_reference(tmp_path, capsys):
         assert figures["evaluation"][path]["total_s"] > figures["evaluation"][path]["forward_s"] > 0
     assert figures["train"]["ratio"] > 0 and figures["inference"]["batch_32"]["ratio"] > 0
     evaluation = figures["evaluation"]
+    assert payload["settings"]["eval_image_size"] == 96 and evaluation["image_size"] == 96  # apart from training's
     assert evaluation["images"] == 32 and evaluation["ratio_total"] > 0 and evaluation["ratio_without_forward"] > 0
     assert evaluation["identical_metrics"], evaluation["metrics"]
     for name in ("image_auroc", "pixel_auroc", "aupro"):
