@@ -443,3 +443,14 @@ def test_clear_errors_for_bad_input():
         M.paired_bootstrap_auroc_diff([0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0, 1, 1], confidence=1.5)
     with pytest.raises(ValueError, match="one entry per image"):
         M.per_defect_auroc([0.1, 0.2], [0, 1], ["good"])
+
+
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_threaded_sort_equals_numpy_sort_with_ties_and_nan(threads):
+    """The CPU pixel sort: chunks sorted in threads, then merged; NaN must still end up last."""
+    rng = np.random.default_rng(threads)
+    values = rng.integers(0, 50, 10_001).astype(np.float32)  # many ties
+    values[rng.integers(0, values.size, 5)] = np.nan
+    expected = np.sort(values)
+    M._sort_in_place_threaded(values, threads, min_chunk=1000)
+    np.testing.assert_array_equal(values, expected)  # NaN compare equal in assert_array_equal
