@@ -125,3 +125,45 @@ def test_main_asks_for_huge_pages_before_torch_is_imported_unless_the_user_chose
     out = subprocess.run([sys.executable, "-c", probe], cwd=code_dir, env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", expected]
+
+
+def test_fast_path_defaults_per_device():
+    """bf16 autocast by default on CUDA only (slower on this CPU); channels_last on both; --amp wins."""
+    config = TrainConfig(data_root="", category="c")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # resolving allocates nothing: no GPU needed
+    assert train.FastPath.resolve(config, cuda).as_dict() == {"channels_last": True, "compile": False,
+                                                              "autocast": "bfloat16"}
+    assert train.FastPath.resolve(config, cpu).as_dict()["autocast"] == "off"
+    assert train.FastPath.resolve(replace(config, amp="off"), cuda).as_dict()["autocast"] == "off"
+    assert train.FastPath.resolve(replace(config, amp="bf16", channels_last=False), cpu).as_dict() == {
+        "channels_last": False, "compile": False, "autocast": "bfloat16"}
+    with pytest.raises(train.RDError, match="--amp 'fp8'"):
+        train.FastPath.resolve(replace(config, amp="fp8"), cuda)
+
+
+def _bench_payload(device: str, size: int, images_per_s: float, eval_s: float, sweep_s: float) -> dict:
+    evaluation = {"images": 167, "image_size": 256, "ratio_total": 12.0, "ratio_without_forward": 30.0,
+                  "identical_metrics": True, "fast": {"total_s": eval_s, "forward_s": eval_s / 2}}
+    figures = {"fast_path": {"autocast": "bfloat16" if device == "cuda" else "off"},
+               "train": {"ratio": 1.4, "fast": {"images_per_s": images_per_s}}, "evaluation": evaluation,
+               "sweep_estimate": {"total_s": sweep_s}}
+    return {"machine": {"device": device}, "settings": {"image_size": size},
+            "backbones": {"resnet50": figures, "wide_resnet50_2": figures}}
+
+
+def test_targets_checked_for_the_device_and_size_that_ran():
+    """The verdicts a GPU run would print: issue 6's CUDA targets at 256 px, the CPU ratio at 128 px."""
+    verdicts = {c["target"]: c["met"] for c in bench.check_targets(_bench_payload("cuda", 256, 1200.0, 1.5, 1500.0))}
+    assert verdicts["resnet50: CUDA training >= 1500 images/s at 256 px"] is False  # 1200 < 1500
+    assert verdicts["wide_resnet50_2: CUDA training >= 800 images/s at 256 px"] is True
+    assert verdicts["resnet50: CUDA evaluation of a category < 2 s"] is True
+    assert verdicts["resnet50: 15-category 200-epoch sweep < 30 min"] is True
+    assert not any("CPU training" in target for target in verdicts)
+    notes = [c["note"] for c in bench.check_targets(_bench_payload("cuda", 256, 1600.0, 3.0, 2000.0))
+             if "identical" in c["target"]]
+    assert notes and "--amp off" in notes[0]  # bf16 maps are not expected to equal the fp32 naive ones
+
+    cpu = {c["target"]: c["met"] for c in bench.check_targets(_bench_payload("cpu", 128, 9.0, 30.0, 7e4))}
+    assert cpu["resnet50: CPU training step fast/naive >= 1.3x at 128 px"] is True
+    assert cpu["resnet50: evaluation without the network forward fast/naive >= 10x (167 images at 256 px)"] is True
+    assert not any("CUDA" in target or "sweep" in target for target in cpu)
