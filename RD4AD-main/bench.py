@@ -585,7 +585,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     size = args.image_size or (256 if device.type == "cuda" else 128)
     validate_image_size(size)
-    validate_image_size(args.eval_image_size)
+    validate_image_size(args.eval_image_size, "--eval-image-size")
     backbones = parse_backbones(args.backbones)
     if args.eval_images < INFERENCE_BATCH:
         raise RDError(f"--eval-images {args.eval_images}: expected at least {INFERENCE_BATCH} (the inference batch)")

@@ -80,12 +80,12 @@ def category_kind(name: str) -> str:
     return "other"
 
 
-def validate_image_size(size: int) -> None:
-    """Raise DataError unless ``size`` is a multiple of 32 of at least 32 (what the RD encoder needs)."""
+def validate_image_size(size: int, flag: str = "--image-size") -> None:
+    """Raise DataError, naming ``flag``, unless ``size`` is a multiple of 32 of at least 32 (as RD needs)."""
     if isinstance(size, int) and size >= MIN_IMAGE_SIZE and size % SIZE_MULTIPLE == 0:
         return
     if not isinstance(size, int):
-        raise DataError(f"--image-size {size!r}: expected a whole number of pixels, e.g. 256")
+        raise DataError(f"{flag} {size!r}: expected a whole number of pixels, e.g. 256")
     lower = max(MIN_IMAGE_SIZE, size // SIZE_MULTIPLE * SIZE_MULTIPLE)
     upper = lower + SIZE_MULTIPLE
     if size < MIN_IMAGE_SIZE or size - lower < upper - size:
@@ -96,7 +96,7 @@ def validate_image_size(size: int) -> None:
         suggestion = f"nearest valid sizes: {lower} or {upper}"
     problem = f"smaller than {MIN_IMAGE_SIZE} px" if size < MIN_IMAGE_SIZE else f"not divisible by {SIZE_MULTIPLE}"
     raise DataError(
-        f"--image-size {size} is {problem}; the model needs a multiple of {SIZE_MULTIPLE} of at least "
+        f"{flag} {size} is {problem}; the model needs a multiple of {SIZE_MULTIPLE} of at least "
         f"{MIN_IMAGE_SIZE} px ({suggestion})"
     )
 

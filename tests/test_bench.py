@@ -167,3 +167,9 @@ def test_targets_checked_for_the_device_and_size_that_ran():
     assert cpu["resnet50: CPU training step fast/naive >= 1.3x at 128 px"] is True
     assert cpu["resnet50: evaluation without the network forward fast/naive >= 10x (167 images at 256 px)"] is True
     assert not any("CUDA" in target or "sweep" in target for target in cpu)
+
+
+def test_bad_evaluation_size_names_its_flag(tmp_path):
+    with pytest.raises(bench.RDError, match=r"--eval-image-size 100 is not divisible by 32.*96"):
+        bench.run(bench_args(tmp_path, eval_image_size=100))
+    assert not (tmp_path / "bench.json").exists()
