@@ -32,6 +32,9 @@ from torchvision.models.convnext import CNBlock, LayerNorm2d
 
 from weights import apply_state_dict
 
+__all__ = ["DEFAULT_WEIGHTS", "ConvNeXtDecoder", "ConvNeXtOCBE", "ConvNeXtTeacher", "convnext_small_rd",
+           "convnext_tiny_rd"]
+
 TAP_INDICES = (1, 3, 5)  # outputs of stages 1, 2, 3 in ConvNeXt.features
 Norm2d = partial(LayerNorm2d, eps=1e-6)
 BlockNorm = partial(nn.LayerNorm, eps=1e-6)
@@ -129,14 +132,14 @@ def _build(model_fn: Callable[..., ConvNeXt], state_dict: dict[str, Tensor] | No
     return teacher, bottleneck, student
 
 
-def convnext_tiny_rd(state_dict: dict[str, Tensor] | None = None, source: str = "", *, embed_dim: int = 1024,
+def convnext_tiny_rd(*, state_dict: dict[str, Tensor] | None = None, source: str = "", embed_dim: int = 1024,
                      oce_depth: int = 3, decoder_depths: Sequence[int] | None = None,
                      layer_scale: float = 1e-6) -> tuple[nn.Module, nn.Module, nn.Module]:
     """RD with a ConvNeXt-Tiny teacher, capacity-matched to the ResNet-50 RD; (teacher, OCBE, decoder)."""
     return _build(convnext_tiny, state_dict, source, embed_dim, oce_depth, decoder_depths, layer_scale)
 
 
-def convnext_small_rd(state_dict: dict[str, Tensor] | None = None, source: str = "", *, embed_dim: int = 1024,
+def convnext_small_rd(*, state_dict: dict[str, Tensor] | None = None, source: str = "", embed_dim: int = 1024,
                       oce_depth: int = 3, decoder_depths: Sequence[int] | None = None,
                       layer_scale: float = 1e-6) -> tuple[nn.Module, nn.Module, nn.Module]:
     """RD with a ConvNeXt-Small teacher (stage 3 has 27 blocks); (teacher, OCBE, decoder)."""

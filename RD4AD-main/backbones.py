@@ -1,6 +1,7 @@
 """Backbone registry: name -> builder of (teacher, bottleneck, student) and its default teacher weights.
 
-Adding a backbone is one file with a builder ``fn(state_dict, source, **knobs)`` plus one entry here.
+Adding a backbone is one file with a builder ``fn(*, state_dict=None, source="", **knobs)`` returning
+(teacher, bottleneck, student), plus one entry here (RD_Model_ResNet_to_ConvNeXt_Guide.md shows how).
 """
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ from errors import RDError
 from rd_model import ReverseDistillation
 from weights import load_weights_enum, load_weights_file
 
+__all__ = ["BACKBONES", "FAIR_PAIR", "Backbone", "build_model", "get_backbone", "parse_backbones",
+           "teacher_weights_id"]
+
 Builder = Callable[..., tuple[nn.Module, nn.Module, nn.Module]]
+# The capacity-matched pair of the fair comparison: same trainable size, one ResNet and one ConvNeXt teacher.
+FAIR_PAIR = ("resnet50", "convnext_tiny")
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ def teacher_weights_id(name: str, pretrained: bool, weights_path: str | os.PathL
     return str(get_backbone(name).default_weights) if pretrained else "random"
 
 
-def build_model(name: str, pretrained: bool = True, weights_path: str | os.PathLike | None = None,
+def build_model(name: str, *, pretrained: bool = True, weights_path: str | os.PathLike | None = None,
                 **knobs: Any) -> ReverseDistillation:
     """Build an RD model. Pretrained teacher weights by default; failing to load them is an error.
 
@@ -71,5 +77,5 @@ def build_model(name: str, pretrained: bool = True, weights_path: str | os.PathL
         state, source = load_weights_file(weights_path), os.fspath(weights_path)
     elif pretrained:
         state, source = load_weights_enum(backbone.default_weights), str(backbone.default_weights)
-    teacher, bottleneck, student = backbone.builder(state, source, **knobs)
+    teacher, bottleneck, student = backbone.builder(state_dict=state, source=source, **knobs)
     return ReverseDistillation(teacher, bottleneck, student)

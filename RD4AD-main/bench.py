@@ -6,7 +6,7 @@ reference path measured in the same run, with the ratio, so that the comparison 
 
 Per backbone, on random teachers (speed does not depend on the weights; no download is needed):
 
-- training images/s. Fast: train.py's step (``FastPath`` as resolved for the device, fused Adam, the
+- training images/s. Fast: ``recipe.train_step`` as train.py runs it (``FastPath`` as resolved for the device, fused Adam, the
   uint8 training set on the device, normalised there). Naive: the original RD4AD loop: the teacher
   run with autograd (its weights require gradients but are not optimised), contiguous NCHW float32
   batches normalised image by image on the host, default Adam.
@@ -27,33 +27,34 @@ Fast and naive rounds alternate and each figure is the best round, so a load spi
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 import metrics
+import recipe
 import reference_metrics
 import runs
-import train
+import sweep
 from backbones import build_model, parse_backbones
-from dataset import IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_COUNTS, MVTecDataset, split_train_val, \
-    validate_image_size
+from dataset import MVTEC_CATEGORIES, OFFICIAL_COUNTS, MVTecDataset, validate_image_size
 from errors import RDError
 from evaluate import score_images
-from rd_model import ANOMALY_MAP_SIGMA, ReverseDistillation, distillation_loss, image_scores
+from rd_model import ReverseDistillation, image_scores
+from recipe import Amp, FastPath, TrainConfig
+from reference_pipeline import host_batch, naive_maps, naive_model, naive_train_step
 from synth import generate
 from system_info import describe_hardware, library_versions, resolve_device, synchronize
+from timing import ForwardTimer, Measure, PeakMemory, alternate
+
+__all__ = ["EVAL_CATEGORY", "BenchData", "add_arguments", "bench_backbone", "check_targets", "evaluation_section",
+           "format_report", "load_data", "run", "study_estimate"]
 
 EVAL_CATEGORY = "synth_object"  # RGB, the second category synth writes
 NAIVE_AUPRO_THRESHOLDS = 200
@@ -64,164 +65,6 @@ CPU_TRAIN_RATIO_TARGET, EVAL_RATIO_TARGET = 1.3, 10.0
 CUDA_TRAIN_TARGETS = {"resnet50": 1500.0, "wide_resnet50_2": 800.0}  # images/s at 256 px on one H200
 CUDA_EVAL_TARGET_S, CUDA_SWEEP_TARGET_S = 2.0, 30 * 60.0
 SWEEP_EPOCHS = 200
-
-
-# ---------------------------------------------------------------------------------------------- timing
-
-@dataclass
-class Measure:
-    """Seconds of each round of one path and its peak memory (MB) over them."""
-
-    rounds: list[float]
-    peak_mb: float
-    work: int  # images (or steps) per round
-
-    @property
-    def best(self) -> float:
-        return min(self.rounds)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"best_round_s": self.best, "rounds_s": self.rounds, "work_per_round": self.work,
-                "peak_memory_mb": self.peak_mb}
-
-
-def _current_rss_mb() -> float:
-    """Resident memory of this process now (Linux /proc), MB; 0 where unknown."""
-    try:
-        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0.0
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class PeakMemory:
-    """Peak memory inside a ``with`` block: max allocated on CUDA, RSS sampled every 2 ms on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self.peak_mb = _current_rss_mb()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak_mb = max(self.peak_mb, _current_rss_mb())
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mb = max(self.peak_mb, _current_rss_mb())
-
-
-def alternate(paths: dict[str, Callable[[], None]], rounds: int, warmup: int, work: int, device: torch.device,
-              desc: str) -> dict[str, Measure]:
-    """Run each path ``warmup`` times untimed, then ``rounds`` timed rounds, alternating the paths."""
-    for _ in range(warmup):
-        for run_once in paths.values():
-            run_once()
-    synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    peaks = dict.fromkeys(paths, 0.0)
-    for _ in tqdm(range(rounds), desc=desc, unit="round", leave=False):
-        for name, run_once in paths.items():
-            with PeakMemory(device) as memory:
-                started = time.perf_counter()
-                run_once()
-                synchronize(device)
-                times[name].append(time.perf_counter() - started)
-            peaks[name] = max(peaks[name], memory.peak_mb)
-    return {name: Measure(times[name], peaks[name], work) for name in paths}
-
-
-class ForwardTimer:
-    """Total time spent in a module's forward calls (synchronised), to split off the network's share."""
-
-    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
-        self.module, self.device, self.seconds = module, device, 0.0
-        self._started = 0.0
-        self._handles: list = []
-
-    def __enter__(self) -> "ForwardTimer":
-        def before(*_: object) -> None:
-            synchronize(self.device)
-            self._started = time.perf_counter()
-
-        def after(*_: object) -> None:
-            synchronize(self.device)
-            self.seconds += time.perf_counter() - self._started
-
-        self._handles = [self.module.register_forward_pre_hook(before), self.module.register_forward_hook(after)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-# ---------------------------------------------------------------------------------------------- naive path
-
-def host_batch(images: torch.Tensor, indices: list[int] | torch.Tensor) -> torch.Tensor:
-    """The naive input pipeline: each uint8 image converted and normalised on the host (ToTensor +
-    Normalize of a DataLoader), stacked into a contiguous NCHW float32 batch."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return torch.stack([(images[int(i)].float() / 255.0 - mean) / std for i in indices])
-
-
-def naive_model(model: ReverseDistillation) -> ReverseDistillation:
-    """A copy in NCHW whose teacher requires gradients (the original code's wasted teacher backward)."""
-    copied = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
-    copied.teacher.requires_grad_(True)
-    return copied
-
-
-def naive_train_step(model: ReverseDistillation, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                     indices: torch.Tensor, device: torch.device) -> float:
-    """One step of the original loop: host batch, teacher with autograd, loss.item() every step."""
-    batch = host_batch(images, indices).to(device)
-    teacher = model.teacher(batch)
-    student = model.student(model.bottleneck(teacher))
-    loss, _ = distillation_loss(teacher, student)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss.item()
-
-
-def naive_maps(model: ReverseDistillation, batch: torch.Tensor, grad: bool) -> tuple[list[np.ndarray], float]:
-    """Per-image CPU anomaly maps of a host batch blurred with scipy (float64, as the original), and the
-    seconds spent in the network's forward."""
-    device = next(model.parameters()).device
-    started = time.perf_counter()
-    with torch.set_grad_enabled(grad):
-        teacher = model.teacher(batch.to(device))
-        student = model.student(model.bottleneck(teacher))
-    synchronize(device)
-    forward_s = time.perf_counter() - started
-    size = batch.shape[-2:]
-    maps = []
-    for i in range(len(batch)):
-        amap = np.zeros(tuple(size))
-        for t, s in zip(teacher, student, strict=True):
-            distance = 1 - F.cosine_similarity(t[i:i + 1].detach().float().cpu(), s[i:i + 1].detach().float().cpu())
-            amap += F.interpolate(distance[:, None], size=tuple(size), mode="bilinear",
-                                  align_corners=True)[0, 0].numpy()
-        maps.append(gaussian_filter(amap, sigma=ANOMALY_MAP_SIGMA))
-    return maps, forward_s
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -247,16 +90,16 @@ def _speed(measure: Measure) -> float:
     return measure.work / measure.best
 
 
-def train_section(model: ReverseDistillation, naive: ReverseDistillation, config: train.TrainConfig,
-                  fast: train.FastPath, data: BenchData, device: torch.device, args: argparse.Namespace
+def train_section(model: ReverseDistillation, naive: ReverseDistillation, config: TrainConfig,
+                  fast: FastPath, data: BenchData, device: torch.device, args: argparse.Namespace
                   ) -> dict[str, Any]:
     """Training images/s, fast vs naive, alternating rounds of ``args.steps`` steps."""
     model.train()
     naive.train()
-    optimizer = train.make_optimizer(model, config)
+    optimizer = recipe.make_optimizer(model, config)
     naive_optimizer = torch.optim.Adam(naive.trainable_modules().parameters(), lr=config.lr,
                                        betas=(config.beta1, config.beta2))
-    step = torch.compile(train._train_step) if fast.compile else train._train_step
+    step = torch.compile(recipe.train_step) if fast.compile else recipe.train_step
     on_device = data.train_images.to(device)
     generator = torch.Generator().manual_seed(0)
 
@@ -280,7 +123,7 @@ def train_section(model: ReverseDistillation, naive: ReverseDistillation, config
             "ratio": speeds["fast"] / speeds["naive"]}
 
 
-def inference_section(model: ReverseDistillation, naive: ReverseDistillation, fast: train.FastPath,
+def inference_section(model: ReverseDistillation, naive: ReverseDistillation, fast: FastPath,
                       data: BenchData, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """Anomaly maps at batch 1 (ms/image) and at batch 32 (images/s), fast vs naive."""
     model.eval()
@@ -324,7 +167,7 @@ def inference_section(model: ReverseDistillation, naive: ReverseDistillation, fa
     }
 
 
-def fast_evaluation(model: ReverseDistillation, fast: train.FastPath, data: BenchData, device: torch.device
+def fast_evaluation(model: ReverseDistillation, fast: FastPath, data: BenchData, device: torch.device
                     ) -> tuple[dict[str, float], torch.Tensor, dict[str, float]]:
     """What ``main.py test`` does: maps on the device in batches of 16, image AUROC, pixel metrics."""
     model.eval()
@@ -362,7 +205,7 @@ def naive_evaluation(model: ReverseDistillation, data: BenchData, device: torch.
     return values, stacked, times
 
 
-def evaluation_section(model: ReverseDistillation, naive: ReverseDistillation, fast: train.FastPath,
+def evaluation_section(model: ReverseDistillation, naive: ReverseDistillation, fast: FastPath,
                        data: BenchData, device: torch.device) -> dict[str, Any]:
     """One whole evaluation per path (same weights), times split into network forward and the rest."""
     naive.load_state_dict(model.state_dict())  # the naive copy trained apart: give it the same weights
@@ -397,20 +240,19 @@ def evaluation_section(model: ReverseDistillation, naive: ReverseDistillation, f
     }
 
 
-def mvtec_train_images() -> int:
-    """Images trained per epoch over the 15 MVTec AD categories (train/good minus the validation hold-out)."""
-    return sum(len(split_train_val([str(i) for i in range(n)])[0]) for n, _, _ in OFFICIAL_COUNTS.values())
-
-
-def sweep_estimate(images_per_s: float, evaluation: dict[str, Any] | None, image_size: int) -> dict[str, Any]:
-    """One backbone's 15-category, 200-epoch MVTec AD sweep from the fast figures measured here."""
-    images = mvtec_train_images()
-    train_s = images * SWEEP_EPOCHS / images_per_s
+def study_estimate(config: TrainConfig, images_per_s: float, evaluation: dict[str, Any] | None) -> dict[str, Any]:
+    """One backbone's 15-category, 200-epoch MVTec AD sweep from the fast figures measured here: sweep.py's
+    estimate with the measured throughput and the official category sizes."""
+    studied = [TrainConfig(data_root="", category=category, backbone=config.backbone, image_size=config.image_size,
+                           batch_size=config.batch_size, epochs=SWEEP_EPOCHS) for category in MVTEC_CATEGORIES]
+    estimate = sweep.estimate_sweep(studied, throughput=sweep.Throughput(images_per_s, "measured here"),
+                                    epochs_done=lambda _: 0, train_images=sweep.official_train_images)
+    images, train_s = estimate.images // SWEEP_EPOCHS, estimate.total_s
     test_images = sum(good + defect for _, good, defect in OFFICIAL_COUNTS.values())
     eval_s = None if evaluation is None else evaluation["fast"]["total_s"] * test_images / evaluation["images"]
     return {"train_images_per_epoch": images, "epochs": SWEEP_EPOCHS, "train_s": train_s, "eval_s": eval_s,
             "total_s": train_s + (eval_s or 0.0),
-            "image_size": image_size,
+            "image_size": config.image_size,
             "basis": "fast training images/s at this image_size and fast evaluation time measured here "
                      "(at the evaluation's size); "
                      "validation-loss passes not included"}
@@ -419,15 +261,14 @@ def sweep_estimate(images_per_s: float, evaluation: dict[str, Any] | None, image
 def bench_backbone(backbone: str, data: BenchData, eval_data: BenchData, device: torch.device,
                    args: argparse.Namespace, parts: set[str]) -> dict[str, Any]:
     """Every selected section for one backbone; ``eval_data`` at the evaluation benchmark's size."""
-    config = train.TrainConfig(data_root="", category=EVAL_CATEGORY, backbone=backbone, pretrained=False,
-                               image_size=int(data.train_images.shape[-1]), batch_size=args.batch_size,
-                               channels_last=args.channels_last, amp=args.amp, compile=args.compile)
-    fast = train.FastPath.resolve(config, device)
+    config = TrainConfig(data_root="", category=EVAL_CATEGORY, backbone=backbone, pretrained=False,
+                         image_size=int(data.train_images.shape[-1]), batch_size=args.batch_size,
+                         channels_last=args.channels_last, amp=args.amp or Amp.AUTO.value, compile=bool(args.compile))
+    fast = FastPath.resolve(config, device)
     torch.manual_seed(0)
     model = build_model(backbone, pretrained=False).to(device)
     naive = naive_model(model)
-    if fast.channels_last:
-        model.to(memory_format=torch.channels_last)
+    fast.place(model, device)
     result: dict[str, Any] = {"fast_path": fast.as_dict()}
     if "train" in parts:
         result["train"] = train_section(model, naive, config, fast, data, device, args)
@@ -436,8 +277,8 @@ def bench_backbone(backbone: str, data: BenchData, eval_data: BenchData, device:
     if "eval" in parts:
         result["evaluation"] = evaluation_section(model, naive, fast, eval_data, device)
     if "train" in parts:
-        result["sweep_estimate"] = sweep_estimate(result["train"]["fast"]["images_per_s"], result.get("evaluation"),
-                                                  config.image_size)
+        result["sweep_estimate"] = study_estimate(config, result["train"]["fast"]["images_per_s"],
+                                                  result.get("evaluation"))
     return result
 
 
@@ -540,7 +381,7 @@ def format_report(payload: dict[str, Any]) -> str:
         if "sweep_estimate" in figures:
             s = figures["sweep_estimate"]
             lines.append(f"  sweep estimate (15 MVTec AD categories, {s['epochs']} epochs, {s['image_size']} px): "
-                         f"{train.format_duration(s['total_s'])}")
+                         f"{sweep.format_duration(s['total_s'])}")
     lines.append("targets:")
     for check in payload["targets"]:
         value = "" if isinstance(check["value"], bool) else f": {check['value']:.4g}"
@@ -572,11 +413,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the benchmark of the training-and-evaluation issue, on CPU as on CUDA)")
     parser.add_argument("--eval-images", type=int, default=167, help="test images of the evaluated category "
                                                                      "(default 167, as the issue's benchmark)")
-    parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
-                        help="override the fast path's default memory format")
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto", help="fast path autocast")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the fast training step")
+    sweep.add_fast_path_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -589,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
     backbones = parse_backbones(args.backbones)
     if args.eval_images < INFERENCE_BATCH:
         raise RDError(f"--eval-images {args.eval_images}: expected at least {INFERENCE_BATCH} (the inference batch)")
-    parts = set(train.parse_list(args.parts, "--parts"))
+    parts = set(sweep.parse_list(args.parts, "--parts"))
     if not parts <= set(PARTS):
         raise RDError(f"--parts {args.parts!r}: expected a comma list of {', '.join(PARTS)}")
     args.warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 1)

@@ -8,7 +8,6 @@ Saved atomically; read with ``torch.load(weights_only=True)`` so a file holding 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,10 @@ import torch
 from backbones import build_model
 from errors import CheckpointError
 from rd_model import ReverseDistillation
+from runs import atomic_write
 from system_info import library_versions
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "load_into", "model_from_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 FORMAT = "rd4ad-swappable-backbones/checkpoint"
 FORMAT_VERSION = 1
@@ -40,16 +42,7 @@ def save_checkpoint(path: str | os.PathLike, model: ReverseDistillation, *, back
         "teacher": model.teacher.state_dict() if teacher_weights == "random" else None,
         "training_state": training_state or {},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path: str | os.PathLike, expected_backbone: str | None = None,

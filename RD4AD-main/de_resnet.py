@@ -9,6 +9,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, conv1x1
 
+__all__ = ["ResNetDecoder", "UpBottleneck", "deconv2x2"]
+
 
 def deconv2x2(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
     """2x upsampling by a 2x2 stride-2 transposed convolution."""

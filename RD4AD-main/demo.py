@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import report
-from evaluate import evaluate_run, write_summary
+from backbones import FAIR_PAIR
+from evaluate import evaluate_run
+from runs import write_summary
 from train import train_run
 from workflow import generate_demo_data, sweep_configs
 
-FAIR_PAIR = ("resnet50", "convnext_tiny")
+__all__ = ["add_arguments", "run", "run_demo"]
 
 
 def run_demo(data: Path, results: Path, checkpoints: Path, out: Path, epochs: int, seeds: str,

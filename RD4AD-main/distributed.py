@@ -31,6 +31,9 @@ from errors import RDError
 from rd_model import ReverseDistillation
 from system_info import resolve_device
 
+__all__ = ["DistributedRD", "GlobalBatchNorm", "World", "all_reduce_sum", "barrier", "convert_batchnorm", "current",
+           "device_for", "env_world", "process_group"]
+
 
 @dataclass(frozen=True)
 class World:

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+__all__ = ["CheckpointError", "DataError", "RDError", "WeightsError"]
+
 
 class RDError(Exception):
     """Base class of the errors a user can fix (bad path, bad flag, bad file)."""

@@ -8,44 +8,25 @@ the largest validation normal score, so no validation normal is flagged).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 import metrics
 import runs
+from capacity import count_parameters, forward_gflops
 from checkpoint import model_from_checkpoint
-from dataset import MVTecDataset
 from errors import CheckpointError
 from rd_model import ReverseDistillation, image_scores
-from summary import count_parameters, forward_gflops
+from recipe import FastPath, TrainConfig, open_split
+from sweep import add_common_arguments, select_runs
 from system_info import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
-from train import FastPath, TrainConfig, add_common_arguments, parse_list, steady_images_per_s
 
-SUMMARY_COLUMNS = ("backbone", "category", "seed", "image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy",
-                   "precision", "recall", "f1", "threshold", "trainable_params", "gflops", "train_images_per_s",
-                   "inference_ms_per_image", "peak_memory_mb", "teacher_weights", "epochs", "image_size")
-
-
-def load_run_config(run_directory: str | Path) -> dict[str, Any]:
-    path = Path(run_directory) / runs.CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{run_directory} is not a run directory: it has no {runs.CONFIG_FILE} "
-                              f"(run directories are written by `main.py train` under results/BACKBONE/CATEGORY/seedK)")
-    return runs.read_json(path)
-
-
-def train_config_of(record: dict[str, Any]) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in record.items() if k in names})
+__all__ = ["add_arguments", "evaluate_run", "run", "score_images"]
 
 
 @torch.no_grad()
@@ -62,17 +43,17 @@ def score_images(model: ReverseDistillation, images: torch.Tensor, fast: FastPat
 
 
 def _history_stats(run_directory: Path) -> dict[str, float | None]:
-    path = run_directory / runs.HISTORY_FILE
-    peak = float(pd.read_csv(path)["peak_memory_mb"].max()) if path.is_file() else None
-    return {"train_images_per_s": steady_images_per_s(path), "peak_memory_mb": peak}
+    history = runs.read_history(run_directory)
+    peak = None if history is None else float(history["peak_memory_mb"].max())
+    return {"train_images_per_s": runs.steady_images_per_s(run_directory), "peak_memory_mb": peak}
 
 
 def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: bool = False,
                  threshold_rule: str = "max", batch_size: int = 16, image_size: int | None = None) -> dict[str, Any]:
     """Evaluate one run directory; writes metrics.json, scores.csv, val_scores.csv (and maps.npz)."""
     run_directory = Path(run_directory)
-    record = load_run_config(run_directory)
-    config = train_config_of(record)
+    record = runs.read_run_config(run_directory)
+    config = TrainConfig.from_record(record)
     if image_size is not None and image_size != config.image_size:
         raise CheckpointError(f"--image-size {image_size} differs from the run's training size {config.image_size} "
                               f"({run_directory / runs.CONFIG_FILE}); evaluate at the training size")
@@ -83,14 +64,9 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
     model, payload = model_from_checkpoint(config.checkpoint_path, config.backbone, config.image_size)
     trained_epochs = int(payload["training_state"].get("epoch", 0))
     fast = FastPath.resolve(config, torch_device)
-    model.to(torch_device)
-    if fast.channels_last:
-        model.to(memory_format=torch.channels_last)
+    fast.place(model, torch_device)
 
-    test_set = MVTecDataset(config.data_root, config.category, "test", config.image_size,
-                            config.val_fraction, config.split_seed)
-    val_set = MVTecDataset(config.data_root, config.category, "val", config.image_size,
-                           config.val_fraction, config.split_seed)
+    test_set, val_set = open_split(config, "test"), open_split(config, "val")
     test_images, masks = test_set.uint8_images(), test_set.uint8_masks()[:, 0]
 
     reset_peak_memory(torch_device)
@@ -137,58 +113,17 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
         **_history_stats(run_directory),
     }
 
-    _write_scores(run_directory / runs.SCORES_FILE, ["path", "defect_type", "label", "score"],
-                  zip(test_set.paths, test_set.defect_types, labels.tolist(), scores_cpu.tolist()))
-    _write_scores(run_directory / runs.VAL_SCORES_FILE, ["path", "score"],
-                  zip(val_set.paths, val_scores.tolist()))
+    runs.write_csv(run_directory / runs.SCORES_FILE, ["path", "defect_type", "label", "score"],
+                   zip(test_set.paths, test_set.defect_types, labels.tolist(), scores_cpu.tolist()))
+    runs.write_csv(run_directory / runs.VAL_SCORES_FILE, ["path", "score"], zip(val_set.paths, val_scores.tolist()))
     if save_maps:
-        _save_maps(run_directory / runs.MAPS_FILE, maps, masks, test_set.paths)
+        runs.save_maps(run_directory / runs.MAPS_FILE, maps.cpu().to(torch.float16).numpy(), masks.cpu().numpy(),
+                       test_set.paths)
     runs.atomic_write_json(run_directory / runs.METRICS_FILE, result)
     return result
 
 
-def _write_scores(path: Path, header: list[str], rows) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    runs.atomic_write_text(path, buffer.getvalue())
-
-
-def _save_maps(path: Path, maps: torch.Tensor, masks: torch.Tensor, paths: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, maps=maps.cpu().to(torch.float16).numpy(), masks=masks.cpu().numpy().astype(np.uint8),
-                        paths=np.asarray(paths))
-    tmp.replace(path)
-
-
-def write_summary(results: str | Path) -> Path:
-    """Gather one row per evaluated run into ``results/summary.csv``."""
-    rows = []
-    for directory in runs.find_runs(results):
-        m = runs.read_json(directory / runs.METRICS_FILE)
-        flat = m | m.get("efficiency", {})
-        rows.append({c: flat.get(c) for c in SUMMARY_COLUMNS})
-    path = Path(results) / runs.SUMMARY_FILE
-    runs.atomic_write_text(path, pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).to_csv(index=False))
-    return path
-
-
 # ---------------------------------------------------------------------------------------------- CLI
-
-def select_runs(results: str | Path, backbones: str, categories: str, seeds: str) -> list[Path]:
-    """Trained run directories (with config.json) matching the filters; 'all' matches anything."""
-    def wanted(text: str, flag: str, kind: type = str) -> set | None:
-        return None if text == "all" else set(parse_list(text, flag, kind))
-
-    b, c, s = wanted(backbones, "--backbones"), wanted(categories, "--categories"), wanted(seeds, "--seeds", int)
-    found = [d for d in runs.find_runs(results, require=runs.CONFIG_FILE)
-             if (b is None or d.parts[-3] in b) and (c is None or d.parts[-2] in c)
-             and (s is None or int(d.name.removeprefix("seed")) in s)]
-    if not found:
-        raise CheckpointError(f"no trained run under {results} matches --backbones {backbones} --categories "
-                              f"{categories} --seeds {seeds}: run `main.py train` first")
-    return found
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,7 +141,7 @@ def _up_to_date(run_directory: Path, save_maps: bool) -> bool:
     metrics_file = run_directory / runs.METRICS_FILE
     if not metrics_file.is_file() or (save_maps and not (run_directory / runs.MAPS_FILE).is_file()):
         return False
-    checkpoint = train_config_of(load_run_config(run_directory)).checkpoint_path
+    checkpoint = TrainConfig.from_record(runs.read_run_config(run_directory)).checkpoint_path
     return checkpoint.is_file() and metrics_file.stat().st_mtime >= checkpoint.stat().st_mtime
 
 
@@ -225,5 +160,5 @@ def run(args: argparse.Namespace) -> int:
               f"F1 at validation threshold {result['f1']:.4f}")
     results_roots = {Path(args.results)} if not args.run_dir else {d.parents[2] for d in directories}
     for root in results_roots:
-        print(f"summary: {write_summary(root)}")
+        print(f"summary: {runs.write_summary(root)}")
     return 0

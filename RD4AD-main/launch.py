@@ -29,8 +29,11 @@ from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import train  # noqa: E402  (needs the path above)
+import sweep  # noqa: E402  (needs the path above)
 from errors import RDError  # noqa: E402
+from recipe import TrainConfig  # noqa: E402
+
+__all__ = ["Job", "Launcher", "build_parser", "job_command", "job_environment", "main", "parse_devices"]
 
 MAIN = Path(__file__).resolve().parent / "main.py"
 POLL_S = 0.2
@@ -38,7 +41,7 @@ POLL_S = 0.2
 
 @dataclass
 class Job:
-    config: train.TrainConfig
+    config: TrainConfig
     log: Path
     device: str = ""
     process: subprocess.Popen | None = None
@@ -53,7 +56,7 @@ def parse_devices(text: str) -> list[str]:
     if text == "all":
         count = torch.cuda.device_count()
         return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
-    devices = train.parse_list(text, "--devices")
+    devices = sweep.parse_list(text, "--devices")
     for device in devices:
         if device == "cpu":
             continue
@@ -67,7 +70,7 @@ def parse_devices(text: str) -> list[str]:
     return devices
 
 
-def job_command(train_args: list[str], config: train.TrainConfig, device: str) -> list[str]:
+def job_command(train_args: list[str], config: TrainConfig, device: str) -> list[str]:
     """``main.py train`` for this run alone; later flags override the sweep's selection and device."""
     return [sys.executable, str(MAIN), "train", *train_args, "--backbones", config.backbone,
             "--categories", config.category, "--seeds", str(config.seed),
@@ -179,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs_per_device < 1:
             raise RDError(f"--jobs-per-device {args.jobs_per_device}: expected at least 1")
         train_parser = argparse.ArgumentParser(prog="launch.py ... --")
-        train.add_arguments(train_parser)
+        sweep.add_train_arguments(train_parser)
         train_options = train_parser.parse_args(train_args)
-        configs = train.configs_from_args(train_options)
+        configs = sweep.configs_from_args(train_options)
         devices = parse_devices(args.devices)
     except RDError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = []
     for config in configs:
-        done = train.checkpoint_epoch(config.checkpoint_path)
+        done = sweep.checkpoint_epoch(config.checkpoint_path)
         if done >= config.epochs and not train_options.restart:
             print(f"{config.key}: complete ({done} epochs), skipped")
             continue
@@ -199,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} run(s) to train of {len(configs)}, on {', '.join(devices)} "
           f"({args.jobs_per_device} job(s) per device); logs in {log_dir}", flush=True)
     if jobs and not train_options.no_eta:
-        estimate = train.estimate_sweep([job.config for job in jobs], train_options.bench_json)
+        estimate = sweep.estimate_sweep([job.config for job in jobs], train_options.bench_json)
         print(f"{estimate}\n  with {len(set(devices))} device(s) in parallel: about "
-              f"{train.format_duration(estimate.total_s / min(len(set(devices)), len(jobs)))}", flush=True)
+              f"{sweep.format_duration(estimate.total_s / min(len(set(devices)), len(jobs)))}", flush=True)
 
     launcher = Launcher(devices, args.jobs_per_device, train_args, log_dir)
 

@@ -19,6 +19,8 @@ from process_setup import use_huge_pages  # noqa: E402
 
 use_huge_pages()  # before any command imports torch
 
+__all__ = ["COMMANDS", "build_parser", "main"]
+
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("summary", "parameter counts, GFLOPs and feature shapes of an RD model"),

@@ -1,5 +1,5 @@
-"""Anomaly-detection metrics (RD4AD_FACTS section 4): image/pixel AUROC, exact AUPRO, F1, thresholds,
-and DeLong / paired-bootstrap comparison of two models scored on the same images.
+"""Anomaly-detection metrics (docs/reproduction.md#4-metrics): image/pixel AUROC, exact AUPRO, F1-max,
+thresholds from normal images. Tests of whether two models differ live in significance.py.
 
 Conventions used throughout:
 - label 1 = anomalous (defect image or defect pixel), 0 = normal; a higher score means more anomalous.
@@ -27,6 +27,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+__all__ = ["ArrayLike", "as_binary", "as_score_vector", "aupro", "f1_max", "image_auroc", "integrate_to_limit",
+           "metrics_at_threshold", "per_defect_auroc", "pixel_auroc", "pixel_metrics", "pro_curve",
+           "require_both_classes", "roc_curve", "threshold_from_normals"]
+
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
 
 # In-slice 8-connectivity for a (N, H, W) stack: one ndimage.label call, no region crosses images.
@@ -53,7 +57,7 @@ def _as_tensor(x: ArrayLike) -> torch.Tensor:
     return torch.as_tensor(array if viewable else array.copy())
 
 
-def _binary(x: ArrayLike, name: str) -> torch.Tensor:
+def as_binary(x: ArrayLike, name: str) -> torch.Tensor:
     """Labels or masks as a bool tensor; anything other than 0/1 (or False/True) is an error."""
     t = _as_tensor(x)
     if t.dtype == torch.bool:
@@ -63,7 +67,7 @@ def _binary(x: ArrayLike, name: str) -> torch.Tensor:
     return t != 0
 
 
-def _image_scores(scores: ArrayLike, name: str = "scores") -> torch.Tensor:
+def as_score_vector(scores: ArrayLike, name: str = "scores") -> torch.Tensor:
     """Image scores as a 1-D float64 CPU tensor without NaN (they are small: one per image)."""
     s = _as_tensor(scores).detach().to("cpu", torch.float64)
     if s.ndim != 1:
@@ -75,14 +79,14 @@ def _image_scores(scores: ArrayLike, name: str = "scores") -> torch.Tensor:
 
 def _scores_and_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated (scores float64, labels bool) of equal length."""
-    s = _image_scores(scores)
-    y = _binary(labels, "labels").to("cpu").reshape(-1)
+    s = as_score_vector(scores)
+    y = as_binary(labels, "labels").to("cpu").reshape(-1)
     if y.numel() != s.numel():
         raise ValueError(f"scores and labels differ in length: {s.numel()} vs {y.numel()}")
     return s, y
 
 
-def _require_both_classes(y: torch.Tensor, what: str = "AUROC") -> None:
+def require_both_classes(y: torch.Tensor, what: str = "AUROC") -> None:
     """AUROC-type metrics are undefined unless both classes are present."""
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.numel():
@@ -103,7 +107,7 @@ def _auroc_sorted_negatives(positives: torch.Tensor, negatives_sorted: torch.Ten
 def image_auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     """Image-level ROC AUC of ``scores`` against ``labels`` (1 = defect), ties counted 1/2."""
     s, y = _scores_and_labels(scores, labels)
-    _require_both_classes(y)
+    require_both_classes(y)
     return _auroc_sorted_negatives(s[y], torch.sort(s[~y]).values)
 
 
@@ -114,7 +118,7 @@ def roc_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndar
     threshold ``+inf``); equals ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``.
     """
     s, y = _scores_and_labels(scores, labels)
-    _require_both_classes(y)
+    require_both_classes(y)
     s_np, y_np = s.numpy(), y.numpy()
     order = np.argsort(-s_np, kind="stable")
     s_sorted, y_sorted = s_np[order], y_np[order]
@@ -159,7 +163,7 @@ def threshold_from_normals(normal_scores: ArrayLike, rule: str = "max") -> float
     ``"max"``: the largest normal score, so no validation normal is flagged (``score > threshold``).
     ``"q0.99"``: that quantile of the normal scores (linear interpolation), flagging about 1 % of them.
     """
-    s = _image_scores(normal_scores, "normal_scores")
+    s = as_score_vector(normal_scores, "normal_scores")
     if s.numel() == 0:
         raise ValueError("normal_scores is empty: need held-out normal images to set a threshold")
     if rule == "max":
@@ -270,7 +274,7 @@ def _split_pixels(maps: ArrayLike, masks: ArrayLike, with_weights: bool) -> _Pix
         m = m.float()
     if m.ndim != 3:
         raise ValueError(f"anomaly maps must be (N, H, W), got shape {tuple(m.shape)}")
-    mask = _binary(masks, "masks").to(m.device)
+    mask = as_binary(masks, "masks").to(m.device)
     if mask.shape != m.shape:
         raise ValueError(f"maps and masks differ in shape: {tuple(m.shape)} vs {tuple(mask.shape)}")
     n_defect = int(mask.sum())
@@ -395,114 +399,3 @@ def pixel_metrics(maps: ArrayLike, masks: ArrayLike, fpr_limit: float = 0.3) -> 
         "pixel_auroc": _auroc_sorted_negatives(px.defect_sorted, px.normal_sorted),
         "aupro": integrate_to_limit(fpr, pro, limit),
     }
-
-
-# ----------------------------------------------------------------------------------------------------
-# comparing two models on the same images
-# ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DeLongResult:
-    """DeLong test of AUC(a) - AUC(b); ``variance`` is that of the difference, p-value two-sided."""
-
-    auc_a: float
-    auc_b: float
-    difference: float
-    variance: float
-    z: float
-    p_value: float
-
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    """Paired stratified bootstrap of AUC(a) - AUC(b): observed difference and percentile interval."""
-
-    difference: float
-    low: float
-    high: float
-    n_boot: int
-    confidence: float
-
-
-def _paired_scores(scores: Sequence[ArrayLike], labels: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K, N) float64 scores of K models on the same N images and their bool labels."""
-    rows = [_image_scores(s) for s in scores]
-    y = _binary(labels, "labels").to("cpu").reshape(-1)
-    for row in rows:
-        if row.numel() != y.numel():
-            raise ValueError(f"scores and labels differ in length: {row.numel()} vs {y.numel()}")
-    _require_both_classes(y)
-    return torch.stack(rows), y
-
-
-def delong_covariance(scores: Sequence[ArrayLike], labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs of K models on the same images and their DeLong (1988) covariance matrix (K, K).
-
-    Structural components from midrank placements (Sun & Xu 2014): V10 per anomalous image = share of
-    normals below it (ties 1/2), V01 per normal image = share of anomalous above it; cov = S10/m + S01/n.
-    """
-    s, y = _paired_scores(scores, labels)
-    pos, neg = s[:, y], s[:, ~y]
-    m, n = pos.shape[1], neg.shape[1]
-    if m < 2 or n < 2:
-        raise ValueError(f"DeLong needs at least 2 anomalous and 2 normal images, got {m} and {n}")
-    neg_sorted, pos_sorted = torch.sort(neg, dim=1).values, torch.sort(pos, dim=1).values
-    twice_below = torch.searchsorted(neg_sorted, pos, side="left") + torch.searchsorted(neg_sorted, pos, side="right")
-    twice_above = 2 * m - torch.searchsorted(pos_sorted, neg, side="left") - torch.searchsorted(pos_sorted, neg, side="right")
-    v10 = twice_below.double() / (2.0 * n)
-    v01 = twice_above.double() / (2.0 * m)
-    covariance = np.atleast_2d(np.cov(v10.numpy())) / m + np.atleast_2d(np.cov(v01.numpy())) / n
-    return v10.mean(dim=1).numpy(), covariance
-
-
-def delong_test(scores_a: ArrayLike, scores_b: ArrayLike, labels: ArrayLike) -> DeLongResult:
-    """DeLong's test for two correlated AUCs (same images): z = diff / sd, two-sided normal p-value.
-
-    A zero variance gives z = 0, p = 1 when the AUCs are equal (e.g. identical scores), else p = 0.
-    """
-    aucs, cov = delong_covariance([scores_a, scores_b], labels)
-    difference = float(aucs[0] - aucs[1])
-    variance = max(float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]), 0.0)
-    if variance == 0.0:
-        z = 0.0 if difference == 0.0 else math.copysign(math.inf, difference)
-    else:
-        z = difference / math.sqrt(variance)
-    p_value = math.erfc(abs(z) / math.sqrt(2.0))
-    return DeLongResult(float(aucs[0]), float(aucs[1]), difference, variance, z, p_value)
-
-
-def paired_bootstrap_auroc_diff(
-    scores_a: ArrayLike,
-    scores_b: ArrayLike,
-    labels: ArrayLike,
-    n_boot: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> BootstrapResult:
-    """Percentile CI of AUC(a) - AUC(b) by resampling images in pairs, stratified (class counts kept).
-
-    Vectorised over resamples: with the (m, n) matrix D of pairwise kernel differences and the
-    resample's multiplicities c_pos, c_neg, the resampled difference is c_pos' D c_neg / (m n).
-    Deterministic for a given seed.
-    """
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    s, y = _paired_scores([scores_a, scores_b], labels)
-    pos, neg = s[:, y].numpy(), s[:, ~y].numpy()
-    m, n = pos.shape[1], neg.shape[1]
-    kernel = (pos[:, :, None] > neg[:, None, :]) + 0.5 * (pos[:, :, None] == neg[:, None, :])
-    kernel_diff = kernel[0] - kernel[1]  # (m, n)
-    difference = float(kernel_diff.mean())
-
-    rng = np.random.default_rng(seed)
-
-    def multiplicities(size: int) -> np.ndarray:
-        draws = rng.integers(0, size, size=(n_boot, size)) + size * np.arange(n_boot)[:, None]
-        return np.bincount(draws.ravel(), minlength=n_boot * size).reshape(n_boot, size).astype(np.float64)
-
-    c_pos, c_neg = multiplicities(m), multiplicities(n)
-    diffs = np.einsum("bi,ij,bj->b", c_pos, kernel_diff, c_neg, optimize=True) / (m * n)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(diffs, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return BootstrapResult(difference, float(low), float(high), int(n_boot), float(confidence))

@@ -20,7 +20,11 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from metrics import image_auroc, pro_curve, roc_curve
-from report import METRICS, load_maps, load_scores
+from runs import METRICS, load_maps, load_scores, read_history
+
+__all__ = ["FigureItem", "PER_CATEGORY_FIGURES", "backbone_colors", "bars_figure", "extremes_figure",
+           "gallery_figure", "histogram_figure", "history_figure", "make_figures", "pro_figure", "roc_figure",
+           "save_figures", "show"]
 
 MAP_COLORMAP = "jet"  # blue = normal, red = anomalous
 PRO_FPR_LIMIT = 0.3
@@ -195,7 +199,9 @@ def history_figure(run_directories: list[str | os.PathLike]) -> Figure:
     palette = matplotlib.colormaps["tab10"]
     for index, directory in enumerate(run_directories):
         directory = Path(directory)
-        history = pd.read_csv(directory / "history.csv")
+        history = read_history(directory)
+        if history is None:
+            continue
         label = "/".join(directory.parts[-3:])
         color = palette(index % 10)
         ax.plot(history["epoch"], history["loss"], color=color, marker="o", markersize=3, label=f"{label} train")

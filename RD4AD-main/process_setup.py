@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+__all__ = ["HUGE_PAGES_VARIABLE", "huge_pages_enabled", "use_huge_pages"]
+
 HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 
 

@@ -2,13 +2,17 @@
 
 It knows nothing of ResNet or ConvNeXt: any teacher returning a list of multi-scale features, a
 bottleneck mapping that list to one embedding, and a student mapping the embedding back to the same
-shapes will do. Loss and anomaly map follow RD4AD's official code (RD4AD_FACTS sections 2 and 3).
+shapes will do. Loss and anomaly map follow RD4AD's official code (docs/reproduction.md#2-training-recipe
+and #3-scoring).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+__all__ = ["ANOMALY_MAP_SIGMA", "GaussianBlur", "ReverseDistillation", "anomaly_map", "channel_cosine",
+           "distillation_loss", "image_scores"]
 
 ANOMALY_MAP_SIGMA = 4.0
 

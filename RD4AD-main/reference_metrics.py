@@ -1,6 +1,6 @@
 """Straightforward metric implementations: naive on purpose; used by tests and benchmarks only.
 
-They follow the definitions of RD4AD_FACTS section 4 literally (Python lists for scikit-learn, a Python
+They follow the definitions of docs/reproduction.md#4-metrics literally (Python lists for scikit-learn, a Python
 loop over thresholds and regions for AUPRO, an explicit pairwise kernel for DeLong) so that the fast,
 vectorised functions of ``metrics.py`` can be checked against them and timed against them.
 """
@@ -11,6 +11,9 @@ import math
 import numpy as np
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
+
+__all__ = ["aupro_naive", "delong_naive", "f1_max_naive", "image_auroc_naive", "integrate_naive",
+           "pixel_auroc_naive", "pro_curve_naive"]
 
 
 def image_auroc_naive(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -10,7 +10,6 @@ import argparse
 import itertools
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,139 +17,33 @@ import numpy as np
 import pandas as pd
 
 import runs
-from dataset import category_kind
+from backbones import FAIR_PAIR
+from documents import generated_markers, markdown_table, replace_marked_block, rewrite_marked_block
 from errors import RDError
-from metrics import delong_test, paired_bootstrap_auroc_diff
+from runs import EFFICIENCY, METRICS, load_runs, load_scores, untested_runs
+from significance import delong_test, holm, paired_bootstrap_auroc_diff
 
 if TYPE_CHECKING:
     from plots import FigureItem
 
+__all__ = ["Report", "build_report", "category_table", "conclusions_markdown", "group_stats", "group_table",
+           "provenance", "reference_table", "render_report", "replace_generated_block", "synthetic_note",
+           "teacher_warning", "tests_method", "untested_note", "write_report", "add_arguments", "run",
+           "backbone_pairs", "pairwise_tests", "pairwise_table", "category_stats", "efficiency_table",
+           "seed_sentence", "BEGIN_MARKER", "END_MARKER", "PUBLISHED_LABEL", "PUBLISHED_RD4AD"]
+
 # Deng & Li, "Anomaly Detection via Reverse Distillation from One-Class Embedding", CVPR 2022,
-# Wide-ResNet-50-2 teacher, MVTec AD mean over its 15 categories, in percent (RD4AD_FACTS.md section 5).
+# Wide-ResNet-50-2 teacher, MVTec AD mean over its 15 categories, in percent (docs/reproduction.md#5-published-numbers).
 PUBLISHED_RD4AD = {"image_auroc": 98.5, "pixel_auroc": 97.8, "aupro": 93.9}
 PUBLISHED_LABEL = "published RD4AD, WRN-50-2, MVTec AD 15-category mean (reference only)"
-
-# metrics.json key -> label; all are fractions in [0, 1], shown in percent.
-METRICS: dict[str, str] = {
-    "image_auroc": "image AUROC",
-    "pixel_auroc": "pixel AUROC",
-    "aupro": "AUPRO",
-    "f1_max": "F1-max (test-tuned)",
-    "accuracy": "accuracy @val-thr",
-    "precision": "precision @val-thr",
-    "recall": "recall @val-thr",
-    "f1": "F1 @val-thr",
-}
-# metrics.json["efficiency"] key -> (label, scale, decimals)
-EFFICIENCY: dict[str, tuple[str, float, int]] = {
-    "trainable_params": ("trainable params (M)", 1e-6, 2),
-    "gflops": ("GFLOPs", 1.0, 1),
-    "train_images_per_s": ("training images/s", 1.0, 1),
-    "inference_ms_per_image": ("inference ms/image", 1.0, 1),
-    "peak_memory_mb": ("peak memory (MB)", 1.0, 0),
-}
-FAIR_PAIR = ("resnet50", "convnext_tiny")
 ALPHA = 0.05
 MIN_PER_CLASS = 2  # DeLong needs at least two defective and two normal images
 CONFIDENCE = 0.95
 N_BOOT = 2000
 BOOT_SEED = 0
 GROUPS = ("texture", "object", "overall")
-BEGIN_MARKER, END_MARKER = runs.generated_markers("compare")
+BEGIN_MARKER, END_MARKER = generated_markers("compare")
 NOT_AVAILABLE = "n/a"
-RUN_FIRST = "run `main.py train` and `main.py test` first"
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------------------------
-
-
-def _number(value: Any) -> float:
-    """A metric as float; ``null`` (not measured) becomes NaN."""
-    return float("nan") if value is None else float(value)
-
-
-def _text(config: dict, name: str) -> str:
-    """A config value as text; ``unknown`` when the run did not record it."""
-    value = config.get(name)
-    return "unknown" if value is None else str(value)
-
-
-def format_hardware(hardware: Any) -> str:
-    """config["hardware"] as one short string (a dict becomes sorted ``key=value`` pairs)."""
-    if isinstance(hardware, dict):
-        return ", ".join(f"{key}={value}" for key, value in sorted(hardware.items()) if value is not None)
-    return "unknown" if hardware is None else str(hardware)
-
-
-def _run_row(directory: Path) -> dict[str, Any]:
-    """One run as a flat row: identity, provenance from config.json, numbers from metrics.json."""
-    config = runs.read_json(directory / runs.CONFIG_FILE)
-    metrics = runs.read_json(directory / runs.METRICS_FILE)
-    efficiency = metrics.get("efficiency") or {}
-    category = str(config["category"])
-    return {
-        "backbone": str(config["backbone"]),
-        "category": category,
-        "seed": int(config["seed"]),
-        "kind": category_kind(category),
-        "run_dir": str(directory),
-        "data_root": _text(config, "data_root"),
-        "image_size": _text(config, "image_size"),
-        "epochs": _text(config, "epochs"),
-        "teacher_weights": _text(config, "teacher_weights"),
-        "hardware": format_hardware(config.get("hardware")),
-        "threshold": _number(metrics.get("threshold")),
-        "threshold_rule": str(metrics.get("threshold_rule") or "unknown"),
-        **{key: _number(metrics.get(key)) for key in METRICS},
-        **{key: _number(efficiency.get(key)) for key in EFFICIENCY},
-    }
-
-
-def untested_runs(results: str | os.PathLike) -> list[str]:
-    """Run directories with a config.json but no metrics.json: trained, not yet tested."""
-    evaluated = set(runs.find_runs(results))
-    return [str(path) for path in runs.find_runs(results, require=runs.CONFIG_FILE) if path not in evaluated]
-
-
-def load_runs(results: str | os.PathLike) -> pd.DataFrame:
-    """Every evaluated run under ``results``: one row per run, sorted by category, backbone, seed."""
-    results = Path(results)
-    if not results.is_dir():
-        raise RDError(f"results directory {results} does not exist: {RUN_FIRST}")
-    directories = runs.find_runs(results)
-    if not directories:
-        raise RDError(f"no evaluated runs (<backbone>/<category>/seed<k>/metrics.json) under {results}: {RUN_FIRST}")
-    frame = pd.DataFrame([_run_row(directory) for directory in directories])
-    return frame.sort_values(["category", "backbone", "seed"], ignore_index=True)
-
-
-@lru_cache(maxsize=256)
-def _read_scores(path: str, mtime_ns: int) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"path": str, "defect_type": str, "label": int, "score": float})
-
-
-def load_scores(run_directory: str | os.PathLike) -> pd.DataFrame:
-    """A run's scores.csv (path, defect_type, label, score), sorted by path."""
-    path = Path(run_directory) / runs.SCORES_FILE
-    if not path.is_file():
-        raise RDError(f"{path} is missing: run `main.py test` for this run")
-    return _read_scores(str(path), path.stat().st_mtime_ns).sort_values("path", ignore_index=True)
-
-
-@lru_cache(maxsize=64)
-def _read_maps(path: str, mtime_ns: int) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
-
-
-def load_maps(run_directory: str | os.PathLike) -> dict[str, np.ndarray] | None:
-    """A run's maps.npz (maps, masks, paths), or None when the run saved no maps."""
-    path = Path(run_directory) / runs.MAPS_FILE
-    if not path.is_file():
-        return None
-    return _read_maps(str(path), path.stat().st_mtime_ns)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,15 +285,6 @@ def _test_one(runs_frame: pd.DataFrame, a: str, b: str, category: str, seed: int
     return row
 
 
-def holm(p_values: pd.Series) -> pd.Series:
-    """Holm-Bonferroni adjusted p-values (family-wise error control); NaN stays NaN."""
-    valid = p_values.dropna().sort_values(kind="stable")
-    count = len(valid)
-    scaled = [min(1.0, (count - rank) * p) for rank, p in enumerate(valid)]
-    adjusted = pd.Series(np.maximum.accumulate(scaled) if count else [], index=valid.index, dtype=float)
-    return adjusted.reindex(p_values.index)
-
-
 def pairwise_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], n_boot: int = N_BOOT) -> pd.DataFrame:
     """One row per pair, category and seed run by both backbones; Holm-adjusted within each pair.
 
@@ -551,17 +435,6 @@ def build_report(results: str | os.PathLike, pair: str | None = None, n_boot: in
     return Report(str(results), runs_frame, pairs, tests, n_boot, tables)
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A DataFrame as a GitHub markdown table (no extra dependency)."""
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = "| " + " | ".join(cell(column) for column in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
 NOTHING_TO_COMPARE = "Nothing to compare: fewer than two backbones share a category and seed."
 
 
@@ -669,7 +542,7 @@ def write_tables(report: Report, directory: Path) -> None:
 
 def replace_generated_block(text: str, block: str, path: Path) -> str:
     """``text`` with the part between the markers replaced by ``block``; all else unchanged."""
-    return runs.replace_marked_block(text, block, BEGIN_MARKER, END_MARKER, path)
+    return replace_marked_block(text, block, BEGIN_MARKER, END_MARKER, path)
 
 
 def update_portfolio(path: str | os.PathLike, report: Report, figures: list[FigureItem], out: Path) -> None:
@@ -678,7 +551,7 @@ def update_portfolio(path: str | os.PathLike, report: Report, figures: list[Figu
     if not path.is_file():
         raise RDError(f"--portfolio {path}: file not found")
     prefix = Path(os.path.relpath(out.resolve(), path.resolve().parent)).as_posix() + "/"
-    runs.rewrite_marked_block(path, render_body(report, figures, 3, prefix), "compare")
+    rewrite_marked_block(path, render_body(report, figures, 3, prefix), "compare")
 
 
 def write_report(report: Report, out: str | os.PathLike, figures: list[FigureItem] | None = None,

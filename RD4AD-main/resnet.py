@@ -18,6 +18,8 @@ from torchvision.models.resnet import Bottleneck, conv1x1, conv3x3
 from de_resnet import ResNetDecoder
 from weights import apply_state_dict
 
+__all__ = ["DEFAULT_WEIGHTS", "ResNetOCBE", "ResNetTeacher", "resnet50_rd", "wide_resnet50_2_rd"]
+
 
 class ResNetTeacher(nn.Module):
     """Stem and layer1..3 of a torchvision ResNet; returns the three stage outputs."""
@@ -95,12 +97,14 @@ def _build(model_fn: Callable[..., ResNet], width_per_group: int, state_dict: di
     return teacher, bottleneck, student
 
 
-def wide_resnet50_2_rd(state_dict: dict[str, Tensor] | None = None, source: str = "") -> tuple[nn.Module, nn.Module, nn.Module]:
+def wide_resnet50_2_rd(*, state_dict: dict[str, Tensor] | None = None,
+                       source: str = "") -> tuple[nn.Module, nn.Module, nn.Module]:
     """RD4AD as in the paper: WRN-50-2 teacher; (teacher, OCBE, decoder)."""
     return _build(wide_resnet50_2, 128, state_dict, source)
 
 
-def resnet50_rd(state_dict: dict[str, Tensor] | None = None, source: str = "") -> tuple[nn.Module, nn.Module, nn.Module]:
+def resnet50_rd(*, state_dict: dict[str, Tensor] | None = None,
+                source: str = "") -> tuple[nn.Module, nn.Module, nn.Module]:
     """RD with a ResNet-50 teacher; (teacher, OCBE, decoder)."""
     return _build(resnet50, 64, state_dict, source)
 

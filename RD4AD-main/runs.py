@@ -1,12 +1,11 @@
-"""Where a run's files live and what they hold: the contract between training, evaluation and reports.
+"""Where a run's files live, what they hold, and the one place that reads and writes them.
 
 One run = one (backbone, category, seed). Its directory ``<results>/<backbone>/<category>/seed<k>/`` holds:
 
 - ``config.json``   the full configuration of the run (every flag), the validation file names, the
                     teacher weights actually used (``teacher_weights``: e.g. ``"IMAGENET1K_V1"``,
                     ``"file:/path.pth"`` or ``"random"``), library versions and ``hardware``.
-- ``history.csv``   one row per epoch: ``epoch, loss, loss_scale1, loss_scale2, loss_scale3,
-                    val_loss, epoch_time_s, images_per_s``.
+- ``history.csv``   one row per epoch: ``HISTORY_COLUMNS``.
 - ``metrics.json``  written by ``main.py test``: ``image_auroc``, ``pixel_auroc`` / ``aupro`` (``null``
                     when the data has no masks), ``f1_max`` (test-tuned), ``threshold`` and
                     ``threshold_rule`` (from validation normals only), ``accuracy``, ``precision``,
@@ -18,18 +17,34 @@ One run = one (backbone, category, seed). Its directory ``<results>/<backbone>/<
 - ``maps.npz``      optional: ``maps`` float16 (N, H, W), ``masks`` uint8 (N, H, W), ``paths``.
 
 Checkpoints live apart, under ``<checkpoints>/<backbone>/<category>/seed<k>/last.pth``.
-``<results>/summary.csv`` has one row per evaluated run.
+``<results>/summary.csv`` has one row per evaluated run. Every file is written atomically (a
+temporary file in the same folder, then a rename), so a killed process never leaves half a file.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
-from errors import RDError
+import numpy as np
+import pandas as pd
+
+from dataset import category_kind
+from errors import CheckpointError, RDError
+
+__all__ = [
+    "CHECKPOINT_FILE", "CONFIG_FILE", "EFFICIENCY", "HISTORY_COLUMNS", "HISTORY_FILE", "MAPS_FILE", "METRICS",
+    "METRICS_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "VAL_SCORES_FILE", "RunKey",
+    "atomic_write", "atomic_write_json", "atomic_write_text", "checkpoint_path", "find_runs", "key_of",
+    "load_maps", "load_runs", "load_scores", "read_history", "read_json", "read_run_config", "run_dir",
+    "save_maps", "steady_images_per_s", "untested_runs", "write_csv", "write_history", "write_summary",
+]
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
@@ -39,6 +54,32 @@ VAL_SCORES_FILE = "val_scores.csv"
 MAPS_FILE = "maps.npz"
 CHECKPOINT_FILE = "last.pth"
 SUMMARY_FILE = "summary.csv"
+
+HISTORY_COLUMNS = ("epoch", "loss", "loss_scale1", "loss_scale2", "loss_scale3", "val_loss",
+                   "epoch_time_s", "images_per_s", "peak_memory_mb")
+# metrics.json key -> label; all are fractions in [0, 1], shown in percent.
+METRICS: dict[str, str] = {
+    "image_auroc": "image AUROC",
+    "pixel_auroc": "pixel AUROC",
+    "aupro": "AUPRO",
+    "f1_max": "F1-max (test-tuned)",
+    "accuracy": "accuracy @val-thr",
+    "precision": "precision @val-thr",
+    "recall": "recall @val-thr",
+    "f1": "F1 @val-thr",
+}
+# metrics.json["efficiency"] key -> (label, scale, decimals)
+EFFICIENCY: dict[str, tuple[str, float, int]] = {
+    "trainable_params": ("trainable params (M)", 1e-6, 2),
+    "gflops": ("GFLOPs", 1.0, 1),
+    "train_images_per_s": ("training images/s", 1.0, 1),
+    "inference_ms_per_image": ("inference ms/image", 1.0, 1),
+    "peak_memory_mb": ("peak memory (MB)", 1.0, 0),
+}
+SUMMARY_COLUMNS = ("backbone", "category", "seed", "image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy",
+                   "precision", "recall", "f1", "threshold", "trainable_params", "gflops", "train_images_per_s",
+                   "inference_ms_per_image", "peak_memory_mb", "teacher_weights", "epochs", "image_size")
+RUN_FIRST = "run `main.py train` and `main.py test` first"
 
 
 @dataclass(frozen=True)
@@ -76,48 +117,196 @@ def key_of(directory: str | os.PathLike) -> RunKey:
     return RunKey(config["backbone"], config["category"], int(config["seed"]))
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+# ---------------------------------------------------------------------------------------------- writing
 
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    The temporary file is removed when ``write`` fails or the process is interrupted.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def generated_markers(command: str) -> tuple[str, str]:
-    """The comment lines that fence the part of a document ``main.py COMMAND`` rewrites."""
-    return f"<!-- BEGIN GENERATED BY main.py {command} -->", f"<!-- END GENERATED BY main.py {command} -->"
+def write_csv(path: str | os.PathLike, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """A CSV file with a header line, atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
-def replace_marked_block(text: str, block: str, begin: str, end: str, path: str | os.PathLike) -> str:
-    """``text`` with the part between the ``begin`` and ``end`` lines replaced by ``block``; all else unchanged."""
-    once = text.count(begin) == 1 and text.count(end) == 1
-    if not once or text.index(begin) > text.index(end):
-        raise RDError(f"{path}: expected one line {begin} followed later by one line {end}")
-    start = text.index(begin) + len(begin)
-    return text[:start] + "\n" + block.strip("\n") + "\n" + text[text.index(end):]
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
-def rewrite_marked_block(path: str | os.PathLike, block: str, command: str) -> None:
-    """Rewrite, atomically, only the block that ``main.py COMMAND`` owns in the document at ``path``."""
-    path = Path(path)
+# ---------------------------------------------------------------------------------------------- config.json
+
+def read_run_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """A run directory's config.json, or an error saying what a run directory is."""
+    path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise RDError(f"{path}: file not found (expected a markdown document with generated-block markers)")
-    with open(path, encoding="utf-8", newline="") as handle:
-        text = handle.read()
-    atomic_write_text(path, replace_marked_block(text, block, *generated_markers(command), path))
+        raise CheckpointError(f"{directory} is not a run directory: it has no {CONFIG_FILE} "
+                              f"(run directories are written by `main.py train` under results/BACKBONE/CATEGORY/seedK)")
+    return read_json(path)
+
+
+# ---------------------------------------------------------------------------------------------- history.csv
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.6g}"
+
+
+def write_history(path: str | os.PathLike, history: list[dict[str, float]]) -> None:
+    """history.csv: one row per epoch, ``HISTORY_COLUMNS`` (6 significant digits)."""
+    lines = [",".join(HISTORY_COLUMNS)]
+    lines += [",".join(_format_number(row[c]) for c in HISTORY_COLUMNS) for row in history]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_history(directory: str | os.PathLike) -> pd.DataFrame | None:
+    """A run's history.csv as a DataFrame, or None when the run has none yet."""
+    path = Path(directory) / HISTORY_FILE
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def steady_images_per_s(directory: str | os.PathLike) -> float | None:
+    """Mean training images/s of a run's history without its first epoch (warm-up), when there are others."""
+    history = read_history(directory)
+    if history is None or history.empty:
+        return None
+    speeds = history["images_per_s"].astype(float).tolist()
+    steady = speeds[1:] or speeds
+    return sum(steady) / len(steady)
+
+
+# ---------------------------------------------------------------------------------------------- scores and maps
+
+@lru_cache(maxsize=256)
+def _read_scores(path: str, mtime_ns: int) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"path": str, "defect_type": str, "label": int, "score": float})
+
+
+def load_scores(directory: str | os.PathLike) -> pd.DataFrame:
+    """A run's scores.csv (path, defect_type, label, score), sorted by path."""
+    path = Path(directory) / SCORES_FILE
+    if not path.is_file():
+        raise RDError(f"{path} is missing: run `main.py test` for this run")
+    return _read_scores(str(path), path.stat().st_mtime_ns).sort_values("path", ignore_index=True)
+
+
+def save_maps(path: str | os.PathLike, maps: np.ndarray, masks: np.ndarray, paths: list[str]) -> None:
+    """maps.npz: float16 maps, uint8 masks and the image paths, compressed, atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, maps=maps.astype(np.float16), masks=masks.astype(np.uint8),
+                                paths=np.asarray(paths))
+
+    atomic_write(path, write)
+
+
+@lru_cache(maxsize=64)
+def _read_maps(path: str, mtime_ns: int) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def load_maps(directory: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """A run's maps.npz (maps, masks, paths), or None when the run saved no maps."""
+    path = Path(directory) / MAPS_FILE
+    if not path.is_file():
+        return None
+    return _read_maps(str(path), path.stat().st_mtime_ns)
+
+
+# ---------------------------------------------------------------------------------------------- all runs
+
+def _number(value: Any) -> float:
+    """A metric as float; ``null`` (not measured) becomes NaN."""
+    return float("nan") if value is None else float(value)
+
+
+def _text(config: dict, name: str) -> str:
+    """A config value as text; ``unknown`` when the run did not record it."""
+    value = config.get(name)
+    return "unknown" if value is None else str(value)
+
+
+def format_hardware(hardware: Any) -> str:
+    """config["hardware"] as one short string (a dict becomes sorted ``key=value`` pairs)."""
+    if isinstance(hardware, dict):
+        return ", ".join(f"{key}={value}" for key, value in sorted(hardware.items()) if value is not None)
+    return "unknown" if hardware is None else str(hardware)
+
+
+def _run_row(directory: Path) -> dict[str, Any]:
+    """One run as a flat row: identity, provenance from config.json, numbers from metrics.json."""
+    config = read_json(directory / CONFIG_FILE)
+    metrics = read_json(directory / METRICS_FILE)
+    efficiency = metrics.get("efficiency") or {}
+    category = str(config["category"])
+    return {
+        "backbone": str(config["backbone"]),
+        "category": category,
+        "seed": int(config["seed"]),
+        "kind": category_kind(category),
+        "run_dir": str(directory),
+        "data_root": _text(config, "data_root"),
+        "image_size": _text(config, "image_size"),
+        "epochs": _text(config, "epochs"),
+        "teacher_weights": _text(config, "teacher_weights"),
+        "hardware": format_hardware(config.get("hardware")),
+        "threshold": _number(metrics.get("threshold")),
+        "threshold_rule": str(metrics.get("threshold_rule") or "unknown"),
+        **{key: _number(metrics.get(key)) for key in METRICS},
+        **{key: _number(efficiency.get(key)) for key in EFFICIENCY},
+    }
+
+
+def load_runs(results: str | os.PathLike) -> pd.DataFrame:
+    """Every evaluated run under ``results``: one row per run, sorted by category, backbone, seed."""
+    results = Path(results)
+    if not results.is_dir():
+        raise RDError(f"results directory {results} does not exist: {RUN_FIRST}")
+    directories = find_runs(results)
+    if not directories:
+        raise RDError(f"no evaluated runs (<backbone>/<category>/seed<k>/metrics.json) under {results}: {RUN_FIRST}")
+    frame = pd.DataFrame([_run_row(directory) for directory in directories])
+    return frame.sort_values(["category", "backbone", "seed"], ignore_index=True)
+
+
+def untested_runs(results: str | os.PathLike) -> list[str]:
+    """Run directories with a config.json but no metrics.json: trained, not yet tested."""
+    evaluated = set(find_runs(results))
+    return [str(path) for path in find_runs(results, require=CONFIG_FILE) if path not in evaluated]
+
+
+def write_summary(results: str | os.PathLike) -> Path:
+    """Gather one row per evaluated run into ``results/summary.csv``."""
+    rows = []
+    for directory in find_runs(results):
+        metrics = read_json(directory / METRICS_FILE)
+        flat = metrics | metrics.get("efficiency", {})
+        rows.append({c: flat.get(c) for c in SUMMARY_COLUMNS})
+    path = Path(results) / SUMMARY_FILE
+    atomic_write_text(path, pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).to_csv(index=False))
+    return path

@@ -32,6 +32,8 @@ from tqdm import tqdm
 
 from errors import DataError
 
+__all__ = ["DEFECTS", "category_names", "generate", "render_item", "add_arguments", "run"]
+
 GOOD = "good"
 DEFECTS = {"texture": ("hole", "scratch", "stain"), "object": ("colour", "missing_part", "scratch")}
 MARKER = "synth.json"  # written into each category; lets a later run replace what synth wrote

@@ -12,6 +12,9 @@ import torchvision
 from errors import RDError
 from process_setup import huge_pages_enabled
 
+__all__ = ["cpu_model", "describe_hardware", "hardware_label", "library_versions", "peak_memory_mb",
+           "reset_peak_memory", "resolve_device", "synchronize"]
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available; an explicit ``cuda`` without a GPU is an error."""

@@ -19,6 +19,8 @@ from torchvision.models import WeightsEnum
 
 from errors import WeightsError
 
+__all__ = ["apply_state_dict", "hub_checkpoint_dir", "load_weights_enum", "load_weights_file", "weights_file_name"]
+
 # A download that cannot connect must fail within seconds, not hang on a dead network.
 DOWNLOAD_CONNECT_TIMEOUT_S = 5.0
 

@@ -1,6 +1,6 @@
 """The trainer notebooks' steps as functions, so that the notebooks stay thin.
 
-Training and evaluation go through ``train.train_run`` and ``evaluate.evaluate_run``, the very
+The notebooks train and evaluate through ``train.train_run`` and ``evaluate.evaluate_run``, the very
 functions behind ``main.py train`` and ``main.py test``; this module only builds their configs and
 shapes their outputs into tables.
 """
@@ -11,8 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 import check_data
+from recipe import TrainConfig
+from sweep import parse_list, resolve_categories
 from synth import generate
-from train import TrainConfig, parse_list, resolve_categories
+
+__all__ = ["data_table", "ensure_demo_data", "generate_demo_data", "metrics_table", "sweep_configs"]
 
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "accuracy", "precision",
                   "recall", "f1")

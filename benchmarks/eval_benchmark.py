@@ -35,7 +35,8 @@ import runs  # noqa: E402
 from backbones import build_model  # noqa: E402
 from synth import generate  # noqa: E402
 from system_info import describe_hardware, library_versions, resolve_device  # noqa: E402
-from train import FastPath, TrainConfig  # noqa: E402
+from recipe import FastPath, TrainConfig  # noqa: E402
+from reference_pipeline import naive_model  # noqa: E402
 
 
 def main() -> int:
@@ -58,9 +59,8 @@ def main() -> int:
         data = bench.load_data(root, args.image_size)
     torch.manual_seed(0)
     model = build_model(args.backbone, pretrained=False).to(device)
-    naive = bench.naive_model(model)
-    if fast.channels_last:
-        model.to(memory_format=torch.channels_last)
+    naive = naive_model(model)
+    fast.place(model, device)
     result = bench.evaluation_section(model, naive, fast, data, device)
 
     f, n, m = result["fast"], result["naive"], result["metrics"]

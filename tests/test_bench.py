@@ -19,10 +19,13 @@ from scipy.ndimage import gaussian_filter
 
 import bench
 import runs
-import train
+import sweep
+from errors import RDError
 from rd_model import GaussianBlur
+from recipe import FastPath, TrainConfig
+from sweep import estimate_sweep
 from system_info import describe_hardware
-from train import TrainConfig, estimate_sweep, train_run
+from train import train_run
 
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (2, 20, 70), (1, 64, 48)])
@@ -66,7 +69,7 @@ def test_bench_writes_every_figure_with_its_naive_reference(tmp_path, capsys):
     for name in ("image_auroc", "pixel_auroc", "aupro"):
         assert evaluation["metrics"][name]["abs_diff"] <= bench.EQUAL_TOLERANCE
     assert "minus_exact" in evaluation["metrics"]["aupro_200_thresholds"]
-    assert figures["sweep_estimate"]["train_images_per_epoch"] == bench.mvtec_train_images()
+    assert figures["sweep_estimate"]["train_images_per_epoch"] == 3629 - 362
     assert any("identical metrics" in check["target"] for check in payload["targets"])
     printed = capsys.readouterr().out
     assert "training images/s" in printed and "random teachers" in printed and "speed-up" in printed
@@ -74,7 +77,11 @@ def test_bench_writes_every_figure_with_its_naive_reference(tmp_path, capsys):
 
 def test_mvtec_sweep_size():
     # 3,629 training images minus the validation hold-out of each category (max(4, round(10%)))
-    assert bench.mvtec_train_images() == 3629 - 362
+    configs = [TrainConfig(data_root="", category=c) for c in bench.MVTEC_CATEGORIES]
+    assert sum(map(sweep.official_train_images, configs)) == 3629 - 362
+    estimate = sweep.estimate_sweep(configs, throughput=sweep.Throughput(10.0, "given"), epochs_done=lambda _: 0,
+                                    train_images=sweep.official_train_images)
+    assert estimate.images == 200 * (3629 - 362) and estimate.total_s == pytest.approx(200 * (3629 - 362) / 10.0)
 
 
 def small_config(root: Path, tmp_path: Path, **overrides) -> TrainConfig:
@@ -98,7 +105,7 @@ def test_sweep_estimate_from_history_bench_or_timed_steps(synthetic_root, tmp_pa
 
     # no history of that setting (other batch size): a bench.json of the same setting is used
     other = replace(todo, batch_size=4, results=str(tmp_path / "elsewhere"))
-    fast = train.FastPath.resolve(other, torch.device("cpu")).as_dict()
+    fast = FastPath.resolve(other, torch.device("cpu")).as_dict()
     bench_file = tmp_path / "bench.json"
     bench_file.write_text(json.dumps({
         "machine": describe_hardware(torch.device("cpu")), "settings": {"image_size": 64, "batch_size": 4},
@@ -131,14 +138,14 @@ def test_fast_path_defaults_per_device():
     """bf16 autocast by default on CUDA only (slower on this CPU); channels_last on both; --amp wins."""
     config = TrainConfig(data_root="", category="c")
     cuda, cpu = torch.device("cuda"), torch.device("cpu")  # resolving allocates nothing: no GPU needed
-    assert train.FastPath.resolve(config, cuda).as_dict() == {"channels_last": True, "compile": False,
-                                                              "autocast": "bfloat16"}
-    assert train.FastPath.resolve(config, cpu).as_dict()["autocast"] == "off"
-    assert train.FastPath.resolve(replace(config, amp="off"), cuda).as_dict()["autocast"] == "off"
-    assert train.FastPath.resolve(replace(config, amp="bf16", channels_last=False), cpu).as_dict() == {
+    assert FastPath.resolve(config, cuda).as_dict() == {"channels_last": True, "compile": False,
+                                                        "autocast": "bfloat16"}
+    assert FastPath.resolve(config, cpu).as_dict()["autocast"] == "off"
+    assert FastPath.resolve(replace(config, amp="off"), cuda).as_dict()["autocast"] == "off"
+    assert FastPath.resolve(replace(config, amp="bf16", channels_last=False), cpu).as_dict() == {
         "channels_last": False, "compile": False, "autocast": "bfloat16"}
-    with pytest.raises(train.RDError, match="--amp 'fp8'"):
-        train.FastPath.resolve(replace(config, amp="fp8"), cuda)
+    with pytest.raises(RDError, match="--amp 'fp8'"):
+        FastPath.resolve(replace(config, amp="fp8"), cuda)
 
 
 def _bench_payload(device: str, size: int, images_per_s: float, eval_s: float, sweep_s: float) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import launch
-import train
+import sweep
 from runs import RunKey, checkpoint_path
 
 LAUNCH = Path(__file__).resolve().parents[1] / "RD4AD-main" / "launch.py"
@@ -66,7 +66,7 @@ def test_launcher_runs_two_at_a_time_and_resumes_after_being_killed(synthetic_ro
     assert max_running(restarted) == 2 and max_running(killed) == 2
     assert {e["device"] for e in restarted} == {"cpu"}
     for key in KEYS:
-        assert train.checkpoint_epoch(checkpoint_path(checkpoints, key)) == 1, key
+        assert sweep.checkpoint_epoch(checkpoint_path(checkpoints, key)) == 1, key
     assert "resnet50/synth_texture/seed1 on cpu" in (logs / "resnet50__synth_texture__seed1.log").read_text()
 
 

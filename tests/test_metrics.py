@@ -1,4 +1,4 @@
-"""Metrics of RD4AD_FACTS section 4: the fast functions of metrics.py against definitions, scikit-learn,
+"""Metrics of docs/reproduction.md#4-metrics: the fast functions of metrics.py against definitions, scikit-learn,
 hand-counted examples, a bootstrap, and published DeLong values (pROC, aSAH data)."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 import metrics as M
 import reference_metrics as R
+import significance as S
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,7 +297,7 @@ def asah_scores(marker: str) -> np.ndarray:
 
 def test_delong_matches_published_proc_values_on_asah():
     wfns, ndka, s100b = asah_scores("wfns"), asah_scores("ndka"), asah_scores("s100b")
-    aucs, cov = M.delong_covariance([wfns, ndka, s100b], ASAH_LABELS)
+    aucs, cov = S.delong_covariance([wfns, ndka, s100b], ASAH_LABELS)
     np.testing.assert_allclose(aucs, [0.823678861788618, 0.611957994579946, 0.731368563685637], rtol=1e-12)
     # var(): test-var.R; cov(): test-cov.R
     np.testing.assert_allclose(np.diag(cov), [0.00146991470882363, 0.0031908105493913, 0.00266868245717244], rtol=1e-10)
@@ -309,7 +310,7 @@ def test_delong_matches_published_proc_values_on_asah():
         (wfns, ndka, 2.79777591868904, 0.00514557970691098),
         (ndka, s100b, -1.39077002573558, 0.164295175223054),
     ]:
-        result = M.delong_test(a, b, ASAH_LABELS)
+        result = S.delong_test(a, b, ASAH_LABELS)
         assert result.z == pytest.approx(z, rel=1e-10)
         assert result.p_value == pytest.approx(p, rel=1e-9)
         # pROC's 95 % interval of the difference (t1: 0.0104061769564846 .. 0.174214419249478)
@@ -324,7 +325,7 @@ def test_delong_equals_explicit_kernel_formula_with_ties():
     a, b, y = correlated_scores(rng, 30, 45, 1.0, 0.6)
     a, b = np.round(a * 2) / 2, np.round(b * 3) / 3  # many ties
     auc_a, auc_b, variance = R.delong_naive(a, b, y)
-    result = M.delong_test(a, b, y)
+    result = S.delong_test(a, b, y)
     assert (result.auc_a, result.auc_b) == pytest.approx((auc_a, auc_b), abs=1e-12)
     assert result.auc_a == pytest.approx(roc_auc_score(y, a), abs=1e-12)
     assert result.variance == pytest.approx(variance, rel=1e-10)
@@ -333,7 +334,7 @@ def test_delong_equals_explicit_kernel_formula_with_ties():
 def test_delong_variance_and_p_value_agree_with_bootstrap():
     rng = np.random.default_rng(0)
     a, b, y = correlated_scores(rng, 120, 160, 1.3, 0.9)
-    result = M.delong_test(a, b, y)
+    result = S.delong_test(a, b, y)
     # plain paired, stratified bootstrap written out here (independent of metrics.py's vectorised one)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     diffs = []
@@ -345,7 +346,7 @@ def test_delong_variance_and_p_value_agree_with_bootstrap():
     boot_p = math.erfc(abs(result.difference) / math.sqrt(boot_var) / math.sqrt(2))
     assert 0.001 < result.p_value < 0.2  # a case where the p-value is informative
     assert result.p_value == pytest.approx(boot_p, rel=0.5)
-    interval = M.paired_bootstrap_auroc_diff(a, b, y, n_boot=2000, seed=1)
+    interval = S.paired_bootstrap_auroc_diff(a, b, y, n_boot=2000, seed=1)
     half = 1.959963984540054 * math.sqrt(result.variance)
     assert interval.low == pytest.approx(result.difference - half, abs=0.25 * half)
     assert interval.high == pytest.approx(result.difference + half, abs=0.25 * half)
@@ -353,24 +354,24 @@ def test_delong_variance_and_p_value_agree_with_bootstrap():
 
 def test_delong_p_values_uniform_when_models_equal_and_tiny_when_different():
     rng = np.random.default_rng(5)
-    p_equal = [M.delong_test(*correlated_scores(rng, 50, 70, 1.0, 1.0)).p_value for _ in range(300)]
+    p_equal = [S.delong_test(*correlated_scores(rng, 50, 70, 1.0, 1.0)).p_value for _ in range(300)]
     assert stats.kstest(p_equal, "uniform").pvalue > 0.01
     assert 0.01 <= np.mean(np.array(p_equal) < 0.05) <= 0.10
     a, b, y = correlated_scores(rng, 100, 100, 3.0, 0.3, rho=0.3)
-    assert M.delong_test(a, b, y).p_value < 1e-6
+    assert S.delong_test(a, b, y).p_value < 1e-6
 
 
 def test_delong_identical_scores_give_p_one():
     rng = np.random.default_rng(8)
     a, _, y = correlated_scores(rng, 20, 20, 1.0, 1.0)
-    result = M.delong_test(a, a.copy(), y)
+    result = S.delong_test(a, a.copy(), y)
     assert (result.difference, result.variance, result.z, result.p_value) == (0.0, 0.0, 0.0, 1.0)
 
 
 def test_delong_monte_carlo_variance():
     """DeLong's variance estimates the sampling variance of the AUC difference over repeated data sets."""
     rng = np.random.default_rng(13)
-    results = [M.delong_test(*correlated_scores(rng, 40, 60, 1.2, 0.8)) for _ in range(400)]
+    results = [S.delong_test(*correlated_scores(rng, 40, 60, 1.2, 0.8)) for _ in range(400)]
     spread = np.var([r.difference for r in results], ddof=1)
     assert np.mean([r.variance for r in results]) == pytest.approx(spread, rel=0.2)
 
@@ -382,14 +383,14 @@ def test_bootstrap_contains_true_difference_and_is_deterministic():
     rng = np.random.default_rng(17)
     a, b, y = correlated_scores(rng, 150, 150, 1.4, 0.8)
     truth = true_auc(1.4) - true_auc(0.8)
-    first = M.paired_bootstrap_auroc_diff(a, b, y, n_boot=2000, seed=3)
+    first = S.paired_bootstrap_auroc_diff(a, b, y, n_boot=2000, seed=3)
     assert first.low < truth < first.high
     assert first.difference == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b), abs=1e-12)
     assert (first.n_boot, first.confidence) == (2000, 0.95)
-    assert M.paired_bootstrap_auroc_diff(a, b, y, n_boot=2000, seed=3) == first
-    other = M.paired_bootstrap_auroc_diff(a, b, y, n_boot=2000, seed=4)
+    assert S.paired_bootstrap_auroc_diff(a, b, y, n_boot=2000, seed=3) == first
+    other = S.paired_bootstrap_auroc_diff(a, b, y, n_boot=2000, seed=4)
     assert (other.low, other.high) != (first.low, first.high)
-    narrow = M.paired_bootstrap_auroc_diff(a, b, y, n_boot=2000, confidence=0.5, seed=3)
+    narrow = S.paired_bootstrap_auroc_diff(a, b, y, n_boot=2000, confidence=0.5, seed=3)
     assert first.low < narrow.low < narrow.high < first.high
 
 
@@ -399,7 +400,7 @@ def test_bootstrap_coverage_near_nominal():
     covered = []
     for seed in range(60):
         a, b, y = correlated_scores(rng, 60, 80, 1.0, 0.7)
-        result = M.paired_bootstrap_auroc_diff(a, b, y, n_boot=400, confidence=0.9, seed=seed)
+        result = S.paired_bootstrap_auroc_diff(a, b, y, n_boot=400, confidence=0.9, seed=seed)
         covered.append(result.low <= truth <= result.high)
     assert 0.75 <= np.mean(covered) <= 1.0
 
@@ -412,11 +413,11 @@ def test_clear_errors_for_bad_input():
     with pytest.raises(ValueError, match="only one class"):
         M.image_auroc([0.1, 0.2, 0.3], [1, 1, 1])
     with pytest.raises(ValueError, match="only one class"):
-        M.delong_test([0.1, 0.2], [0.3, 0.1], [0, 0])
+        S.delong_test([0.1, 0.2], [0.3, 0.1], [0, 0])
     with pytest.raises(ValueError, match="differ in length"):
         M.image_auroc([0.1, 0.2, 0.3], [0, 1])
     with pytest.raises(ValueError, match="differ in length"):
-        M.delong_test([0.1, 0.2, 0.3], [0.1, 0.2], [0, 1, 1])
+        S.delong_test([0.1, 0.2, 0.3], [0.1, 0.2], [0, 1, 1])
     with pytest.raises(ValueError, match="NaN"):
         M.image_auroc([0.1, float("nan"), 0.3], [0, 1, 1])
     with pytest.raises(ValueError, match="only 0"):
@@ -438,9 +439,9 @@ def test_clear_errors_for_bad_input():
     with pytest.raises(ValueError, match="fpr_limit"):
         M.aupro(maps, masks, fpr_limit=0.0)
     with pytest.raises(ValueError, match="at least 2 anomalous"):
-        M.delong_test([0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0, 0, 1])
+        S.delong_test([0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0, 0, 1])
     with pytest.raises(ValueError, match="confidence"):
-        M.paired_bootstrap_auroc_diff([0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0, 1, 1], confidence=1.5)
+        S.paired_bootstrap_auroc_diff([0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0, 1, 1], confidence=1.5)
     with pytest.raises(ValueError, match="one entry per image"):
         M.per_defect_auroc([0.1, 0.2], [0, 1], ["good"])
 

@@ -17,7 +17,7 @@ from backbones import BACKBONES, build_model
 from checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from errors import CheckpointError, WeightsError
 from rd_model import distillation_loss
-from summary import RESNET50_TRAINABLE, count_parameters
+from capacity import RESNET50_TRAINABLE, count_parameters
 
 ALL = list(BACKBONES)
 

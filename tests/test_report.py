@@ -13,8 +13,10 @@ import pytest
 
 import report
 import runs
+from backbones import FAIR_PAIR
 from errors import RDError
 from fake_results import write_fake_results
+from significance import holm
 
 CODE_DIR = Path(__file__).resolve().parents[1] / "RD4AD-main"
 PORTFOLIO = CODE_DIR / "RD_Model_Comparison_Portfolio.md"
@@ -103,12 +105,12 @@ def test_random_teacher_warning_is_loud_and_first(reports: tuple[Path, Path], re
     text = (reports[0] / "report.md").read_text(encoding="utf-8")
     first_paragraph = text.split("\n\n")[1]
     assert first_paragraph.startswith("**WARNING: RANDOM TEACHERS.**") and RANDOM_BACKBONE in first_paragraph
-    pretrained = report.load_runs(results).query("backbone != @RANDOM_BACKBONE")
+    pretrained = runs.load_runs(results).query("backbone != @RANDOM_BACKBONE")
     assert report.teacher_warning(pretrained) is None
 
 
 def test_pixel_metrics_without_masks_are_na(reports: tuple[Path, Path], results: Path) -> None:
-    table = report.category_table(report.load_runs(results)).set_index(["category", "backbone"])
+    table = report.category_table(runs.load_runs(results)).set_index(["category", "backbone"])
     assert set(table.loc[NO_MASKS, "pixel AUROC (%)"]) == {"n/a"}
     assert set(table.loc[NO_MASKS, "AUPRO (%)"]) == {"n/a"}
     assert "n/a" not in set(table.loc["synth_object", "pixel AUROC (%)"])
@@ -133,7 +135,7 @@ def test_paired_tests_join_the_same_images(results: Path, tmp_path: Path) -> Non
     scores = copy / "resnet50" / "synth_object" / "seed0" / runs.SCORES_FILE
     lines = scores.read_text(encoding="utf-8").splitlines()
     scores.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # one test image fewer
-    frame = report.load_runs(copy)
+    frame = runs.load_runs(copy)
     tests = report.pairwise_tests(frame, [("resnet50", "convnext_tiny")], n_boot=200).set_index(["category", "seed"])
     assert tests.at[("synth_object", 0), "n_images"] == len(lines) - 2
     assert tests.at[("synth_object", 0), "n_unmatched"] == 1
@@ -142,9 +144,9 @@ def test_paired_tests_join_the_same_images(results: Path, tmp_path: Path) -> Non
     rep = report.build_report(copy, pair="resnet50,convnext_tiny", n_boot=50)
     assert len(rep.runs) == 11 and "resnet50/synth_texture/seed1" in report.untested_note(rep)
     assert set(rep.tests.query("category == 'synth_texture'")["seed"]) == {0}
-    original = report.pairwise_tests(report.load_runs(results), [("resnet50", "convnext_tiny")], n_boot=200)
+    original = report.pairwise_tests(runs.load_runs(results), [("resnet50", "convnext_tiny")], n_boot=200)
     assert (original["n_unmatched"] == 0).all()
-    expected = report.load_runs(results).query("backbone == 'resnet50'")["image_auroc"]
+    expected = runs.load_runs(results).query("backbone == 'resnet50'")["image_auroc"]
     assert sorted(original["auroc_a"]) == pytest.approx(sorted(expected))
 
 
@@ -152,14 +154,14 @@ def test_images_resolve_from_the_project_root(results: Path, tmp_path: Path, mon
     import plots
 
     monkeypatch.chdir(tmp_path)  # not the project root: paths like data/synth_object/... resolve via the run dir
-    row = report.load_runs(results).iloc[0]
-    path = report.load_scores(row["run_dir"])["path"].iloc[0]
+    row = runs.load_runs(results).iloc[0]
+    path = runs.load_scores(row["run_dir"])["path"].iloc[0]
     assert plots.load_rgb(path, row, (16, 16)).shape == (16, 16, 3)
     assert plots.load_rgb("data/missing.png", row, (16, 16)) is None
 
 
 def test_group_means_average_categories_per_seed_then_seeds(results: Path) -> None:
-    frame = report.load_runs(results)
+    frame = runs.load_runs(results)
     stats = report.group_stats(frame).set_index(["group", "backbone", "metric"])
     per_seed = frame[frame["backbone"] == "resnet50"].groupby("seed")["image_auroc"].mean()
     assert stats.at[("overall", "resnet50", "image_auroc"), "mean"] == pytest.approx(per_seed.mean())
@@ -171,7 +173,7 @@ def test_group_means_average_categories_per_seed_then_seeds(results: Path) -> No
 
 
 def test_holm_adjustment() -> None:
-    adjusted = report.holm(pd.Series([0.01, 0.04, float("nan"), 0.03]))
+    adjusted = holm(pd.Series([0.01, 0.04, float("nan"), 0.03]))
     assert adjusted.tolist()[:2] + adjusted.tolist()[3:] == pytest.approx([0.03, 0.06, 0.06])
     assert pd.isna(adjusted.iloc[2])
 
@@ -201,13 +203,13 @@ def test_missing_or_empty_results_name_the_path(tmp_path: Path, capsys: pytest.C
     error = capsys.readouterr().err
     assert str(missing) in error and "main.py train" in error and "main.py test" in error
     with pytest.raises(RDError, match=r"no evaluated runs .*main.py train"):
-        report.load_runs(tmp_path)
+        runs.load_runs(tmp_path)
 
 
 def test_pair_flag(results: Path) -> None:
-    frame = report.load_runs(results)
+    frame = runs.load_runs(results)
     assert report.backbone_pairs(frame, "convnext_tiny,resnet50") == [("convnext_tiny", "resnet50")]
-    assert report.backbone_pairs(frame)[0] == report.FAIR_PAIR and len(report.backbone_pairs(frame)) == 3
+    assert report.backbone_pairs(frame)[0] == FAIR_PAIR and len(report.backbone_pairs(frame)) == 3
     with pytest.raises(RDError, match="vit_b16"):
         report.backbone_pairs(frame, "resnet50,vit_b16")
 

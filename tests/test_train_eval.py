@@ -13,14 +13,16 @@ import pytest
 import torch
 
 import metrics
+import recipe
 import runs
-import train
 from checkpoint import read_checkpoint
 from dataset import MVTecDataset
 from errors import CheckpointError
-from evaluate import evaluate_run, score_images, select_runs
+from evaluate import evaluate_run, score_images
 from rd_model import image_scores
-from train import FastPath, TrainConfig, build_run_model, epoch_batches, train_run
+from recipe import FastPath, NonFiniteLoss, TrainConfig, build_run_model, epoch_batches
+from sweep import select_runs
+from train import train_run
 
 MAIN = Path(__file__).resolve().parents[1] / "RD4AD-main" / "main.py"
 
@@ -47,7 +49,7 @@ def test_train_then_test_writes_every_file(synthetic_root, tmp_path, backbone):
         assert (run_directory / name).is_file(), name
     assert config.checkpoint_path.is_file()
     history = pd.read_csv(run_directory / runs.HISTORY_FILE)
-    assert list(history.columns) == list(train.HISTORY_COLUMNS) and len(history) == 1
+    assert list(history.columns) == list(runs.HISTORY_COLUMNS) and len(history) == 1
     assert np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()
     recorded = runs.read_json(run_directory / runs.CONFIG_FILE)
     assert recorded["backbone"] == backbone and recorded["teacher_weights"] == "random"
@@ -95,7 +97,7 @@ def test_killed_run_resumes_to_the_same_checkpoint(synthetic_root, tmp_path, mon
     train_run(reference, quiet=True)
 
     resumed = small_config(synthetic_root, tmp_path / "b", epochs=2)
-    real_step, calls = train._train_step, []
+    real_step, calls = recipe.train_step, []
 
     def dies_in_epoch_two(*args, **kwargs):
         calls.append(1)
@@ -103,11 +105,11 @@ def test_killed_run_resumes_to_the_same_checkpoint(synthetic_root, tmp_path, mon
             raise KeyboardInterrupt("simulated kill")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_train_step", dies_in_epoch_two)
+    monkeypatch.setattr(recipe, "train_step", dies_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train_run(resumed, quiet=True)
     assert read_checkpoint(resumed.checkpoint_path)["training_state"]["epoch"] == 1
-    monkeypatch.setattr(train, "_train_step", real_step)
+    monkeypatch.setattr(recipe, "train_step", real_step)
     train_run(resumed, quiet=True)
 
     expected, actual = _trainable_state(reference.checkpoint_path), _trainable_state(resumed.checkpoint_path)
@@ -146,7 +148,7 @@ def test_finished_checkpoint_drops_the_optimiser_unless_asked_to_keep_it(synthet
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
     config = small_config(synthetic_root, tmp_path, epochs=2)
-    real_loss = train.distillation_loss
+    real_loss = recipe.distillation_loss
     steps = []
 
     def nan_in_epoch_two(teacher, student):
@@ -155,15 +157,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synthetic_root, tm
             return loss * float("nan"), per_scale
         return loss, per_scale
 
-    real_step = train._train_step
+    real_step = recipe.train_step
 
     def counting_step(*args, **kwargs):
         steps.append(1)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train, "distillation_loss", nan_in_epoch_two)
-    monkeypatch.setattr(train, "_train_step", counting_step)
-    with pytest.raises(train.NonFiniteLoss, match="epoch 2"):
+    monkeypatch.setattr(recipe, "distillation_loss", nan_in_epoch_two)
+    monkeypatch.setattr(recipe, "train_step", counting_step)
+    with pytest.raises(NonFiniteLoss, match="epoch 2"):
         train_run(config, quiet=True)
     assert read_checkpoint(config.checkpoint_path)["training_state"]["epoch"] == 1
 

@@ -1,0 +1,62 @@
+"""What an RD model costs: parameters per part, GFLOPs of one forward pass, feature shapes per scale.
+
+Counted on randomly initialised models (counts and FLOPs do not depend on the weights). The fair pair
+is held to ResNet-50 RD's trainable capacity (docs/reproduction.md#1-architecture).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from backbones import build_model
+
+__all__ = ["RESNET50_TRAINABLE", "ModelSummary", "count_parameters", "forward_gflops", "summarize"]
+
+RESNET50_TRAINABLE = 46_651_392  # ResNet-50 RD's OCBE + decoder: the fair pair's reference capacity
+
+
+@dataclass
+class ModelSummary:
+    backbone: str
+    image_size: int
+    teacher_params: int  # the part of the teacher that is used (truncated after the last tap)
+    bottleneck_params: int
+    decoder_params: int
+    trainable_params: int
+    gflops: float  # one forward pass (teacher + bottleneck + student), batch 1; a multiply-add is 2 FLOPs
+    feature_shapes: list[list[int]]  # per scale, (C, H, W); student shapes equal teacher shapes
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def forward_gflops(model: nn.Module, image_size: int) -> tuple[float, tuple]:
+    """GFLOPs of one forward pass at batch 1 (a multiply-add counts 2), and the forward's output."""
+    parameter = next(model.parameters())
+    images = torch.zeros(1, 3, image_size, image_size, device=parameter.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        output = model(images)
+    return round(counter.get_total_flops() / 1e9, 3), output
+
+
+def summarize(backbone: str, image_size: int = 256) -> ModelSummary:
+    """Count a randomly initialised model of ``backbone`` at ``image_size``."""
+    model = build_model(backbone, pretrained=False).eval()
+    gflops, (teacher_features, student_features) = forward_gflops(model, image_size)
+    for t, s in zip(teacher_features, student_features, strict=True):
+        assert t.shape == s.shape, f"{backbone}: teacher {tuple(t.shape)} != student {tuple(s.shape)}"
+    bottleneck, decoder = count_parameters(model.bottleneck), count_parameters(model.student)
+    return ModelSummary(
+        backbone=backbone,
+        image_size=image_size,
+        teacher_params=count_parameters(model.teacher),
+        bottleneck_params=bottleneck,
+        decoder_params=decoder,
+        trainable_params=bottleneck + decoder,
+        gflops=gflops,
+        feature_shapes=[list(t.shape[1:]) for t in teacher_features],
+    )

@@ -1,0 +1,332 @@
+"""What a sweep is: the (backbone, category, seed) runs a command line or config file selects, the
+command-line flags that select them, and the one estimate of how long their training takes.
+
+``train`` turns flags and ``--config`` files into one ``TrainConfig`` per run (``configs_from_args``);
+``test`` picks trained run directories with the same flags (``select_runs``); ``launch.py`` and
+``bench`` reuse both and the estimate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+import distributed
+import runs
+from backbones import build_model, parse_backbones
+from dataset import OFFICIAL_COUNTS, list_categories, split_train_val
+from errors import CheckpointError, RDError
+from recipe import Amp, FastPath, TrainConfig, make_optimizer, open_split, train_step
+from system_info import describe_hardware, synchronize
+
+__all__ = ["SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments", "add_fast_path_arguments",
+           "add_train_arguments", "checkpoint_epoch", "configs_from_args", "estimate_sweep", "format_duration",
+           "measure_throughput", "official_train_images", "parse_list", "read_config_file",
+           "resolve_categories", "select_runs"]
+
+SWEEP_DEFAULTS = {"backbones": "wide_resnet50_2", "categories": "all", "seeds": "0"}
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+def parse_list(text: str, flag: str, kind: type = str) -> list:
+    """A comma-separated flag value as a list of ``kind``; the error names the flag."""
+    try:
+        return [kind(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise RDError(f"{flag} {text!r}: expected a comma-separated list of {kind.__name__}") from None
+
+
+def resolve_categories(data_root: str, text: str) -> list[str]:
+    """``all`` (every category found under the root) or a comma list."""
+    return list_categories(data_root) if text == "all" else parse_list(text, "--categories")
+
+
+def select_runs(results: str | Path, backbones: str, categories: str, seeds: str) -> list[Path]:
+    """Trained run directories (with config.json) matching the filters; 'all' matches anything."""
+    def wanted(text: str, flag: str, kind: type = str) -> set | None:
+        return None if text == "all" else set(parse_list(text, flag, kind))
+
+    b, c, s = wanted(backbones, "--backbones"), wanted(categories, "--categories"), wanted(seeds, "--seeds", int)
+    found = [d for d in runs.find_runs(results, require=runs.CONFIG_FILE)
+             if (b is None or d.parts[-3] in b) and (c is None or d.parts[-2] in c)
+             and (s is None or int(d.name.removeprefix("seed")) in s)]
+    if not found:
+        raise CheckpointError(f"no trained run under {results} matches --backbones {backbones} --categories "
+                              f"{categories} --seeds {seeds}: run `main.py train` first")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- flags
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by train and test: which runs, and where their files live."""
+    parser.add_argument("--backbones", help="comma list of backbones, or 'all' (train default: wide_resnet50_2)")
+    parser.add_argument("--categories", help="comma list of categories, or 'all' (default)")
+    parser.add_argument("--seeds", help="comma list of seeds (train default: 0)")
+    parser.add_argument("--results", help="folder of run directories (default results/)")
+    parser.add_argument("--checkpoints", help="folder of checkpoints (default checkpoints/)")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+
+
+def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """The speed settings (``FastPath``); None means the default for the device."""
+    parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                        help="channels_last memory format (default: on)")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--amp", choices=[m.value for m in Amp], help="bf16 autocast (default auto: CUDA only)")
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """``main.py train``'s flags. Each defaults to None: the value then comes from --config, else from
+    TrainConfig's default."""
+    d = TrainConfig(data_root="", category="")
+    parser.add_argument("--data-root", help="MVTec-format data root (required, here or in --config)")
+    add_common_arguments(parser)
+    parser.add_argument("--config", help="JSON file of TrainConfig fields (and backbones/categories/seeds); "
+                                         "flags given on the command line win")
+    parser.add_argument("--image-size", type=int, help=f"input size in px (default {d.image_size})")
+    parser.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    parser.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
+    parser.add_argument("--beta1", type=float, help=f"default {d.beta1}")
+    parser.add_argument("--beta2", type=float, help=f"default {d.beta2}")
+    parser.add_argument("--val-fraction", type=float, help=f"share of train/good held out (default {d.val_fraction})")
+    parser.add_argument("--split-seed", type=int, help="seed of the validation split, shared by all backbones "
+                                                       f"and seeds (default {d.split_seed})")
+    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
+                        help="train on a RANDOM teacher on purpose (tests, smoke runs)")
+    parser.add_argument("--teacher-weights", dest="teacher_weights_path", help="local teacher state dict .pth")
+    parser.add_argument("--fallback-random-teacher", action="store_true", default=None,
+                        help="demo only: if pretrained weights cannot be loaded, warn loudly and go on")
+    parser.add_argument("--checkpoint-every", type=int, help=f"epochs between checkpoints (default {d.checkpoint_every})")
+    parser.add_argument("--keep-optimizer", action="store_true", default=None,
+                        help="keep the optimiser state in the final checkpoint (3x larger) so that the run can be "
+                             "extended with more --epochs later; unfinished checkpoints always keep it")
+    parser.add_argument("--deterministic", action="store_true", default=None,
+                        help="deterministic kernels (slower on CUDA)")
+    add_fast_path_arguments(parser)
+    parser.add_argument("--sync-bn", action="store_true", default=None,
+                        help="torchrun only: BatchNorm statistics over the whole global batch (see distributed.py)")
+    parser.add_argument("--model-knobs", type=json.loads,
+                        help='JSON of builder knobs, e.g. \'{"embed_dim": 768}\' for ConvNeXt')
+    parser.add_argument("--restart", action="store_true", help="discard existing checkpoints and start over")
+    parser.add_argument("--resume", action="store_true",
+                        help="require an existing checkpoint to continue (runs resume by default anyway)")
+    parser.add_argument("--no-eta", action="store_true", help="do not estimate the sweep's time before it starts")
+    parser.add_argument("--bench-json", default="bench.json",
+                        help="a `main.py bench` output to take the throughput from for the estimate, when no "
+                             "history of the same setting exists (default bench.json, if present)")
+
+
+# ---------------------------------------------------------------------------------------------- config files
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A ``--config`` JSON file of TrainConfig fields and sweep lists (lists become comma lists)."""
+    file = Path(path)
+    if not file.is_file():
+        raise RDError(f"--config {file}: no such file")
+    try:
+        values = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise RDError(f"--config {file}: not valid JSON ({error})") from None
+    known = {f.name for f in fields(TrainConfig)} | set(SWEEP_DEFAULTS)
+    unknown = sorted(set(values) - known - {"category", "backbone", "seed"})
+    if not isinstance(values, dict) or unknown:
+        raise RDError(f"--config {file}: unknown keys {unknown}; known: {sorted(known)}")
+    return {k: ",".join(map(str, v)) if isinstance(v, list) and k in SWEEP_DEFAULTS else v for k, v in values.items()}
+
+
+def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
+    """One TrainConfig per (backbone, category, seed): defaults <- --config file <- command-line flags."""
+    values: dict[str, Any] = dict(SWEEP_DEFAULTS)
+    if args.config:
+        values.update(read_config_file(args.config))
+    values.update({k: v for k, v in vars(args).items() if v is not None})
+    if not values.get("data_root"):
+        raise RDError("--data-root is required (the MVTec-format data root), on the command line or in --config")
+    categories = resolve_categories(values["data_root"], str(values["categories"]))
+    per_run = {f.name: values[f.name] for f in fields(TrainConfig)
+               if f.name in values and f.name not in ("category", "backbone", "seed")}
+    return [TrainConfig(category=category, backbone=backbone, seed=seed, **per_run)
+            for backbone in parse_backbones(str(values["backbones"]))
+            for category in categories
+            for seed in parse_list(str(values["seeds"]), "--seeds", int)]
+
+
+# ---------------------------------------------------------------------------------------------- time estimate
+
+def format_duration(seconds: float) -> str:
+    """``1d 3h 05m``, ``2h 07m`` or ``4m 09s``."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h {minutes:02d}m"
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """Epochs trained in a checkpoint (0 when there is none), memory-mapped: the weights are not read."""
+    if not path.is_file():
+        return 0
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):
+        return 0
+    return int(payload.get("training_state", {}).get("epoch", 0))
+
+
+def official_train_images(config: TrainConfig) -> int:
+    """Images a run trains on per epoch according to the official MVTec AD counts (no data needed)."""
+    if config.category not in OFFICIAL_COUNTS:
+        raise RDError(f"{config.category!r} is not an MVTec AD category: its size is not known without the data")
+    n_train_good = OFFICIAL_COUNTS[config.category][0]
+    return len(split_train_val([str(i) for i in range(n_train_good)], config.val_fraction, config.split_seed)[0])
+
+
+def _train_images_on_disk(config: TrainConfig) -> int:
+    return len(open_split(config, "train"))
+
+
+@dataclass
+class Throughput:
+    images_per_s: float
+    basis: str
+    world_size: int = 1  # processes that shared the work when it was measured
+
+
+def _same_setting(recorded: dict[str, Any], config: TrainConfig, hardware: dict[str, Any]) -> bool:
+    """Same backbone size, batch and fast path on the same kind of hardware: the throughput carries over."""
+    keys = ("device", "gpu") if hardware["device"] == "cuda" else ("device", "cpu", "torch_threads")
+    same_hardware = all(recorded.get("hardware", {}).get(k) == hardware.get(k) for k in keys)
+    return same_hardware and all(recorded.get(k) == getattr(config, k) for k in ("backbone", "image_size",
+                                                                                  "batch_size", "model_knobs"))
+
+
+def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any],
+                             world_size: int) -> Throughput | None:
+    """Mean images/s of the epochs after the first in an earlier run of the same setting and world size."""
+    for config_file in sorted(Path(config.results).glob(f"{config.backbone}/*/seed*/{runs.CONFIG_FILE}")):
+        recorded = runs.read_json(config_file)
+        if not _same_setting(recorded, config, hardware) or recorded.get("fast_path") != fast \
+                or recorded.get("world_size", 1) != world_size:
+            continue
+        speed = runs.steady_images_per_s(config_file.parent)
+        if speed is not None:
+            return Throughput(speed, f"history of {config_file.parent}", world_size)
+    return None
+
+
+def _throughput_from_bench(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any],
+                           bench_file: str | None) -> Throughput | None:
+    """The fast training images/s of a `main.py bench` output taken with the same setting."""
+    if not bench_file or not Path(bench_file).is_file():
+        return None
+    try:
+        bench = runs.read_json(bench_file)
+        figures = bench["backbones"][config.backbone]
+        recorded = {"hardware": bench["machine"], "backbone": config.backbone, "model_knobs": {},
+                    "image_size": bench["settings"]["image_size"], "batch_size": bench["settings"]["batch_size"]}
+        if not _same_setting(recorded, config, hardware) or figures["fast_path"] != fast:
+            return None
+        return Throughput(float(figures["train"]["fast"]["images_per_s"]), f"{bench_file} (main.py bench)")
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        return None
+
+
+def measure_throughput(config: TrainConfig, device: torch.device, steps: int = 2) -> Throughput:
+    """Time a few training steps of the run's model on random images (a random teacher: the speed does not
+    depend on the weights), after one warm-up step; the best step counts."""
+    fast = FastPath.resolve(config, device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = fast.place(build_model(config.backbone, pretrained=False, **config.model_knobs), device)
+        model.train()
+        optimizer = make_optimizer(model, config)
+        images = torch.randint(0, 256, (config.batch_size, 3, config.image_size, config.image_size),
+                               dtype=torch.uint8, device=device)
+        times = []
+        for _ in tqdm(range(1 + steps), desc="timing steps for the estimate", unit="step", leave=False):
+            synchronize(device)
+            started = time.perf_counter()
+            train_step(model, optimizer, fast.prepare(images), fast, device)
+            synchronize(device)
+            times.append(time.perf_counter() - started)
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Throughput(config.batch_size / min(times[1:]), f"{steps} timed training steps after a warm-up")
+
+
+@dataclass
+class SweepEstimate:
+    """Estimated training time of the runs still to train; ``str()`` gives the printed summary."""
+
+    total_s: float
+    runs_to_train: int
+    runs_complete: int
+    images: int  # training images x epochs still to go, over all runs
+    lines: list[str]
+
+    def __str__(self) -> str:
+        if not self.runs_to_train:
+            return "sweep estimate: every run is complete; nothing to train"
+        return "\n".join([f"sweep estimate: {format_duration(self.total_s)} of training for {self.runs_to_train} "
+                          f"run(s) to train ({self.runs_complete} complete); training steps only (the per-epoch "
+                          f"validation pass and `main.py test` come on top)", *self.lines])
+
+
+def estimate_sweep(configs: list[TrainConfig], bench_file: str | None = "bench.json", *,
+                   throughput: Throughput | None = None,
+                   epochs_done: Callable[[TrainConfig], int] = lambda c: checkpoint_epoch(c.checkpoint_path),
+                   train_images: Callable[[TrainConfig], int] = _train_images_on_disk) -> SweepEstimate:
+    """The estimated training time of the runs still to train: images left x epochs / throughput.
+
+    By default the runs' progress comes from their checkpoints, their size from the data on disk, and the
+    throughput of each (backbone, size, batch, knobs) from, in this order: an earlier run's history.csv
+    with the same setting and hardware, a bench.json of the same, or a few timed steps. ``bench``
+    projects a study it has no data for by passing ``throughput`` (measured), ``epochs_done`` (none)
+    and ``train_images`` (the official counts).
+    """
+    world = distributed.current()
+    device = distributed.device_for(configs[0].device)
+    hardware = describe_hardware(device)
+    sizes: dict[tuple, int] = {}
+    groups: dict[tuple, list[int]] = {}  # (backbone, size, batch, knobs) -> images x epochs left per run
+    representative: dict[tuple, TrainConfig] = {}
+    for config in configs:
+        done = epochs_done(config)
+        if done >= config.epochs:
+            continue
+        data_key = (config.data_root, config.category, config.val_fraction, config.split_seed)
+        if data_key not in sizes:
+            sizes[data_key] = train_images(config)
+        key = (config.backbone, config.image_size, config.batch_size, json.dumps(config.model_knobs, sort_keys=True))
+        groups.setdefault(key, []).append((config.epochs - done) * sizes[data_key])
+        representative.setdefault(key, config)
+    lines, total = [], 0.0
+    for key, images in groups.items():
+        config = representative[key]
+        fast = FastPath.resolve(config, device).as_dict()
+        speed = (throughput
+                 or _throughput_from_history(config, hardware, fast, world.size)
+                 or _throughput_from_bench(config, hardware, fast, bench_file)
+                 or measure_throughput(config, device))
+        scale = world.size / speed.world_size
+        seconds = sum(images) / (speed.images_per_s * scale)
+        total += seconds
+        scaling = f" x {world.size} processes (assumed linear)" if scale != 1 else ""
+        lines.append(f"  {config.backbone} at {config.image_size} px, batch {config.batch_size}: {len(images)} run(s), "
+                     f"{sum(images):,} images x epochs at {speed.images_per_s:.1f} img/s{scaling} -> "
+                     f"{format_duration(seconds)} (throughput from {speed.basis})")
+    to_train = sum(len(images) for images in groups.values())
+    return SweepEstimate(total, to_train, len(configs) - to_train, sum(map(sum, groups.values())), lines)

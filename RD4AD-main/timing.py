@@ -1,0 +1,125 @@
+"""Timing harness of the benchmarks: alternating rounds of several code paths, peak memory, forward time.
+
+Paths that are compared are run in alternation and each figure is the best round, so that a load spike
+on a shared machine hits every path alike; ratios measured side by side in one run are what the
+benchmarks report, never absolute times from separate runs.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from system_info import synchronize
+
+__all__ = ["ForwardTimer", "Measure", "PeakMemory", "alternate"]
+
+
+@dataclass
+class Measure:
+    """Seconds of each round of one path and its peak memory (MB) over them."""
+
+    rounds: list[float]
+    peak_mb: float
+    work: int  # images (or steps) per round
+
+    @property
+    def best(self) -> float:
+        return min(self.rounds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"best_round_s": self.best, "rounds_s": self.rounds, "work_per_round": self.work,
+                "peak_memory_mb": self.peak_mb}
+
+
+def _current_rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc), MB; 0 where unknown."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakMemory:
+    """Peak memory inside a ``with`` block: max allocated on CUDA, RSS sampled every 2 ms on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak_mb = _current_rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak_mb = max(self.peak_mb, _current_rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, _current_rss_mb())
+
+
+def alternate(paths: dict[str, Callable[[], None]], rounds: int, warmup: int, work: int, device: torch.device,
+              desc: str) -> dict[str, Measure]:
+    """Run each path ``warmup`` times untimed, then ``rounds`` timed rounds, alternating the paths."""
+    for _ in range(warmup):
+        for run_once in paths.values():
+            run_once()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    peaks = dict.fromkeys(paths, 0.0)
+    for _ in tqdm(range(rounds), desc=desc, unit="round", leave=False):
+        for name, run_once in paths.items():
+            with PeakMemory(device) as memory:
+                started = time.perf_counter()
+                run_once()
+                synchronize(device)
+                times[name].append(time.perf_counter() - started)
+            peaks[name] = max(peaks[name], memory.peak_mb)
+    return {name: Measure(times[name], peaks[name], work) for name in paths}
+
+
+class ForwardTimer:
+    """Total time spent in a module's forward calls (synchronised), to split off the network's share."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
+        self.module, self.device, self.seconds = module, device, 0.0
+        self._started = 0.0
+        self._handles: list = []
+
+    def __enter__(self) -> "ForwardTimer":
+        def before(*_: object) -> None:
+            synchronize(self.device)
+            self._started = time.perf_counter()
+
+        def after(*_: object) -> None:
+            synchronize(self.device)
+            self.seconds += time.perf_counter() - self._started
+
+        self._handles = [self.module.register_forward_pre_hook(before), self.module.register_forward_hook(after)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
