@@ -63,7 +63,7 @@ __all__ = [
     "OFFICIAL_COUNTS", "SIXTEEN_BIT_MODES", "SIZE_MULTIPLE", "SPLITS", "TEXTURE_CATEGORIES", "VISA_CATEGORIES",
     "VISA_GROUPS", "VISA_MARKER", "VISA_OFFICIAL_COUNTS", "VISA_SPLIT_FILE",
     "AnomalyDataset", "DataWarning", "MVTecDataset", "SplitRow",
-    "category_group", "category_kind", "denormalize", "detect_format", "group_order", "list_categories",
+    "category_group", "category_kind", "data_provenance", "denormalize", "detect_format", "group_order", "list_categories",
     "mask_values", "normalize", "read_split_csv", "resolve_format", "split_file_for", "split_train_val",
     "validate_category", "validate_image_size",
 ]
@@ -294,6 +294,25 @@ def split_file_for(
     if data_format == "visa":
         return Path(root) / VISA_SPLIT_FILE
     raise DataError(f"--format {data_format} needs --split-csv FILE")
+
+
+@_readable()
+def data_provenance(
+    root: str | os.PathLike, data_format: str = "auto", split_csv: str | os.PathLike | None = None,
+    category: str | None = None,
+) -> dict[str, str | None]:
+    """What a run's data came from, for its config.json: the resolved format, and the split file with its
+    SHA-256 (None in MVTec layout), so that runs on different splits are never compared as the same."""
+    resolved = resolve_format(root, data_format, split_csv, category)
+    split_file = split_file_for(root, resolved, split_csv)
+    digest = None
+    if split_file is not None:
+        digest = hashlib.sha256(_existing_split_file(split_file, resolved).read_bytes()).hexdigest()
+    return {
+        "data_format": resolved,
+        "split_csv": None if split_file is None else str(split_file),
+        "split_csv_sha256": digest,
+    }
 
 
 @_readable()

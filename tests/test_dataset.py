@@ -2,6 +2,7 @@
 and every bad input's message."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import warnings
@@ -26,6 +27,7 @@ from dataset import (
     MVTecDataset,
     category_group,
     category_kind,
+    data_provenance,
     denormalize,
     detect_format,
     group_order,
@@ -450,12 +452,14 @@ def test_non_eight_bit_images_are_scaled(tmp_path, synthetic_root):
         "a_float.tiff": Image.fromarray(ramp),
         "b_16bit.png": sixteen_bit(np.full((64, 64), 257 * 200)),
         "c_int32.tiff": Image.fromarray(np.full((64, 64), 257 * 40, dtype=np.int32)),
+        "d_16bit_big_endian.tiff": Image.fromarray(np.full((64, 64), 257 * 60, dtype=">u2")),
     }
-    assert [image.mode for image in images.values()] == ["F", "I;16", "I"]
+    assert [image.mode for image in images.values()] == ["F", "I;16", "I", "I;16B"]
     category = category_with_test_images(tmp_path, synthetic_root, images)
     decoded = MVTecDataset(tmp_path, category, "test", image_size=64).uint8_images()
     assert torch.equal(decoded[0, 0], torch.from_numpy(np.rint(ramp * 255).astype(np.uint8)))  # not black
-    assert decoded[0].max() == 255 and decoded[1].unique().tolist() == [200] and decoded[2].unique().tolist() == [40]
+    assert decoded[0].max() == 255
+    assert [decoded[i].unique().tolist() for i in (1, 2, 3)] == [[200], [40], [60]]
 
 
 @pytest.mark.parametrize(
@@ -563,6 +567,15 @@ def test_visa_layout_loads(visa_root):
     masks = test.uint8_masks()
     assert masks[:2].sum() == 0 and all(mask.sum() > 0 for mask in masks[2:])
     assert test.uint8_images().shape == (5, 3, 32, 32)
+
+
+def test_data_provenance(visa_root, synthetic_root):
+    assert data_provenance(synthetic_root) == {"data_format": "mvtec", "split_csv": None, "split_csv_sha256": None}
+    split_file = visa_root / "split_csv" / "1cls.csv"
+    provenance = data_provenance(visa_root, category="candle")
+    assert provenance["data_format"] == "visa" and provenance["split_csv"] == str(split_file)
+    assert provenance["split_csv_sha256"] == hashlib.sha256(split_file.read_bytes()).hexdigest()
+    assert data_provenance(visa_root, split_csv=split_file)["data_format"] == "csv"
 
 
 def test_visa_zero_one_and_zero_255_masks_read_the_same(visa_root):
