@@ -1,11 +1,17 @@
-"""Count and validate an MVTec-format data root, category by category.
+"""Count and validate a data root (MVTec AD, VisA or a split file of one's own), category by category.
 
-    python RD4AD-main/main.py check-data --data-root ROOT [--categories a,b|all] [--image-size S]
-                                         [--val-fraction F] [--decode]
+    python RD4AD-main/main.py check-data --data-root ROOT [--format auto|mvtec|visa|csv] [--split-csv FILE]
+                                         [--categories a,b|all] [--image-size S] [--val-fraction F] [--decode]
 
-Every check of ``MVTecDataset`` runs (folders, image headers, image/mask pairs and sizes); ``--decode``
-also decodes every image and mask, which finds truncated files. Counts that differ from the official
-MVTec AD table (a partial extraction, most often) are reported as warnings.
+Every check of the dataset runs (folders or split-file rows, image headers and modes, image/mask pairs and
+sizes); ``--decode`` also decodes every image and mask, which finds truncated files, and reports masks
+with more than two distinct values (every non-zero pixel counts as defect) and defect images whose mask
+is empty. Counts that differ from the official MVTec AD or VisA table (a partial extraction, most often)
+are reported as warnings.
+
+Columns: ``train good`` is every normal training image, split into ``train`` (trained on) and
+``validation`` (held out by --val-fraction and --split-seed); ``test good`` and ``test defect`` are the
+test images.
 """
 from __future__ import annotations
 
@@ -17,15 +23,42 @@ from collections import Counter
 from pathlib import Path
 
 from dataset import (
+    DATA_FORMATS,
     GOOD,
     OFFICIAL_COUNTS,
+    VISA_OFFICIAL_COUNTS,
+    AnomalyDataset,
     DataWarning,
-    MVTecDataset,
-    category_kind,
+    category_group,
     list_categories,
+    mask_values,
+    resolve_format,
     validate_image_size,
 )
 from errors import DataError
+
+__all__ = ["add_arguments", "check_category", "format_table", "mask_warnings", "official_counts", "run"]
+
+# (name in messages, download command, category -> (train good, test good, test defect))
+OFFICIAL_TABLES: dict[str, tuple[str, str, dict[str, tuple[int, int, int]]]] = {
+    "mvtec": ("MVTec AD", "main.py download", OFFICIAL_COUNTS),
+    "visa": ("VisA (split_csv/1cls.csv)", "main.py download --dataset visa", VISA_OFFICIAL_COUNTS),
+}
+MAX_MASK_MESSAGES = 5  # per kind of mask problem and category; the rest are counted
+
+
+def official_counts(category: str, data_format: str) -> tuple[str, str, tuple[int, int, int]] | None:
+    """(dataset name, download command, official counts) of an MVTec AD or VisA category name, else None.
+
+    Split files (format ``csv``) are the user's own: none. VisA names are looked up in MVTec layout too,
+    since converters (anomalib's) write VisA's one-class split in that layout.
+    """
+    if data_format == "csv":
+        return None
+    for name, command, table in OFFICIAL_TABLES.values():
+        if category in table:
+            return name, command, table[category]
+    return None
 
 
 def check_category(
@@ -35,18 +68,24 @@ def check_category(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     decode: bool = False,
+    *,
+    data_format: str = "auto",
+    split_csv: str | os.PathLike | None = None,
 ) -> dict:
-    """Counts of one category, raising DataError on a broken tree.
+    """Counts of one category, raising DataError on a broken tree or split file.
 
-    Returns ``category``, ``kind``, ``train_good`` (all of train/good), ``train`` and ``validation``
-    (its two parts), ``test_good``, ``test_defect`` (total), ``defect_types`` ({type: count}),
-    ``has_masks``, ``masks_found``, ``official`` ((train good, test good, test defect) or None),
-    ``matches_official`` (None for non-MVTec names) and ``warnings`` (messages, skipped files included).
+    Returns ``category``, ``kind`` and ``group`` (its report group, e.g. ``texture``), ``data_format``
+    (resolved), ``train_good`` (all normal training images), ``train`` and ``validation`` (its two
+    parts), ``test_good``, ``test_defect`` (total), ``defect_types`` ({type: count}), ``has_masks``,
+    ``masks_found``, ``official`` ((train good, test good, test defect) or None), ``official_dataset``
+    (``"MVTec AD"``, ``"VisA (split_csv/1cls.csv)"`` or None), ``matches_official`` (None without an
+    official table) and ``warnings`` (messages, skipped files and ``--decode``'s mask findings included).
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         splits = {
-            split: MVTecDataset(root, category, split, image_size, val_fraction, split_seed)
+            split: AnomalyDataset(root, category, split, image_size, val_fraction, split_seed,
+                                  data_format=data_format, split_csv=split_csv)
             for split in ("train", "val", "test")
         }
         if decode:
@@ -56,16 +95,21 @@ def check_category(
     test = splits["test"]
     defect_types = dict(sorted(Counter(t for t in test.defect_types if t != GOOD).items()))
     counts = (len(splits["train"]) + len(splits["val"]), test.defect_types.count(GOOD), sum(defect_types.values()))
-    official = OFFICIAL_COUNTS.get(category)
     messages = list(dict.fromkeys(str(warning.message) for warning in caught))
-    if official is not None and counts != official:
+    if decode:
+        messages += mask_warnings(test)
+    official = official_counts(category, test.data_format)
+    if official is not None and counts != official[2]:
+        name, command, expected = official
         messages.append(
-            f"{category}: (train good, test good, test defect) = {counts} differ from the official MVTec AD "
-            f"{official}; a partial or damaged extraction? Re-run `main.py download`"
+            f"{category}: (train good, test good, test defect) = {counts} differ from the official {name} "
+            f"{expected}; a partial or damaged extraction? Re-run `{command}`"
         )
     return {
         "category": category,
-        "kind": category_kind(category),
+        "kind": category_group(category),
+        "group": category_group(category),
+        "data_format": test.data_format,
         "train_good": counts[0],
         "train": len(splits["train"]),
         "validation": len(splits["val"]),
@@ -74,22 +118,55 @@ def check_category(
         "defect_types": defect_types,
         "has_masks": test.has_masks,
         "masks_found": sum(path is not None for path in test.mask_paths),
-        "official": official,
-        "matches_official": None if official is None else counts == official,
+        "official": None if official is None else official[2],
+        "official_dataset": None if official is None else official[0],
+        "matches_official": None if official is None else counts == official[2],
         "warnings": messages,
     }
 
 
+def mask_warnings(test: AnomalyDataset) -> list[str]:
+    """Masks of ``test`` with more than two distinct values, and defect images whose mask is all zero."""
+    many, empty = [], []
+    for path in test.mask_paths:
+        if path is None:
+            continue
+        values = mask_values(path)
+        if len(values) > 2:
+            many.append(
+                f"{path}: mask with {len(values)} distinct values ({_listing(values)}); every non-zero pixel "
+                f"counts as defect"
+            )
+        elif max(values) == 0:
+            empty.append(f"{path}: the mask of a defect image is all zero; expected its defect pixels non-zero")
+    return _capped(many, "more masks with more than two distinct values") + _capped(empty, "more all-zero masks")
+
+
+def _listing(values: list[float]) -> str:
+    """``values 0, 100, 255``; long lists cut in the middle."""
+    text = [f"{value:g}" for value in values]
+    if len(text) > 8:
+        text = [*text[:6], "...", text[-1]]
+    return "values " + ", ".join(text)
+
+
+def _capped(messages: list[str], rest: str) -> list[str]:
+    if len(messages) <= MAX_MASK_MESSAGES:
+        return messages
+    return [*messages[:MAX_MASK_MESSAGES], f"... and {len(messages) - MAX_MASK_MESSAGES} {rest}"]
+
+
 def format_table(reports: list[dict]) -> str:
-    """One row per category: counts, masks found / defect images (``n/a`` without ground_truth/), types."""
-    header = ("category", "kind", "train good", "val", "test good", "test defect", "masks", "defect types")
+    """One row per category: counts, masks found / defect images (``n/a`` without masks), defect types."""
+    header = ("category", "group", "train good", "train", "validation", "test good", "test defect", "masks",
+              "defect types")
     rows = [header]
     for report in reports:
         masks = f"{report['masks_found']}/{report['test_defect']}" if report["has_masks"] else "n/a"
         types = ", ".join(f"{name} {count}" for name, count in report["defect_types"].items()) or "-"
         rows.append((
-            report["category"], report["kind"], str(report["train_good"]), str(report["validation"]),
-            str(report["test_good"]), str(report["test_defect"]), masks, types,
+            report["category"], report["kind"], str(report["train_good"]), str(report["train"]),
+            str(report["validation"]), str(report["test_good"]), str(report["test_defect"]), masks, types,
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = []
@@ -101,31 +178,44 @@ def format_table(reports: list[dict]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, required=True, help="folder holding the category folders")
+    parser.add_argument("--format", dest="data_format", choices=DATA_FORMATS, default="auto",
+                        help="data layout: mvtec, visa, csv (a split file), or auto (default: detected)")
+    parser.add_argument("--split-csv", type=Path,
+                        help="split file: columns category,split,label,image,mask, paths relative to --data-root "
+                             "(implies --format csv under auto; replaces split_csv/1cls.csv under visa)")
     parser.add_argument("--categories", default="all", help="comma-separated names, or 'all' (default)")
     parser.add_argument("--image-size", type=int, default=256, help="working size for --decode (default 256)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of train/good held out (default 0.1)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of the normal training images held out (default 0.1)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (default 0)")
     parser.add_argument(
-        "--decode", action="store_true", help="also decode every image and mask (finds truncated files)"
+        "--decode", action="store_true",
+        help="also decode every image and mask (finds truncated files and masks with more than two values)",
     )
+
+
+def _categories(args: argparse.Namespace, data_format: str) -> list[str]:
+    if args.categories != "all":
+        return [name.strip() for name in args.categories.split(",") if name.strip()]
+    categories = list_categories(args.data_root, data_format, args.split_csv)
+    if not categories:
+        raise DataError(
+            f"no category in {args.data_root}: expected sub-folders with train/good/ "
+            f"(e.g. {args.data_root / 'bottle' / 'train' / 'good'}), VisA's split_csv/1cls.csv, or --split-csv FILE"
+        )
+    return categories
 
 
 def run(args: argparse.Namespace) -> int:
     validate_image_size(args.image_size)
-    if args.categories == "all":
-        categories = list_categories(args.data_root)
-        if not categories:
-            raise DataError(
-                f"no category in {args.data_root}: expected sub-folders with train/good/ "
-                f"(e.g. {args.data_root / 'bottle' / 'train' / 'good'})"
-            )
-    else:
-        categories = [name.strip() for name in args.categories.split(",") if name.strip()]
+    data_format = resolve_format(args.data_root, args.data_format, args.split_csv)
+    categories = _categories(args, data_format)
     reports, failures = [], []
     for category in categories:
         try:
             reports.append(check_category(
-                args.data_root, category, args.image_size, args.val_fraction, args.split_seed, args.decode
+                args.data_root, category, args.image_size, args.val_fraction, args.split_seed, args.decode,
+                data_format=data_format, split_csv=args.split_csv,
             ))
         except DataError as error:
             failures.append(f"{category}: {error}")
@@ -136,5 +226,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {message}", file=sys.stderr)
     if failures:
         raise DataError(f"{len(failures)} of {len(categories)} categories failed the check:\n" + "\n".join(failures))
-    print(f"{len(reports)} categories OK in {args.data_root}")
+    print(f"{len(reports)} categories OK in {args.data_root} ({data_format} layout)")
     return 0

@@ -1,14 +1,19 @@
-"""Download, verify and extract MVTec AD.
+"""Download, verify and extract MVTec AD or VisA.
 
-    python RD4AD-main/main.py download --dest data/ [--url URL] [--archive LOCAL.tar.xz] [--sha256 HEX]
+    python RD4AD-main/main.py download [--dataset mvtec|visa] [--data-root DIR] [--url URL]
+                                       [--archive LOCAL.tar.xz|LOCAL.tar] [--sha256 HEX]
+
+``--data-root`` (also spelled ``--dest``) defaults to ``data/mvtec_anomaly_detection`` for MVTec AD and
+``data/visa`` for VisA: the folder that later commands take as their ``--data-root``.
 
 - download: progress bar; an interrupted download stays in ``<archive>.part`` and the next run resumes
-  it with an HTTP Range request; an archive already at ``<dest>/<name>`` is used as it is.
-- verify: SHA-256 against RD4AD_FACTS section 6 (or ``--sha256``); a downloaded file that does not
-  match is removed, and the error names both hashes.
-- extract: into a temporary folder inside ``dest``, then each top-level entry is renamed into place,
+  it with an HTTP Range request; an archive already at ``<data-root>/<name>`` is used as it is.
+- verify: SHA-256 against the official hash (docs/reproduction.md#6-mvtec-ad, docs/reproduction.md#8-visa;
+  or ``--sha256``); a downloaded file that does not match is removed, and the error names both hashes.
+- extract: into a temporary folder inside the data root, then each top-level entry is renamed into place,
   so an interrupted extraction leaves no partial category behind. Members with absolute paths, ``..``,
-  links leaving the archive or special files are refused before anything is written for them.
+  links leaving the archive or special files are refused before anything is written for them. MVTec AD
+  is a ``.tar.xz``, VisA a plain ``.tar``; both go through the same code.
 
 Offline (as on the build machines), the error says where to get the archive by hand and where to put it.
 """
@@ -27,12 +32,19 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from dataset import MVTEC_CATEGORIES, list_categories
+from dataset import MVTEC_CATEGORIES, MVTEC_MARKER, VISA_CATEGORIES, VISA_MARKER, VISA_SPLIT_FILE
 from errors import DataError
+
+__all__ = [
+    "ARCHIVES", "ARCHIVE_NAME", "MVTEC_PAGE", "MVTEC_SHA256", "MVTEC_URL", "VISA_ARCHIVE_NAME", "VISA_PAGE",
+    "VISA_SHA256", "VISA_URL", "Archive", "add_arguments", "archive_name", "download_and_extract", "fetch",
+    "manual_instructions", "present_categories", "run", "safe_extract", "sha256_of", "verify",
+]
 
 MVTEC_URL = (
     "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
@@ -41,25 +53,64 @@ MVTEC_URL = (
 MVTEC_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 MVTEC_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 ARCHIVE_NAME = "mvtec_anomaly_detection.tar.xz"
+# VisA's public bucket and the hash anomalib checks it against (anomalib's VisA data module)
+VISA_URL = "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar"
+VISA_PAGE = "https://github.com/amazon-science/spot-diff"
+VISA_SHA256 = "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362"
+VISA_ARCHIVE_NAME = "VisA_20220922.tar"
 ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0
 
 
-def manual_instructions(dest: Path, name: str = ARCHIVE_NAME) -> str:
+@dataclass(frozen=True)
+class Archive:
+    """One dataset's official archive, and what its extraction must yield."""
+
+    title: str
+    url: str
+    sha256: str
+    file_name: str
+    page: str
+    size: str  # for the by-hand instructions, e.g. "about 5 GB"; "" when not known
+    default_root: Path
+    categories: tuple[str, ...]
+    marker: Path  # what every category folder holds once extracted
+    required: tuple[Path, ...] = ()  # other paths the dataset needs (VisA's split file)
+
+
+ARCHIVES: dict[str, Archive] = {
+    "mvtec": Archive("MVTec AD", MVTEC_URL, MVTEC_SHA256, ARCHIVE_NAME, MVTEC_PAGE, "about 5 GB",
+                     Path("data") / "mvtec_anomaly_detection", MVTEC_CATEGORIES, MVTEC_MARKER),
+    "visa": Archive("VisA", VISA_URL, VISA_SHA256, VISA_ARCHIVE_NAME, VISA_PAGE, "",
+                    Path("data") / "visa", VISA_CATEGORIES, VISA_MARKER, (VISA_SPLIT_FILE,)),
+}
+
+
+def _archive(dataset: str) -> Archive:
+    if dataset not in ARCHIVES:
+        raise DataError(f"--dataset {dataset!r}: expected one of {', '.join(ARCHIVES)}")
+    return ARCHIVES[dataset]
+
+
+def manual_instructions(dest: Path, name: str = ARCHIVE_NAME, dataset: str = "mvtec") -> str:
+    """What to do by hand when the archive cannot be downloaded here."""
+    spec = _archive(dataset)
+    size = f" ({spec.size})" if spec.size else ""
+    source = spec.page if dataset == "mvtec" else f"{spec.url} (the dataset's page: {spec.page})"
     return (
-        f"Download {ARCHIVE_NAME} (about 5 GB) by hand from {MVTEC_PAGE}, put it at {dest / name} "
+        f"Download {spec.file_name}{size} by hand from {source}, put it at {dest / name} "
         f"and run this command again, or pass its location with --archive PATH."
     )
 
 
-def archive_name(url: str) -> str:
-    """File name to save ``url`` under: its own when it looks like a tar archive, else the MVTec one."""
+def archive_name(url: str, dataset: str = "mvtec") -> str:
+    """File name to save ``url`` under: its own when it looks like a tar archive, else the dataset's."""
     name = posixpath.basename(urllib.parse.urlparse(url).path)
-    return name if name.endswith(ARCHIVE_SUFFIXES) else ARCHIVE_NAME
+    return name if name.endswith(ARCHIVE_SUFFIXES) else _archive(dataset).file_name
 
 
-def fetch(url: str, path: Path, timeout: float = TIMEOUT_S) -> Path:
+def fetch(url: str, path: Path, timeout: float = TIMEOUT_S, dataset: str = "mvtec") -> Path:
     """Download ``url`` to ``path`` through ``path.part``, resuming what an earlier run left there."""
     part = path.with_name(path.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
@@ -73,12 +124,14 @@ def fetch(url: str, path: Path, timeout: float = TIMEOUT_S) -> Path:
             part.replace(path)
             return path
         raise DataError(
-            f"download of {url} failed: HTTP {error.code} {error.reason}. {manual_instructions(path.parent, path.name)}"
+            f"download of {url} failed: HTTP {error.code} {error.reason}. "
+            f"{manual_instructions(path.parent, path.name, dataset)}"
         ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise DataError(
-            f"cannot reach {url} ({reason}); this machine looks offline. {manual_instructions(path.parent, path.name)}"
+            f"cannot reach {url} ({reason}); this machine looks offline. "
+            f"{manual_instructions(path.parent, path.name, dataset)}"
         ) from None
     with response:
         resumed = offset > 0 and response.status == 206
@@ -121,6 +174,7 @@ def _content_range_start(value: str) -> int | None:
 
 
 def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, read in chunks with a progress bar."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle, tqdm(
         total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
@@ -186,55 +240,81 @@ def safe_extract(archive: Path, dest: Path) -> list[str]:
         if clashes:
             raise DataError(
                 f"{dest / clashes[0]} already exists ({len(clashes)} of the archive's {len(names)} top-level "
-                f"entries do); remove them or choose another --dest"
+                f"entries do); remove them or choose another --data-root"
             )
         for name in names:
             os.replace(tmp / name, dest / name)
         return names
     except (tarfile.TarError, lzma.LZMAError, EOFError) as error:
-        raise DataError(f"{archive}: not a readable tar archive ({error}); expected {ARCHIVE_NAME}") from None
+        raise DataError(
+            f"{archive}: not a readable tar archive ({error}); expected a .tar, .tar.xz, .tar.gz or .tar.bz2 file"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def download_and_extract(
-    dest: str | os.PathLike, url: str = MVTEC_URL, archive: str | os.PathLike | None = None,
-    sha256: str = MVTEC_SHA256,
+    dest: str | os.PathLike, url: str | None = None, archive: str | os.PathLike | None = None,
+    sha256: str | None = None, *, dataset: str = "mvtec",
 ) -> list[str]:
-    """Fetch (unless ``archive`` is given), verify and extract; return the extracted top-level names."""
+    """Fetch (unless ``archive`` is given), verify and extract; return the extracted top-level names.
+
+    ``url`` and ``sha256`` default to the official ones of ``dataset`` (``"mvtec"`` or ``"visa"``).
+    """
+    spec = _archive(dataset)
+    url = spec.url if url is None else url
+    sha256 = spec.sha256 if sha256 is None else sha256
     dest = Path(dest)
     if archive is not None:
         path = Path(archive)
         if not path.is_file():
-            raise DataError(f"--archive {path}: no such file; expected the downloaded {ARCHIVE_NAME}")
+            raise DataError(f"--archive {path}: no such file; expected the downloaded {spec.file_name}")
         verify(path, sha256, remove_on_mismatch=False)
     else:
-        path = dest / archive_name(url)
+        path = dest / archive_name(url, dataset)
         if path.is_file():
             print(f"using the archive already at {path}")
         else:
             dest.mkdir(parents=True, exist_ok=True)
-            fetch(url, path)
+            fetch(url, path, dataset=dataset)
         verify(path, sha256, remove_on_mismatch=True)
     return safe_extract(path, dest)
 
 
+def present_categories(dest: Path, dataset: str) -> list[str]:
+    """The dataset's official categories already extracted in ``dest`` (with their split file, for VisA)."""
+    spec = _archive(dataset)
+    if not all((dest / required).exists() for required in spec.required):
+        return []
+    return [name for name in spec.categories if (dest / name / spec.marker).is_dir()]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dest", type=Path, default=Path("data"), help="folder to extract into (default data/)")
-    parser.add_argument("--url", default=MVTEC_URL, help="where to download the archive from (default: MVTec's)")
-    parser.add_argument("--archive", type=Path, help=f"use this local {ARCHIVE_NAME} instead of downloading")
-    parser.add_argument("--sha256", default=MVTEC_SHA256, help="expected SHA-256 of the archive (default: MVTec AD's)")
+    parser.add_argument("--dataset", choices=tuple(ARCHIVES), default="mvtec",
+                        help="which data set: mvtec (MVTec AD, default) or visa (VisA)")
+    parser.add_argument("--data-root", "--dest", dest="data_root", type=Path,
+                        help="folder to extract into, the --data-root of later commands (default "
+                             "data/mvtec_anomaly_detection, or data/visa with --dataset visa)")
+    parser.add_argument("--url", help="where to download the archive from (default: the official one)")
+    parser.add_argument("--archive", type=Path, help="use this local archive instead of downloading")
+    parser.add_argument("--sha256", help="expected SHA-256 of the archive (default: the official one)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256):
-        raise DataError(f"--sha256 {args.sha256!r}: expected 64 hexadecimal digits")
-    present = set(list_categories(args.dest)) if args.dest.is_dir() else set()
-    if args.url == MVTEC_URL and args.archive is None and present >= set(MVTEC_CATEGORIES):
-        print(f"MVTec AD is already in {args.dest} (all {len(MVTEC_CATEGORIES)} categories); nothing to do")
+    spec = _archive(args.dataset)
+    dest = args.data_root if args.data_root is not None else spec.default_root
+    sha256 = spec.sha256 if args.sha256 is None else args.sha256
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise DataError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
+    official_source = args.url in (None, spec.url) and args.archive is None
+    if official_source and dest.is_dir() and len(present_categories(dest, args.dataset)) == len(spec.categories):
+        print(f"{spec.title} is already in {dest} (all {len(spec.categories)} categories); nothing to do")
         return 0
-    names = download_and_extract(args.dest, args.url, args.archive, args.sha256)
-    categories = [name for name in list_categories(args.dest) if name in names]
-    print(f"extracted {len(names)} entries into {args.dest}: {len(categories)} categories ({', '.join(categories)})")
-    print(f"check them with: python RD4AD-main/main.py check-data --data-root {args.dest}")
+    names = download_and_extract(dest, args.url, args.archive, sha256, dataset=args.dataset)
+    categories = [name for name in names if (dest / name / spec.marker).is_dir()]
+    print(f"extracted {len(names)} entries into {dest}: {len(categories)} categories ({', '.join(categories)})")
+    missing = [str(dest / required) for required in spec.required if not (dest / required).exists()]
+    if missing:
+        print(f"note: {', '.join(missing)} not found; the {spec.title} layout needs it (or pass --split-csv FILE)")
+    print(f"check them with: python RD4AD-main/main.py check-data --data-root {dest}")
     return 0

@@ -1,4 +1,5 @@
-"""download: fetch with resume from a server on 127.0.0.1, SHA-256 check, safe atomic extraction, offline help."""
+"""download: fetch with resume from a server on 127.0.0.1, SHA-256 check, safe atomic extraction, offline help,
+for MVTec AD (.tar.xz) and VisA (plain .tar)."""
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,18 @@ import pytest
 
 import main
 from dataset import MVTEC_CATEGORIES, list_categories
-from download import MVTEC_PAGE, download_and_extract
+from download import (
+    ARCHIVES,
+    MVTEC_PAGE,
+    VISA_ARCHIVE_NAME,
+    VISA_PAGE,
+    VISA_SHA256,
+    VISA_URL,
+    download_and_extract,
+    present_categories,
+)
 from errors import DataError
+from visa_tree import write_visa_tree
 
 NAME = "made_up_mvtec.tar.xz"
 
@@ -30,10 +41,10 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def tar_xz(members: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
-    """A tar.xz in memory from (name, content) pairs and ready-made TarInfo (links)."""
+def tar_xz(members: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w:xz") -> bytes:
+    """A tar.xz (or, with ``mode="w"``, a plain tar) in memory from (name, content) pairs and TarInfo (links)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
         for member in members:
             if isinstance(member, tarfile.TarInfo):
                 tar.addfile(member)
@@ -61,19 +72,28 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return tar_xz([*members, ("readme.txt", b"made up for the tests\n")])
 
 
+@pytest.fixture(scope="module")
+def visa_archive(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A made-up VisA-like plain .tar: LICENSE-DATASET, candle and pcb1 in VisA layout, split_csv/1cls.csv."""
+    root = tmp_path_factory.mktemp("visa_source")
+    write_visa_tree(root, n_train=5, n_test_normal=1, n_anomaly=2, image_size=32)
+    members = [(str(p.relative_to(root)), p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
+    return tar_xz(members, mode="w")
+
+
 @pytest.fixture
 def serve():
     """Start a one-file HTTP server on 127.0.0.1 with Range support; returns (url, Range headers seen)."""
     servers = []
 
-    def start(payload: bytes, cut_first_at: int | None = None, honour_range: bool = True):
+    def start(payload: bytes, cut_first_at: int | None = None, honour_range: bool = True, name: str = NAME):
         ranges: list[str | None] = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 requested = self.headers.get("Range")
                 ranges.append(requested)
-                if self.path != f"/{NAME}":
+                if self.path != f"/{name}":
                     self.send_error(404)
                     return
                 start = int(re.fullmatch(r"bytes=(\d+)-", requested).group(1)) if requested and honour_range else 0
@@ -98,7 +118,7 @@ def serve():
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}/{NAME}", ranges
+        return f"http://127.0.0.1:{server.server_port}/{name}", ranges
 
     yield start
     for server in servers:
@@ -106,11 +126,11 @@ def serve():
         server.server_close()
 
 
-def closed_port_url() -> str:
+def closed_port_url(name: str = "mvtec_anomaly_detection.tar.xz") -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/mvtec_anomaly_detection.tar.xz"
+    return f"http://127.0.0.1:{port}/{name}"
 
 
 def leftovers(dest: Path) -> list[str]:
@@ -260,3 +280,67 @@ def test_nothing_to_do_when_mvtec_is_already_there(tmp_path, monkeypatch, capsys
         (tmp_path / category / "train" / "good").mkdir(parents=True)
     assert run_cli(monkeypatch, "download", "--dest", str(tmp_path)) == 0
     assert "already in" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- VisA and the default data roots
+
+
+def test_official_archives():
+    assert ARCHIVES["visa"].url == VISA_URL and VISA_URL.endswith("/" + VISA_ARCHIVE_NAME)
+    assert re.fullmatch(r"[0-9a-f]{64}", VISA_SHA256) and re.fullmatch(r"[0-9a-f]{64}", ARCHIVES["mvtec"].sha256)
+    assert {name: str(spec.default_root) for name, spec in ARCHIVES.items()} == {
+        "mvtec": "data/mvtec_anomaly_detection", "visa": "data/visa"}
+
+
+def test_visa_from_a_server_end_to_end(tmp_path, visa_archive, serve, monkeypatch, capsys):
+    url, ranges = serve(visa_archive, name=VISA_ARCHIVE_NAME)
+    dest = tmp_path / "visa"
+    args = ("download", "--dataset", "visa", "--data-root", str(dest), "--url", url, "--sha256", sha256(visa_archive))
+    assert run_cli(monkeypatch, *args) == 0
+    assert ranges == [None] and (dest / VISA_ARCHIVE_NAME).read_bytes() == visa_archive
+    assert sorted(p.name for p in dest.iterdir()) == ["LICENSE-DATASET", VISA_ARCHIVE_NAME, "candle", "pcb1",
+                                                      "split_csv"]
+    out = capsys.readouterr().out
+    assert "extracted 4 entries" in out and "2 categories (candle, pcb1)" in out and "note:" not in out
+    assert list_categories(dest) == ["candle", "pcb1"]
+    assert run_cli(monkeypatch, "check-data", "--data-root", str(dest), "--image-size", "32", "--decode") == 0
+    assert "2 categories OK" in capsys.readouterr().out
+
+
+def test_default_data_roots(tmp_path, archive, visa_archive, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mvtec.tar.xz").write_bytes(archive)
+    (tmp_path / "visa.tar").write_bytes(visa_archive)
+    assert run_cli(monkeypatch, "download", "--archive", "mvtec.tar.xz", "--sha256", sha256(archive)) == 0
+    assert list_categories(tmp_path / "data" / "mvtec_anomaly_detection") == ["synth_object", "synth_texture"]
+    assert run_cli(monkeypatch, "download", "--dataset", "visa", "--archive", "visa.tar",
+                   "--sha256", sha256(visa_archive)) == 0
+    assert list_categories(tmp_path / "data" / "visa") == ["candle", "pcb1"]
+    assert "check-data --data-root data/visa" in capsys.readouterr().out
+
+
+def test_visa_offline_message_says_what_to_do(tmp_path, monkeypatch, capsys):
+    dest = tmp_path / "visa"
+    assert run_cli(monkeypatch, "download", "--dataset", "visa", "--data-root", str(dest),
+                   "--url", closed_port_url(VISA_ARCHIVE_NAME)) == 2
+    err = capsys.readouterr().err
+    assert "this machine looks offline" in err and VISA_URL in err and VISA_PAGE in err
+    assert f"put it at {dest / VISA_ARCHIVE_NAME}" in err and "--archive PATH" in err
+
+
+def test_visa_wrong_hash_is_refused(tmp_path, visa_archive):
+    local = tmp_path / VISA_ARCHIVE_NAME
+    local.write_bytes(visa_archive)
+    with pytest.raises(DataError, match=rf"SHA-256 mismatch: expected {VISA_SHA256}, got {sha256(visa_archive)}"):
+        download_and_extract(tmp_path / "visa", archive=local, dataset="visa")
+
+
+def test_nothing_to_do_when_visa_is_already_there(tmp_path, monkeypatch, capsys):
+    for category in ARCHIVES["visa"].categories:
+        (tmp_path / category / "Data" / "Images").mkdir(parents=True)
+    assert present_categories(tmp_path, "visa") == []  # without its split file VisA is not complete
+    (tmp_path / "split_csv").mkdir()
+    (tmp_path / "split_csv" / "1cls.csv").write_text("object,split,label,image,mask\n")
+    assert present_categories(tmp_path, "visa") == list(ARCHIVES["visa"].categories)
+    assert run_cli(monkeypatch, "download", "--dataset", "visa", "--data-root", str(tmp_path)) == 0
+    assert "VisA is already in" in capsys.readouterr().out
