@@ -43,10 +43,11 @@ import reference_metrics
 import runs
 import sweep
 from backbones import build_model, parse_backbones
-from dataset import MVTEC_CATEGORIES, OFFICIAL_COUNTS, MVTecDataset, validate_image_size
+from categories import MVTEC_CATEGORIES, OFFICIAL_COUNTS
+from dataset import MVTecDataset
 from errors import RDError
 from evaluate import score_images
-from rd_model import ReverseDistillation, image_scores
+from rd_model import ReverseDistillation, image_scores, validate_image_size
 from recipe import Amp, FastPath, TrainConfig
 from reference_pipeline import host_batch, naive_maps, naive_model, naive_train_step
 from synth import generate

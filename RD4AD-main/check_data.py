@@ -22,20 +22,10 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from dataset import (
-    DATA_FORMATS,
-    GOOD,
-    OFFICIAL_COUNTS,
-    VISA_OFFICIAL_COUNTS,
-    AnomalyDataset,
-    DataWarning,
-    category_group,
-    list_categories,
-    mask_values,
-    resolve_format,
-    validate_image_size,
-)
+from categories import OFFICIAL_COUNTS, VISA_OFFICIAL_COUNTS, category_group
+from dataset import DATA_FORMATS, GOOD, AnomalyDataset, DataWarning, list_categories, mask_values, resolve_format
 from errors import DataError
+from rd_model import validate_image_size
 
 __all__ = ["add_arguments", "check_category", "format_table", "mask_warnings", "official_counts", "run"]
 

@@ -55,79 +55,19 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from categories import category_group, validate_category
 from errors import DataError
 
 __all__ = [
-    "ANOMALY", "DATA_FORMATS", "DATASET_GROUPS", "GOOD", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS",
-    "MASK_SUFFIX", "MIN_IMAGE_SIZE", "MVTEC_CATEGORIES", "MVTEC_MARKER", "NORMAL", "OBJECT_CATEGORIES",
-    "OFFICIAL_COUNTS", "SIXTEEN_BIT_MODES", "SIZE_MULTIPLE", "SPLITS", "TEXTURE_CATEGORIES", "VISA_CATEGORIES",
-    "VISA_GROUPS", "VISA_MARKER", "VISA_OFFICIAL_COUNTS", "VISA_SPLIT_FILE",
-    "AnomalyDataset", "DataWarning", "MVTecDataset", "SplitRow",
-    "category_group", "category_kind", "data_provenance", "denormalize", "detect_format", "group_order", "list_categories",
-    "mask_values", "normalize", "read_split_csv", "resolve_format", "split_file_for", "split_train_val",
-    "validate_category", "validate_image_size",
+    "ANOMALY", "DATA_FORMATS", "GOOD", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "MASK_SUFFIX",
+    "MVTEC_MARKER", "NORMAL", "SIXTEEN_BIT_MODES", "SPLITS", "VISA_MARKER", "VISA_SPLIT_FILE",
+    "AnomalyDataset", "DataWarning", "MVTecDataset", "SplitRow", "data_provenance", "denormalize",
+    "detect_format", "list_categories", "mask_values", "normalize", "read_split_csv", "resolve_format",
+    "split_file_for", "split_train_val",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-TEXTURE_CATEGORIES: tuple[str, ...] = ("carpet", "grid", "leather", "tile", "wood")
-OBJECT_CATEGORIES: tuple[str, ...] = (
-    "bottle", "cable", "capsule", "hazelnut", "metal_nut",
-    "pill", "screw", "toothbrush", "transistor", "zipper",
-)
-MVTEC_CATEGORIES: tuple[str, ...] = tuple(sorted(TEXTURE_CATEGORIES + OBJECT_CATEGORIES))
-
-# category -> (train good, test good, test defect), docs/reproduction.md#6-mvtec-ad
-OFFICIAL_COUNTS: dict[str, tuple[int, int, int]] = {
-    "bottle": (209, 20, 63),
-    "cable": (224, 58, 92),
-    "capsule": (219, 23, 109),
-    "carpet": (280, 28, 89),
-    "grid": (264, 21, 57),
-    "hazelnut": (391, 40, 70),
-    "leather": (245, 32, 92),
-    "metal_nut": (220, 22, 93),
-    "pill": (267, 26, 141),
-    "screw": (320, 41, 119),
-    "tile": (230, 33, 84),
-    "toothbrush": (60, 12, 30),
-    "transistor": (213, 60, 40),
-    "wood": (247, 19, 60),
-    "zipper": (240, 32, 119),
-}
-
-# VisA's own grouping of its 12 categories (docs/reproduction.md#8-visa)
-VISA_GROUPS: dict[str, tuple[str, ...]] = {
-    "complex structure": ("pcb1", "pcb2", "pcb3", "pcb4"),
-    "multiple instances": ("candle", "capsules", "macaroni1", "macaroni2"),
-    "single instance": ("cashew", "chewinggum", "fryum", "pipe_fryum"),
-}
-VISA_CATEGORIES: tuple[str, ...] = tuple(sorted(name for names in VISA_GROUPS.values() for name in names))
-
-# category -> (train normal, test normal, test anomaly) of VisA's split_csv/1cls.csv: 8,659 / 962 / 1,200,
-# i.e. the 9,621 normal and 1,200 anomalous images of the dataset (docs/reproduction.md#8-visa)
-VISA_OFFICIAL_COUNTS: dict[str, tuple[int, int, int]] = {
-    "candle": (900, 100, 100),
-    "capsules": (542, 60, 100),
-    "cashew": (450, 50, 100),
-    "chewinggum": (453, 50, 100),
-    "fryum": (450, 50, 100),
-    "macaroni1": (900, 100, 100),
-    "macaroni2": (900, 100, 100),
-    "pcb1": (904, 100, 100),
-    "pcb2": (901, 100, 100),
-    "pcb3": (905, 101, 100),
-    "pcb4": (904, 101, 100),
-    "pipe_fryum": (450, 50, 100),
-}
-
-# dataset -> its category groups, in report order; every other name is "other"
-DATASET_GROUPS: dict[str, tuple[str, ...]] = {
-    "mvtec": ("texture", "object"),
-    "visa": tuple(VISA_GROUPS),
-}
-OTHER_GROUP = "other"
 
 DATA_FORMATS = ("auto", "mvtec", "visa", "csv")
 SPLITS = ("train", "val", "test")
@@ -144,8 +84,6 @@ MASK_COLUMN = "mask"
 SPLIT_FILE_SPLITS = ("train", "test")
 SPLIT_FILE_LABELS = (NORMAL, ANOMALY)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-MIN_IMAGE_SIZE = 32
-SIZE_MULTIPLE = 32  # the encoder downsamples 32x (docs/reproduction.md)
 
 # Pillow image modes: what each decodes to 8-bit RGB through
 EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
@@ -163,70 +101,6 @@ MAX_LISTED_VALUES = 8
 
 class DataWarning(UserWarning):
     """Something in the data tree was skipped (e.g. ``.DS_Store``, ``Thumbs.db``)."""
-
-
-# ---------------------------------------------------------------------------------------------- names
-
-
-def category_group(name: str) -> str:
-    """The group a category is reported in: MVTec's ``texture`` / ``object``, VisA's ``complex structure`` /
-    ``multiple instances`` / ``single instance``, ``other`` for unknown names (synthetic ones by prefix)."""
-    if name in TEXTURE_CATEGORIES or name.startswith("synth_texture"):
-        return "texture"
-    if name in OBJECT_CATEGORIES or name.startswith("synth_object"):
-        return "object"
-    for group, names in VISA_GROUPS.items():
-        if name in names:
-            return group
-    return OTHER_GROUP
-
-
-def category_kind(name: str) -> str:
-    """The same as ``category_group`` (its earlier name, kept for callers of the MVTec-only version)."""
-    return category_group(name)
-
-
-def group_order(data_format: str | None = None) -> tuple[str, ...]:
-    """Group names in report order, ``other`` last: one dataset's (``"mvtec"``, ``"visa"``) or all of them."""
-    if data_format is None or data_format not in DATASET_GROUPS:
-        return (*(group for groups in DATASET_GROUPS.values() for group in groups), OTHER_GROUP)
-    return (*DATASET_GROUPS[data_format], OTHER_GROUP)
-
-
-def validate_category(name: str) -> None:
-    """Raise DataError unless ``name`` is a plain folder name: not empty, no path separator, not ``.``/``..``.
-
-    Category names become paths under the data root; ``../other/cat`` would escape it.
-    """
-    separators = {"/", "\\", os.sep, *([os.altsep] if os.altsep else [])}
-    if not isinstance(name, str) or not name.strip():
-        raise DataError(f"category {name!r}: expected a folder name, e.g. bottle")
-    if name in (".", "..") or any(sep in name for sep in separators) or "\0" in name:
-        raise DataError(
-            f"category {name!r} is not a plain folder name; expected the name of a category folder under the "
-            f"data root (no '/', '\\', '.' or '..'), e.g. bottle"
-        )
-
-
-def validate_image_size(size: int, flag: str = "--image-size") -> None:
-    """Raise DataError, naming ``flag``, unless ``size`` is a multiple of 32 of at least 32 (as RD needs)."""
-    if isinstance(size, int) and size >= MIN_IMAGE_SIZE and size % SIZE_MULTIPLE == 0:
-        return
-    if not isinstance(size, int):
-        raise DataError(f"{flag} {size!r}: expected a whole number of pixels, e.g. 256")
-    lower = max(MIN_IMAGE_SIZE, size // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    upper = lower + SIZE_MULTIPLE
-    if size < MIN_IMAGE_SIZE or size - lower < upper - size:
-        suggestion = f"nearest valid size: {lower}"
-    elif size - lower > upper - size:
-        suggestion = f"nearest valid size: {upper}"
-    else:
-        suggestion = f"nearest valid sizes: {lower} or {upper}"
-    problem = f"smaller than {MIN_IMAGE_SIZE} px" if size < MIN_IMAGE_SIZE else f"not divisible by {SIZE_MULTIPLE}"
-    raise DataError(
-        f"{flag} {size} is {problem}; the model needs a multiple of {SIZE_MULTIPLE} of at least "
-        f"{MIN_IMAGE_SIZE} px ({suggestion})"
-    )
 
 
 # ---------------------------------------------------------------------------------------------- formats
@@ -606,14 +480,15 @@ class AnomalyDataset(Dataset):
     ) -> None:
         if split not in SPLITS:
             raise DataError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-        validate_image_size(image_size)
+        if not isinstance(image_size, int) or image_size < 1:
+            raise DataError(f"image size {image_size!r}: expected a positive whole number of pixels")
         validate_category(category)
         self.root = Path(root)
         self.category = category
         self.split = split
         self.image_size = image_size
         self.cache = cache
-        self.kind = category_kind(category)
+        self.kind = category_group(category)
         with _readable():
             self.data_format = resolve_format(self.root, data_format, split_csv, category)
             source = _open_source(self.root, category, self.data_format, split_csv)

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dataset import MVTEC_CATEGORIES, MVTEC_MARKER, VISA_CATEGORIES, VISA_MARKER, VISA_SPLIT_FILE
+from categories import MVTEC_CATEGORIES, VISA_CATEGORIES
+from dataset import MVTEC_MARKER, VISA_MARKER, VISA_SPLIT_FILE
 from errors import DataError
 
 __all__ = [

@@ -11,10 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ANOMALY_MAP_SIGMA", "GaussianBlur", "ReverseDistillation", "anomaly_map", "channel_cosine",
-           "distillation_loss", "image_scores"]
+from errors import RDError
+
+__all__ = ["ANOMALY_MAP_SIGMA", "MIN_IMAGE_SIZE", "SIZE_MULTIPLE", "GaussianBlur", "ReverseDistillation",
+           "anomaly_map", "channel_cosine", "distillation_loss", "image_scores", "validate_image_size"]
 
 ANOMALY_MAP_SIGMA = 4.0
+SIZE_MULTIPLE = 32  # the OCBE embeds the teacher's features at 1/32 of the input (docs/reproduction.md#1-architecture)
+MIN_IMAGE_SIZE = 32
 
 
 class ReverseDistillation(nn.Module):
@@ -132,3 +136,25 @@ def _symmetric_index(length: int, pad: int, device: torch.device) -> Tensor:
     """Indices padding a dimension by ``pad`` on both sides with mirror copies (d c b a | a b c d | d c)."""
     index = torch.arange(-pad, length + pad, device=device) % (2 * length)
     return torch.where(index >= length, 2 * length - 1 - index, index)
+
+
+def validate_image_size(size: int, flag: str = "--image-size") -> None:
+    """Raise RDError, naming ``flag``, unless ``size`` is an input size the RD models take: a multiple of
+    ``SIZE_MULTIPLE`` (the bottleneck embeds at 1/32 of the input) of at least ``MIN_IMAGE_SIZE``."""
+    if isinstance(size, int) and size >= MIN_IMAGE_SIZE and size % SIZE_MULTIPLE == 0:
+        return
+    if not isinstance(size, int):
+        raise RDError(f"{flag} {size!r}: expected a whole number of pixels, e.g. 256")
+    lower = max(MIN_IMAGE_SIZE, size // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    upper = lower + SIZE_MULTIPLE
+    if size < MIN_IMAGE_SIZE or size - lower < upper - size:
+        suggestion = f"nearest valid size: {lower}"
+    elif size - lower > upper - size:
+        suggestion = f"nearest valid size: {upper}"
+    else:
+        suggestion = f"nearest valid sizes: {lower} or {upper}"
+    problem = f"smaller than {MIN_IMAGE_SIZE} px" if size < MIN_IMAGE_SIZE else f"not divisible by {SIZE_MULTIPLE}"
+    raise RDError(
+        f"{flag} {size} is {problem}; the model needs a multiple of {SIZE_MULTIPLE} of at least "
+        f"{MIN_IMAGE_SIZE} px ({suggestion})"
+    )

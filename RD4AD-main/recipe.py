@@ -22,7 +22,7 @@ from torch import nn
 
 import runs
 from backbones import build_model, teacher_weights_id
-from dataset import MVTecDataset, normalize
+from dataset import AnomalyDataset, normalize
 from errors import CheckpointError, RDError, WeightsError
 from rd_model import ReverseDistillation, distillation_loss
 
@@ -30,8 +30,9 @@ __all__ = ["IDENTITY_FIELDS", "Amp", "FastPath", "NonFiniteLoss", "TrainConfig",
            "check_resumable", "epoch_batches", "make_optimizer", "open_split", "seed_everything", "train_step"]
 
 # Fields that must match for a run to be resumed (the others, e.g. epochs or device, may change).
-IDENTITY_FIELDS = ("backbone", "category", "seed", "data_root", "image_size", "batch_size", "lr", "beta1",
-                   "beta2", "val_fraction", "split_seed", "pretrained", "teacher_weights_path", "model_knobs")
+IDENTITY_FIELDS = ("backbone", "category", "seed", "data_root", "data_format", "split_csv", "image_size",
+                   "batch_size", "lr", "beta1", "beta2", "val_fraction", "split_seed", "pretrained",
+                   "teacher_weights_path", "model_knobs")
 
 
 class Amp(str, Enum):
@@ -48,6 +49,8 @@ class TrainConfig:
 
     data_root: str
     category: str
+    data_format: str = "auto"  # "auto", "mvtec", "visa" or "csv" (dataset.py)
+    split_csv: str | None = None  # the split file of the "csv" format (VisA's is found in its root)
     backbone: str = "wide_resnet50_2"
     seed: int = 0
     image_size: int = 256
@@ -92,10 +95,10 @@ class TrainConfig:
         return runs.checkpoint_path(self.checkpoints, self.key)
 
 
-def open_split(config: TrainConfig, split: str) -> MVTecDataset:
+def open_split(config: TrainConfig, split: str) -> AnomalyDataset:
     """The run's ``train``, ``val`` or ``test`` split: same data, validation hold-out and size for every backbone."""
-    return MVTecDataset(config.data_root, config.category, split, config.image_size, config.val_fraction,
-                        config.split_seed)
+    return AnomalyDataset(config.data_root, config.category, split, config.image_size, config.val_fraction,
+                          config.split_seed, data_format=config.data_format, split_csv=config.split_csv)
 
 
 @dataclass
@@ -204,9 +207,10 @@ def check_resumable(config: TrainConfig) -> None:
     if not path.is_file():
         return
     saved = runs.read_json(path)
-    current = asdict(config)
-    changed = [f"{name}: {saved.get(name)!r} -> {current[name]!r}" for name in IDENTITY_FIELDS
-               if saved.get(name) != current[name]]
+    current, defaults = asdict(config), asdict(TrainConfig(data_root="", category=""))
+    # a field the saved run predates had its default value then
+    changed = [f"{name}: {saved.get(name, defaults[name])!r} -> {current[name]!r}" for name in IDENTITY_FIELDS
+               if saved.get(name, defaults[name]) != current[name]]
     if changed:
         raise CheckpointError(f"{path} belongs to a run with other settings ({'; '.join(changed)}); pass --restart "
                               f"to start it over, or use another --results/--checkpoints folder")

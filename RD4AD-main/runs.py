@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from dataset import category_kind
+from categories import category_group
 from errors import CheckpointError, RDError
 
 __all__ = [
@@ -268,7 +268,7 @@ def _run_row(directory: Path) -> dict[str, Any]:
         "backbone": str(config["backbone"]),
         "category": category,
         "seed": int(config["seed"]),
-        "kind": category_kind(category),
+        "kind": category_group(category),
         "run_dir": str(directory),
         "data_root": _text(config, "data_root"),
         "image_size": _text(config, "image_size"),

@@ -9,8 +9,8 @@ import torch
 
 from backbones import BACKBONES, parse_backbones
 from capacity import RESNET50_TRAINABLE, ModelSummary, summarize
-from dataset import validate_image_size
 from documents import rewrite_marked_block
+from rd_model import validate_image_size
 
 __all__ = ["add_arguments", "describe", "format_table", "run"]
 

@@ -21,12 +21,14 @@ from tqdm import tqdm
 import distributed
 import runs
 from backbones import build_model, parse_backbones
-from dataset import OFFICIAL_COUNTS, list_categories, split_train_val
+from categories import OFFICIAL_COUNTS
+from dataset import DATA_FORMATS, list_categories, split_train_val
 from errors import CheckpointError, RDError
 from recipe import Amp, FastPath, TrainConfig, make_optimizer, open_split, train_step
 from system_info import describe_hardware, synchronize
 
-__all__ = ["SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments", "add_fast_path_arguments",
+__all__ = ["SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments", "add_data_format_arguments",
+           "add_fast_path_arguments",
            "add_train_arguments", "checkpoint_epoch", "configs_from_args", "estimate_sweep", "format_duration",
            "measure_throughput", "official_train_images", "parse_list", "read_config_file",
            "resolve_categories", "select_runs"]
@@ -44,9 +46,11 @@ def parse_list(text: str, flag: str, kind: type = str) -> list:
         raise RDError(f"{flag} {text!r}: expected a comma-separated list of {kind.__name__}") from None
 
 
-def resolve_categories(data_root: str, text: str) -> list[str]:
-    """``all`` (every category found under the root) or a comma list."""
-    return list_categories(data_root) if text == "all" else parse_list(text, "--categories")
+def resolve_categories(data_root: str, text: str, data_format: str = "auto", split_csv: str | None = None) -> list[str]:
+    """``all`` (every category of the data root or split file) or a comma list."""
+    if text == "all":
+        return list_categories(data_root, data_format, split_csv)
+    return parse_list(text, "--categories")
 
 
 def select_runs(results: str | Path, backbones: str, categories: str, seeds: str) -> list[Path]:
@@ -76,6 +80,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
 
 
+def add_data_format_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the data root is laid out (dataset.py): detected by default."""
+    parser.add_argument("--format", dest="data_format", choices=DATA_FORMATS,
+                        help="data layout: auto (default: detected), mvtec, visa, or csv with --split-csv")
+    parser.add_argument("--split-csv", dest="split_csv",
+                        help="split file (category,split,label,image,mask) of --format csv; paths relative to "
+                             "--data-root")
+
+
 def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:
     """The speed settings (``FastPath``); None means the default for the device."""
     parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
@@ -89,7 +102,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """``main.py train``'s flags. Each defaults to None: the value then comes from --config, else from
     TrainConfig's default."""
     d = TrainConfig(data_root="", category="")
-    parser.add_argument("--data-root", help="MVTec-format data root (required, here or in --config)")
+    parser.add_argument("--data-root", help="data root (required, here or in --config): MVTec AD or VisA layout, "
+                                            "or the root the --split-csv paths are relative to")
+    add_data_format_arguments(parser)
     add_common_arguments(parser)
     parser.add_argument("--config", help="JSON file of TrainConfig fields (and backbones/categories/seeds); "
                                          "flags given on the command line win")
@@ -153,7 +168,8 @@ def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
     values.update({k: v for k, v in vars(args).items() if v is not None})
     if not values.get("data_root"):
         raise RDError("--data-root is required (the MVTec-format data root), on the command line or in --config")
-    categories = resolve_categories(values["data_root"], str(values["categories"]))
+    categories = resolve_categories(values["data_root"], str(values["categories"]), values.get("data_format", "auto"),
+                                    values.get("split_csv"))
     per_run = {f.name: values[f.name] for f in fields(TrainConfig)
                if f.name in values and f.name not in ("category", "backbone", "seed")}
     return [TrainConfig(category=category, backbone=backbone, seed=seed, **per_run)

@@ -24,9 +24,9 @@ import runs
 import sweep
 from backbones import get_backbone
 from checkpoint import load_into, read_checkpoint, save_checkpoint
-from dataset import validate_image_size
 from errors import CheckpointError, RDError
-from rd_model import ReverseDistillation, distillation_loss
+from rd_model import ReverseDistillation, distillation_loss, validate_image_size
+from dataset import data_provenance
 from recipe import (FastPath, NonFiniteLoss, TrainConfig, build_run_model, check_resumable, epoch_batches,
                     make_optimizer, open_split, seed_everything)
 from system_info import describe_hardware, library_versions, peak_memory_mb, reset_peak_memory
@@ -109,6 +109,7 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
         "teacher_warning": teacher_warning,
         "fast_path": fast.as_dict(),
         "val_names": train_set.val_names,
+        "data": data_provenance(config.data_root, config.data_format, config.split_csv, config.category),
         "n_train": len(train_set),
         "n_val": len(val_set),
         "versions": library_versions(),

@@ -34,8 +34,9 @@ def ensure_demo_data(data_root: str, generate_if_missing: bool, image_size: int)
 
 def sweep_configs(data_root: str, backbone: str, categories: str, seeds: str, **settings) -> list[TrainConfig]:
     """One TrainConfig per (category, seed); ``settings`` are TrainConfig fields (epochs, image_size, ...)."""
+    layout = {key: settings[key] for key in ("data_format", "split_csv") if key in settings}
     return [TrainConfig(data_root=data_root, category=category, backbone=backbone, seed=seed, **settings)
-            for category in resolve_categories(data_root, categories)
+            for category in resolve_categories(data_root, categories, **layout)
             for seed in parse_list(seeds, "SEEDS", int)]
 
 
@@ -47,7 +48,8 @@ def data_table(configs: list[TrainConfig]) -> pd.DataFrame:
             continue
         seen.add(config.category)
         counts = check_data.check_category(config.data_root, config.category, config.image_size,
-                                           config.val_fraction, config.split_seed)
+                                           config.val_fraction, config.split_seed, data_format=config.data_format,
+                                           split_csv=config.split_csv)
         rows.append({k: counts[k] for k in ("category", "kind", "train", "validation", "test_good",
                                             "test_defect", "defect_types", "has_masks")})
     return pd.DataFrame(rows)

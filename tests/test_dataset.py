@@ -13,8 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import (
-    IMAGENET_MEAN,
+from categories import (
     MVTEC_CATEGORIES,
     OBJECT_CATEGORIES,
     OFFICIAL_COUNTS,
@@ -22,24 +21,27 @@ from dataset import (
     VISA_CATEGORIES,
     VISA_GROUPS,
     VISA_OFFICIAL_COUNTS,
+    category_group,
+    category_kind,
+    group_order,
+    validate_category,
+)
+from dataset import (
+    IMAGENET_MEAN,
     AnomalyDataset,
     DataWarning,
     MVTecDataset,
-    category_group,
-    category_kind,
     data_provenance,
     denormalize,
     detect_format,
-    group_order,
     list_categories,
     mask_values,
     normalize,
     read_split_csv,
     split_train_val,
-    validate_category,
-    validate_image_size,
 )
-from errors import DataError
+from errors import DataError, RDError
+from rd_model import validate_image_size
 from visa_tree import SPLIT_HEADER, VISA_HEADER, write_split_csv, write_visa_tree
 
 
@@ -117,13 +119,16 @@ def test_valid_image_sizes(size):
     ],
 )
 def test_bad_image_size(size, message):
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(RDError, match=message):
         validate_image_size(size)
 
 
-def test_bad_image_size_in_dataset(synthetic_root):
-    with pytest.raises(DataError, match=r"--image-size 100 .*nearest valid size: 96"):
-        MVTecDataset(synthetic_root, "synth_object", image_size=100)
+def test_the_dataset_takes_any_size_the_model_checks_its_own(synthetic_root):
+    """The multiple of 32 is the model's constraint (rd_model.validate_image_size), not the data's."""
+    assert MVTecDataset(synthetic_root, "synth_object", "test", image_size=48).uint8_images().shape[-2:] == (48, 48)
+    for bad in (0, -1, 4.5):
+        with pytest.raises(DataError, match="positive whole number"):
+            MVTecDataset(synthetic_root, "synth_object", image_size=bad)
 
 
 def test_split_train_val_is_deterministic_disjoint_and_stable():

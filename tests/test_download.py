@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import main
-from dataset import MVTEC_CATEGORIES, list_categories
+from categories import MVTEC_CATEGORIES
+from dataset import list_categories
 from download import (
     ARCHIVES,
     MVTEC_PAGE,
