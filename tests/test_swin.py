@@ -1,0 +1,140 @@
+"""The Swin-T RD family: capacity, shapes, a frozen deterministic teacher, a training step, weights loading."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torchvision.models import resnet50, swin_t
+from torchvision.ops import StochasticDepth
+
+from errors import WeightsError
+from rd_model import ReverseDistillation, distillation_loss
+from RD_Swin_Model import DEFAULT_WEIGHTS, PatchExpanding, patch_merging, swin_t_rd, swin_t_teacher_model
+from summary import RESNET50_TRAINABLE, count_parameters
+
+
+@pytest.fixture(scope="module")
+def model() -> ReverseDistillation:
+    torch.manual_seed(0)
+    return ReverseDistillation(*swin_t_rd())
+
+
+def test_trainable_parameters_are_capacity_matched_to_resnet50(model):
+    trainable = count_parameters(model.bottleneck) + count_parameters(model.student)
+    assert trainable == 44_327_194
+    assert abs(trainable / RESNET50_TRAINABLE - 1) <= 0.15
+
+
+def test_knobs_change_capacity():
+    _, bottleneck, student = swin_t_rd(embed_dim=256, oce_depth=1, decoder_depths=(1, 1, 1))
+    assert count_parameters(bottleneck) + count_parameters(student) < RESNET50_TRAINABLE / 5
+    with pytest.raises(TypeError):
+        swin_t_rd(None)  # keyword-only, as torchvision's builders
+
+
+def test_teacher_is_torchvisions_swin_t_without_drop_path():
+    ours, reference = swin_t_teacher_model(), swin_t(weights=None)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    assert count_parameters(ours) == DEFAULT_WEIGHTS["swin_t"].meta["num_params"] == 28_288_354
+    assert max(m.p for m in reference.modules() if isinstance(m, StochasticDepth)) > 0  # why we build it ourselves
+    assert all(m.p == 0 for m in ours.modules() if isinstance(m, StochasticDepth))
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_student_and_teacher_shapes_match(model, size):
+    with torch.no_grad():
+        teacher, student = model.eval()(torch.randn(1, 3, size, size))
+    assert len(teacher) == len(student) == 3
+    assert [size // t.shape[-1] for t in teacher] == [4, 8, 16]
+    assert [t.shape[1] for t in teacher] == [96, 192, 384]
+    for t, s in zip(teacher, student):
+        assert t.shape == s.shape
+
+
+def test_taps_are_stage_outputs_in_channels_first(model):
+    torch.manual_seed(2)
+    reference = swin_t_teacher_model().eval()
+    result = reference.load_state_dict(model.teacher.state_dict(), strict=False)  # the teacher is features[:6]
+    assert not result.unexpected_keys
+    assert all(k.startswith(("features.6.", "features.7.", "norm.", "head.")) for k in result.missing_keys)
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        taps = model.teacher(images)
+        x, expected = images, []
+        for index, layer in enumerate(reference.features[:6]):
+            x = layer(x)
+            if index in (1, 3, 5):
+                expected.append(x.permute(0, 3, 1, 2))
+    for tap, want in zip(taps, expected):
+        assert torch.equal(tap, want)
+
+
+def test_patch_expanding_undoes_patch_merging_layout():
+    merge, expand = patch_merging(3, 12), PatchExpanding(12, 3)
+    for layer, linear in ((merge, merge.reduction), (expand, expand.expansion)):
+        layer.norm = torch.nn.Identity()
+        with torch.no_grad():
+            linear.weight.copy_(torch.eye(12))
+    x = torch.randn(2, 6, 4, 3)  # (N, H, W, C)
+    assert torch.equal(expand(merge(x)), x)
+
+
+def test_teacher_is_frozen_and_deterministic(model):
+    model = copy.deepcopy(model).train()
+    assert not model.teacher.training
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert all(p.requires_grad for p in model.trainable_modules().parameters())
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, StochasticDepth))
+    buffers = {k: v.clone() for k, v in model.teacher.named_buffers()}
+    images = torch.randn(2, 3, 64, 64)
+    first, _ = model(images)
+    second, _ = model(images)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=0.005, betas=(0.5, 0.999))
+    loss, _ = distillation_loss(*model(images))
+    loss.backward()
+    optimizer.step()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    for key, value in model.teacher.named_buffers():
+        assert torch.equal(value, buffers[key]), key
+    third, _ = model(images)
+    for a, b in zip(first, third):
+        assert torch.equal(a, b)
+
+
+def test_training_lowers_loss_and_map_finds_corrupted_patch(model):
+    torch.manual_seed(1)
+    model = copy.deepcopy(model).train()
+    images = torch.randn(4, 3, 64, 64)
+    optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=0.005, betas=(0.5, 0.999))
+    losses = []
+    for _ in range(20):
+        loss, _ = distillation_loss(*model(images))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] <= 0.5 * losses[0], f"{losses[0]:.3f} -> {losses[-1]:.3f}"
+
+    model.eval()
+    corrupted = images[:1].clone()
+    corrupted[..., 8:24, 8:24] = torch.randn(3, 16, 16) * 3
+    anomaly = model.anomaly_map(corrupted)[0]
+    assert anomaly.shape == (64, 64)
+    inside, outside = anomaly[8:24, 8:24].mean(), anomaly[40:, 40:].mean()
+    assert inside > outside, f"patch {inside:.3f} vs clean corner {outside:.3f}"
+
+
+def test_swin_weights_are_loaded_into_the_teacher():
+    torch.manual_seed(3)
+    source = swin_t(weights=None)
+    teacher, _, _ = swin_t_rd(state_dict=source.state_dict(), source="swin_t_random.pth")
+    assert torch.equal(teacher.features[5][3].attn.qkv.weight, source.features[5][3].attn.qkv.weight)
+    assert torch.equal(teacher.features[0][0].weight, source.features[0][0].weight)
+
+
+def test_resnet50_state_dict_is_refused_naming_the_source():
+    with pytest.raises(WeightsError, match="resnet50_wrong.pth"):
+        swin_t_rd(state_dict=resnet50(weights=None).state_dict(), source="resnet50_wrong.pth")
