@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 import RD_ConvNeXt_Model
+import RD_Swin_Model
 import resnet
 from errors import RDError
 from rd_model import ReverseDistillation
@@ -31,7 +32,7 @@ class Backbone:
     name: str
     builder: Builder
     default_weights: WeightsEnum
-    family: str  # "resnet" or "convnext": used for grouping in reports only
+    family: str  # "resnet", "convnext", "swin", ...: reports group backbones by it
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -39,6 +40,7 @@ BACKBONES: dict[str, Backbone] = {
     "resnet50": Backbone("resnet50", resnet.resnet50_rd, resnet.DEFAULT_WEIGHTS["resnet50"], "resnet"),
     "convnext_tiny": Backbone("convnext_tiny", RD_ConvNeXt_Model.convnext_tiny_rd, RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_tiny"], "convnext"),
     "convnext_small": Backbone("convnext_small", RD_ConvNeXt_Model.convnext_small_rd, RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_small"], "convnext"),
+    "swin_t": Backbone("swin_t", RD_Swin_Model.swin_t_rd, RD_Swin_Model.DEFAULT_WEIGHTS["swin_t"], "swin"),
 }
 
 
