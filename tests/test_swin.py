@@ -11,7 +11,7 @@ from torchvision.ops import StochasticDepth
 from errors import WeightsError
 from rd_model import ReverseDistillation, distillation_loss
 from RD_Swin_Model import DEFAULT_WEIGHTS, PatchExpanding, patch_merging, swin_t_rd, swin_t_teacher_model
-from summary import RESNET50_TRAINABLE, count_parameters
+from capacity import RESNET50_TRAINABLE, count_parameters
 
 
 @pytest.fixture(scope="module")
