@@ -134,6 +134,7 @@ class SwinOCBE(nn.Module):
         self.embed = nn.Sequential(patch_merging(3 * c3, embed_dim),
                                    swin_blocks(embed_dim, oce_depth, window_size, head_dim))
         self.out_channels = embed_dim
+        self.depth = oce_depth
         _init_weights(self)
 
     def forward(self, features: list[Tensor]) -> Tensor:
@@ -153,6 +154,7 @@ class SwinDecoder(nn.Module):
         self.stage1 = nn.Sequential(PatchExpanding(embed_dim, c3), swin_blocks(c3, d3, window_size, head_dim))  # -> 1/16
         self.stage2 = nn.Sequential(PatchExpanding(c3, c2), swin_blocks(c2, d2, window_size, head_dim))  # -> 1/8
         self.stage3 = nn.Sequential(PatchExpanding(c2, c1), swin_blocks(c1, d1, window_size, head_dim))  # -> 1/4
+        self.depths = (d3, d2, d1)  # blocks per stage, 1/16 first
         _init_weights(self)
 
     def forward(self, embedding: Tensor) -> list[Tensor]:

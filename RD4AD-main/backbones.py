@@ -5,9 +5,10 @@ Adding a backbone is one file with a builder ``fn(*, state_dict=None, source="",
 """
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 from torch import nn
 from torchvision.models import WeightsEnum
@@ -19,8 +20,8 @@ from errors import RDError
 from rd_model import ReverseDistillation
 from weights import load_weights_enum, load_weights_file
 
-__all__ = ["BACKBONES", "FAIR_PAIR", "Backbone", "build_model", "get_backbone", "parse_backbones",
-           "teacher_weights_id"]
+__all__ = ["BACKBONES", "BIG_PAIR", "FAIR_PAIR", "Backbone", "build_model", "check_knobs", "get_backbone",
+           "parse_backbones", "teacher_imagenet_top1", "teacher_weights_id"]
 
 Builder = Callable[..., tuple[nn.Module, nn.Module, nn.Module]]
 # The capacity-matched pair of the fair comparison: same trainable size, one ResNet and one ConvNeXt teacher.
@@ -33,15 +34,40 @@ class Backbone:
     builder: Builder
     default_weights: WeightsEnum
     family: str  # "resnet", "convnext", "swin", ...: reports group backbones by it
+    knobs: Mapping[str, Any] = field(default_factory=dict)  # builder knobs this variant fixes
+
+    @property
+    def imagenet_top1(self) -> float:
+        """ImageNet-1K top-1 (%) of the default weights, from torchvision's weights metadata."""
+        return float(self.default_weights.meta["_metrics"]["ImageNet-1K"]["acc@1"])
+
+    def known_knobs(self) -> list[str]:
+        """The builder's own keyword arguments: what ``--model-knobs`` may set."""
+        parameters = inspect.signature(self.builder).parameters.values()
+        return sorted(p.name for p in parameters
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("state_dict", "source"))
 
 
-BACKBONES: dict[str, Backbone] = {
-    "wide_resnet50_2": Backbone("wide_resnet50_2", resnet.wide_resnet50_2_rd, resnet.DEFAULT_WEIGHTS["wide_resnet50_2"], "resnet"),
-    "resnet50": Backbone("resnet50", resnet.resnet50_rd, resnet.DEFAULT_WEIGHTS["resnet50"], "resnet"),
-    "convnext_tiny": Backbone("convnext_tiny", RD_ConvNeXt_Model.convnext_tiny_rd, RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_tiny"], "convnext"),
-    "convnext_small": Backbone("convnext_small", RD_ConvNeXt_Model.convnext_small_rd, RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_small"], "convnext"),
-    "swin_t": Backbone("swin_t", RD_Swin_Model.swin_t_rd, RD_Swin_Model.DEFAULT_WEIGHTS["swin_t"], "swin"),
-}
+def _backbone(name: str, builder: Builder, weights: WeightsEnum, family: str, **knobs: Any) -> Backbone:
+    return Backbone(name, builder, weights, family, knobs)
+
+
+BACKBONES: dict[str, Backbone] = {b.name: b for b in (
+    _backbone("wide_resnet50_2", resnet.wide_resnet50_2_rd, resnet.DEFAULT_WEIGHTS["wide_resnet50_2"], "resnet"),
+    _backbone("resnet50", resnet.resnet50_rd, resnet.DEFAULT_WEIGHTS["resnet50"], "resnet"),
+    # the same ResNet-50 RD with a modern-recipe teacher: separates architecture from pretraining
+    _backbone("resnet50_v2", resnet.resnet50_rd, resnet.DEFAULT_WEIGHTS["resnet50_v2"], "resnet"),
+    _backbone("convnext_tiny", RD_ConvNeXt_Model.convnext_tiny_rd, RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_tiny"],
+              "convnext"),
+    _backbone("convnext_small", RD_ConvNeXt_Model.convnext_small_rd,
+              RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_small"], "convnext"),
+    # ConvNeXt-Small RD with a wider embedding: trainable parameters within 15 % of WRN-50-2 RD's (the big pair)
+    _backbone("convnext_small_matched", RD_ConvNeXt_Model.convnext_small_rd,
+              RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_small"], "convnext", embed_dim=1280),
+    _backbone("swin_t", RD_Swin_Model.swin_t_rd, RD_Swin_Model.DEFAULT_WEIGHTS["swin_t"], "swin"),
+)}
+# The arms of the study presets (configs/): the paper's reference and the big pair's ConvNeXt.
+BIG_PAIR = ("wide_resnet50_2", "convnext_small_matched")
 
 
 def get_backbone(name: str) -> Backbone:
@@ -66,6 +92,12 @@ def teacher_weights_id(name: str, pretrained: bool, weights_path: str | os.PathL
     return str(get_backbone(name).default_weights) if pretrained else "random"
 
 
+def teacher_imagenet_top1(name: str, weights_id: str) -> float | None:
+    """ImageNet top-1 (%) of a run's teacher: known when it loaded the registry's weights enum, else None."""
+    backbone = get_backbone(name)
+    return backbone.imagenet_top1 if weights_id == str(backbone.default_weights) else None
+
+
 def build_model(name: str, *, pretrained: bool = True, weights_path: str | os.PathLike | None = None,
                 **knobs: Any) -> ReverseDistillation:
     """Build an RD model. Pretrained teacher weights by default; failing to load them is an error.
@@ -79,5 +111,15 @@ def build_model(name: str, *, pretrained: bool = True, weights_path: str | os.Pa
         state, source = load_weights_file(weights_path), os.fspath(weights_path)
     elif pretrained:
         state, source = load_weights_enum(backbone.default_weights), str(backbone.default_weights)
-    teacher, bottleneck, student = backbone.builder(state_dict=state, source=source, **knobs)
+    check_knobs(name, knobs)
+    teacher, bottleneck, student = backbone.builder(state_dict=state, source=source, **{**backbone.knobs, **knobs})
     return ReverseDistillation(teacher, bottleneck, student)
+
+
+def check_knobs(name: str, knobs: Mapping[str, Any]) -> None:
+    """Raise RDError naming the known knobs when ``knobs`` holds one that ``name``'s builder does not take."""
+    known = get_backbone(name).known_knobs()
+    unknown = sorted(set(knobs) - set(known))
+    if unknown:
+        raise RDError(f"--model-knobs {', '.join(unknown)}: not a knob of {name}; its knobs are "
+                      f"{', '.join(known) or 'none'}")

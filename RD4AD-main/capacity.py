@@ -6,16 +6,18 @@ is held to ResNet-50 RD's trainable capacity (docs/reproduction.md#1-architectur
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from backbones import build_model
+from backbones import build_model, get_backbone
 
-__all__ = ["RESNET50_TRAINABLE", "ModelSummary", "count_parameters", "forward_gflops", "summarize"]
+__all__ = ["RESNET50_TRAINABLE", "WRN50_TRAINABLE", "ModelSummary", "count_parameters", "forward_gflops", "summarize"]
 
 RESNET50_TRAINABLE = 46_651_392  # ResNet-50 RD's OCBE + decoder: the fair pair's reference capacity
+WRN50_TRAINABLE = 83_802_624  # WRN-50-2 RD's (the paper's model): the big pair's reference capacity
 
 
 @dataclass
@@ -28,6 +30,12 @@ class ModelSummary:
     trainable_params: int
     gflops: float  # one forward pass (teacher + bottleneck + student), batch 1; a multiply-add is 2 FLOPs
     feature_shapes: list[list[int]]  # per scale, (C, H, W); student shapes equal teacher shapes
+    family: str
+    teacher_weights: str  # the torchvision weights enum a pretrained run loads
+    imagenet_top1: float  # of those weights, %
+    oce_blocks: int | None  # blocks of the one-class embedding (the bottleneck's ``depth``), when it says
+    decoder_blocks: list[int] | None  # blocks per decoder stage, 1/16 first (the student's ``depths``)
+    knobs: dict[str, Any]  # the knobs the registry entry fixes (on top of the builder's defaults)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -50,6 +58,8 @@ def summarize(backbone: str, image_size: int = 256) -> ModelSummary:
     for t, s in zip(teacher_features, student_features, strict=True):
         assert t.shape == s.shape, f"{backbone}: teacher {tuple(t.shape)} != student {tuple(s.shape)}"
     bottleneck, decoder = count_parameters(model.bottleneck), count_parameters(model.student)
+    entry = get_backbone(backbone)
+    depths = getattr(model.student, "depths", None)
     return ModelSummary(
         backbone=backbone,
         image_size=image_size,
@@ -59,4 +69,10 @@ def summarize(backbone: str, image_size: int = 256) -> ModelSummary:
         trainable_params=bottleneck + decoder,
         gflops=gflops,
         feature_shapes=[list(t.shape[1:]) for t in teacher_features],
+        family=entry.family,
+        teacher_weights=str(entry.default_weights),
+        imagenet_top1=entry.imagenet_top1,
+        oce_blocks=getattr(model.bottleneck, "depth", None),
+        decoder_blocks=None if depths is None else list(depths),
+        knobs=dict(entry.knobs),
     )

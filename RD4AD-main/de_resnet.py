@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, conv1x1
 
-__all__ = ["ResNetDecoder", "UpBottleneck", "deconv2x2"]
+__all__ = ["ResNetDecoder", "UpBottleneck", "deconv2x2", "init_like_official"]
 
 
 def deconv2x2(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
@@ -39,6 +39,18 @@ class UpBottleneck(nn.Module):
         return self.relu(out + self.upsample(x))
 
 
+def init_like_official(module: nn.Module) -> None:
+    """RD4AD's init loop (docs/reproduction.md#1-architecture): Kaiming-normal (fan_out, ReLU) for
+    ``nn.Conv2d``, weight 1 / bias 0 for BatchNorm and GroupNorm. ``nn.ConvTranspose2d`` is not an
+    ``nn.Conv2d``, so the transposed convolutions keep PyTorch's default init, as in the official code."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _stage(in_channels: int, planes: int, blocks: int, width_per_group: int) -> nn.Sequential:
     out_channels = planes * Bottleneck.expansion
     layers: list[nn.Module] = [UpBottleneck(in_channels, planes, width_per_group)]
@@ -56,9 +68,8 @@ class ResNetDecoder(nn.Module):
         self.stage1 = _stage(in_channels, planes[0], blocks[0], width_per_group)  # -> 1/16
         self.stage2 = _stage(planes[0] * 4, planes[1], blocks[1], width_per_group)  # -> 1/8
         self.stage3 = _stage(planes[1] * 4, planes[2], blocks[2], width_per_group)  # -> 1/4
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.depths = tuple(blocks)  # blocks per stage, 1/16 first
+        init_like_official(self)
 
     def forward(self, embedding: Tensor) -> list[Tensor]:
         d3 = self.stage1(embedding)

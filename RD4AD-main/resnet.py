@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet, ResNet50_Weights, Wide_ResNet50_2_Weights, resnet50, wide_resnet50_2
 from torchvision.models.resnet import Bottleneck, conv1x1, conv3x3
 
-from de_resnet import ResNetDecoder
+from de_resnet import ResNetDecoder, init_like_official
 from weights import apply_state_dict
 
 __all__ = ["DEFAULT_WEIGHTS", "ResNetOCBE", "ResNetTeacher", "resnet50_rd", "wide_resnet50_2_rd"]
@@ -68,22 +68,13 @@ class ResNetOCBE(nn.Module):
         layers += [Bottleneck(out_channels, planes, base_width=width_per_group) for _ in range(blocks - 1)]
         self.embed = nn.Sequential(*layers)
         self.out_channels = out_channels
-        _init_weights(self)
+        self.depth = blocks
+        init_like_official(self)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         f1, f2, f3 = features
         fused = torch.cat([self.fuse1(f1), self.fuse2(f2), f3], dim=1)
         return self.embed(fused)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Kaiming-normal convolutions and unit BatchNorm, as torchvision's ResNet."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def _build(model_fn: Callable[..., ResNet], width_per_group: int, state_dict: dict[str, Tensor] | None,
@@ -110,6 +101,7 @@ def resnet50_rd(*, state_dict: dict[str, Tensor] | None = None,
 
 
 DEFAULT_WEIGHTS = {
-    "wide_resnet50_2": Wide_ResNet50_2_Weights.IMAGENET1K_V1,
-    "resnet50": ResNet50_Weights.IMAGENET1K_V1,
+    "wide_resnet50_2": Wide_ResNet50_2_Weights.IMAGENET1K_V1,  # the paper's teacher
+    "resnet50": ResNet50_Weights.IMAGENET1K_V1,  # 2015-style recipe, as the paper's
+    "resnet50_v2": ResNet50_Weights.IMAGENET1K_V2,  # a modern recipe: the pretraining-matched control
 }

@@ -8,7 +8,7 @@ from dataclasses import asdict
 import torch
 
 from backbones import BACKBONES, parse_backbones
-from capacity import RESNET50_TRAINABLE, ModelSummary, summarize
+from capacity import RESNET50_TRAINABLE, WRN50_TRAINABLE, ModelSummary, summarize
 from documents import rewrite_marked_block
 from rd_model import validate_image_size
 
@@ -17,13 +17,18 @@ __all__ = ["add_arguments", "describe", "format_table", "run"]
 
 def format_table(summaries: list[ModelSummary]) -> str:
     """A markdown table (also readable in a terminal)."""
-    header = "| backbone | teacher (used) | OCBE | decoder | trainable | vs ResNet-50 RD | GFLOPs | features (C@HxW) |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---|"]
+    header = ("| backbone | teacher weights (ImageNet top-1) | teacher (used) | OCBE | decoder | trainable | "
+              "vs ResNet-50 RD | vs WRN-50-2 RD | OCE / decoder blocks | GFLOPs | features (C@HxW) |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for s in summaries:
         shapes = ", ".join(f"{c}@{h}x{w}" for c, h, w in s.feature_shapes)
-        ratio = s.trainable_params / RESNET50_TRAINABLE - 1
-        lines.append(f"| {s.backbone} | {s.teacher_params:,} | {s.bottleneck_params:,} | {s.decoder_params:,} | "
-                     f"{s.trainable_params:,} | {ratio:+.1%} | {s.gflops:.2f} | {shapes} |")
+        blocks = f"{s.oce_blocks if s.oce_blocks is not None else '?'} / " + (
+            "?" if s.decoder_blocks is None else ", ".join(map(str, s.decoder_blocks)))
+        weights = s.teacher_weights.split(".")[-1] if s.teacher_weights else "?"
+        lines.append(f"| {s.backbone} | {weights} ({s.imagenet_top1:.2f} %) | {s.teacher_params:,} | "
+                     f"{s.bottleneck_params:,} | {s.decoder_params:,} | {s.trainable_params:,} | "
+                     f"{s.trainable_params / RESNET50_TRAINABLE - 1:+.1%} | {s.trainable_params / WRN50_TRAINABLE - 1:+.1%} | "
+                     f"{blocks} | {s.gflops:.2f} | {shapes} |")
     return "\n".join(lines)
 
 

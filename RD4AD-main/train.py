@@ -22,7 +22,7 @@ import distributed
 import recipe
 import runs
 import sweep
-from backbones import get_backbone
+from backbones import get_backbone, teacher_imagenet_top1
 from checkpoint import load_into, read_checkpoint, save_checkpoint
 from errors import CheckpointError, RDError
 from rd_model import ReverseDistillation, distillation_loss, validate_image_size
@@ -106,6 +106,7 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
 
     record = asdict(config) | {
         "teacher_weights": weights_id,
+        "teacher_imagenet_top1": teacher_imagenet_top1(config.backbone, weights_id),
         "teacher_warning": teacher_warning,
         "fast_path": fast.as_dict(),
         "val_names": train_set.val_names,

@@ -226,3 +226,73 @@ def test_anomaly_map_matches_the_reference_formula():
                                  align_corners=True) for t, s in zip(teacher, student)).squeeze(1)
     channels_last = [x.contiguous(memory_format=torch.channels_last) for x in student]
     assert torch.allclose(anomaly_map(teacher, channels_last, (64, 64)), expected, atol=1e-6)
+
+
+def test_every_backbone_reports_its_teacher_weights_and_imagenet_top1(capsys):
+    import main
+
+    assert main.main(["summary", "--backbone", "resnet50_v2", "--image-size", "64", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["teacher_weights"] == "ResNet50_Weights.IMAGENET1K_V2" and data["imagenet_top1"] == 80.858
+    assert data["trainable_params"] == 46_651_392  # the same architecture as resnet50: only the pretraining differs
+    tops = {name: b.imagenet_top1 for name, b in BACKBONES.items()}
+    assert tops["resnet50"] == 76.13 and tops["wide_resnet50_2"] == 78.468 and tops["convnext_tiny"] == 82.52
+    assert backbones.teacher_imagenet_top1("resnet50", "random") is None
+    assert backbones.teacher_imagenet_top1("resnet50_v2", "ResNet50_Weights.IMAGENET1K_V2") == 80.858
+
+
+def test_matched_convnext_small_is_within_15_percent_of_wrn50_rd():
+    from capacity import WRN50_TRAINABLE
+
+    model = build_model("convnext_small_matched", pretrained=False)
+    trainable = count_parameters(model.trainable_modules())
+    assert WRN50_TRAINABLE == 83_802_624 and abs(trainable / WRN50_TRAINABLE - 1) <= 0.15
+    plain = count_parameters(build_model("convnext_small", pretrained=False).trainable_modules())
+    assert abs(plain / WRN50_TRAINABLE - 1) > 0.15  # the unmatched variant is not (hence the preset)
+
+
+def test_model_knobs_are_checked_against_the_builder():
+    with pytest.raises(backbones.RDError, match=r"embed_dims: not a knob of convnext_tiny.*embed_dim"):
+        build_model("convnext_tiny", pretrained=False, embed_dims=512)
+    with pytest.raises(backbones.RDError, match="knobs are none"):
+        build_model("resnet50", pretrained=False, embed_dim=512)
+
+
+def test_tap_norm_knob_normalises_the_taps_with_the_teachers_own_layernorms():
+    torch.manual_seed(0)
+    plain = build_model("convnext_tiny", pretrained=False, decoder_depths=(1, 1, 1), oce_depth=1).eval()
+    torch.manual_seed(0)
+    normed = build_model("convnext_tiny", pretrained=False, decoder_depths=(1, 1, 1), oce_depth=1,
+                         tap_norm=True).eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        raw, taps = plain.teacher(images), normed.teacher(images)
+    for layer, r, t in zip(normed.teacher.tap_norms, raw, taps, strict=True):
+        assert r.shape == t.shape and not torch.allclose(r, t)
+        assert torch.allclose(layer(r), t)
+    assert not any(p.requires_grad for p in normed.teacher.parameters())
+
+
+def _uniform_bound(weight: torch.Tensor) -> float:
+    """PyTorch's default conv init: kaiming_uniform_(a=sqrt(5)), i.e. U(-b, b) with b = 1/sqrt(fan_in)."""
+    fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(weight)
+    return 1.0 / fan_in ** 0.5
+
+
+@pytest.mark.parametrize("name", ["resnet50", "wide_resnet50_2"])
+def test_resnet_student_starts_from_the_official_rd4ad_init(models, name):
+    """The official init loop matches nn.Conv2d (Kaiming-normal, fan_out, ReLU) and BatchNorm (1, 0) only:
+    the decoder's transposed convolutions keep PyTorch's default uniform init."""
+    trainable = models[name].trainable_modules()
+    transposed = [m for m in trainable.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(transposed) == 6
+    for m in transposed:
+        bound = _uniform_bound(m.weight)
+        assert m.weight.abs().max() <= bound
+        assert m.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)  # U(-b, b), not a normal
+    for m in trainable.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.weight.numel() > 10_000:
+            _, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(m.weight)
+            assert m.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
