@@ -14,20 +14,21 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 import runs
-from backbones import build_model, teacher_weights_id
-from dataset import AnomalyDataset, normalize
+from backbones import build_model, check_knobs, get_backbone, teacher_weights_id
+from categories import validate_category
+from dataset import DATA_FORMATS, AnomalyDataset, normalize
 from errors import CheckpointError, RDError, WeightsError
-from rd_model import ReverseDistillation, distillation_loss
+from rd_model import ReverseDistillation, distillation_loss, validate_image_size
 
 __all__ = ["IDENTITY_FIELDS", "Amp", "FastPath", "NonFiniteLoss", "TrainConfig", "build_run_model",
-           "check_resumable", "epoch_batches", "make_optimizer", "open_split", "seed_everything", "train_step"]
+           "check_config", "check_resumable", "epoch_batches", "make_optimizer", "open_split", "seed_everything", "train_step"]
 
 # Fields that must match for a run to be resumed (the others, e.g. epochs or device, may change).
 IDENTITY_FIELDS = ("backbone", "category", "seed", "data_root", "data_format", "split_csv", "image_size",
@@ -93,6 +94,53 @@ class TrainConfig:
     @property
     def checkpoint_path(self) -> Path:
         return runs.checkpoint_path(self.checkpoints, self.key)
+
+
+# field -> (whether a value is allowed, what is allowed)
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (lambda v: v >= 0, "at least 0"),
+    "split_seed": (lambda v: v >= 0, "at least 0"),
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 2, "at least 2 (BatchNorm students cannot train on one image)"),
+    "lr": (lambda v: v > 0, "more than 0"),
+    "beta1": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "beta2": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "val_fraction": (lambda v: 0 < v < 1, "between 0 and 1, e.g. 0.1"),
+    "checkpoint_every": (lambda v: v >= 1, "at least 1"),
+    "val_every": (lambda v: v >= 1, "at least 1"),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {"amp": tuple(m.value for m in Amp), "data_format": DATA_FORMATS}
+
+
+def _expected_type(annotation: str) -> tuple[type, ...]:
+    """The JSON value types a TrainConfig field of this annotation accepts (bool is not an int here)."""
+    kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+    accepted: tuple[type, ...] = ()
+    for part in annotation.replace(" ", "").split("|"):
+        accepted += kinds.get(part, (dict,) if part.startswith("dict") else ())
+    return accepted + ((type(None),) if "None" in annotation else ())
+
+
+def check_config(config: TrainConfig, origin: Callable[[str], str] = lambda name: f"field {name!r}") -> None:
+    """Raise RDError for the first field of the wrong type or out of range, naming it as ``origin(name)``
+    does (a flag, or a field of a config file), with the value and what is allowed."""
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        accepted = _expected_type(str(f.type))
+        wrong_type = accepted and (not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted))
+        if wrong_type:
+            words = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
+                     dict: "a JSON object", type(None): "null"}
+            names = " or ".join(dict.fromkeys(words[t] for t in accepted if not (t is int and float in accepted)))
+            raise RDError(f"{origin(f.name)} {value!r}: expected {names}")
+        if f.name in _RANGES and value is not None and not _RANGES[f.name][0](value):
+            raise RDError(f"{origin(f.name)} {value!r}: expected {_RANGES[f.name][1]}")
+        if f.name in _CHOICES and value not in _CHOICES[f.name]:
+            raise RDError(f"{origin(f.name)} {value!r}: expected one of {', '.join(_CHOICES[f.name])}")
+    validate_image_size(config.image_size, origin("image_size"))
+    validate_category(config.category)
+    get_backbone(config.backbone)
+    check_knobs(config.backbone, config.model_knobs)
 
 
 def open_split(config: TrainConfig, split: str) -> AnomalyDataset:

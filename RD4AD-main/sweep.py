@@ -24,19 +24,29 @@ from backbones import build_model, parse_backbones
 from categories import OFFICIAL_COUNTS
 from dataset import DATA_FORMATS, list_categories, split_train_val
 from errors import CheckpointError, RDError
-from recipe import Amp, FastPath, TrainConfig, make_optimizer, open_split, train_step
+from recipe import Amp, FastPath, TrainConfig, check_config, make_optimizer, open_split, train_step
 from system_info import describe_hardware, synchronize
 
-__all__ = ["SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments", "add_data_format_arguments",
-           "add_fast_path_arguments",
-           "add_train_arguments", "checkpoint_epoch", "configs_from_args", "estimate_sweep", "format_duration",
-           "measure_throughput", "official_train_images", "parse_list", "read_config_file",
-           "resolve_categories", "select_runs"]
+__all__ = ["CONFIG_ONLY_KEYS", "SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments",
+           "add_data_format_arguments", "add_fast_path_arguments", "add_train_arguments", "checkpoint_epoch",
+           "configs_from_args", "estimate_sweep", "flag_of", "format_duration", "json_object", "measure_throughput",
+           "official_train_images", "parse_list", "read_config_file", "resolve_categories", "select_runs"]
 
 SWEEP_DEFAULTS = {"backbones": "wide_resnet50_2", "categories": "all", "seeds": "0"}
 
 
 # ---------------------------------------------------------------------------------------------- selection
+
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object (argparse prints the error after the flag's name)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a JSON object such as '{{\"embed_dim\": 768}}'")
+    return value
+
 
 def parse_list(text: str, flag: str, kind: type = str) -> list:
     """A comma-separated flag value as a list of ``kind``; the error names the flag."""
@@ -131,8 +141,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_fast_path_arguments(parser)
     parser.add_argument("--sync-bn", action="store_true", default=None,
                         help="torchrun only: BatchNorm statistics over the whole global batch (see distributed.py)")
-    parser.add_argument("--model-knobs", type=json.loads,
-                        help='JSON of builder knobs, e.g. \'{"embed_dim": 768}\' for ConvNeXt')
+    parser.add_argument("--model-knobs", type=json_object,
+                        help='JSON object of builder knobs, e.g. \'{"embed_dim": 768}\' for ConvNeXt (main.py summary '
+                             'and the guide list each backbone\'s)')
     parser.add_argument("--restart", action="store_true", help="discard existing checkpoints and start over")
     parser.add_argument("--resume", action="store_true",
                         help="require an existing checkpoint to continue (runs resume by default anyway)")
@@ -144,38 +155,77 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------------------------- config files
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """A ``--config`` JSON file of TrainConfig fields and sweep lists (lists become comma lists)."""
+FLAG_OF_FIELD = {"data_format": "--format", "teacher_weights_path": "--teacher-weights"}
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag that sets TrainConfig field ``name``."""
+    return FLAG_OF_FIELD.get(name, "--" + name.replace("_", "-"))
+
+
+CONFIG_ONLY_KEYS = {"description", "pairs", "sweeps"}  # read by other commands (compare) or for readers
+
+
+def read_config_file(path: str) -> list[dict[str, Any]]:
+    """A ``--config`` JSON object of TrainConfig fields and sweep lists (lists become comma lists), as one
+    dict per sweep: a file with ``"sweeps": [{...}, ...]`` (e.g. one per dataset) gives each entry over the
+    file's other keys. Keys are checked here; values by ``recipe.check_config`` once the runs are built."""
     file = Path(path)
-    if not file.is_file():
-        raise RDError(f"--config {file}: no such file")
     try:
-        values = json.loads(file.read_text())
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RDError(f"--config {file}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RDError(f"--config {file}: cannot be read ({error})") from None
     except json.JSONDecodeError as error:
         raise RDError(f"--config {file}: not valid JSON ({error})") from None
-    known = {f.name for f in fields(TrainConfig)} | set(SWEEP_DEFAULTS)
-    unknown = sorted(set(values) - known - {"category", "backbone", "seed"})
-    if not isinstance(values, dict) or unknown:
-        raise RDError(f"--config {file}: unknown keys {unknown}; known: {sorted(known)}")
-    return {k: ",".join(map(str, v)) if isinstance(v, list) and k in SWEEP_DEFAULTS else v for k, v in values.items()}
+    if not isinstance(values, dict):
+        raise RDError(f"--config {file}: expected a JSON object of settings, got a {type(values).__name__}")
+    sweeps = values.pop("sweeps", [{}])
+    if not isinstance(sweeps, list) or not sweeps or not all(isinstance(entry, dict) for entry in sweeps):
+        raise RDError(f"--config {file}: \"sweeps\" must be a non-empty list of JSON objects")
+    known = {f.name for f in fields(TrainConfig)} | set(SWEEP_DEFAULTS) | CONFIG_ONLY_KEYS
+    merged = []
+    for entry in sweeps:
+        settings = values | entry
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise RDError(f"--config {file}: unknown keys {unknown}; known: {sorted(known)}")
+        for key in SWEEP_DEFAULTS:
+            if key in settings and not isinstance(settings[key], (str, int, list)):
+                raise RDError(f"--config {file}: {key!r} must be a comma list or a JSON list, got {settings[key]!r}")
+        merged.append({k: ",".join(map(str, v)) if isinstance(v, list) and k in SWEEP_DEFAULTS else v
+                       for k, v in settings.items() if k not in CONFIG_ONLY_KEYS})
+    return merged
 
 
 def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
-    """One TrainConfig per (backbone, category, seed): defaults <- --config file <- command-line flags."""
-    values: dict[str, Any] = dict(SWEEP_DEFAULTS)
-    if args.config:
-        values.update(read_config_file(args.config))
-    values.update({k: v for k, v in vars(args).items() if v is not None})
-    if not values.get("data_root"):
-        raise RDError("--data-root is required (the MVTec-format data root), on the command line or in --config")
-    categories = resolve_categories(values["data_root"], str(values["categories"]), values.get("data_format", "auto"),
-                                    values.get("split_csv"))
-    per_run = {f.name: values[f.name] for f in fields(TrainConfig)
-               if f.name in values and f.name not in ("category", "backbone", "seed")}
-    return [TrainConfig(category=category, backbone=backbone, seed=seed, **per_run)
-            for backbone in parse_backbones(str(values["backbones"]))
-            for category in categories
-            for seed in parse_list(str(values["seeds"]), "--seeds", int)]
+    """One TrainConfig per (backbone, category, seed): defaults <- --config file <- command-line flags,
+    every value checked before anything runs (the error names the flag or the file's field)."""
+    sweeps = read_config_file(args.config) if args.config else [{}]
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    configs = []
+    for from_file in sweeps:
+        values: dict[str, Any] = dict(SWEEP_DEFAULTS) | from_file | flags
+
+        def origin(name: str) -> str:
+            if name in flags or name not in from_file:
+                return flag_of(name)
+            return f"field {name!r} of --config {args.config}"
+
+        if not values.get("data_root"):
+            raise RDError("--data-root is required (the data root), on the command line or in --config")
+        categories = resolve_categories(values["data_root"], str(values["categories"]),
+                                        values.get("data_format", "auto"), values.get("split_csv"))
+        per_run = {f.name: values[f.name] for f in fields(TrainConfig)
+                   if f.name in values and f.name not in ("category", "backbone", "seed")}
+        for backbone in parse_backbones(str(values["backbones"])):
+            for category in categories:
+                for seed in parse_list(str(values["seeds"]), "--seeds", int):
+                    config = TrainConfig(category=category, backbone=backbone, seed=seed, **per_run)
+                    check_config(config, origin)
+                    configs.append(config)
+    return configs
 
 
 # ---------------------------------------------------------------------------------------------- time estimate

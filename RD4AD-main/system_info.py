@@ -20,7 +20,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available; an explicit ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise RDError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RDError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RDError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
     return device

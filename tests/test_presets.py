@@ -1,0 +1,60 @@
+"""The study presets under configs/: each loads, every value passes the same checks as the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+import sweep
+from backbones import BACKBONES
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+NAMES = {"paper_wrn50", "fair_pair", "fair_pair_pretrain_matched", "big_pair", "full_study", "three_families"}
+
+
+def train_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sweep.add_train_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_the_presets_are_there():
+    assert {path.stem for path in PRESETS} == NAMES
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_preset_loads_and_validates(path, synthetic_root):
+    raw = json.loads(path.read_text())
+    for pair in raw.get("pairs", []):
+        assert len(pair) == 2 and set(pair) <= set(raw["backbones"]) and set(pair) <= set(BACKBONES)
+    sweeps = sweep.read_config_file(str(path))
+    assert all(s["epochs"] == 200 and s["image_size"] == 256 and s["batch_size"] == 16 for s in sweeps)
+    # the same file with the data pointed at generated data: every run config is built and checked
+    configs = sweep.configs_from_args(train_args("--config", str(path), "--data-root", str(synthetic_root),
+                                                 "--format", "auto", "--categories", "synth_object"))
+    assert len(configs) == len(sweeps) * len(raw["backbones"]) * len(raw["seeds"])
+    assert {c.backbone for c in configs} == set(raw["backbones"]) and all(c.lr == 0.005 for c in configs)
+    results = {c.results for c in configs}
+    assert len(results) == len(sweeps)  # one results folder per dataset: categories never collide
+
+
+def test_bad_config_files_name_the_field(tmp_path, synthetic_root):
+    cases = {
+        "[1, 2]": "expected a JSON object of settings, got a list",
+        '{"epochs": "3"}': "field 'epochs' of --config .*: expected a whole number",
+        '{"epochs": 0}': "field 'epochs' of --config .*'?0'?: expected at least 1",
+        '{"lr": -1}': "field 'lr' .* expected more than 0",
+        '{"model_knobs": {"embed": 1}, "backbones": "convnext_tiny"}': "embed: not a knob of convnext_tiny.*embed_dim",
+        '{"epoch": 3}': "unknown keys \\['epoch'\\]",
+        '{"sweeps": []}': "must be a non-empty list",
+        "{not json": "not valid JSON",
+    }
+    for number, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{number}.json"
+        path.write_text(text)
+        with pytest.raises(sweep.RDError, match=message):
+            sweep.configs_from_args(train_args("--config", str(path), "--data-root", str(synthetic_root)))
+    with pytest.raises(sweep.RDError, match="--batch-size 1: expected at least 2"):
+        sweep.configs_from_args(train_args("--data-root", str(synthetic_root), "--batch-size", "1"))
