@@ -1,12 +1,15 @@
 """Checkpoints of the trainable parts (bottleneck + student) with the metadata needed to rebuild them.
 
-A pretrained teacher is rebuilt from its weights id; a random teacher (``--no-pretrained``) has no
-such id, so its weights are stored too.
+The frozen teacher is not stored: a pretrained one is rebuilt from its weights id (the torchvision enum
+or ``file:PATH``), a random one (``--no-pretrained``) from its seed. The SHA-256 of the teacher's weights
+is stored instead and checked on loading, so a changed weights file (or a torch whose random init
+differs) is refused instead of silently pairing a student with another teacher than it was trained on.
 
 Saved atomically; read with ``torch.load(weights_only=True)`` so a file holding pickled code is refused.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -19,16 +22,36 @@ from rd_model import ReverseDistillation
 from runs import atomic_write
 from system_info import library_versions
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "load_into", "model_from_checkpoint", "read_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "load_into", "model_from_checkpoint", "read_checkpoint", "save_checkpoint",
+           "teacher_digest"]
 
 FORMAT = "rd4ad-swappable-backbones/checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: a random teacher was stored whole; still read
+REQUIRED_KEYS = ("backbone", "image_size", "teacher_weights", "model_knobs", "bottleneck", "student",
+                 "training_state")
+
+
+def teacher_digest(model: ReverseDistillation) -> str:
+    """SHA-256 of the teacher's weights and buffers (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.teacher.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, model: ReverseDistillation, *, backbone: str, image_size: int,
                     teacher_weights: str, model_knobs: dict[str, Any] | None = None,
-                    training_state: dict[str, Any] | None = None) -> None:
-    """Write bottleneck + student weights, metadata and optional training state (optimiser, epoch)."""
+                    training_state: dict[str, Any] | None = None, teacher_seed: int | None = None,
+                    teacher_sha256: str | None = None) -> None:
+    """Write bottleneck + student weights, metadata and optional training state (optimiser, epoch).
+
+    ``teacher_seed``: the seed a random teacher was built after (``build_model`` right after
+    ``torch.manual_seed(seed)``); without it a random teacher is stored whole. ``teacher_sha256``
+    saves hashing the frozen teacher again at every checkpoint of a run.
+    """
+    store_teacher = teacher_weights == "random" and teacher_seed is None
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -39,7 +62,9 @@ def save_checkpoint(path: str | os.PathLike, model: ReverseDistillation, *, back
         "versions": library_versions(),
         "bottleneck": model.bottleneck.state_dict(),
         "student": model.student.state_dict(),
-        "teacher": model.teacher.state_dict() if teacher_weights == "random" else None,
+        "teacher": model.teacher.state_dict() if store_teacher else None,
+        "teacher_seed": teacher_seed,
+        "teacher_sha256": teacher_sha256 or teacher_digest(model),
         "training_state": training_state or {},
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -59,6 +84,10 @@ def read_checkpoint(path: str | os.PathLike, expected_backbone: str | None = Non
             f"(it may hold pickled Python objects or code, or be truncated): {error}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not an RD checkpoint of this project (format {FORMAT!r} expected)")
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} has this project's format tag but lacks {', '.join(missing)}: it is "
+                              f"damaged or was not written by `main.py train`; train the run again (--restart)")
     if expected_backbone is not None and payload["backbone"] != expected_backbone:
         raise CheckpointError(
             f"checkpoint {path} holds a {payload['backbone']!r} RD model; it cannot be loaded into "
@@ -70,12 +99,25 @@ def read_checkpoint(path: str | os.PathLike, expected_backbone: str | None = Non
     return payload
 
 
-def load_into(model: ReverseDistillation, payload: dict[str, Any]) -> None:
-    """Copy a checkpoint's trainable weights into a model built for the same backbone."""
-    model.bottleneck.load_state_dict(payload["bottleneck"])
-    model.student.load_state_dict(payload["student"])
-    if payload.get("teacher") is not None:
-        model.teacher.load_state_dict(payload["teacher"])
+def load_into(model: ReverseDistillation, payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> None:
+    """Copy a checkpoint's trainable weights into a model built for the same backbone and teacher, and check
+    that the teacher is the one the checkpoint was trained with."""
+    try:
+        model.bottleneck.load_state_dict(payload["bottleneck"])
+        model.student.load_state_dict(payload["student"])
+        if payload.get("teacher") is not None:
+            model.teacher.load_state_dict(payload["teacher"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).splitlines()[0][:300]
+        raise CheckpointError(f"{path}: its weights do not fit a {payload.get('backbone')!r} RD model built with "
+                              f"knobs {payload.get('model_knobs')} ({first})") from None
+    expected = payload.get("teacher_sha256")
+    if expected is not None and teacher_digest(model) != expected:
+        raise CheckpointError(
+            f"{path}: the teacher rebuilt from {payload['teacher_weights']!r} is not the one this checkpoint was "
+            f"trained with (SHA-256 of its weights differs): the weights file changed, or this torch "
+            f"({torch.__version__}) initialises a random teacher differently from the one that trained it "
+            f"({payload.get('versions', {}).get('torch', 'unknown')})")
 
 
 def model_from_checkpoint(path: str | os.PathLike, expected_backbone: str | None = None,
@@ -84,7 +126,10 @@ def model_from_checkpoint(path: str | os.PathLike, expected_backbone: str | None
     payload = read_checkpoint(path, expected_backbone, expected_image_size)
     weights_id: str = payload["teacher_weights"]
     weights_path = weights_id.removeprefix("file:") if weights_id.startswith("file:") else None
-    model = build_model(payload["backbone"], pretrained=weights_id != "random", weights_path=weights_path,
-                        **payload["model_knobs"])
-    load_into(model, payload)
+    with torch.random.fork_rng(devices=[]):
+        if payload.get("teacher_seed") is not None:
+            torch.manual_seed(int(payload["teacher_seed"]))  # the random teacher's initial state, as training built it
+        model = build_model(payload["backbone"], pretrained=weights_id != "random", weights_path=weights_path,
+                            **payload["model_knobs"])
+    load_into(model, payload, path)
     return model, payload

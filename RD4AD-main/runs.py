@@ -23,9 +23,12 @@ temporary file in the same folder, then a rename), so a killed process never lea
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +42,7 @@ from categories import category_group
 from errors import CheckpointError, RDError
 
 __all__ = [
+    "LOCK_FILE", "TEMPORARY_SUFFIX", "RunLock", "RunLocked", "remove_stale_temporaries", "strict_json",
     "CHECKPOINT_FILE", "CONFIG_FILE", "EFFICIENCY", "HISTORY_COLUMNS", "HISTORY_FILE", "MAPS_FILE", "METRICS",
     "METRICS_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "VAL_SCORES_FILE", "RunKey",
     "atomic_write", "atomic_write_json", "atomic_write_text", "checkpoint_path", "find_runs", "key_of",
@@ -54,6 +58,8 @@ VAL_SCORES_FILE = "val_scores.csv"
 MAPS_FILE = "maps.npz"
 CHECKPOINT_FILE = "last.pth"
 SUMMARY_FILE = "summary.csv"
+LOCK_FILE = ".lock"
+TEMPORARY_SUFFIX = ".tmp"
 
 HISTORY_COLUMNS = ("epoch", "loss", "loss_scale1", "loss_scale2", "loss_scale3", "val_loss",
                    "epoch_time_s", "images_per_s", "peak_memory_mb")
@@ -119,21 +125,85 @@ def key_of(directory: str | os.PathLike) -> RunKey:
 
 # ---------------------------------------------------------------------------------------------- writing
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
-    The temporary file is removed when ``write`` fails or the process is interrupted.
+    The file gets the permissions a plain ``open`` would give it (0644 under umask 022; ``mkstemp``'s own
+    0600 would hide results from colleagues on a shared server). The temporary file is removed when
+    ``write`` fails or the process is interrupted; one left by a SIGKILL is removed by
+    ``remove_stale_temporaries`` when its run starts again.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files ``atomic_write`` left in ``folder`` when a process was killed mid-write.
+
+    Call it only while holding the folder's run lock: another writer's temporary file is not stale.
+    """
+    folder = Path(folder)
+    stale = sorted(folder.glob(f".*{TEMPORARY_SUFFIX}")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+class RunLocked(RDError):
+    """Another process holds the lock of a run folder."""
+
+
+class RunLock:
+    """An exclusive OS file lock (``flock`` on ``<folder>/.lock``) held while a process works on a run.
+
+    Released on any exit, a crash or SIGKILL included (the kernel drops it with the process). A second
+    process stops at once with a message naming the holder's PID and command line.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "an unknown process"
+            handle.close()
+            raise RunLocked(f"{self.folder} is in use by {holder}; wait for it to finish or stop it, or use "
+                            f"another --results/--checkpoints folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} ({' '.join(sys.argv) or 'python'})\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.truncate(0)
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -141,8 +211,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def strict_json(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by None and ``<key>_note`` saying what it was, so
+    that strict JSON readers (jq, browsers, other languages) accept the file; readers take None for it."""
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out.setdefault(f"{key}_note", f"{value} (not representable in JSON): written as null")
+                value = None
+            out[key] = strict_json(value)
+        return out
+    if isinstance(data, (list, tuple)):
+        return [None if isinstance(v, float) and not math.isfinite(v) else strict_json(v) for v in data]
+    return data
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Strict JSON (no NaN or Infinity: see ``strict_json``), indented, keys sorted, atomically."""
+    atomic_write_text(path, json.dumps(strict_json(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def write_csv(path: str | os.PathLike, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm import tqdm
@@ -23,7 +25,7 @@ import recipe
 import runs
 import sweep
 from backbones import get_backbone, teacher_imagenet_top1
-from checkpoint import load_into, read_checkpoint, save_checkpoint
+from checkpoint import load_into, read_checkpoint, save_checkpoint, teacher_digest
 from errors import CheckpointError, RDError
 from rd_model import ReverseDistillation, distillation_loss, validate_image_size
 from dataset import data_provenance
@@ -31,7 +33,7 @@ from recipe import (FastPath, NonFiniteLoss, TrainConfig, build_run_model, check
                     make_optimizer, open_split, seed_everything)
 from system_info import describe_hardware, library_versions, peak_memory_mb, reset_peak_memory
 
-__all__ = ["add_arguments", "run", "train_run", "validation_loss"]
+__all__ = ["add_arguments", "run", "run_locks", "train_run", "validation_loss"]
 
 
 @torch.no_grad()
@@ -63,11 +65,40 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
     if world.enabled and config.batch_size % world.size:
         raise RDError(f"--batch-size {config.batch_size} is the global batch and must be divisible by the "
                       f"{world.size} processes")
+    with run_locks(config) if world.is_main else nullcontext():
+        return _train_locked(config, world, restart, quiet)
+
+
+@contextmanager
+def run_locks(config: TrainConfig) -> Iterator[None]:
+    """Hold the locks of the run's results and checkpoint folders, and clear what killed writes left there."""
+    with runs.RunLock(config.run_dir), runs.RunLock(config.checkpoint_path.parent):
+        for folder in (config.run_dir, config.checkpoint_path.parent):
+            runs.remove_stale_temporaries(folder)
+        yield
+
+
+def _warn_if_threads_differ(config: TrainConfig) -> None:
+    """Different CPU thread counts give different float rounding: a resumed run is then not bit-identical."""
+    path = config.run_dir / runs.CONFIG_FILE
+    if not path.is_file():
+        return
+    saved = (runs.read_json(path).get("hardware") or {}).get("torch_threads")
+    if saved is not None and saved != torch.get_num_threads():
+        print(f"warning: {config.key} was trained with {saved} torch thread(s) and resumes with "
+              f"{torch.get_num_threads()}: the result will not be bit-identical to an uninterrupted run "
+              f"(set OMP_NUM_THREADS={saved} to keep it)", flush=True)
+
+
+def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, quiet: bool) -> Path:
+    """``train_run`` once the run's folders are locked."""
     if restart and world.is_main:
         config.checkpoint_path.unlink(missing_ok=True)
         (config.run_dir / runs.CONFIG_FILE).unlink(missing_ok=True)
     distributed.barrier()
     check_resumable(config)
+    if world.is_main:
+        _warn_if_threads_differ(config)
 
     # the data first: a wrong path fails before a large model is built
     train_set, val_set = open_split(config, "train"), open_split(config, "val")
@@ -79,10 +110,11 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
     net = distributed.DistributedRD(model, device, config.sync_bn) if world.enabled else model
     optimizer = make_optimizer(model, config)
 
+    teacher_sha256 = teacher_digest(model)  # the teacher is frozen: hashed once, checked when resuming or testing
     start_epoch, history = 0, []
     if config.checkpoint_path.is_file():
         payload = read_checkpoint(config.checkpoint_path, config.backbone, config.image_size)
-        load_into(model, payload)
+        load_into(model, payload, config.checkpoint_path)
         state = payload["training_state"]
         start_epoch, history = int(state["epoch"]), list(state["history"])
         if start_epoch >= config.epochs:
@@ -169,7 +201,9 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
             if epoch < config.epochs or config.keep_optimizer:
                 training_state["optimizer"] = optimizer.state_dict()
             save_checkpoint(config.checkpoint_path, model, backbone=config.backbone, image_size=config.image_size,
-                            teacher_weights=weights_id, model_knobs=config.model_knobs, training_state=training_state)
+                            teacher_weights=weights_id, model_knobs=config.model_knobs, training_state=training_state,
+                            teacher_seed=config.seed if weights_id == "random" else None,
+                            teacher_sha256=teacher_sha256)
     progress.close()
     distributed.barrier()  # the checkpoint is complete before any rank moves on
     return config.run_dir

@@ -296,3 +296,27 @@ def test_resnet_student_starts_from_the_official_rd4ad_init(models, name):
             assert m.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)
         elif isinstance(m, torch.nn.BatchNorm2d):
             assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+
+
+def test_checkpoint_rebuilds_a_random_teacher_from_its_seed_and_refuses_another_teacher(tmp_path):
+    torch.manual_seed(7)
+    model = build_model("resnet50", pretrained=False).eval()
+    slim, whole = tmp_path / "slim.pth", tmp_path / "whole.pth"
+    save_checkpoint(slim, model, backbone="resnet50", image_size=64, teacher_weights="random", teacher_seed=7)
+    save_checkpoint(whole, model, backbone="resnet50", image_size=64, teacher_weights="random")
+    teacher_bytes = 4 * count_parameters(model.teacher)
+    assert whole.stat().st_size - slim.stat().st_size >= 0.99 * teacher_bytes  # the teacher is not in it
+    restored, _ = model_from_checkpoint(slim, expected_backbone="resnet50")
+    images = torch.randn(1, 3, 64, 64)
+    assert torch.equal(model.anomaly_map(images), restored.eval().anomaly_map(images))
+
+    payload = torch.load(slim, weights_only=True)
+    torch.save(payload | {"teacher_seed": 8}, tmp_path / "other_seed.pth")
+    with pytest.raises(CheckpointError, match="not the one this checkpoint was trained with"):
+        model_from_checkpoint(tmp_path / "other_seed.pth")
+    torch.save({k: v for k, v in payload.items() if k != "student"}, tmp_path / "no_student.pth")
+    with pytest.raises(CheckpointError, match="lacks student"):
+        read_checkpoint(tmp_path / "no_student.pth")
+    torch.save(payload | {"student": {"stage1.0.conv1.weight": torch.zeros(1)}}, tmp_path / "bad_student.pth")
+    with pytest.raises(CheckpointError, match="do not fit a 'resnet50' RD model"):
+        model_from_checkpoint(tmp_path / "bad_student.pth")
