@@ -10,17 +10,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import torch
+import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
 import RD_ConvNeXt_Model
 import RD_Swin_Model
 import resnet
-from errors import RDError
+from errors import RDError, WeightsError
 from rd_model import ReverseDistillation
-from weights import load_weights_enum, load_weights_file
+from weights import load_weights_enum, load_weights_file, mismatched_keys
 
-__all__ = ["BACKBONES", "BIG_PAIR", "FAIR_PAIR", "Backbone", "build_model", "check_knobs", "get_backbone",
+__all__ = ["BACKBONES", "BIG_PAIR", "FAIR_PAIR", "Backbone", "backbones_fitting", "build_model", "check_knobs",
+           "check_teacher_weights", "get_backbone", "torchvision_architecture",
            "parse_backbones", "teacher_imagenet_top1", "teacher_weights_id"]
 
 Builder = Callable[..., tuple[nn.Module, nn.Module, nn.Module]]
@@ -112,8 +115,54 @@ def build_model(name: str, *, pretrained: bool = True, weights_path: str | os.Pa
     elif pretrained:
         state, source = load_weights_enum(backbone.default_weights), str(backbone.default_weights)
     check_knobs(name, knobs)
-    teacher, bottleneck, student = backbone.builder(state_dict=state, source=source, **{**backbone.knobs, **knobs})
+    try:
+        teacher, bottleneck, student = backbone.builder(state_dict=state, source=source, **{**backbone.knobs, **knobs})
+    except WeightsError as error:
+        owners = backbones_fitting(state) if state is not None else []
+        hint = (f"; these weights fit {', '.join(owners)}" if owners else
+                "; they fit none of the registered backbones (a whole torchvision model's state_dict is expected)")
+        raise WeightsError(f"the {name} teacher cannot use them: {error}{hint}") from None
     return ReverseDistillation(teacher, bottleneck, student)
+
+
+def check_teacher_weights(name: str, *, pretrained: bool = True, weights_path: str | os.PathLike | None = None) -> str:
+    """Load the teacher weights a run of ``name`` would use and check that they fit its architecture, without
+    building the model (seconds, not the minutes a sweep takes to reach its next backbone); returns what
+    was found, raises WeightsError saying what is missing or wrong."""
+    if weights_path is None and not pretrained:
+        return "random teacher (--no-pretrained)"
+    if weights_path is not None:
+        state = load_weights_file(weights_path)
+        with torch.device("meta"):
+            expected = torchvision.models.get_model(torchvision_architecture(name)).state_dict()
+        problems = mismatched_keys(expected, state)
+        if problems:
+            owners = backbones_fitting(state)
+            fit = f"they fit {', '.join(owners)}" if owners else "they fit none of the registered backbones"
+            raise WeightsError(f"--teacher-weights {weights_path} does not fit {name} ({problems[0]} and "
+                               f"{len(problems) - 1} more mismatches); {fit}")
+        return f"file {weights_path}"
+    load_weights_enum(get_backbone(name).default_weights)
+    return f"{get_backbone(name).default_weights} (found)"
+
+
+def torchvision_architecture(name: str) -> str:
+    """The torchvision model a backbone's teacher is cut from (the one its default weights belong to)."""
+    weights_class = type(get_backbone(name).default_weights)
+    return next(arch for arch in torchvision.models.list_models(torchvision.models)
+                if torchvision.models.get_model_weights(arch) is weights_class)
+
+
+def backbones_fitting(state: Mapping[str, Any]) -> list[str]:
+    """Registered backbones whose whole torchvision teacher model has exactly ``state``'s keys and shapes
+    (built on the meta device: no memory, no time)."""
+    fitting = []
+    for name in BACKBONES:
+        with torch.device("meta"):
+            expected = torchvision.models.get_model(torchvision_architecture(name)).state_dict()
+        if not mismatched_keys(expected, dict(state)):
+            fitting.append(name)
+    return fitting
 
 
 def check_knobs(name: str, knobs: Mapping[str, Any]) -> None:

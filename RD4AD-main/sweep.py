@@ -20,17 +20,18 @@ from tqdm import tqdm
 
 import distributed
 import runs
-from backbones import build_model, parse_backbones
+from backbones import build_model, check_teacher_weights, parse_backbones
 from categories import OFFICIAL_COUNTS
 from dataset import DATA_FORMATS, list_categories, split_train_val
-from errors import CheckpointError, RDError
+from errors import CheckpointError, RDError, WeightsError
 from recipe import Amp, FastPath, TrainConfig, check_config, make_optimizer, open_split, train_step
 from system_info import describe_hardware, synchronize
 
 __all__ = ["CONFIG_ONLY_KEYS", "SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments",
            "add_data_format_arguments", "add_fast_path_arguments", "add_train_arguments", "checkpoint_epoch",
            "configs_from_args", "estimate_sweep", "flag_of", "format_duration", "json_object", "measure_throughput",
-           "official_train_images", "parse_list", "read_config_file", "resolve_categories", "select_runs"]
+           "official_train_images", "parse_list", "preflight_teacher_weights", "read_config_file",
+           "resolve_categories", "select_runs", "teacher_weights_per_backbone"]
 
 SWEEP_DEFAULTS = {"backbones": "wide_resnet50_2", "categories": "all", "seeds": "0"}
 
@@ -129,7 +130,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                                        f"and seeds (default {d.split_seed})")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
                         help="train on a RANDOM teacher on purpose (tests, smoke runs)")
-    parser.add_argument("--teacher-weights", dest="teacher_weights_path", help="local teacher state dict .pth")
+    parser.add_argument("--teacher-weights", dest="teacher_weights_path",
+                        help="local teacher weights (a torchvision state_dict .pth): NAME=PATH[,NAME=PATH] per "
+                             "backbone, or a bare PATH for a one-backbone sweep")
     parser.add_argument("--fallback-random-teacher", action="store_true", default=None,
                         help="demo only: if pretrained weights cannot be loaded, warn loudly and go on")
     parser.add_argument("--checkpoint-every", type=int, help=f"epochs between checkpoints (default {d.checkpoint_every})")
@@ -148,6 +151,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="require an existing checkpoint to continue (runs resume by default anyway)")
     parser.add_argument("--no-eta", action="store_true", help="do not estimate the sweep's time before it starts")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="print the sweep's estimated training time (and the teacher weights' status) and stop")
     parser.add_argument("--bench-json", default="bench.json",
                         help="a `main.py bench` output to take the throughput from for the estimate, when no "
                              "history of the same setting exists (default bench.json, if present)")
@@ -218,14 +223,58 @@ def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
         categories = resolve_categories(values["data_root"], str(values["categories"]),
                                         values.get("data_format", "auto"), values.get("split_csv"))
         per_run = {f.name: values[f.name] for f in fields(TrainConfig)
-                   if f.name in values and f.name not in ("category", "backbone", "seed")}
-        for backbone in parse_backbones(str(values["backbones"])):
+                   if f.name in values and f.name not in ("category", "backbone", "seed", "teacher_weights_path")}
+        chosen = parse_backbones(str(values["backbones"]))
+        weights = teacher_weights_per_backbone(values.get("teacher_weights_path"), chosen)
+        for backbone in chosen:
             for category in categories:
                 for seed in parse_list(str(values["seeds"]), "--seeds", int):
-                    config = TrainConfig(category=category, backbone=backbone, seed=seed, **per_run)
+                    config = TrainConfig(category=category, backbone=backbone, seed=seed,
+                                         teacher_weights_path=weights.get(backbone), **per_run)
                     check_config(config, origin)
                     configs.append(config)
     return configs
+
+
+def teacher_weights_per_backbone(text: str | None, backbones: list[str]) -> dict[str, str]:
+    """``--teacher-weights``: ``NAME=PATH[,NAME=PATH]``, or a bare PATH when the sweep has one backbone."""
+    if not text:
+        return {}
+    if "=" not in text:
+        if len(backbones) > 1:
+            raise RDError(f"--teacher-weights {text}: the sweep has {len(backbones)} backbones "
+                          f"({', '.join(backbones)}); say which file is whose, as NAME=PATH[,NAME=PATH]")
+        return {backbones[0]: text}
+    mapping = {}
+    for item in parse_list(text, "--teacher-weights"):
+        name, _, path = item.partition("=")
+        if name.strip() not in backbones or not path.strip():
+            raise RDError(f"--teacher-weights {item!r}: expected NAME=PATH with NAME one of this sweep's backbones "
+                          f"({', '.join(backbones)})")
+        mapping[name.strip()] = path.strip()
+    return mapping
+
+
+def preflight_teacher_weights(configs: list[TrainConfig]) -> list[str]:
+    """Find every backbone's teacher weights before anything trains; one error lists all that are missing
+    (with where to put them), so a sweep never stops hours in on its second backbone."""
+    lines, failed = [], False
+    seen: set[tuple] = set()
+    for config in configs:
+        key = (config.backbone, config.pretrained, config.teacher_weights_path)
+        if key in seen or config.fallback_random_teacher:
+            continue
+        seen.add(key)
+        try:
+            status = check_teacher_weights(config.backbone, pretrained=config.pretrained,
+                                           weights_path=config.teacher_weights_path)
+            lines.append(f"  {config.backbone}: ok, {status}")
+        except WeightsError as error:
+            failed = True
+            lines.append(f"  {config.backbone}: MISSING or unusable: {error}")
+    if failed:
+        raise WeightsError("teacher weights are not ready, nothing was trained:\n" + "\n".join(lines))
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- time estimate

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -33,7 +34,7 @@ from recipe import (FastPath, NonFiniteLoss, TrainConfig, build_run_model, check
                     make_optimizer, open_split, seed_everything)
 from system_info import describe_hardware, library_versions, peak_memory_mb, reset_peak_memory
 
-__all__ = ["add_arguments", "run", "run_locks", "train_run", "validation_loss"]
+__all__ = ["add_arguments", "run", "run_locks", "train_run", "training_summary", "validation_loss"]
 
 
 @torch.no_grad()
@@ -223,13 +224,36 @@ def run(args: argparse.Namespace) -> int:
         missing = [str(c.checkpoint_path) for c in configs if not c.checkpoint_path.is_file()]
         if missing:
             raise CheckpointError(f"--resume: no checkpoint to resume at {', '.join(missing[:3])}")
+    weights_status = sweep.preflight_teacher_weights(configs)  # every rank: a failure stops all before they join
     with distributed.process_group(configs[0].device) as world:
         if world.is_main:
+            print("teacher weights:\n" + "\n".join(weights_status), flush=True)
             print(f"training {len(configs)} run(s): " + ", ".join(str(c.key) for c in configs)
                   + (f" on {world.size} processes" if world.enabled else ""))
-            if not args.no_eta and not args.restart:
+            if args.estimate_only or (not args.no_eta and not args.restart):
                 print(sweep.estimate_sweep(configs, args.bench_json), flush=True)
+        if args.estimate_only:
+            return 0
         distributed.barrier()
         for config in configs:
             train_run(config, restart=args.restart)
+        if world.is_main:
+            print(training_summary(configs))
     return 0
+
+
+def training_summary(configs: list[TrainConfig]) -> str:
+    """What the sweep did, one row per run (epochs, last loss, time, images/s), and the next command."""
+    rows = []
+    for config in configs:
+        history = runs.read_history(config.run_dir)
+        last = None if history is None or history.empty else history.iloc[-1]
+        rows.append({"run": str(config.key), "epochs": "-" if last is None else int(last["epoch"]),
+                     "final loss": "-" if last is None else f"{last['loss']:.4f}",
+                     "val loss": "-" if last is None else f"{last['val_loss']:.4f}",
+                     "time": "-" if history is None else sweep.format_duration(history["epoch_time_s"].sum()),
+                     "images/s": "-" if history is None else f"{runs.steady_images_per_s(config.run_dir):.1f}"})
+    table = pd.DataFrame(rows).to_string(index=False)
+    commands = [f"next: python RD4AD-main/main.py test --results {results}"
+                for results in sorted({config.results for config in configs})]
+    return "\n".join(["", table, "", *commands])

@@ -19,7 +19,7 @@ from torchvision.models import WeightsEnum
 
 from errors import WeightsError
 
-__all__ = ["apply_state_dict", "hub_checkpoint_dir", "load_weights_enum", "load_weights_file", "weights_file_name"]
+__all__ = ["apply_state_dict", "mismatched_keys", "hub_checkpoint_dir", "load_weights_enum", "load_weights_file", "weights_file_name"]
 
 # A download that cannot connect must fail within seconds, not hang on a dead network.
 DOWNLOAD_CONNECT_TIMEOUT_S = 5.0
@@ -83,9 +83,21 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def mismatched_keys(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """Keys that are missing, unexpected or of another shape in ``state``, each with what is wrong, sorted."""
+    problems = [f"{key} (missing)" for key in expected if key not in state]
+    problems += [f"{key} (unexpected)" for key in state if key not in expected]
+    problems += [f"{key} (shape {tuple(state[key].shape)}, expected {tuple(value.shape)})"
+                 for key, value in expected.items() if key in state and state[key].shape != value.shape]
+    return sorted(problems)
+
+
 def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load a full torchvision model's weights strictly; a mismatch names the source."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise WeightsError(f"weights {source} do not fit {type(model).__name__}: {error}") from error
+    """Load a full torchvision model's weights strictly; a mismatch names the source, the first few
+    mismatching keys and how many more there are (not the thousands of lines torch would print)."""
+    problems = mismatched_keys(model.state_dict(), state)
+    if problems:
+        shown = "; ".join(problems[:3])
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise WeightsError(f"weights {source} do not fit {type(model).__name__}: {shown}{more}")
+    model.load_state_dict(state, strict=True)
