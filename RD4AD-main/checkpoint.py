@@ -81,7 +81,8 @@ def read_checkpoint(path: str | os.PathLike, expected_backbone: str | None = Non
     except Exception as error:
         raise CheckpointError(
             f"checkpoint {path} refused: it is not a tensor-only checkpoint of this project "
-            f"(it may hold pickled Python objects or code, or be truncated): {error}") from error
+            f"(it may hold pickled Python objects or code, or be truncated): "
+            f"{(str(error).strip().splitlines() or [type(error).__name__])[0][:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not an RD checkpoint of this project (format {FORMAT!r} expected)")
     missing = [key for key in REQUIRED_KEYS if key not in payload]

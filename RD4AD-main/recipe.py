@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
@@ -137,6 +138,8 @@ def check_config(config: TrainConfig, origin: Callable[[str], str] = lambda name
             raise RDError(f"{origin(f.name)} {value!r}: expected {_RANGES[f.name][1]}")
         if f.name in _CHOICES and value not in _CHOICES[f.name]:
             raise RDError(f"{origin(f.name)} {value!r}: expected one of {', '.join(_CHOICES[f.name])}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
+        raise RDError(f"{origin('device')} {config.device!r}: expected auto, cpu, cuda or cuda:N")
     validate_image_size(config.image_size, origin("image_size"))
     validate_category(config.category)
     get_backbone(config.backbone)

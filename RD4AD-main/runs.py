@@ -242,8 +242,13 @@ def write_csv(path: str | os.PathLike, header: Iterable[str], rows: Iterable[Ite
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """A JSON file this project (or its user) wrote; a damaged one is an RDError naming it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RDError(f"{path}: not valid JSON ({error}); the file is damaged or was not written by main.py: "
+                      f"restore it or rerun the command that writes it") from None
 
 
 # ---------------------------------------------------------------------------------------------- config.json
