@@ -17,7 +17,7 @@ Design choices (see RD_Model_ResNet_to_ConvNeXt_Guide.md for the long form):
   depths mirror the teacher's stages 1-3 by default (the decoder's ``depths`` attribute; ``main.py
   summary`` prints every variant's, and the guide's table is generated from it).
 - Capacity: ``embed_dim=1024`` with 3 OCE blocks puts the ConvNeXt-Tiny RD's trainable parameters
-  close to the ResNet-50 RD's (``main.py summary --backbone all`` prints both; a test holds them
+  close to the ResNet-50 RD's (``main.py summary --backbones all`` prints both; a test holds them
   within 15 %), so the fair pair is capacity-matched; ``embed_dim``, ``oce_depth``, ``decoder_depths``
   and ``tap_norm`` are the knobs. ``convnext_small_matched`` (backbones.py) widens the embedding so
   that ConvNeXt-Small RD matches WRN-50-2 RD's capacity: the big pair.

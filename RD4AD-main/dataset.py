@@ -234,7 +234,7 @@ def _existing_root(root: str | os.PathLike) -> Path:
             f"data root {root} does not exist or is not a folder; expected a folder of categories in MVTec AD "
             f"layout (<root>/<category>/train/good/*.png) or VisA layout (<root>/split_csv/1cls.csv). Get "
             f"MVTec AD with `main.py download --data-root {root}` (VisA: add --dataset visa) or write "
-            f"synthetic data with `main.py synth --out {root}`"
+            f"synthetic data with `main.py synth --data-root {root}`"
         )
     return root
 

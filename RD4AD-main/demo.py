@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import report
+from cli import add_deprecated_alias
 from backbones import FAIR_PAIR
 from evaluate import evaluate_run
 from runs import write_summary
@@ -48,7 +49,8 @@ def run_demo(data: Path, results: Path, checkpoints: Path, out: Path, epochs: in
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="data/demo", help="where the synthetic data set is written")
+    parser.add_argument("--data-root", default="data/demo", help="where the synthetic data set is written")
+    add_deprecated_alias(parser, "--data", "--data-root", "data_root")
     parser.add_argument("--results", default="results/demo")
     parser.add_argument("--checkpoints", default="checkpoints/demo")
     parser.add_argument("--out", default="reports/demo", help="report folder")
@@ -61,6 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(Path(args.data), Path(args.results), Path(args.checkpoints), Path(args.out), args.epochs,
+    run_demo(Path(args.data_root), Path(args.results), Path(args.checkpoints), Path(args.out), args.epochs,
              args.seeds, args.image_size, args.device, args.portfolio)
     return 0

@@ -8,6 +8,7 @@ from dataclasses import asdict
 import torch
 
 from backbones import BACKBONES, parse_backbones
+from cli import add_deprecated_alias
 from capacity import RESNET50_TRAINABLE, WRN50_TRAINABLE, ModelSummary, summarize
 from documents import rewrite_marked_block
 from rd_model import validate_image_size
@@ -33,7 +34,8 @@ def format_table(summaries: list[ModelSummary]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="all", help=f"one of {', '.join(BACKBONES)}, a comma list, or 'all'")
+    parser.add_argument("--backbones", default="all", help=f"one of {', '.join(BACKBONES)}, a comma list, or 'all'")
+    add_deprecated_alias(parser, "--backbone", "--backbones", "backbones")
     parser.add_argument("--image-size", type=int, default=256, help="input size in pixels (default 256)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--update-doc", metavar="PATH",
@@ -42,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     validate_image_size(args.image_size)
-    summaries = [summarize(name, args.image_size) for name in parse_backbones(args.backbone)]
+    summaries = [summarize(name, args.image_size) for name in parse_backbones(args.backbones)]
     if args.json:
         data = [asdict(s) for s in summaries]
         print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(describe(args.image_size))
         print(format_table(summaries))
     if args.update_doc:
-        command = f"python RD4AD-main/main.py summary --backbone {args.backbone} --image-size {args.image_size}"
+        command = f"python RD4AD-main/main.py summary --backbones {args.backbones} --image-size {args.image_size}"
         block = f"{describe(args.image_size)}; written by `{command} --update-doc {args.update_doc}`.\n\n"
         rewrite_marked_block(args.update_doc, block + format_table(summaries), "summary")
         print(f"updated the generated block of {args.update_doc}")

@@ -1,6 +1,6 @@
 """Synthetic MVTec-format data: the embedded default data of the demo and of every test.
 
-    python RD4AD-main/main.py synth --out DIR [--categories N] [--image-size S] [--train N] [--test N] [--seed K]
+    python RD4AD-main/main.py synth --data-root DIR [--n-categories N] [--image-size S] [--train N] [--test N] [--seed K]
 
 Categories alternate texture and object: ``synth_texture``, ``synth_object``, ``synth_texture2``, ...
 
@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from cli import add_deprecated_alias
 from errors import DataError
 
 __all__ = ["DEFECTS", "category_names", "generate", "render_item", "add_arguments", "run"]
@@ -80,7 +81,7 @@ def generate(
     _check_arguments(categories, image_size, n_train, n_test, seed)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; expected a folder (new or existing) for the categories")
+        raise DataError(f"--data-root {out} is a file; expected a folder (new or existing) for the categories")
     names = category_names(categories)
     for name in names:
         folder = out / name
@@ -97,7 +98,7 @@ def generate(
 
 def _check_arguments(categories: int, image_size: int, n_train: int, n_test: int, seed: int) -> None:
     if categories < 1:
-        raise DataError(f"--categories {categories}: expected at least 1")
+        raise DataError(f"--n-categories {categories}: expected at least 1")
     if image_size < MIN_IMAGE_SIZE:
         raise DataError(f"--image-size {image_size}: expected at least {MIN_IMAGE_SIZE} px")
     if n_train < MIN_TRAIN:
@@ -296,8 +297,10 @@ def _save(array: np.ndarray, path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--out", type=Path, required=True, help="folder to write into (the --data-root of later commands)")
-    add("--categories", type=int, default=2, help="number of categories, texture and object in turn (default 2)")
+    add("--data-root", type=Path, help="folder to write into (the --data-root of later commands; required)")
+    add_deprecated_alias(parser, "--out", "--data-root", "data_root", type=Path)
+    add("--n-categories", type=int, default=2, help="number of categories, texture and object in turn (default 2)")
+    add_deprecated_alias(parser, "--categories", "--n-categories", "n_categories", type=int)
     add("--image-size", type=int, default=64, help="side of the square images in px (default 64)")
     add("--train", dest="n_train", type=int, default=24, help="normal training images per category (default 24)")
     add("--test", dest="n_test", type=int, default=16, help="test images per category, about 30%% good (default 16)")
@@ -305,10 +308,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = generate(args.out, args.categories, args.image_size, args.n_train, args.n_test, args.seed)
+    if args.data_root is None:
+        raise DataError("--data-root is required: the folder to write the synthetic categories into")
+    names = generate(args.data_root, args.n_categories, args.image_size, args.n_train, args.n_test, args.seed)
     print(
-        f"wrote {', '.join(names)} to {args.out}: {args.n_train} train and {args.n_test} test images "
+        f"wrote {', '.join(names)} to {args.data_root}: {args.n_train} train and {args.n_test} test images "
         f"each, {args.image_size} px, seed {args.seed}"
     )
-    print(f"check it with: python RD4AD-main/main.py check-data --data-root {args.out}")
+    print(f"check it with: python RD4AD-main/main.py check-data --data-root {args.data_root}")
     return 0

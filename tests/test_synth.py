@@ -102,7 +102,7 @@ def test_rerun_replaces_own_output_refuses_foreign_folder(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"categories": 0}, r"--categories 0: expected at least 1"),
+        ({"categories": 0}, r"--n-categories 0: expected at least 1"),
         ({"image_size": 16}, r"--image-size 16: expected at least 32"),
         ({"n_train": 4}, r"--train 4: expected at least 5"),
         ({"n_test": 3}, r"--test 3: expected at least 4"),
@@ -120,10 +120,11 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
 
 
 def test_cli(tmp_path, capsys, monkeypatch):
-    code = run_cli(monkeypatch, "synth", "--out", str(tmp_path), "--categories", "3", "--image-size", "32",
+    code = run_cli(monkeypatch, "synth", "--data-root", str(tmp_path), "--n-categories", "3", "--image-size", "32",
                    "--train", "6", "--test", "5", "--seed", "1")
     assert code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth_object", "synth_texture", "synth_texture2"]
     assert "synth_texture2" in capsys.readouterr().out
-    assert run_cli(monkeypatch, "synth", "--out", str(tmp_path), "--test", "2") == 2
-    assert "--test 2: expected at least 4" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "synth", "--out", str(tmp_path), "--test", "2") == 2  # the old spelling still works
+    err = capsys.readouterr().err
+    assert "--test 2: expected at least 4" in err and "--out is the old spelling of --data-root" in err
