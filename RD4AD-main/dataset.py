@@ -44,7 +44,7 @@ import io
 import os
 import posixpath
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -62,7 +62,7 @@ __all__ = [
     "ANOMALY", "DATA_FORMATS", "GOOD", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "MASK_SUFFIX",
     "MVTEC_MARKER", "NORMAL", "SIXTEEN_BIT_MODES", "SPLITS", "VISA_MARKER", "VISA_SPLIT_FILE",
     "AnomalyDataset", "DataWarning", "MVTecDataset", "SplitRow", "data_provenance", "denormalize",
-    "detect_format", "list_categories", "mask_values", "normalize", "read_split_csv", "resolve_format",
+    "detect_format", "list_categories", "mask_values", "read_images", "normalize", "read_split_csv", "resolve_format",
     "split_file_for", "split_train_val",
 ]
 
@@ -842,6 +842,15 @@ def _float_to_eight_bit(values: np.ndarray, path: Path) -> np.ndarray:
             f"{ACCEPTED_MODES_TEXT}. Rescale it to [0, 1] or save it as an 8- or 16-bit image"
         )
     return np.rint(values.astype(np.float64) * 255.0).astype(np.uint8)
+
+
+def read_images(paths: Sequence[str | os.PathLike], size: int) -> torch.Tensor:
+    """Images of any supported mode as one uint8 RGB tensor (N, 3, size, size), decoded exactly as the
+    datasets decode them (so a model sees the same pixels in ``predict`` as in ``test``)."""
+    with _readable():
+        arrays = [_read_rgb(Path(path), size) for path in tqdm(paths, desc="reading images", unit="img",
+                                                                leave=False, disable=len(paths) < 50)]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def _read_rgb(path: Path, size: int) -> np.ndarray:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train RD models (sweeps over backbones, categories and seeds)"),
     "test": ("evaluate", "evaluate trained runs: metrics.json and scores.csv"),
     "compare": ("report", "fair-comparison report from results files"),
+    "predict": ("predict", "score new images with a trained model: scores.csv, map overlays, masks"),
     "bench": ("bench", "speed and memory benchmark, fast path vs naive path"),
     "demo": ("demo", "synthetic data -> train the fair pair -> test -> compare"),
 }

@@ -1,0 +1,178 @@
+"""``main.py predict``: a trained model on new images: scores, decisions, anomaly-map overlays.
+
+    python RD4AD-main/main.py predict --run-dir results/resnet50/bottle/seed0 --images new_photos/ --out predictions/
+
+The model is the run's (the checkpoint ``main.py test`` evaluates, with its teacher verified) or any
+``--checkpoint``. Images are decoded and resized exactly as in training and testing. The decision
+threshold is the run's, set on its held-out validation normals (``val_scores.csv`` and the rule in
+``metrics.json``), or ``--threshold``; without either, scores are written without decisions.
+
+Writes ``scores.csv`` (image, score, decision), one PNG per image (the image with its anomaly map on one
+colour scale shared by all images, with a colour bar), and on request the maps as ``.npy`` and binary
+masks at the threshold as PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+from tqdm import tqdm
+
+import metrics
+import runs
+from checkpoint import model_from_checkpoint
+from dataset import IMAGE_EXTENSIONS, read_images
+from errors import DataError, RDError
+from evaluate import score_images
+from rd_model import ReverseDistillation, image_scores
+from recipe import FastPath, TrainConfig
+from system_info import resolve_device
+
+__all__ = ["Prediction", "add_arguments", "find_images", "predict", "run", "run_threshold", "write_outputs"]
+
+MAP_COLORMAP = "jet"  # blue = normal, red = anomalous, as in the report
+
+
+@dataclass
+class Prediction:
+    """Scores (N,) and smoothed maps (N, S, S) of images, and the threshold the decisions use (or None)."""
+
+    paths: list[str]
+    scores: np.ndarray
+    maps: np.ndarray
+    threshold: float | None
+
+    @property
+    def decisions(self) -> list[str]:
+        if self.threshold is None:
+            return [""] * len(self.paths)
+        return ["anomalous" if score > self.threshold else "normal" for score in self.scores]  # as metrics.py
+
+
+def find_images(sources: list[str]) -> list[Path]:
+    """Image files named directly or found (sorted, recursively) in the folders given."""
+    found: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not p.name.startswith("."))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f"--images {source}: no such file or folder")
+    if not found:
+        raise DataError(f"--images {' '.join(sources)}: no image ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
+    return found
+
+
+def run_threshold(run_directory: Path) -> float:
+    """The run's decision threshold: its rule (metrics.json, else ``max``) on its validation normals' scores."""
+    scores_file = run_directory / runs.VAL_SCORES_FILE
+    if not scores_file.is_file():
+        raise RDError(f"{scores_file} is missing: run `main.py test` for this run first, or pass --threshold")
+    metrics_file = run_directory / runs.METRICS_FILE
+    rule = runs.read_json(metrics_file).get("threshold_rule", "max") if metrics_file.is_file() else "max"
+    return metrics.threshold_from_normals(pd.read_csv(scores_file)["score"].to_numpy(copy=True), rule)
+
+
+def predict(model: ReverseDistillation, config: TrainConfig, images: list[Path], device: torch.device,
+            batch_size: int, threshold: float | None) -> Prediction:
+    """Score ``images`` with ``model`` exactly as ``main.py test`` scores test images."""
+    fast = FastPath.resolve(config, device)
+    fast.place(model, device)
+    pixels = read_images(images, config.image_size)
+    maps = score_images(model, pixels, fast, device, batch_size, "predict")
+    return Prediction([str(p) for p in images], image_scores(maps).cpu().numpy(), maps.cpu().numpy(), threshold)
+
+
+def _overlay_png(path: Path, rgb: np.ndarray, anomaly: np.ndarray, limits: tuple[float, float], title: str) -> None:
+    figure = Figure(figsize=(4.4, 3.6), layout="constrained")
+    ax = figure.subplots()
+    ax.imshow(rgb)
+    artist = ax.imshow(anomaly, cmap=MAP_COLORMAP, alpha=0.5, vmin=limits[0], vmax=limits[1])
+    ax.set(title=title, xticks=[], yticks=[])
+    figure.colorbar(artist, ax=ax, fraction=0.046, pad=0.02, label="anomaly score")
+    runs.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
+
+
+def write_outputs(prediction: Prediction, out: Path, image_size: int, save_maps: bool, save_masks: bool) -> Path:
+    """scores.csv, an overlay PNG per image, and optionally .npy maps and threshold masks, under ``out``."""
+    names = _unique_names(prediction.paths)
+    runs.write_csv(out / runs.SCORES_FILE, ["image", "score", "decision", "threshold"],
+                   [(path, float(score), decision, "" if prediction.threshold is None else prediction.threshold)
+                    for path, score, decision in zip(prediction.paths, prediction.scores, prediction.decisions)])
+    limits = (float(prediction.maps.min()), float(prediction.maps.max()))  # one colour scale for every image
+    rgb_images = read_images(prediction.paths, image_size).permute(0, 2, 3, 1).numpy()
+    for index, name in enumerate(tqdm(names, desc="writing overlays", unit="img", leave=False)):
+        verdict = prediction.decisions[index] or "no threshold"
+        _overlay_png(out / "overlays" / f"{name}.png", rgb_images[index], prediction.maps[index], limits,
+                     f"{name}: {prediction.scores[index]:.3g} ({verdict})")
+        if save_maps:
+            runs.atomic_write(out / "maps" / f"{name}.npy", _npy_writer(prediction.maps[index]))
+        if save_masks and prediction.threshold is not None:
+            mask = ((prediction.maps[index] > prediction.threshold) * 255).astype(np.uint8)
+            runs.atomic_write(out / "masks" / f"{name}.png", lambda tmp, m=mask: Image.fromarray(m).save(tmp, "PNG"))
+    return out / runs.SCORES_FILE
+
+
+def _npy_writer(array: np.ndarray):
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+    return write
+
+
+def _unique_names(paths: list[str]) -> list[str]:
+    """File stems, made unique with their parent folders when two images share a name."""
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    common = os.path.commonpath([str(Path(p).resolve().parent) for p in paths])
+    return [str(Path(p).resolve().with_suffix("").relative_to(common)).replace(os.sep, "__") for p in paths]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", type=Path, help="a trained (and tested) run: its model and threshold")
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint file (no threshold unless --threshold)")
+    parser.add_argument("--images", nargs="+", required=True, help="image files and/or folders (searched recursively)")
+    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    parser.add_argument("--threshold", type=float, help="decision threshold (default: the run's, from validation normals)")
+    parser.add_argument("--save-maps", action="store_true", help="also write each anomaly map as .npy")
+    parser.add_argument("--save-masks", action="store_true", help="also write binary masks at the threshold as PNG")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise RDError(f"--batch-size {args.batch_size}: expected at least 1")
+    images = find_images(args.images)
+    device = resolve_device(args.device)
+    if args.run_dir is not None:
+        config = TrainConfig.from_record(runs.read_run_config(args.run_dir))
+        checkpoint, threshold = config.checkpoint_path, args.threshold
+        if threshold is None:
+            threshold = run_threshold(args.run_dir)
+    else:
+        checkpoint, threshold = args.checkpoint, args.threshold
+    model, payload = model_from_checkpoint(checkpoint)
+    config = TrainConfig(data_root="", category="", backbone=payload["backbone"], image_size=payload["image_size"],
+                         model_knobs=payload["model_knobs"], device=args.device)
+    prediction = predict(model, config, images, device, args.batch_size, threshold)
+    path = write_outputs(prediction, args.out, config.image_size, args.save_maps, args.save_masks)
+    flagged = sum(decision == "anomalous" for decision in prediction.decisions)
+    summary = f"{flagged} of {len(images)} flagged as anomalous at threshold {threshold:.4g}" if threshold is not None \
+        else f"{len(images)} image(s) scored (no threshold: pass --threshold or use a tested --run-dir)"
+    print(f"{summary}; wrote {path} and {args.out / 'overlays'}/")
+    return 0
