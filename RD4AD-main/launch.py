@@ -11,6 +11,11 @@ resume from their last checkpoint (train's own resume), so a killed launcher is 
 same command. A CUDA device reaches its job as ``CUDA_VISIBLE_DEVICES``; CPU "devices" (tests, or
 several jobs on a many-core machine) share the cores through ``OMP_NUM_THREADS``. On Linux the jobs
 die with the launcher, however it is killed, so a restart never runs a job twice at once.
+
+On a Slurm cluster, ``--slurm job.sh`` writes an sbatch job array instead (``--submit`` submits it):
+one task per run that is not complete, each running the same resumable ``main.py train`` and then
+``main.py test`` for its run, with ``--gpus``, ``--time``, ``--mem`` and ``--cpus-per-task`` requests
+and a log per task.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import argparse
 import ctypes
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,11 +35,13 @@ from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import sweep  # noqa: E402  (needs the path above)
+import runs  # noqa: E402  (needs the path above)
+import sweep  # noqa: E402
 from errors import RDError  # noqa: E402
 from recipe import TrainConfig  # noqa: E402
 
-__all__ = ["Job", "Launcher", "build_parser", "job_command", "job_environment", "main", "parse_devices"]
+__all__ = ["Job", "Launcher", "build_parser", "job_command", "job_environment", "main", "parse_devices",
+           "slurm_script", "write_slurm"]
 
 MAIN = Path(__file__).resolve().parent / "main.py"
 POLL_S = 0.2
@@ -162,6 +170,67 @@ class Launcher:
                 job.process.wait()
 
 
+def slurm_script(configs: list[TrainConfig], train_args: list[str], args: argparse.Namespace) -> str:
+    """An sbatch job array: task i trains and tests run i (resumable, like every train), logs per task."""
+    def q(text: object) -> str:
+        return shlex.quote(str(text))
+
+    tasks = "\n".join(f"  {q(c.backbone)} {q(c.category)} {c.seed} {q(c.results)} {q(c.checkpoints)}"
+                       for c in configs)
+    throttle = f"%{args.max_parallel}" if args.max_parallel else ""
+    directives = [f"--job-name={args.job_name}", f"--array=0-{len(configs) - 1}{throttle}",
+                  f"--time={args.time}", f"--mem={args.mem}", f"--cpus-per-task={args.cpus_per_task}",
+                  f"--output={Path(args.logs).resolve()}/%x_%A_%a.log"]
+    if args.gpus:
+        directives.append(f"--gpus-per-task={args.gpus}")
+    if args.partition:
+        directives.append(f"--partition={args.partition}")
+    header = "\n".join(f"#SBATCH {d}" for d in directives)
+    train = " ".join(q(a) for a in train_args)
+    return f"""#!/usr/bin/env bash
+# Written by `launch.py --slurm`: one array task per (backbone, category, seed); each trains its run
+# (resuming from its last checkpoint: resubmit the same script after a failure) and then tests it.
+{header}
+set -euo pipefail
+cd {q(Path.cwd())}
+PYTHON=${{PYTHON:-{q(args.python)}}}
+TASKS=(
+{chr(10).join(f'  "{line.strip()}"' for line in tasks.splitlines())}
+)
+read -r BACKBONE CATEGORY SEED RESULTS CHECKPOINTS <<< "${{TASKS[${{SLURM_ARRAY_TASK_ID:?run me with sbatch}}]}}"
+echo "task ${{SLURM_ARRAY_TASK_ID}}: $BACKBONE/$CATEGORY/seed$SEED on $(hostname)"
+"$PYTHON" {q(MAIN)} train {train} --backbones "$BACKBONE" --categories "$CATEGORY" --seeds "$SEED" \\
+    --results "$RESULTS" --checkpoints "$CHECKPOINTS" --no-eta
+"$PYTHON" {q(MAIN)} test --results "$RESULTS" --checkpoints "$CHECKPOINTS" --backbones "$BACKBONE" \\
+    --categories "$CATEGORY" --seeds "$SEED"
+"""
+
+
+def write_slurm(configs: list[TrainConfig], train_args: list[str], args: argparse.Namespace) -> int:
+    """Write the job array (and submit it with --submit); only runs that are not complete get a task."""
+    todo = [c for c in configs if sweep.checkpoint_epoch(c.checkpoint_path) < c.epochs]
+    if not todo:
+        print(f"every one of the {len(configs)} run(s) is complete: nothing to submit")
+        return 0
+    Path(args.logs).mkdir(parents=True, exist_ok=True)
+    path = Path(args.slurm)
+    runs.atomic_write_text(path, slurm_script(todo, train_args, args))
+    path.chmod(path.stat().st_mode | 0o111)
+    print(f"wrote {path}: {len(todo)} array task(s) of {len(configs)} run(s); logs in {args.logs}")
+    if not args.submit:
+        print(f"submit it with: sbatch {path}")
+        return 0
+    try:
+        done = subprocess.run(["sbatch", str(path)], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise RDError("--submit: sbatch is not on this machine's PATH (submit the script from a Slurm login node)") \
+            from None
+    if done.returncode:
+        raise RDError(f"sbatch {path} failed (exit {done.returncode}): {done.stderr.strip()}")
+    print(done.stdout.strip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.splitlines()[0],
                                      usage="%(prog)s [--devices D1,D2] [--jobs-per-device K] [--logs DIR] "
@@ -170,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "visible GPU, else the CPU)")
     parser.add_argument("--jobs-per-device", type=int, default=1, help="concurrent runs per device (default 1)")
     parser.add_argument("--logs", help="folder of per-run logs and events.jsonl (default <results>/launch_logs)")
+    slurm = parser.add_argument_group("Slurm (a cluster instead of this node's devices)")
+    slurm.add_argument("--slurm", metavar="SCRIPT", help="write an sbatch job array script here instead of running")
+    slurm.add_argument("--submit", action="store_true", help="also submit it with sbatch")
+    slurm.add_argument("--gpus", type=int, default=1, help="GPUs per task (0 for CPU-only tasks)")
+    slurm.add_argument("--time", default="12:00:00", help="time limit per task (a 256 px, 200-epoch run)")
+    slurm.add_argument("--mem", default="32G", help="memory per task")
+    slurm.add_argument("--cpus-per-task", type=int, default=8, help="CPU cores per task")
+    slurm.add_argument("--partition", help="Slurm partition")
+    slurm.add_argument("--max-parallel", type=int, help="most tasks running at once (the array's %%N)")
+    slurm.add_argument("--job-name", default="rd4ad", help="Slurm job name")
+    slurm.add_argument("--python", default=sys.executable, help="the Python the tasks run (default: this one)")
     return parser
 
 
@@ -185,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         sweep.add_train_arguments(train_parser)
         train_options = train_parser.parse_args(train_args)
         configs = sweep.configs_from_args(train_options)
+        if args.slurm:
+            args.logs = args.logs or str(Path(configs[0].results) / "slurm_logs")
+            return write_slurm(configs, train_args, args)
         devices = parse_devices(args.devices)
     except RDError as error:
         print(f"error: {error}", file=sys.stderr)

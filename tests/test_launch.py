@@ -79,3 +79,26 @@ def test_devices_and_job_environment(monkeypatch):
     for bad in ("gpu0", "cuda:x"):
         with pytest.raises(launch.RDError, match="cpu and cuda:N"):
             launch.parse_devices(bad)
+
+
+def test_slurm_job_array_is_valid_bash_and_its_task_runs_locally(synthetic_root, tmp_path):
+    script, logs = tmp_path / "job.sh", tmp_path / "logs"
+    train = ["--data-root", str(synthetic_root), "--backbones", "resnet50", "--categories",
+             "synth_object,synth_texture", "--seeds", "0", "--epochs", "1", "--image-size", "64", "--batch-size", "8",
+             "--no-pretrained", "--device", "cpu", "--results", str(tmp_path / "results"),
+             "--checkpoints", str(tmp_path / "checkpoints")]
+    assert launch.main(["--slurm", str(script), "--logs", str(logs), "--gpus", "0", "--time", "00:30:00",
+                        "--max-parallel", "4", "--", *train]) == 0
+    text = script.read_text()
+    assert "#SBATCH --array=0-1%4" in text and "#SBATCH --time=00:30:00" in text and "--gpus-per-task" not in text
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    done = subprocess.run(["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID="1", OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "task 1: resnet50/synth_texture/seed0" in done.stdout
+    run_dir = tmp_path / "results" / "resnet50" / "synth_texture" / "seed0"
+    assert (run_dir / "metrics.json").is_file() and not (tmp_path / "results" / "resnet50" / "synth_object").exists()
+    # the finished run gets no task when the script is written again
+    assert launch.main(["--slurm", str(script), "--logs", str(logs), "--", *train]) == 0
+    tasks = script.read_text().split("TASKS=(")[1].split("\n)\n")[0]
+    assert "#SBATCH --array=0-0" in script.read_text() and "synth_object" in tasks and "synth_texture" not in tasks
