@@ -7,15 +7,17 @@ shapes their outputs into tables.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 import check_data
-from recipe import TrainConfig
+from recipe import TrainConfig, check_config
 from sweep import parse_list, resolve_categories
 from synth import generate
 
-__all__ = ["data_table", "ensure_demo_data", "generate_demo_data", "metrics_table", "sweep_configs"]
+__all__ = ["comma_list", "data_table", "ensure_demo_data", "generate_demo_data", "metrics_table", "notebook_configs",
+           "sweep_configs"]
 
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "accuracy", "precision",
                   "recall", "f1")
@@ -32,12 +34,36 @@ def ensure_demo_data(data_root: str, generate_if_missing: bool, image_size: int)
         generate_demo_data(data_root, image_size)
 
 
-def sweep_configs(data_root: str, backbone: str, categories: str, seeds: str, **settings) -> list[TrainConfig]:
-    """One TrainConfig per (category, seed); ``settings`` are TrainConfig fields (epochs, image_size, ...)."""
+def comma_list(value: str | int | Sequence[str | int]) -> str:
+    """A notebook parameter as the comma list the command line takes: papermill passes ``-p SEEDS 0`` as an
+    int, ``-p SEEDS 0,1`` as a string, and YAML/JSON lists as lists; all three mean the same."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def sweep_configs(data_root: str, backbone: str, categories: str | Sequence[str], seeds: str | int | Sequence[int],
+                  **settings) -> list[TrainConfig]:
+    """One checked TrainConfig per (category, seed); ``settings`` are TrainConfig fields (epochs, image_size, ...).
+    A bad value is an error naming the notebook parameter (upper case) that set it."""
     layout = {key: settings[key] for key in ("data_format", "split_csv") if key in settings}
-    return [TrainConfig(data_root=data_root, category=category, backbone=backbone, seed=seed, **settings)
-            for category in resolve_categories(data_root, categories, **layout)
-            for seed in parse_list(seeds, "SEEDS", int)]
+    configs = [TrainConfig(data_root=data_root, category=category, backbone=backbone, seed=seed, **settings)
+               for category in resolve_categories(data_root, comma_list(categories), **layout)
+               for seed in parse_list(comma_list(seeds), "SEEDS", int)]
+    for config in configs:
+        check_config(config, lambda name: f"parameter {name.upper()}")
+    return configs
+
+
+def notebook_configs(demo: bool, data_root: str, backbone: str, categories: str | Sequence[str],
+                     seeds: str | int | Sequence[int], **settings) -> list[TrainConfig]:
+    """The trainer notebooks' runs. Only with ``demo`` is synthetic data written to a missing data root and a
+    random teacher used (loudly, in the report too) when the ImageNet weights cannot be loaded."""
+    if demo:
+        ensure_demo_data(data_root, True, settings.get("image_size", 64))
+        print("DEMO: synthetic data if the data root was missing, and a RANDOM teacher if the ImageNet weights "
+              "cannot be loaded; the results then only show that the pipeline runs")
+    return sweep_configs(data_root, backbone, categories, seeds, fallback_random_teacher=demo, **settings)
 
 
 def data_table(configs: list[TrainConfig]) -> pd.DataFrame:
