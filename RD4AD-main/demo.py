@@ -14,13 +14,25 @@ from pathlib import Path
 
 import report
 from cli import add_deprecated_alias
-from backbones import FAIR_PAIR
+from errors import WeightsError
+from backbones import FAIR_PAIR, check_teacher_weights
 from evaluate import evaluate_run
 from runs import write_summary
 from train import train_run
 from workflow import generate_demo_data, sweep_configs
 
 __all__ = ["add_arguments", "run", "run_demo"]
+
+
+def _unavailable_teachers(backbones: tuple[str, ...]) -> list[str]:
+    """The backbones whose ImageNet teacher weights cannot be loaded here (no network, no cached file)."""
+    missing = []
+    for name in backbones:
+        try:
+            check_teacher_weights(name)
+        except WeightsError:
+            missing.append(name)
+    return missing
 
 
 def run_demo(data: Path, results: Path, checkpoints: Path, out: Path, epochs: int, seeds: str,
@@ -35,9 +47,15 @@ def run_demo(data: Path, results: Path, checkpoints: Path, out: Path, epochs: in
                                            results=str(results), checkpoints=str(checkpoints))]
     print(f"demo: {len(configs)} runs ({', '.join(FAIR_PAIR)} x {', '.join(categories)} x seeds {seeds}), "
           f"{epochs} epochs at {image_size} px")
+    unavailable = _unavailable_teachers(FAIR_PAIR)
+    if unavailable:
+        print(f"\n{'!' * 100}\nWARNING: PRETRAINED TEACHER WEIGHTS UNAVAILABLE for {', '.join(unavailable)}: "
+              f"their runs ({sum(c.backbone in unavailable for c in configs)} of {len(configs)}) train on RANDOM "
+              f"teachers, which says nothing about RD with ImageNet features; the report says so too.\n"
+              f"{'!' * 100}\n", flush=True)
     for number, config in enumerate(configs, 1):
         print(f"[{number}/{len(configs)}] {config.key}")
-        evaluate_run(train_run(config), device=device, save_maps=True)
+        evaluate_run(train_run(config, announce_fallback=False), device=device, save_maps=True)
     write_summary(results)
     comparison = report.build_report(results, pair=",".join(FAIR_PAIR))
     path = report.write_report(comparison, out, portfolio=portfolio)

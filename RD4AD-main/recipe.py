@@ -235,8 +235,9 @@ def make_optimizer(model: ReverseDistillation, config: TrainConfig) -> torch.opt
                             betas=(config.beta1, config.beta2), weight_decay=0.0, fused=True)
 
 
-def build_run_model(config: TrainConfig) -> tuple[ReverseDistillation, str, str | None]:
-    """The run's model, its teacher-weights id, and a warning when the demo fell back to a random teacher."""
+def build_run_model(config: TrainConfig, announce: bool = True) -> tuple[ReverseDistillation, str, str | None]:
+    """The run's model, its teacher-weights id, and a warning when the demo fell back to a random teacher
+    (printed as a banner unless ``announce`` is off: the demo prints one for all its runs)."""
     torch.manual_seed(config.seed)  # the student's initial weights depend on the seed only
     try:
         model = build_model(config.backbone, pretrained=config.pretrained,
@@ -247,7 +248,8 @@ def build_run_model(config: TrainConfig) -> tuple[ReverseDistillation, str, str 
             raise
         warning = (f"PRETRAINED TEACHER WEIGHTS UNAVAILABLE for {config.backbone}: training on a RANDOM "
                    f"teacher; these results say nothing about RD with ImageNet features. ({error})")
-        print(f"\n{'!' * 100}\nWARNING: {warning}\n{'!' * 100}\n", flush=True)
+        if announce:
+            print(f"\n{'!' * 100}\nWARNING: {warning}\n{'!' * 100}\n", flush=True)
         torch.manual_seed(config.seed)
         return build_model(config.backbone, pretrained=False, **config.model_knobs), "random", warning
 

@@ -52,7 +52,7 @@ def validation_loss(model: ReverseDistillation, images: torch.Tensor, fast: Fast
     return total / max(len(images), 1)
 
 
-def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -> Path:
+def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False, announce_fallback: bool = True) -> Path:
     """Train one (backbone, category, seed) to ``config.epochs``, resuming from its last checkpoint.
 
     Returns the run directory. Skips a run whose checkpoint already reached ``config.epochs``.
@@ -67,7 +67,7 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False) -
         raise RDError(f"--batch-size {config.batch_size} is the global batch and must be divisible by the "
                       f"{world.size} processes")
     with run_locks(config) if world.is_main else nullcontext():
-        return _train_locked(config, world, restart, quiet)
+        return _train_locked(config, world, restart, quiet, announce_fallback)
 
 
 @contextmanager
@@ -91,7 +91,8 @@ def _warn_if_threads_differ(config: TrainConfig) -> None:
               f"(set OMP_NUM_THREADS={saved} to keep it)", flush=True)
 
 
-def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, quiet: bool) -> Path:
+def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, quiet: bool,
+                  announce_fallback: bool) -> Path:
     """``train_run`` once the run's folders are locked."""
     if restart and world.is_main:
         config.checkpoint_path.unlink(missing_ok=True)
@@ -106,7 +107,7 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
     device = distributed.device_for(config.device)
     seed_everything(config.seed, config.deterministic)
     fast = FastPath.resolve(config, device)
-    model, weights_id, teacher_warning = build_run_model(config)
+    model, weights_id, teacher_warning = build_run_model(config, announce_fallback)
     fast.place(model, device)
     net = distributed.DistributedRD(model, device, config.sync_bn) if world.enabled else model
     optimizer = make_optimizer(model, config)
