@@ -24,7 +24,7 @@ from backbones import build_model, parse_backbones
 from categories import OFFICIAL_COUNTS
 from dataset import DATA_FORMATS, list_categories, split_train_val
 from errors import CheckpointError, RDError
-from recipe import Amp, FastPath, TrainConfig, make_optimizer, open_split, train_step
+from recipe import Amp, EvalAmp, FastPath, TrainConfig, make_optimizer, open_split, train_step
 from system_info import describe_hardware, synchronize
 
 __all__ = ["SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments", "add_data_format_arguments",
@@ -129,8 +129,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deterministic", action="store_true", default=None,
                         help="deterministic kernels (slower on CUDA)")
     add_fast_path_arguments(parser)
+    parser.add_argument("--eval-amp", choices=[m.value for m in EvalAmp],
+                        help="precision of the scoring done while training (synthetic validation): off = float32 "
+                             "(default), bf16 on request")
     parser.add_argument("--sync-bn", action="store_true", default=None,
-                        help="torchrun only: BatchNorm statistics over the whole global batch (see distributed.py)")
+                        help="torchrun only: BatchNorm statistics over the whole global batch (the default for "
+                             "BatchNorm students; see distributed.py)")
+    parser.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                        help="torchrun only: per-process BatchNorm statistics (not the 1-GPU recipe)")
     parser.add_argument("--model-knobs", type=json.loads,
                         help='JSON of builder knobs, e.g. \'{"embed_dim": 768}\' for ConvNeXt')
     parser.add_argument("--restart", action="store_true", help="discard existing checkpoints and start over")
