@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
@@ -148,9 +147,11 @@ class FastPath:
         """The settings of scoring: the evaluation precision for the network, nothing compiled."""
         return replace(self, autocast_dtype=self.eval_autocast_dtype, compile=False)
 
-    def autocast(self, device: torch.device):
+    def autocast(self, device: torch.device) -> torch.autocast:
+        """The precision these settings run the network in, whatever the caller runs under: bf16 autocast,
+        or autocast off (float32)."""
         if self.autocast_dtype is None:
-            return nullcontext()
+            return torch.autocast(device.type, enabled=False)
         return torch.autocast(device.type, dtype=self.autocast_dtype)
 
     def place(self, model: nn.Module, device: torch.device) -> nn.Module:
