@@ -6,10 +6,14 @@ reference path measured in the same run, with the ratio, so that the comparison 
 
 Per backbone, on random teachers (speed does not depend on the weights; no download is needed):
 
-- training images/s. Fast: ``recipe.train_step`` as train.py runs it (``FastPath`` as resolved for the device, fused Adam, the
-  uint8 training set on the device, normalised there). Naive: the original RD4AD loop: the teacher
-  run with autograd (its weights require gradients but are not optimised), contiguous NCHW float32
-  batches normalised image by image on the host, default Adam.
+- training images/s. Fast: ``recipe.train_step`` exactly as train.py runs it (``FastPath`` as resolved
+  for the device, the frozen teacher cast once to the autocast dtype, fused Adam, cuDNN autotuning set by
+  ``recipe.seed_everything``, the uint8 training set on the device, normalised there, each epoch's batch
+  indices copied to the device once by ``recipe.device_batches``, ``recipe.compiled_train_step`` under
+  ``--compile``), and the ops it dispatches per step with the casts among them (torch.profiler): at batch
+  16 the host's dispatch time, not the device, can bound a step. Naive: the original RD4AD loop: the
+  teacher run with autograd (its weights require gradients but are not optimised), contiguous NCHW
+  float32 batches normalised image by image on the host, default Adam.
 - inference ms/image at batch 1 and images/s at batch 32 (anomaly maps). Fast: the scoring path (no
   autograd, blur on the device). Naive: autograd recording, host normalisation, maps per image on
   the CPU blurred with ``scipy.ndimage.gaussian_filter``.
@@ -20,7 +24,10 @@ Per backbone, on random teachers (speed does not depend on the weights; no downl
   Naive: the original RD4AD test loop (batch 1, per-image CPU maps and scipy blur, scikit-learn on
   Python lists, a 200-threshold AUPRO loop). The metric values of both are reported side by side;
   the 200-threshold AUPRO only approximates the exact one, so the exact AUPRO of the naive maps is
-  computed too (untimed) to show that both paths give the same value.
+  computed too (untimed) to show that both paths give the same value. The fast evaluation runs in
+  float32, as ``main.py test`` by default; it is then repeated with ``--eval-amp bf16`` to report the
+  speed bf16 evaluation buys and the metric change it causes (image AUROC, pixel AUROC, AUPRO, largest
+  map difference). ``--no-tf32`` turns TF32 off on CUDA (exact float32: the equality check).
 
 Fast and naive rounds alternate and each figure is the best round, so a load spike hits both alike.
 """
@@ -30,7 +37,9 @@ import argparse
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, replace
+from itertools import count
 from typing import Any
 
 import numpy as np
@@ -52,10 +61,10 @@ from recipe import Amp, FastPath, TrainConfig
 from reference_pipeline import host_batch, naive_maps, naive_model, naive_train_step
 from synth import generate
 from system_info import describe_hardware, library_versions, resolve_device, synchronize
-from timing import ForwardTimer, Measure, PeakMemory, alternate
+from timing import ForwardTimer, Measure, PeakMemory, alternate, count_ops
 
-__all__ = ["EVAL_CATEGORY", "BenchData", "add_arguments", "bench_backbone", "check_targets", "evaluation_section",
-           "format_report", "load_data", "run", "study_estimate"]
+__all__ = ["EVAL_CATEGORY", "BenchData", "EpochFeed", "add_arguments", "bench_backbone", "bf16_evaluation",
+           "check_targets", "evaluation_section", "format_report", "load_data", "run", "set_tf32", "study_estimate"]
 
 EVAL_CATEGORY = "synth_object"  # RGB, the second category synth writes
 NAIVE_AUPRO_THRESHOLDS = 200
@@ -91,52 +100,75 @@ def _speed(measure: Measure) -> float:
     return measure.work / measure.best
 
 
+class EpochFeed:
+    """Training batches as train.py makes them: each epoch's indices (``recipe.device_batches``, one copy to the
+    device per epoch), then ``fast.prepare`` of the uint8 images gathered on the device."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, device: torch.device) -> None:
+        self.images, self.batch_size, self.seed, self.device = images, batch_size, seed, device
+        self.epochs = count(1)
+        self.pending: deque[tuple[torch.Tensor, int]] = deque()
+
+    def next(self, fast: FastPath) -> torch.Tensor:
+        while not self.pending:
+            self.pending.extend(recipe.device_batches(len(self.images), self.batch_size, self.seed,
+                                                      next(self.epochs), self.device))
+        indices, _ = self.pending.popleft()
+        return fast.prepare(self.images[indices])
+
+
 def train_section(model: ReverseDistillation, naive: ReverseDistillation, config: TrainConfig,
                   fast: FastPath, data: BenchData, device: torch.device, args: argparse.Namespace
                   ) -> dict[str, Any]:
-    """Training images/s, fast vs naive, alternating rounds of ``args.steps`` steps."""
+    """Training images/s, fast vs naive, alternating rounds of ``args.steps`` steps; ops and casts per fast step."""
     model.train()
     naive.train()
     optimizer = recipe.make_optimizer(model, config)
     naive_optimizer = torch.optim.Adam(naive.trainable_modules().parameters(), lr=config.lr,
                                        betas=(config.beta1, config.beta2))
-    step = torch.compile(recipe.train_step) if fast.compile else recipe.train_step
-    on_device = data.train_images.to(device)
+    step = recipe.compiled_train_step() if fast.compile else recipe.train_step
+    # whole batches only (as most steps of a real epoch): every step then does the same work
+    usable = len(data.train_images) // config.batch_size * config.batch_size
+    if not usable:
+        raise RDError(f"--batch-size {config.batch_size}: larger than the {len(data.train_images)} training images")
+    feed = EpochFeed(data.train_images[:usable].to(device), config.batch_size, config.seed, device)
     generator = torch.Generator().manual_seed(0)
 
-    def indices() -> torch.Tensor:
-        return torch.randperm(len(on_device), generator=generator)[:config.batch_size]
+    def fast_step() -> None:
+        step(model, optimizer, feed.next(fast), fast, device)
 
     def fast_round() -> None:
         for _ in range(args.steps):
-            step(model, optimizer, fast.prepare(on_device[indices().to(device)]), fast, device)
+            fast_step()
 
     def naive_round() -> None:
         for _ in range(args.steps):
-            naive_train_step(naive, naive_optimizer, data.train_images, indices(), device)
+            indices = torch.randperm(usable, generator=generator)[:config.batch_size]
+            naive_train_step(naive, naive_optimizer, data.train_images, indices, device)
 
     measured = alternate({"fast": fast_round, "naive": naive_round}, args.rounds, args.warmup,
                          args.steps * config.batch_size, device, "train")
     speeds = {name: _speed(m) for name, m in measured.items()}
     return {"batch_size": config.batch_size,
-            "fast": measured["fast"].as_dict() | {"images_per_s": speeds["fast"]},
+            "fast": measured["fast"].as_dict() | {"images_per_s": speeds["fast"]} | count_ops(fast_step, device),
             "naive": measured["naive"].as_dict() | {"images_per_s": speeds["naive"]},
             "ratio": speeds["fast"] / speeds["naive"]}
 
 
 def inference_section(model: ReverseDistillation, naive: ReverseDistillation, fast: FastPath,
                       data: BenchData, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
-    """Anomaly maps at batch 1 (ms/image) and at batch 32 (images/s), fast vs naive."""
+    """Anomaly maps at batch 1 (ms/image) and at batch 32 (images/s), fast (at the scoring precision) vs naive."""
     model.eval()
     naive.eval()
     images = data.test_images
     big = INFERENCE_BATCH
     singles = min(4 * args.steps, len(images))
     on_device = images.to(device)
+    scoring = fast.scoring()
 
     def fast_maps(start: int, count: int) -> None:
-        with fast.autocast(device):
-            model.anomaly_map(fast.prepare(on_device[start:start + count]))
+        with scoring.autocast(device):
+            model.anomaly_map(scoring.prepare(on_device[start:start + count]))
 
     def fast_singles() -> None:
         for i in range(singles):
@@ -206,14 +238,38 @@ def naive_evaluation(model: ReverseDistillation, data: BenchData, device: torch.
     return values, stacked, times
 
 
+def _warm_up_scoring(model: ReverseDistillation, fast: FastPath, data: BenchData, device: torch.device) -> None:
+    """One untimed batch at the scoring precision of ``fast`` (kernel selection, first allocations)."""
+    scoring = fast.scoring()
+    with torch.no_grad(), scoring.autocast(device):
+        model.anomaly_map(scoring.prepare(data.test_images[:16].to(device)))
+
+
+def bf16_evaluation(model: ReverseDistillation, fast: FastPath, data: BenchData, device: torch.device,
+                    float32_values: dict[str, float], float32_maps: torch.Tensor,
+                    float32_times: dict[str, float]) -> dict[str, Any]:
+    """The same evaluation with ``--eval-amp bf16``: its time and speed-up over float32, and the change it
+    causes in each metric and in the maps (largest difference, also relative to the float32 maps' range)."""
+    bf16 = replace(fast, eval_autocast_dtype=torch.bfloat16)
+    model.keep_teacher_in(torch.bfloat16)
+    _warm_up_scoring(model, bf16, data, device)
+    values, maps, times = fast_evaluation(model, bf16, data, device)
+    largest = float((maps.double() - float32_maps.double()).abs().max())
+    span = float(float32_maps.max() - float32_maps.min())
+    change = {name: {"float32": float32_values[name], "bf16": values[name],
+                     "change": values[name] - float32_values[name]} for name in ("image_auroc", "pixel_auroc", "aupro")}
+    return {"times": times, "speedup": float32_times["total_s"] / times["total_s"], "metrics": change,
+            "max_abs_map_diff": largest, "max_map_diff_of_range": largest / span if span > 0 else None}
+
+
 def evaluation_section(model: ReverseDistillation, naive: ReverseDistillation, fast: FastPath,
-                       data: BenchData, device: torch.device) -> dict[str, Any]:
-    """One whole evaluation per path (same weights), times split into network forward and the rest."""
+                       data: BenchData, device: torch.device, bf16: bool = True) -> dict[str, Any]:
+    """One whole evaluation per path (same weights), times split into network forward and the rest; the fast
+    one at the scoring precision (float32 by default, as ``main.py test``), then again in bf16 (``bf16``)."""
     naive.load_state_dict(model.state_dict())  # the naive copy trained apart: give it the same weights
     model.eval()
     naive.eval()
-    with fast.autocast(device):  # untimed warm-up of both paths (kernel selection, first allocations)
-        model.anomaly_map(fast.prepare(data.test_images[:16].to(device)))
+    _warm_up_scoring(model, fast, data, device)  # untimed warm-up of both paths
     naive_maps(naive, host_batch(data.test_images, [0]), grad=False)
     fast_values, fast_maps, fast_times = fast_evaluation(model, fast, data, device)
     naive_values, naive_maps_, naive_times = naive_evaluation(naive, data, device)
@@ -231,14 +287,30 @@ def evaluation_section(model: ReverseDistillation, naive: ReverseDistillation, f
         "minus_exact": naive_values["aupro_200_thresholds"] - exact_of_naive,
         "note": "the naive path's timed AUPRO: 200 evenly spaced thresholds, not the exact curve"}
     identical = all(values[k]["abs_diff"] <= EQUAL_TOLERANCE for k in ("image_auroc", "pixel_auroc", "aupro"))
-    return {
+    result = {
         "images": len(data.test_images), "image_size": int(data.test_images.shape[-1]),
+        "precision": str(fast.scoring().autocast_dtype or torch.float32).removeprefix("torch."),
+        "tf32": _tf32_enabled(device),
         "fast": fast_times, "naive": naive_times,
         "ratio_total": naive_times["total_s"] / fast_times["total_s"],
         "ratio_without_forward": naive_times["rest_s"] / fast_times["rest_s"],
         "metrics": values, "identical_metrics": identical, "tolerance": EQUAL_TOLERANCE,
         "max_abs_map_diff": float(np.abs(fast_maps.double().numpy() - naive_maps_).max()),
     }
+    if bf16 and fast.scoring().autocast_dtype is None:
+        result["bf16_eval"] = bf16_evaluation(model, fast, data, device, fast_values, fast_maps, fast_times)
+    return result
+
+
+def _tf32_enabled(device: torch.device) -> bool:
+    """Whether float32 convolutions may use TF32 here (cuDNN's default on recent GPUs; never on a CPU)."""
+    return device.type == "cuda" and bool(torch.backends.cudnn.allow_tf32)
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for cuDNN convolutions and cuBLAS matrix products (off: exact float32, the equality check)."""
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
 def study_estimate(config: TrainConfig, images_per_s: float, evaluation: dict[str, Any] | None) -> dict[str, Any]:
@@ -266,7 +338,7 @@ def bench_backbone(backbone: str, data: BenchData, eval_data: BenchData, device:
                          image_size=int(data.train_images.shape[-1]), batch_size=args.batch_size,
                          channels_last=args.channels_last, amp=args.amp or Amp.AUTO.value, compile=bool(args.compile))
     fast = FastPath.resolve(config, device)
-    torch.manual_seed(0)
+    recipe.seed_everything(0)  # as train.py: seeds, and cuDNN autotuning (the input size is fixed)
     model = build_model(backbone, pretrained=False).to(device)
     naive = naive_model(model)
     fast.place(model, device)
@@ -310,9 +382,9 @@ def check_targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
                                   f"fast evaluation here")
             checks.append({"target": f"{backbone}: identical metrics (<= {EQUAL_TOLERANCE:g})",
                            "value": evaluation["identical_metrics"], "met": evaluation["identical_metrics"]})
-            if payload["backbones"][backbone]["fast_path"]["autocast"] != "off":
-                checks[-1]["note"] = "the fast path ran the network in bf16, the naive one in fp32: rerun with " \
-                                     "--amp off --parts eval for the equality check"
+            if evaluation.get("precision", "float32") != "float32" or evaluation.get("tf32"):
+                checks[-1]["note"] = "the fast path's network did not run in exact float32 (bf16 or TF32): rerun " \
+                                     "with --parts eval --no-tf32 for the equality check"
             if cuda and evaluation["image_size"] == 256:
                 value = evaluation["fast"]["total_s"]
                 checks.append({"target": f"{backbone}: CUDA evaluation of a category < {CUDA_EVAL_TARGET_S:.0f} s",
@@ -345,6 +417,8 @@ def format_report(payload: dict[str, Any]) -> str:
             t = figures["train"]
             lines.append(_row("training images/s", t["fast"]["images_per_s"], t["naive"]["images_per_s"],
                               t["ratio"], "img/s"))
+            lines.append(f"  {'  ops dispatched per fast step (casts)':<44}{t['fast']['ops_per_step']:>12.0f}"
+                         f"  ({t['fast']['casts_per_step']:.0f} casts; torch.profiler)")
             lines.append(_row("training peak memory MB", t["fast"]["peak_memory_mb"], t["naive"]["peak_memory_mb"],
                               t["naive"]["peak_memory_mb"] / max(t["fast"]["peak_memory_mb"], 1e-9), "MB"))
         if "inference" in figures:
@@ -378,7 +452,15 @@ def format_report(payload: dict[str, Any]) -> str:
                          f"{m['aupro']['naive']:.6f} | {m['aupro']['abs_diff']:.1e}")
             lines.append(f"  naive 200-threshold AUPRO {m['aupro_200_thresholds']['naive']:.6f} "
                          f"({m['aupro_200_thresholds']['minus_exact']:+.2e} from the exact one); max map difference "
-                         f"{e['max_abs_map_diff']:.1e}; identical metrics: {e['identical_metrics']}")
+                         f"{e['max_abs_map_diff']:.1e}; identical metrics: {e['identical_metrics']} "
+                         f"(fast network in {e['precision']}{', TF32 allowed' if e['tf32'] else ''})")
+            if "bf16_eval" in e:
+                b = e["bf16_eval"]
+                relative = "n/a" if b["max_map_diff_of_range"] is None else f"{b['max_map_diff_of_range']:.2%}"
+                lines.append(f"  --eval-amp bf16: {b['times']['total_s']:.3g} s ({b['speedup']:.2f}x float32's speed); "
+                             + "; ".join(f"{name.replace('_', ' ')} {v['change']:+.1e}" for name, v in
+                                         b["metrics"].items())
+                             + f"; max map difference {b['max_abs_map_diff']:.1e} ({relative} of the map range)")
         if "sweep_estimate" in figures:
             s = figures["sweep_estimate"]
             lines.append(f"  sweep estimate (15 MVTec AD categories, {s['epochs']} epochs, {s['image_size']} px): "
@@ -414,6 +496,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the benchmark of the training-and-evaluation issue, on CPU as on CUDA)")
     parser.add_argument("--eval-images", type=int, default=167, help="test images of the evaluated category "
                                                                      "(default 167, as the issue's benchmark)")
+    parser.add_argument("--no-tf32", action="store_true",
+                        help="CUDA: TF32 off for convolutions and matrix products (exact float32: the check that the "
+                             "fast and naive evaluations give identical metrics)")
     sweep.add_fast_path_arguments(parser)
 
 
@@ -432,8 +517,25 @@ def run(args: argparse.Namespace) -> int:
         raise RDError(f"--parts {args.parts!r}: expected a comma list of {', '.join(PARTS)}")
     args.warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 1)
     args.steps = args.steps or (10 if device.type == "cuda" else 1)
+    if args.no_tf32:
+        set_tf32(False)
     load_start = os.getloadavg()
-    results = {}
+    results: dict[str, Any] = {}
+    payload: dict[str, Any] = {
+        "machine": describe_hardware(device),
+        "versions": library_versions(),
+        "settings": {"image_size": size, "eval_image_size": args.eval_image_size, "batch_size": args.batch_size,
+                     "rounds": args.rounds, "warmup": args.warmup,
+                     "steps_per_round": args.steps, "eval_images": args.eval_images, "parts": sorted(parts),
+                     "pretrained": False, "threads": torch.get_num_threads(), "eval_category": EVAL_CATEGORY,
+                     "tf32": _tf32_enabled(device)},
+        "notes": ["random teachers: speed does not depend on the weights",
+                  "ratios are speed-ups of the fast path (naive time / fast time); each figure is the best of "
+                  "alternating rounds",
+                  "peak memory: process RSS sampled every 2 ms on CPU (both models resident), max allocated on CUDA",
+                  "ops per step: every aten op dispatched (nested ones included), casts = aten::_to_copy"],
+        "backbones": results,
+    }
     with tempfile.TemporaryDirectory(prefix="rd4ad_bench_") as root:
         generate(root, categories=2, image_size=max(size, args.eval_image_size), n_train=args.batch_size + 8,
                  n_test=args.eval_images, seed=0)
@@ -442,21 +544,14 @@ def run(args: argparse.Namespace) -> int:
         for backbone in backbones:
             print(f"bench {backbone} on {device}: {size} px, evaluation at {args.eval_image_size} px ...", flush=True)
             results[backbone] = bench_backbone(backbone, data, eval_data, device, args, parts)
-    payload: dict[str, Any] = {
-        "machine": describe_hardware(device),
-        "versions": library_versions(),
-        "settings": {"image_size": size, "eval_image_size": args.eval_image_size, "batch_size": args.batch_size, "rounds": args.rounds, "warmup": args.warmup,
-                     "steps_per_round": args.steps, "eval_images": args.eval_images, "parts": sorted(parts),
-                     "pretrained": False, "threads": torch.get_num_threads(), "eval_category": EVAL_CATEGORY},
-        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
-        "notes": ["random teachers: speed does not depend on the weights",
-                  "ratios are speed-ups of the fast path (naive time / fast time); each figure is the best of "
-                  "alternating rounds",
-                  "peak memory: process RSS sampled every 2 ms on CPU (both models resident), max allocated on CUDA"],
-        "backbones": results,
-    }
-    payload["targets"] = check_targets(payload)
-    runs.atomic_write_json(args.out, payload)
+            _write(payload, load_start, args.out)  # after each backbone: an interrupted run keeps what it measured
+    _write(payload, load_start, args.out)
     print(format_report(payload))
     print(f"written: {args.out}")
     return 0
+
+
+def _write(payload: dict[str, Any], load_start: tuple[float, float, float], out: str) -> None:
+    payload["load_average"] = {"start": list(load_start), "end": list(os.getloadavg())}
+    payload["targets"] = check_targets(payload)
+    runs.atomic_write_json(out, payload)

@@ -9,11 +9,13 @@ no unused parameters (the original's dead ``conv4``/``bn4`` is gone), so DDP nee
 search.
 
 BatchNorm: with plain BatchNorm each rank normalises with the statistics of its own share of the
-batch, so the ResNet student trains slightly differently from one process on the whole batch.
-``--sync-bn`` computes the statistics over the whole global batch: torch's ``SyncBatchNorm`` on CUDA,
-and on CPU (where torch's refuses to run) ``GlobalBatchNorm``, two differentiable all-reduces per
-layer. With it, N processes give the loss curve of one process with the same global batch and seed.
-The ConvNeXt models use LayerNorm only and need no synchronisation.
+batch, so the ResNet student would train differently from one process on the whole batch (16/N images
+per statistic). Under torchrun BatchNorm students therefore use statistics over the whole global batch
+by default (``--no-sync-bn`` opts out; the choice is recorded in config.json as ``sync_bn``):
+``GlobalBatchNorm``, two differentiable all-reduces per layer, on every device. It never waits for the
+device (torch's ``SyncBatchNorm`` indexes its per-rank counts with a boolean mask, a host sync in every
+layer of every step, and refuses to run on CPU). With it, N processes give the loss curve of one process
+with the same global batch and seed. The ConvNeXt and Swin models use LayerNorm only and need nothing.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from rd_model import ReverseDistillation
 from system_info import resolve_device
 
 __all__ = ["DistributedRD", "GlobalBatchNorm", "World", "all_reduce_sum", "barrier", "convert_batchnorm", "current",
-           "device_for", "env_world", "process_group"]
+           "device_for", "env_world", "has_batchnorm", "process_group", "resolve_sync_bn"]
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,9 @@ class GlobalBatchNorm(nn.BatchNorm2d):
 
     The per-channel sum and sum of squared deviations are all-reduced by an autograd-aware collective,
     so gradients flow through the global statistics as in one process (two-pass variance, as torch's
-    CPU kernel). Outside training, or in a group of one, it is plain BatchNorm2d.
+    CPU kernel). Statistics are computed in float32 at least (bf16 activations under autocast are
+    upcast, as BatchNorm's kernels do) and nothing is read back to the host, so no step waits for the
+    device. Outside training, or in a group of one, it is plain BatchNorm2d.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -142,11 +146,12 @@ class GlobalBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         self._check_input_dim(x)
         dims = [0, 2, 3]
-        local_count = x.new_tensor([x.numel() / x.shape[1]])
-        totals = _SumOverRanks.apply(torch.cat([x.sum(dims), local_count]))
+        values = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+        local_count = values.new_full((1,), x.numel() / x.shape[1])  # a fill kernel: no host-to-device copy
+        totals = _SumOverRanks.apply(torch.cat([values.sum(dims), local_count]))
         count = totals[-1].detach()
         mean = totals[:-1] / count
-        centered = x - mean.view(1, -1, 1, 1)
+        centered = values - mean.view(1, -1, 1, 1)
         var = _SumOverRanks.apply((centered * centered).sum(dims)) / count
         out = centered * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
         if self.affine:
@@ -154,16 +159,30 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.lerp_(mean.detach(), factor)
-                self.running_var.lerp_(var.detach() * count / (count - 1).clamp(min=1), factor)
-        return out
+                factor = self.momentum if self.momentum is not None else \
+                    (1.0 / self.num_batches_tracked).to(self.running_mean.dtype)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                unbiased = var.detach() * count / (count - 1).clamp(min=1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        return out.to(x.dtype)
 
 
-def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+def has_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` holds a BatchNorm layer (whose statistics depend on the batch it sees)."""
+    return any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm))
+               for m in module.modules())
+
+
+def resolve_sync_bn(requested: bool | None, model: ReverseDistillation, world: World) -> bool:
+    """Whether this run synchronises BatchNorm: only in a group, only for a BatchNorm student, and by
+    default there (``requested`` None); ``False`` (``--no-sync-bn``) keeps per-rank statistics."""
+    if not world.enabled or not has_batchnorm(model.trainable_modules()):
+        return False
+    return True if requested is None else bool(requested)
+
+
+def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Make every BatchNorm of ``module`` use global-batch statistics (same parameters, buffers and keys)."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm):
         like = next((t for t in (module.weight, module.running_mean) if t is not None), None)
         factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
@@ -175,7 +194,7 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
         converted.train(module.training)
         return converted
     for name, child in module.named_children():
-        setattr(module, name, convert_batchnorm(child, device))
+        setattr(module, name, convert_batchnorm(child))
     return module
 
 
@@ -197,13 +216,12 @@ class DistributedRD(nn.Module):
     def __init__(self, model: ReverseDistillation, device: torch.device, sync_bn: bool = False) -> None:
         super().__init__()
         if sync_bn:
-            model.bottleneck = convert_batchnorm(model.bottleneck, device)
-            model.student = convert_batchnorm(model.student, device)
+            model.bottleneck = convert_batchnorm(model.bottleneck)
+            model.student = convert_batchnorm(model.student)
         self.model = model
         self.path = DistributedDataParallel(_TrainablePath(model.bottleneck, model.student),
                                             device_ids=[device.index] if device.type == "cuda" else None)
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        with torch.no_grad():
-            teacher_features = self.model.teacher(images)
+        teacher_features = self.model.teacher_features(images)
         return teacher_features, self.path(teacher_features)

@@ -4,15 +4,22 @@ Maps are computed in batches on the run's device into one float32 (N, H, W) tens
 until the metrics (pixel AUROC and AUPRO share one sort); nothing is copied per metric. The decision
 threshold comes from the held-out validation normals only (``--threshold-rule``, default ``max``:
 the largest validation normal score, so no validation normal is flagged).
+
+The network runs in float32 (TF32 convolutions allowed on CUDA) unless ``--eval-amp bf16`` asks for
+bf16 autocast: RD's maps are small teacher-student differences, which bf16 features perturb (``main.py
+bench`` reports the metric change it causes beside the speed it buys). Maps, blur and metrics are
+float32 in any case.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -22,24 +29,39 @@ from capacity import count_parameters, forward_gflops
 from checkpoint import model_from_checkpoint
 from errors import CheckpointError
 from rd_model import ReverseDistillation, image_scores
-from recipe import FastPath, TrainConfig, open_split
+from recipe import EvalAmp, FastPath, TrainConfig, open_split
 from sweep import add_common_arguments, select_runs
 from system_info import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
 
-__all__ = ["add_arguments", "evaluate_run", "run", "score_images"]
+__all__ = ["add_arguments", "evaluate_run", "metrics_table", "rethreshold", "run", "score_images", "threshold_rule"]
 
 
 @torch.no_grad()
 def score_images(model: ReverseDistillation, images: torch.Tensor, fast: FastPath, device: torch.device,
                  batch_size: int = 16, desc: str = "scoring") -> torch.Tensor:
-    """Smoothed anomaly maps (N, H, W), float32 on ``device``, of uint8 images (N, 3, H, W)."""
+    """Smoothed anomaly maps (N, H, W), float32 on ``device``, of uint8 images (N, 3, H, W).
+
+    The network runs at the scoring precision of ``fast`` (``fast.scoring()``: float32 unless --eval-amp
+    bf16), whichever training settings ``fast`` holds, so that test, predict and the validation done while
+    training score alike. Leaves ``model`` in eval mode.
+    """
     model.eval()
+    scoring = fast.scoring()
+    source = _pinned(images, device)
     maps = torch.empty((len(images), *images.shape[-2:]), dtype=torch.float32, device=device)
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        batch = fast.prepare(images[start:start + batch_size].to(device, non_blocking=True))
-        with fast.autocast(device):
+        batch = scoring.prepare(source[start:start + batch_size].to(device, non_blocking=True))
+        with scoring.autocast(device):
             maps[start:start + len(batch)] = model.anomaly_map(batch)
     return maps
+
+
+def _pinned(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host images in page-locked memory when they go to a GPU, so that the per-batch copies are truly
+    asynchronous (from pageable memory ``non_blocking`` does nothing); anything else unchanged."""
+    if device.type == "cuda" and images.device.type == "cpu" and not images.is_pinned():
+        return images.pin_memory()
+    return images
 
 
 def _history_stats(run_directory: Path) -> dict[str, float | None]:
@@ -48,9 +70,13 @@ def _history_stats(run_directory: Path) -> dict[str, float | None]:
     return {"train_images_per_s": runs.steady_images_per_s(run_directory), "peak_memory_mb": peak}
 
 
-def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: bool = False,
-                 threshold_rule: str = "max", batch_size: int = 16, image_size: int | None = None) -> dict[str, Any]:
-    """Evaluate one run directory; writes metrics.json, scores.csv, val_scores.csv (and maps.npz)."""
+def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: bool = True,
+                 threshold_rule: str = "max", batch_size: int = 16, image_size: int | None = None,
+                 eval_amp: str = EvalAmp.OFF.value) -> dict[str, Any]:
+    """Evaluate one run directory; writes metrics.json, scores.csv, val_scores.csv (and maps.npz).
+
+    ``eval_amp`` is the network's precision here (float32 unless "bf16"), whatever the run trained with.
+    """
     run_directory = Path(run_directory)
     record = runs.read_run_config(run_directory)
     config = TrainConfig.from_record(record)
@@ -61,9 +87,10 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
         raise CheckpointError(f"{config.key} has no checkpoint at {config.checkpoint_path}: run `main.py train` "
                               f"for it before `main.py test`")
     torch_device = resolve_device(device)
+    torch.backends.cudnn.benchmark = True  # one input size for the whole split: let cuDNN pick its kernels
     model, payload = model_from_checkpoint(config.checkpoint_path, config.backbone, config.image_size)
     trained_epochs = int(payload["training_state"].get("epoch", 0))
-    fast = FastPath.resolve(config, torch_device)
+    fast = FastPath.resolve(replace(config, eval_amp=eval_amp), torch_device).scoring()
     fast.place(model, torch_device)
 
     test_set, val_set = open_split(config, "test"), open_split(config, "val")
@@ -96,6 +123,7 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
         **metrics.metrics_at_threshold(scores_cpu, labels, threshold),
         "per_defect_image_auroc": metrics.per_defect_auroc(scores_cpu, labels, test_set.defect_types),
         "masks_available": test_set.has_masks,
+        "eval_precision": str(fast.autocast_dtype or torch.float32).removeprefix("torch."),
     }
     if test_set.has_masks:
         result.update(metrics.pixel_metrics(maps, masks.to(torch_device)))
@@ -126,39 +154,95 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+def threshold_rule(text: str) -> str:
+    """An argparse type: ``max`` or a quantile ``qF`` of the validation normals' scores."""
+    try:
+        metrics.threshold_from_normals([0.0], text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def rethreshold(run_directory: Path, rule: str) -> dict[str, Any]:
+    """Re-derive the threshold metrics of an evaluated run under another rule from its saved scores
+    (scores.csv, val_scores.csv): no forward pass. Updates and returns metrics.json."""
+    result = runs.read_json(run_directory / runs.METRICS_FILE)
+    scores = runs.load_scores(run_directory)
+    val_file = run_directory / runs.VAL_SCORES_FILE
+    if not val_file.is_file():
+        raise CheckpointError(f"{val_file} is missing: rerun `main.py test --force` for this run")
+    val_scores = pd.read_csv(val_file)["score"].to_numpy(copy=True)
+    threshold = metrics.threshold_from_normals(val_scores, rule)
+    result.update(metrics.metrics_at_threshold(scores["score"].to_numpy(copy=True),
+                                               scores["label"].to_numpy(copy=True), threshold))
+    result["threshold_rule"] = rule
+    runs.atomic_write_json(run_directory / runs.METRICS_FILE, result)
+    return result
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     parser.set_defaults(backbones="all", categories="all", seeds="all", results="results", device="auto")
     parser.add_argument("--run-dir", action="append", help="evaluate this run directory (repeatable)")
-    parser.add_argument("--save-maps", action="store_true", help="also write maps.npz (float16) for the notebooks")
-    parser.add_argument("--threshold-rule", default="max", help="'max' or a quantile like 'q0.99' of validation normals")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--save-maps", action=argparse.BooleanOptionalAction, default=True,
+                        help="write maps.npz (float16 maps and masks: the report's galleries and PRO curves; about "
+                             "2 bytes per test pixel, e.g. 14 MB for 110 images at 256 px)")
+    parser.add_argument("--threshold-rule", type=threshold_rule, default="max",
+                        help="'max' or a quantile like 'q0.99' of the validation normals' scores; a changed rule "
+                             "re-derives the threshold metrics from the saved scores, without a forward pass")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--image-size", type=int, help="must equal the training size if given")
     parser.add_argument("--force", action="store_true", help="re-evaluate runs whose metrics are up to date")
+    parser.add_argument("--eval-amp", choices=[m.value for m in EvalAmp], default=EvalAmp.OFF.value,
+                        help="precision of the network: off = float32 (TF32 convolutions allowed on CUDA), "
+                             "bf16 = bf16 autocast (faster, moves the maps: see main.py bench)")
 
 
-def _up_to_date(run_directory: Path, save_maps: bool) -> bool:
+def _up_to_date(run_directory: Path, save_maps: bool, eval_amp: str = EvalAmp.OFF.value) -> bool:
     metrics_file = run_directory / runs.METRICS_FILE
     if not metrics_file.is_file() or (save_maps and not (run_directory / runs.MAPS_FILE).is_file()):
+        return False
+    precision = "float32" if eval_amp == EvalAmp.OFF.value else "bfloat16"
+    if runs.read_json(metrics_file).get("eval_precision") != precision:  # older files: the training precision
         return False
     checkpoint = TrainConfig.from_record(runs.read_run_config(run_directory)).checkpoint_path
     return checkpoint.is_file() and metrics_file.stat().st_mtime >= checkpoint.stat().st_mtime
 
 
+def metrics_table(results: list[dict[str, Any]]) -> str:
+    """The runs' headline metrics as a console table (percent; n/a without masks)."""
+    def pct(value: Any) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    rows = [{"run": f"{r['backbone']}/{r['category']}/seed{r['seed']}", "epochs": r.get("epochs"),
+             "image AUROC": pct(r.get("image_auroc")), "pixel AUROC": pct(r.get("pixel_auroc")),
+             "AUPRO": pct(r.get("aupro")), "F1 @val-thr": pct(r.get("f1")), "threshold rule": r.get("threshold_rule")}
+            for r in results]
+    return pd.DataFrame(rows).to_string(index=False)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise CheckpointError(f"--batch-size {args.batch_size}: expected at least 1")
     directories = [Path(d) for d in args.run_dir] if args.run_dir else \
         select_runs(args.results, args.backbones, args.categories, args.seeds)
+    results = []
     for directory in directories:
-        if not args.force and _up_to_date(directory, args.save_maps):
-            print(f"{directory}: metrics up to date, skipped (--force to redo)")
-            continue
-        result = evaluate_run(directory, args.device, args.save_maps, args.threshold_rule, args.batch_size,
-                              args.image_size)
-        pixel = "n/a" if result["pixel_auroc"] is None else f"{result['pixel_auroc']:.4f}"
-        aupro = "n/a" if result["aupro"] is None else f"{result['aupro']:.4f}"
-        print(f"{directory}: image AUROC {result['image_auroc']:.4f}, pixel AUROC {pixel}, AUPRO {aupro}, "
-              f"F1 at validation threshold {result['f1']:.4f}")
+        with runs.RunLock(directory):
+            if not args.force and _up_to_date(directory, args.save_maps, args.eval_amp):
+                result = runs.read_json(directory / runs.METRICS_FILE)
+                if result.get("threshold_rule") == args.threshold_rule:
+                    print(f"{directory}: metrics up to date, skipped (--force to redo)")
+                else:
+                    result = rethreshold(directory, args.threshold_rule)
+                    print(f"{directory}: threshold metrics re-derived for rule {args.threshold_rule} from the saved "
+                          f"scores")
+            else:
+                result = evaluate_run(directory, args.device, args.save_maps, args.threshold_rule, args.batch_size,
+                                      args.image_size, args.eval_amp)
+        results.append(result)
+    print(metrics_table(results))
     results_roots = {Path(args.results)} if not args.run_dir else {d.parents[2] for d in directories}
-    for root in results_roots:
-        print(f"summary: {runs.write_summary(root)}")
+    for root in sorted(results_roots):
+        print(f"summary: {runs.write_summary(root)}\nnext: python RD4AD-main/main.py compare --results {root}")
     return 0

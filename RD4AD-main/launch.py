@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import multiprocessing
 import os
 import shlex
 import signal
@@ -29,9 +30,10 @@ import subprocess
 import sys
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -40,10 +42,11 @@ import sweep  # noqa: E402
 from errors import RDError  # noqa: E402
 from recipe import TrainConfig  # noqa: E402
 
-__all__ = ["Job", "Launcher", "build_parser", "job_command", "job_environment", "main", "parse_devices",
-           "slurm_script", "write_slurm"]
+__all__ = ["Job", "Launcher", "build_parser", "in_child_process", "job_command", "job_environment", "main",
+           "parse_devices", "slurm_script", "write_slurm"]
 
 MAIN = Path(__file__).resolve().parent / "main.py"
+_T = TypeVar("_T")
 POLL_S = 0.2
 
 
@@ -94,6 +97,13 @@ def job_environment(device: str, cpu_slots: int) -> dict[str, str]:
         visible = env.get("CUDA_VISIBLE_DEVICES")
         env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
     return env
+
+
+def in_child_process(function: Callable[..., _T], *args: object) -> _T:
+    """``function(*args)`` in a fresh (spawned) process: the estimate may time training steps on a GPU, and a
+    CUDA context created here would hold GPU memory for the whole sweep while the jobs need it."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 def _die_with_parent() -> None:
@@ -285,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} run(s) to train of {len(configs)}, on {', '.join(devices)} "
           f"({args.jobs_per_device} job(s) per device); logs in {log_dir}", flush=True)
     if jobs and not train_options.no_eta:
-        estimate = sweep.estimate_sweep([job.config for job in jobs], train_options.bench_json)
+        estimate = in_child_process(sweep.estimate_sweep, [job.config for job in jobs], train_options.bench_json)
         print(f"{estimate}\n  with {len(set(devices))} device(s) in parallel: about "
               f"{sweep.format_duration(estimate.total_s / min(len(set(devices)), len(jobs)))}", flush=True)
 

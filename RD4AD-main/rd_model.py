@@ -7,6 +7,8 @@ and #3-scoring).
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,7 +16,8 @@ from torch import Tensor, nn
 from errors import RDError
 
 __all__ = ["ANOMALY_MAP_SIGMA", "MIN_IMAGE_SIZE", "SIZE_MULTIPLE", "GaussianBlur", "ReverseDistillation",
-           "anomaly_map", "channel_cosine", "distillation_loss", "image_scores", "validate_image_size"]
+           "anomaly_map", "autocast_dtype", "channel_cosine", "distillation_loss", "full_precision", "image_scores",
+           "validate_image_size"]
 
 ANOMALY_MAP_SIGMA = 4.0
 SIZE_MULTIPLE = 32  # the OCBE embeds the teacher's features at 1/32 of the input (docs/reproduction.md#1-architecture)
@@ -25,7 +28,10 @@ class ReverseDistillation(nn.Module):
     """Frozen teacher E, trainable bottleneck and student D; ``forward`` returns (E features, D features).
 
     The teacher is kept in eval mode whatever ``.train()`` is called with, never takes gradients, and
-    so its BatchNorm statistics (and ConvNeXt drop path) never move.
+    so its BatchNorm statistics (and ConvNeXt drop path) never move. Under autocast its features come
+    out in the autocast dtype for every family (a ConvNeXt's float32 layer scale would otherwise
+    promote them to float32 while a ResNet's stay bf16), computed by a copy of the teacher cast to
+    that dtype once (``keep_teacher_in``) when there is one, so that no step casts its weights again.
     """
 
     def __init__(self, teacher: nn.Module, bottleneck: nn.Module, student: nn.Module) -> None:
@@ -34,6 +40,7 @@ class ReverseDistillation(nn.Module):
         self.bottleneck = bottleneck
         self.student = student
         self.blur = GaussianBlur(ANOMALY_MAP_SIGMA)
+        self.teacher.register_load_state_dict_post_hook(_refresh_teacher_copies)
 
     def train(self, mode: bool = True) -> "ReverseDistillation":
         super().train(mode)
@@ -44,39 +51,104 @@ class ReverseDistillation(nn.Module):
         """The parts that are trained and checkpointed."""
         return nn.ModuleDict({"bottleneck": self.bottleneck, "student": self.student})
 
-    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    def keep_teacher_in(self, dtype: torch.dtype) -> None:
+        """Keep a copy of the frozen teacher cast to ``dtype`` (bf16 under amp), used whenever autocast runs
+        in that dtype: its weights are cast once here rather than at every step. The float32 teacher stays
+        (float32 scoring, checkpoints); the copy follows ``.to()`` and reloads of the teacher's weights."""
+        copies = _teacher_copies(self.teacher)
+        if dtype not in copies and dtype != _module_dtype(self.teacher):
+            copies[dtype] = copy.deepcopy(self.teacher, memo={id(copies): {}}).to(dtype)
+
+    def teacher_features(self, images: Tensor) -> list[Tensor]:
+        """The frozen teacher's features, without gradients; under autocast in the autocast dtype."""
+        dtype = autocast_dtype(images.device.type)
+        teacher = self.teacher if dtype is None else _teacher_copies(self.teacher).get(dtype, self.teacher)
         with torch.no_grad():
-            teacher_features = self.teacher(images)
+            features = teacher(images)
+        return features if dtype is None else [f.to(dtype) for f in features]
+
+    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        teacher_features = self.teacher_features(images)
         student_features = self.student(self.bottleneck(teacher_features))
         return teacher_features, student_features
 
     @torch.no_grad()
     def anomaly_map(self, images: Tensor) -> Tensor:
-        """Smoothed anomaly maps (N, H, W) at the input size."""
+        """Smoothed anomaly maps (N, H, W) at the input size, float32 (also when called under autocast)."""
         teacher_features, student_features = self(images)
         return self.blur(anomaly_map(teacher_features, student_features, images.shape[-2:]))
+
+    def _apply(self, fn, recurse: bool = True) -> "ReverseDistillation":  # noqa: ANN001 (torch's signature)
+        """``.to(device)``, ``.to(memory_format=...)`` and the like move the teacher's dtype copies too."""
+        super()._apply(fn, recurse)
+        for dtype, teacher_copy in _teacher_copies(self.teacher).items():
+            teacher_copy._apply(fn, recurse)
+            teacher_copy.to(dtype)
+        return self
+
+
+_TEACHER_COPIES = "_rd_dtype_copies"  # a plain attribute of the teacher: not a submodule, not in any state dict
+
+
+def _teacher_copies(teacher: nn.Module) -> dict[torch.dtype, nn.Module]:
+    return vars(teacher).setdefault(_TEACHER_COPIES, {})
+
+
+def _refresh_teacher_copies(teacher: nn.Module, _incompatible_keys: object) -> None:
+    """``load_state_dict`` post-hook of the teacher: reloaded weights reach its dtype copies too."""
+    copies = getattr(teacher, _TEACHER_COPIES, {})
+    if copies:
+        state = teacher.state_dict()
+        for teacher_copy in copies.values():
+            teacher_copy.load_state_dict(state)
+
+
+def _module_dtype(module: nn.Module) -> torch.dtype | None:
+    return next((p.dtype for p in module.parameters()), None)
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device_type`` now, or None outside autocast."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def full_precision(features: list[Tensor]) -> list[Tensor]:
+    """Features in at least float32: bf16/fp16 upcast, float32 and float64 untouched (so unchanged results)."""
+    return [f.float() if f.dtype in _LOW_PRECISION else f for f in features]
 
 
 def distillation_loss(teacher_features: list[Tensor], student_features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
     """RD4AD's loss: per scale ``1 - cos`` of whole flattened feature maps, batch mean, summed over scales.
 
-    Returns the total and the per-scale terms (for logging).
+    Computed in float32 (bf16 features upcast) with autocast off, whatever the caller runs under, so that
+    every family's loss has the same precision. Returns the total and the per-scale terms (for logging).
     """
-    per_scale = [
-        (1 - F.cosine_similarity(t.flatten(1), s.flatten(1), dim=1)).mean()
-        for t, s in zip(teacher_features, student_features, strict=True)
-    ]
-    return torch.stack(per_scale).sum(), per_scale
+    with torch.autocast(teacher_features[0].device.type, enabled=False):
+        per_scale = [
+            (1 - F.cosine_similarity(t.flatten(1), s.flatten(1), dim=1)).mean()
+            for t, s in zip(full_precision(teacher_features), full_precision(student_features), strict=True)
+        ]
+        return torch.stack(per_scale).sum(), per_scale
 
 
 def anomaly_map(teacher_features: list[Tensor], student_features: list[Tensor], size: tuple[int, int] | torch.Size) -> Tensor:
-    """Unsmoothed map (N, H, W): per scale ``1 - cos`` over channels, bilinearly upsampled, summed."""
-    total = None
-    for t, s in zip(teacher_features, student_features, strict=True):
-        distance = 1 - channel_cosine(t.float(), s.float()).unsqueeze(1)
-        distance = F.interpolate(distance, size=tuple(size), mode="bilinear", align_corners=True)
-        total = distance if total is None else total + distance
-    return total.squeeze(1)
+    """Unsmoothed map (N, H, W): per scale ``1 - cos`` over channels, bilinearly upsampled, summed.
+
+    Always float32 with autocast off: under autocast the channel cosine's einsum would otherwise run as a
+    bf16 matrix product, whose error (up to ~4e-3) is the size of a normal pixel's ``1 - cos`` (~5e-3).
+    """
+    with torch.autocast(teacher_features[0].device.type, enabled=False):
+        total = None
+        for t, s in zip(teacher_features, student_features, strict=True):
+            distance = 1 - channel_cosine(t.float(), s.float()).unsqueeze(1)
+            distance = F.interpolate(distance, size=tuple(size), mode="bilinear", align_corners=True)
+            total = distance if total is None else total + distance
+        return total.squeeze(1)
 
 
 def channel_cosine(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,8 +27,9 @@ from dataset import DATA_FORMATS, AnomalyDataset, normalize
 from errors import CheckpointError, RDError, WeightsError
 from rd_model import ReverseDistillation, distillation_loss, validate_image_size
 
-__all__ = ["IDENTITY_FIELDS", "Amp", "FastPath", "NonFiniteLoss", "TrainConfig", "build_run_model",
-           "check_config", "check_resumable", "epoch_batches", "make_optimizer", "open_split", "seed_everything", "train_step"]
+__all__ = ["COMPILE_BACKEND_ENV", "IDENTITY_FIELDS", "Amp", "EvalAmp", "FastPath", "NonFiniteLoss", "TrainConfig",
+           "build_run_model", "check_config", "check_resumable", "compiled_train_step", "device_batches",
+           "epoch_batches", "make_optimizer", "open_split", "seed_everything", "train_step"]
 
 # Fields that must match for a run to be resumed (the others, e.g. epochs or device, may change).
 IDENTITY_FIELDS = ("backbone", "category", "seed", "data_root", "data_format", "split_csv", "image_size",
@@ -43,6 +43,14 @@ class Amp(str, Enum):
     AUTO = "auto"
     BF16 = "bf16"
     OFF = "off"
+
+
+class EvalAmp(str, Enum):
+    """Autocast when scoring (test, predict, synthetic validation): float32 unless bf16 is asked for, because
+    bf16 features perturb the small teacher-student differences the maps are made of."""
+
+    OFF = "off"
+    BF16 = "bf16"
 
 
 @dataclass
@@ -71,9 +79,12 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = False
     channels_last: bool | None = None  # None: on (measured faster on CUDA and on this CPU, see FastPath)
-    amp: str = Amp.AUTO.value  # an Amp value
+    amp: str = Amp.AUTO.value  # an Amp value (training)
+    eval_amp: str = "off"  # an EvalAmp value: scoring in float32 (TF32 convolutions allowed on CUDA) unless "bf16"
     compile: bool = False
-    sync_bn: bool = False  # data-parallel only: BatchNorm statistics over the global batch (see distributed.py)
+    # data-parallel only: BatchNorm statistics over the global batch (distributed.py). None: on under torchrun
+    # when the student has BatchNorm (N processes then train as one); False (--no-sync-bn): per-rank statistics
+    sync_bn: bool | None = None
     results: str = "results"
     checkpoints: str = "checkpoints"
     model_knobs: dict[str, Any] = field(default_factory=dict)
@@ -110,7 +121,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint_every": (lambda v: v >= 1, "at least 1"),
     "val_every": (lambda v: v >= 1, "at least 1"),
 }
-_CHOICES: dict[str, tuple[str, ...]] = {"amp": tuple(m.value for m in Amp), "data_format": DATA_FORMATS}
+_CHOICES: dict[str, tuple[str, ...]] = {"amp": tuple(m.value for m in Amp), "eval_amp": tuple(m.value for m in EvalAmp),
+                                         "data_format": DATA_FORMATS}
 
 
 def _expected_type(annotation: str) -> tuple[type, ...]:
@@ -154,11 +166,16 @@ def open_split(config: TrainConfig, split: str) -> AnomalyDataset:
 
 @dataclass
 class FastPath:
-    """The speed settings a run actually used (resolved from the config for its device)."""
+    """The speed settings a run actually used (resolved from the config for its device).
+
+    ``autocast_dtype`` is the training precision, ``eval_autocast_dtype`` the scoring one (float32, i.e.
+    None, unless ``--eval-amp bf16``); ``scoring()`` gives the settings ``evaluate.score_images`` runs with.
+    """
 
     channels_last: bool
     autocast_dtype: torch.dtype | None
     compile: bool
+    eval_autocast_dtype: torch.dtype | None = None
 
     @classmethod
     def resolve(cls, config: TrainConfig, device: torch.device) -> "FastPath":
@@ -166,23 +183,38 @@ class FastPath:
             amp = Amp(config.amp)
         except ValueError:
             raise RDError(f"--amp {config.amp!r}: expected {', '.join(m.value for m in Amp)}") from None
+        try:
+            eval_amp = EvalAmp(config.eval_amp)
+        except ValueError:
+            raise RDError(f"--eval-amp {config.eval_amp!r}: expected {', '.join(m.value for m in EvalAmp)}") from None
         bf16 = amp is Amp.BF16 or (amp is Amp.AUTO and device.type == "cuda")
         # channels_last by default on CPU too: measured on the 2-core EPYC, fast steps alternating with and
         # without it (batch 16, best of 3): training at 128 px +1..6% (resnet50, convnext_tiny, WRN-50-2, 1 and
         # 2 threads), scoring at 256 px +9..15% for the ResNets and +1..3% for convnext_tiny; never slower.
         channels_last = True if config.channels_last is None else config.channels_last
-        return cls(channels_last, torch.bfloat16 if bf16 else None, config.compile)
+        return cls(channels_last, torch.bfloat16 if bf16 else None, config.compile,
+                   torch.bfloat16 if eval_amp is EvalAmp.BF16 else None)
 
-    def autocast(self, device: torch.device):
+    def scoring(self) -> "FastPath":
+        """The settings of scoring: the evaluation precision for the network, nothing compiled."""
+        return replace(self, autocast_dtype=self.eval_autocast_dtype, compile=False)
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        """The precision these settings run the network in, whatever the caller runs under: bf16 autocast,
+        or autocast off (float32)."""
         if self.autocast_dtype is None:
-            return nullcontext()
+            return torch.autocast(device.type, enabled=False)
         return torch.autocast(device.type, dtype=self.autocast_dtype)
 
     def place(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """Move ``model`` to ``device`` in the chosen memory format (in place; returned for chaining)."""
+        """Move ``model`` to ``device`` in the chosen memory format (in place; returned for chaining); an RD
+        model also keeps its frozen teacher in each autocast dtype it will run under (cast once, here)."""
         model.to(device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        if isinstance(model, ReverseDistillation):
+            for dtype in {self.autocast_dtype, self.eval_autocast_dtype} - {None}:
+                model.keep_teacher_in(dtype)
         return model
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -191,6 +223,7 @@ class FastPath:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def as_dict(self) -> dict[str, Any]:
+        """The training speed settings (config.json's ``fast_path``; the scoring precision is ``eval_amp``)."""
         return {"channels_last": self.channels_last, "compile": self.compile,
                 "autocast": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "off"}
 
@@ -227,6 +260,19 @@ def epoch_batches(n_images: int, batch_size: int, seed: int, epoch: int, rank: i
         if len(batch) < max(2, world_size):
             continue
         yield batch.tensor_split(world_size)[rank]
+
+
+def device_batches(n_images: int, batch_size: int, seed: int, epoch: int, device: torch.device, rank: int = 0,
+                   world_size: int = 1) -> list[tuple[torch.Tensor, int]]:
+    """This rank's index batches of one epoch (``epoch_batches``), already on ``device``, each with the size of
+    its global batch. One host-to-device copy per epoch: a copy per step would wait for the GPU every step."""
+    shares = list(epoch_batches(n_images, batch_size, seed, epoch, rank, world_size))
+    whole = epoch_batches(n_images, batch_size, seed, epoch)  # the same order, undivided
+    global_sizes = [len(batch) for batch, _ in zip(whole, shares)]
+    if not shares:
+        return []
+    on_device = torch.cat(shares).to(device).split([len(batch) for batch in shares])
+    return list(zip(on_device, global_sizes))
 
 
 def make_optimizer(model: ReverseDistillation, config: TrainConfig) -> torch.optim.Adam:
@@ -272,11 +318,32 @@ def check_resumable(config: TrainConfig) -> None:
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
                fast: FastPath, device: torch.device, loss_scale: float = 1.0
                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One optimiser step; ``loss_scale`` weights a rank's share of an unevenly split global batch."""
+    """One optimiser step; ``loss_scale`` weights a rank's share of an unevenly split global batch.
+
+    The network runs under the training autocast; the loss is float32 with autocast off (rd_model).
+    """
     with fast.autocast(device):
         teacher, student = model(batch)
-    loss, per_scale = distillation_loss([t.float() for t in teacher], [s.float() for s in student])
+    loss, per_scale = distillation_loss(teacher, student)
     optimizer.zero_grad(set_to_none=True)
     (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     optimizer.step()
     return loss.detach(), [s.detach() for s in per_scale]
+
+
+# The torch.compile backend of ``--compile`` (default inductor). Tests select dynamo's "eager" backend with it:
+# the same tracing, guards and recompilation rules without minutes of code generation on a CPU.
+COMPILE_BACKEND_ENV = "RD_COMPILE_BACKEND"
+
+
+def compiled_train_step() -> Callable[..., tuple[torch.Tensor, list[torch.Tensor]]]:
+    """``train_step`` under torch.compile, compiled once per run: the batch dimension is marked dynamic, so the
+    smaller last batch of an epoch reuses the graph instead of compiling a second one."""
+    compiled = torch.compile(train_step, backend=os.environ.get(COMPILE_BACKEND_ENV) or "inductor")
+
+    def step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, fast: FastPath,
+             device: torch.device, loss_scale: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch._dynamo.maybe_mark_dynamic(batch, 0)
+        return compiled(model, optimizer, batch, fast, device, loss_scale)
+
+    return step

@@ -24,7 +24,7 @@ from backbones import build_model, check_teacher_weights, parse_backbones
 from categories import OFFICIAL_COUNTS
 from dataset import DATA_FORMATS, list_categories, split_train_val
 from errors import CheckpointError, RDError, WeightsError
-from recipe import Amp, FastPath, TrainConfig, check_config, make_optimizer, open_split, train_step
+from recipe import Amp, EvalAmp, FastPath, TrainConfig, check_config, make_optimizer, open_split, train_step
 from system_info import describe_hardware, synchronize
 
 __all__ = ["CONFIG_ONLY_KEYS", "SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments",
@@ -142,8 +142,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deterministic", action="store_true", default=None,
                         help="deterministic kernels (slower on CUDA)")
     add_fast_path_arguments(parser)
+    parser.add_argument("--eval-amp", choices=[m.value for m in EvalAmp],
+                        help="precision of the scoring done while training (synthetic validation): off = float32 "
+                             "(default), bf16 on request")
     parser.add_argument("--sync-bn", action="store_true", default=None,
-                        help="torchrun only: BatchNorm statistics over the whole global batch (see distributed.py)")
+                        help="torchrun only: BatchNorm statistics over the whole global batch (the default for "
+                             "BatchNorm students; see distributed.py)")
+    parser.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                        help="torchrun only: per-process BatchNorm statistics (not the 1-GPU recipe)")
     parser.add_argument("--model-knobs", type=json_object,
                         help='JSON object of builder knobs, e.g. \'{"embed_dim": 768}\' for ConvNeXt (main.py summary '
                              'and the guide list each backbone\'s)')

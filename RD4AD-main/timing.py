@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from system_info import synchronize
 
-__all__ = ["ForwardTimer", "Measure", "PeakMemory", "alternate"]
+__all__ = ["CAST_OP", "ForwardTimer", "Measure", "PeakMemory", "alternate", "count_ops"]
+
+CAST_OP = "aten::_to_copy"  # every dtype (or device) conversion that copies goes through it, autocast's included
 
 
 @dataclass
@@ -123,3 +125,19 @@ class ForwardTimer:
     def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def count_ops(run_once: Callable[[], None], device: torch.device, repeats: int = 2) -> dict[str, float]:
+    """Ops dispatched per call of ``run_once`` (torch.profiler, CPU side, after one untimed call): every
+    ``aten::`` op the dispatcher ran, nested ones included, and the casts among them (``CAST_OP``). Each op
+    costs host time to dispatch whatever its size: at small batches that, not the device, bounds a step."""
+    run_once()
+    synchronize(device)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(repeats):
+            run_once()
+        synchronize(device)
+    names = [event.name for event in profile.events()]
+    ops = sum(1 for name in names if name.startswith("aten::"))
+    return {"ops_per_step": ops / repeats, "casts_per_step": names.count(CAST_OP) / repeats,
+            "counted_steps": repeats}

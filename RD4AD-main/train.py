@@ -44,10 +44,10 @@ def validation_loss(model: ReverseDistillation, images: torch.Tensor, fast: Fast
     model.eval()
     total = 0.0
     for start in range(0, len(images), batch_size):
-        batch = fast.prepare(images[start:start + batch_size].to(device, non_blocking=True))
+        batch = fast.prepare(images[start:start + batch_size].to(device))  # from pageable memory: a plain copy
         with fast.autocast(device):
             teacher, student = model(batch)
-        loss, _ = distillation_loss([t.float() for t in teacher], [s.float() for s in student])
+        loss, _ = distillation_loss(teacher, student)  # float32, autocast off inside
         total += loss.item() * len(batch)
     return total / max(len(images), 1)
 
@@ -109,7 +109,8 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
     fast = FastPath.resolve(config, device)
     model, weights_id, teacher_warning = build_run_model(config, announce_fallback)
     fast.place(model, device)
-    net = distributed.DistributedRD(model, device, config.sync_bn) if world.enabled else model
+    sync_bn = distributed.resolve_sync_bn(config.sync_bn, model, world)
+    net = distributed.DistributedRD(model, device, sync_bn) if world.enabled else model
     optimizer = make_optimizer(model, config)
 
     teacher_sha256 = teacher_digest(model)  # the teacher is frozen: hashed once, checked when resuming or testing
@@ -150,11 +151,12 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
         "versions": library_versions(),
         "hardware": describe_hardware(device),
         "world_size": world.size,
+        "sync_bn": sync_bn,  # as resolved: on by default under torchrun for a BatchNorm student
     }
     if world.is_main:
         runs.atomic_write_json(config.run_dir / runs.CONFIG_FILE, record)
 
-    step = torch.compile(recipe.train_step) if fast.compile else recipe.train_step
+    step = recipe.compiled_train_step() if fast.compile else recipe.train_step  # compiled once per run
     batches_per_epoch = sum(1 for _ in epoch_batches(len(train_images), config.batch_size, config.seed, 0,
                                                      world.rank, world.size))
     progress = tqdm(total=(config.epochs - start_epoch) * batches_per_epoch, desc=str(config.key), unit="batch",
@@ -164,12 +166,8 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
         reset_peak_memory(device)
         started, shown, seen = time.perf_counter(), 0.0, 0
         sums = torch.zeros(4, device=device)  # loss and the 3 scales, image-weighted
-        shares = list(epoch_batches(len(train_images), config.batch_size, config.seed, epoch, world.rank, world.size))
-        whole = epoch_batches(len(train_images), config.batch_size, config.seed, epoch)  # the same order
-        global_sizes = [len(b) for b, _ in zip(whole, shares)]
-        # one host-to-device copy per epoch: a copy per step would wait for the GPU every step
-        on_device = torch.cat(shares).to(device).split([len(b) for b in shares]) if shares else []
-        for indices, global_size in zip(on_device, global_sizes):
+        for indices, global_size in recipe.device_batches(len(train_images), config.batch_size, config.seed, epoch,
+                                                          device, world.rank, world.size):
             batch = fast.prepare(train_images[indices])
             loss, per_scale = step(net, optimizer, batch, fast, device,
                                    loss_scale=world.size * len(indices) / global_size)

@@ -1,48 +1,123 @@
 #!/usr/bin/env bash
-# Issue 6's CUDA figures on one GPU, as one prepared run of under 10 minutes (sized for an H200):
-#   1. `main.py bench` at 256 px for resnet50 and wide_resnet50_2: training images/s (fast vs naive),
-#      inference, peak memory, a 167-image category's evaluation, and the 15-category 200-epoch sweep
-#      estimate derived from them; the targets (1,500 / 800 img/s, evaluation < 2 s, sweep < 30 min)
-#      are checked in its output;
-#   2. the evaluation again with --amp off: in fp32 the fast and naive paths must give identical
-#      metrics (bf16 features, the default on CUDA, differ from the naive fp32 path by design);
-#   3. optional, if time is left: the training step under torch.compile.
-# Usage (repository root, a GPU visible):  bash benchmarks/cuda_check.sh
-# Outputs go to $OUT (the device runner's result folder) or the current folder: bench_cuda.json,
-# bench_cuda_fp32_eval.json, bench_cuda_compile.json and cuda_check.log. Nothing here is claimed
-# until a session has run it on a GPU and recorded the figures.
+# The CUDA figures of issues 6 and 15 on one GPU, as one prepared run of under 8 minutes (sized for an H200).
+#
+#   bash benchmarks/cuda_check.sh                 # on a GPU machine, from the repository root or anywhere
+#   bash benchmarks/cuda_check.sh --device cpu    # dry run on a CPU: the same sections at small sizes
+#
+# Sections, each written to JSON as soon as it ends (and `main.py bench` itself rewrites its JSON after every
+# backbone), so a timeout loses only the section it interrupts:
+#   1. bench   `main.py bench` at 256 px for resnet50, wide_resnet50_2 and convnext_tiny: training images/s
+#              (recipe.train_step as train.py runs it) fast vs naive with the ops and casts per step,
+#              inference ms/image and images/s, peak memory, the evaluation of a 167-image category (float32,
+#              as `main.py test`) fast vs naive, then the same evaluation in bf16 (--eval-amp bf16): its
+#              speed-up and the metric change it causes; the 15-category sweep estimate; the targets.
+#   2. fp32    the evaluation again with TF32 off (--no-tf32): exact float32, so the fast and naive paths must
+#              give identical metrics (TF32 convolutions, cuDNN's default, differ from exact float32).
+#   3. compile (if time is left) the training step under --compile: images/s and ops per step.
+# Outputs go to $OUT (the device runner's result folder) or ./cuda_check_out: bench_<section>.json, the
+# index cuda_check.json (status, seconds and figures of every finished section) and cuda_check.log.
+#
+# Python: $PYTHON if set, else .venv/bin/python when its torch sees a GPU, else the machine's python3 (GPU
+# machines often come with their own CUDA torch and no package index: nothing is installed here). Needs
+# torch >= 2.4 (checked; the code is written against the APIs of torch 2.4 to 2.14) with numpy, scipy,
+# scikit-learn, pandas, pillow and tqdm; a missing module is named and the run stops.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
-DEST=${OUT:-.}
+
+DEVICE=cuda
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE="$2"; shift 2 ;;
+    --device=*) DEVICE="${1#*=}"; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "cuda_check.sh: unknown argument $1 (expected --device cuda|cpu)" >&2; exit 2 ;;
+  esac
+done
+case "$DEVICE" in cuda|cpu) ;; *) echo "cuda_check.sh: --device $DEVICE: expected cuda or cpu" >&2; exit 2 ;; esac
+
+DEST=${OUT:-cuda_check_out}
 mkdir -p "$DEST"
 LOG="$DEST/cuda_check.log"
+INDEX="$DEST/cuda_check.json"
+BUDGET_S=${CUDA_CHECK_BUDGET_S:-450}  # 7.5 min: the whole check stays under 8 minutes
 started=$(date +%s)
-left() { echo $(( 570 - ($(date +%s) - started) )); }
+left() { echo $(( BUDGET_S - ($(date +%s) - started) )); }
+
+torch_sees_gpu() { "$1" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; }
+pick_python() {
+  if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
+  if [ -x .venv/bin/python ] && { [ "$DEVICE" = cpu ] || torch_sees_gpu .venv/bin/python; }; then
+    echo .venv/bin/python; return
+  fi
+  echo python3
+}
+PY=$(pick_python)
+
+if [ "$DEVICE" = cpu ]; then  # dry run: every section, at sizes a CPU finishes in about a minute
+  SIZES=(--image-size 64 --eval-image-size 64 --eval-images 32 --batch-size 4 --rounds 1 --warmup 0 --steps 1
+         --threads 1)
+  export RD_COMPILE_BACKEND=${RD_COMPILE_BACKEND:-eager}  # CPU inductor takes minutes: trace with dynamo only
+else
+  SIZES=(--image-size 256)
+fi
+
+index() {  # index SECTION STATUS SECONDS FILE: add a finished section to cuda_check.json (atomically)
+  "$PY" - "$INDEX" "$1" "$2" "$3" "$4" "$DEVICE" <<'EOF'
+import json, os, sys, time
+index, section, status, seconds, figures_file, device = sys.argv[1:]
+payload = json.load(open(index)) if os.path.isfile(index) else {"device": device, "sections": {}}
+entry = {"exit_status": int(status), "seconds": int(seconds), "file": os.path.basename(figures_file),
+         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+if os.path.isfile(figures_file):
+    entry["figures"] = json.load(open(figures_file))
+payload["sections"][section] = entry
+with open(index + ".tmp", "w") as handle:
+    json.dump(payload, handle, indent=1)
+os.replace(index + ".tmp", index)
+EOF
+}
+
+section() {  # section NAME SECONDS_LIMIT BENCH_ARGS...: one `main.py bench` run, then its index entry
+  local name=$1 limit=$2; shift 2
+  local file="$DEST/bench_$name.json" begin=$(date +%s)
+  echo "== $(date -u +%T) section $name (limit ${limit} s)"
+  timeout --kill-after=10 "$limit" "$PY" RD4AD-main/main.py bench --device "$DEVICE" "${SIZES[@]}" "$@" --out "$file"
+  local status=$?
+  echo "exit status $status after $(( $(date +%s) - begin )) s"
+  index "$name" "$status" "$(( $(date +%s) - begin ))" "$file"
+}
 
 {
-  echo "== $(date -u +%FT%TZ) cuda_check on $(hostname)"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi unavailable"
-  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
-
-  echo "== 1. bench at 256 px (bf16 fast path, the CUDA default)"
-  timeout "$(left)" "$PY" RD4AD-main/main.py bench --device cuda --image-size 256 \
-      --backbones resnet50,wide_resnet50_2 --out "$DEST/bench_cuda.json"
-  echo "exit status $?"
-
-  echo "== 2. evaluation in fp32: identical metrics expected"
-  timeout "$(left)" "$PY" RD4AD-main/main.py bench --device cuda --image-size 256 --backbones resnet50 \
-      --parts eval --amp off --out "$DEST/bench_cuda_fp32_eval.json"
-  echo "exit status $?"
-
-  if [ "$(left)" -gt 200 ]; then
-    echo "== 3. training step under torch.compile (optional)"
-    timeout "$(( $(left) - 20 ))" "$PY" RD4AD-main/main.py bench --device cuda --image-size 256 \
-        --backbones resnet50 --parts train --compile --out "$DEST/bench_cuda_compile.json"
-    echo "exit status $?"
-  else
-    echo "== 3. skipped: $(left) s left"
+  echo "== $(date -u +%FT%TZ) cuda_check on $(hostname), device $DEVICE, python $PY"
+  [ "$DEVICE" = cuda ] && { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
+      || echo "nvidia-smi unavailable"; }
+  if ! "$PY" - "$DEVICE" <<'EOF'
+import importlib.util, sys
+missing = [m for m in ("torch", "torchvision", "numpy", "scipy", "sklearn", "pandas", "PIL", "tqdm")
+           if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"missing Python modules: {', '.join(missing)} (set PYTHON to an interpreter that has them)")
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 4):
+    sys.exit(f"torch {torch.__version__} is too old: 2.4 or newer is needed")
+if sys.argv[1] == "cuda" and not torch.cuda.is_available():
+    sys.exit("this torch sees no GPU: run on a GPU machine, or --device cpu for the dry run")
+EOF
+  then
+    echo "preflight failed: nothing measured"
+    index preflight 2 0 /nonexistent
+    exit 2
   fi
-  echo "== done in $(( $(date +%s) - started )) s"
+
+  backbones=resnet50,wide_resnet50_2,convnext_tiny
+  section bench "$(( $(left) - 75 ))" --backbones "$backbones"
+  section fp32 "$(( $(left) > 20 ? $(left) - 10 : 10 ))" --backbones resnet50 --parts eval --no-tf32
+  if [ "$(left)" -gt 100 ]; then
+    section compile "$(( $(left) - 10 ))" --backbones resnet50 --parts train --compile
+  else
+    echo "== compile section skipped: $(left) s left"
+  fi
+  echo "== done in $(( $(date +%s) - started )) s; figures in $INDEX"
 } 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"

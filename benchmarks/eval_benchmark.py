@@ -1,14 +1,18 @@
 """Issue 4's evaluation benchmark: one category's whole evaluation, fast path vs naive path, same metrics.
 
     .venv/bin/python benchmarks/eval_benchmark.py [--images 167] [--image-size 256] [--backbone resnet50]
-                                                  [--device auto] [--threads N] [--out eval_bench.json]
+                                                  [--device auto] [--threads N] [--bf16-eval] [--no-tf32]
+                                                  [--out eval_bench.json]
 
 Writes a synthetic object category with ``--images`` test images, then evaluates it twice with the same
 random-teacher model (speed does not depend on the weights): the fast path of ``main.py test``
 (maps in batches on the device, blur there, ``metrics.pixel_metrics`` with one sort) and the naive
 path of the original RD4AD code (batch 1, per-image CPU maps and ``scipy.ndimage.gaussian_filter``,
 scikit-learn on Python lists, a 200-threshold AUPRO loop). Prints both times, their ratio and the
-metric values side by side; it is ``main.py bench``'s evaluation section on its own.
+metric values side by side; it is ``main.py bench``'s evaluation section on its own. The fast path
+runs the network in float32 as ``main.py test`` does (on CUDA TF32 convolutions are allowed, so pass
+``--no-tf32`` for the exact equality check); ``--bf16-eval`` adds the bf16 evaluation's speed-up and
+metric change.
 
 The network forward is the same work in both paths. On a GPU it is a small share of the whole, and
 the whole evaluation is what the 10x target is about; on a CPU it is most of the time (seconds per
@@ -47,10 +51,16 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's)")
     parser.add_argument("--out", help="also write the figures to this JSON file")
+    parser.add_argument("--bf16-eval", action="store_true", help="also evaluate with --eval-amp bf16 and report "
+                                                                 "its speed-up and metric change")
+    parser.add_argument("--no-tf32", action="store_true", help="CUDA: exact float32 (TF32 off)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.no_tf32:
+        bench.set_tf32(False)
+    torch.backends.cudnn.benchmark = True  # as main.py test
     config = TrainConfig(data_root="", category=bench.EVAL_CATEGORY, backbone=args.backbone, pretrained=False,
                          image_size=args.image_size)
     fast = FastPath.resolve(config, device)
@@ -61,7 +71,7 @@ def main() -> int:
     model = build_model(args.backbone, pretrained=False).to(device)
     naive = naive_model(model)
     fast.place(model, device)
-    result = bench.evaluation_section(model, naive, fast, data, device)
+    result = bench.evaluation_section(model, naive, fast, data, device, bf16=args.bf16_eval)
 
     f, n, m = result["fast"], result["naive"], result["metrics"]
     hardware = describe_hardware(device)
@@ -77,6 +87,11 @@ def main() -> int:
         print(f"  {name:<12} fast {values['fast']:.6f}  naive {values['naive']:.6f}  |diff| {values['abs_diff']:.1e}")
     print(f"  naive 200-threshold AUPRO {m['aupro_200_thresholds']['naive']:.6f} "
           f"({m['aupro_200_thresholds']['minus_exact']:+.1e} from the exact AUPRO)")
+    if "bf16_eval" in result:
+        b = result["bf16_eval"]
+        print(f"  --eval-amp bf16: {b['speedup']:.2f}x float32's speed; max map difference "
+              f"{b['max_abs_map_diff']:.1e}; " + ", ".join(f"{name} {v['change']:+.1e}"
+                                                          for name, v in b["metrics"].items()))
     key, what = ("ratio_total", "whole evaluation") if device.type == "cuda" else \
         ("ratio_without_forward", "maps, blur and metrics (CPU: the forward is the same work in both)")
     met = result[key] >= bench.EVAL_RATIO_TARGET

@@ -69,10 +69,20 @@ def test_bench_writes_every_figure_with_its_naive_reference(tmp_path, capsys):
     for name in ("image_auroc", "pixel_auroc", "aupro"):
         assert evaluation["metrics"][name]["abs_diff"] <= bench.EQUAL_TOLERANCE
     assert "minus_exact" in evaluation["metrics"]["aupro_200_thresholds"]
+    # the ops the fast step dispatches, casts among them (none on CPU without autocast but the optimiser's)
+    assert figures["train"]["fast"]["ops_per_step"] > figures["train"]["fast"]["casts_per_step"] >= 0
+    # evaluation in float32 as `main.py test`, then bf16: its speed and its metric change are reported
+    assert evaluation["precision"] == "float32" and evaluation["tf32"] is False
+    bf16 = evaluation["bf16_eval"]
+    assert bf16["speedup"] > 0 and bf16["max_abs_map_diff"] > 0  # bf16 features do move the maps
+    for name in ("image_auroc", "pixel_auroc", "aupro"):
+        assert bf16["metrics"][name]["float32"] == evaluation["metrics"][name]["fast"]
+        assert bf16["metrics"][name]["change"] == bf16["metrics"][name]["bf16"] - bf16["metrics"][name]["float32"]
     assert figures["sweep_estimate"]["train_images_per_epoch"] == 3629 - 362
     assert any("identical metrics" in check["target"] for check in payload["targets"])
     printed = capsys.readouterr().out
     assert "training images/s" in printed and "random teachers" in printed and "speed-up" in printed
+    assert "ops dispatched per fast step" in printed and "--eval-amp bf16" in printed
 
 
 def test_mvtec_sweep_size():
@@ -150,7 +160,8 @@ def test_fast_path_defaults_per_device():
 
 def _bench_payload(device: str, size: int, images_per_s: float, eval_s: float, sweep_s: float) -> dict:
     evaluation = {"images": 167, "image_size": 256, "ratio_total": 12.0, "ratio_without_forward": 30.0,
-                  "identical_metrics": True, "fast": {"total_s": eval_s, "forward_s": eval_s / 2}}
+                  "identical_metrics": True, "fast": {"total_s": eval_s, "forward_s": eval_s / 2},
+                  "precision": "float32", "tf32": device == "cuda"}
     figures = {"fast_path": {"autocast": "bfloat16" if device == "cuda" else "off"},
                "train": {"ratio": 1.4, "fast": {"images_per_s": images_per_s}}, "evaluation": evaluation,
                "sweep_estimate": {"total_s": sweep_s}}
@@ -168,7 +179,7 @@ def test_targets_checked_for_the_device_and_size_that_ran():
     assert not any("CPU training" in target for target in verdicts)
     notes = [c["note"] for c in bench.check_targets(_bench_payload("cuda", 256, 1600.0, 3.0, 2000.0))
              if "identical" in c["target"]]
-    assert notes and "--amp off" in notes[0]  # bf16 maps are not expected to equal the fp32 naive ones
+    assert notes and "--no-tf32" in notes[0]  # TF32 convolutions are not expected to equal the fp32 naive ones
 
     cpu = {c["target"]: c["met"] for c in bench.check_targets(_bench_payload("cpu", 128, 9.0, 30.0, 7e4))}
     assert cpu["resnet50: CPU training step fast/naive >= 1.3x at 128 px"] is True

@@ -1,4 +1,4 @@
-"""Issue 6: data-parallel training (DDP over gloo, 2 CPU processes) matches one process on the global batch.
+"""Issues 6 and 10: data-parallel training (DDP over gloo, 2 CPU processes) matches one process on the global batch.
 
 The ranks are started as torchrun starts them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and run
 the real ``main.py train``. The loss-curve test uses ConvNeXt, whose student has LayerNorm only, so the
@@ -7,7 +7,8 @@ ResNet student has BatchNorm: without ``--sync-bn`` each rank normalises with th
 own 4 images, a different computation from one process's over 8. With ``--sync-bn`` the computation
 is the same, which the second test shows exactly, on float64 gradients: in float32 a ResNet RD loss
 curve at 64 px is sensitive to rounding (a memory-format change alone moves epoch 2's loss by ~1.6%),
-so a float32 curve comparison would test rounding, not the method.
+so a float32 curve comparison would test rounding, not the method. Under torchrun the global-batch
+statistics are the default for BatchNorm students (issue 10: N GPUs keep the 1-GPU recipe).
 """
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ def test_sync_bn_gives_the_single_process_gradients_of_a_batchnorm_student(tmp_p
 
 def test_global_batchnorm_is_batchnorm_outside_a_group():
     layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
-    converted = distributed.convert_batchnorm(torch.nn.Sequential(*layer), torch.device("cpu"))
+    converted = distributed.convert_batchnorm(torch.nn.Sequential(*layer))
     assert isinstance(converted[1], distributed.GlobalBatchNorm)
     assert converted[1].weight is layer[1].weight  # the optimiser's parameters are kept
     images = torch.randn(6, 3, 5, 5)
@@ -138,3 +139,66 @@ def test_batch_must_split_evenly(synthetic_root, tmp_path, monkeypatch):
                          batch_size=8, pretrained=False, results=str(tmp_path))
     with pytest.raises(distributed.RDError, match="divisible by the 3 processes"):
         train_run(config, quiet=True)
+
+
+def _default_rank_main(rank: int, world_size: int, port: int, argv: list[str], out: Path) -> None:
+    """A torchrun-like rank of `main.py train` without BatchNorm flags; rank 0 records how its student was wrapped."""
+    wrap = distributed.DistributedRD.__init__
+
+    def recording_init(self, model, device, sync_bn=False):
+        wrap(self, model, device, sync_bn)
+        if rank == 0:
+            norms = [type(m).__name__ for m in model.trainable_modules().modules() if "BatchNorm" in type(m).__name__]
+            (out / "norms.txt").write_text("\n".join(norms))
+
+    distributed.DistributedRD.__init__ = recording_init
+    _rank_main(rank, world_size, port, argv)
+
+
+def test_batchnorm_students_sync_by_default_under_torchrun(synthetic_root, tmp_path):
+    results = tmp_path / "results"
+    argv = ["train", "--data-root", str(synthetic_root), "--categories", "synth_object", "--backbones", "resnet50",
+            "--epochs", "1", "--image-size", "32", "--batch-size", str(BATCH), "--no-pretrained", "--device", "cpu",
+            "--no-eta", "--results", str(results), "--checkpoints", str(tmp_path / "checkpoints")]
+    mp.spawn(_default_rank_main, args=(2, free_port(), argv, tmp_path), nprocs=2, join=True)
+    norms = (tmp_path / "norms.txt").read_text().split()
+    expected = sum(isinstance(m, torch.nn.BatchNorm2d) for m in
+                   build_model("resnet50", pretrained=False).trainable_modules().modules())
+    assert len(norms) == expected > 0 and set(norms) == {"GlobalBatchNorm"}
+    record = runs.read_json(next(results.rglob(runs.CONFIG_FILE)))
+    assert record["sync_bn"] is True and record["world_size"] == 2
+
+
+def test_sync_bn_resolution():
+    resnet, convnext = (build_model(name, pretrained=False) for name in ("resnet50", "convnext_tiny"))
+    group, alone = distributed.World(0, 2, 0), distributed.World()
+    assert distributed.resolve_sync_bn(None, resnet, group) is True  # the default under torchrun
+    assert distributed.resolve_sync_bn(False, resnet, group) is False  # --no-sync-bn
+    assert distributed.resolve_sync_bn(None, convnext, group) is False  # LayerNorm only: nothing to synchronise
+    assert distributed.resolve_sync_bn(True, resnet, alone) is False  # one process: plain BatchNorm
+    from sweep import add_train_arguments
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    assert parser.parse_args([]).sync_bn is None and parser.parse_args(["--no-sync-bn"]).sync_bn is False
+
+
+def test_global_batchnorm_reads_nothing_back_and_keeps_float32_statistics(monkeypatch):
+    """In a group, GlobalBatchNorm never reads a value back to the host (it runs on the meta device, where any
+    such read fails), and bf16 activations (autocast) get float32 statistics, as BatchNorm's own kernels."""
+    monkeypatch.setattr(distributed, "current", lambda: distributed.World(0, 2, 0))
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor, *args, **kwargs: tensor)  # a group of one
+    meta = distributed.GlobalBatchNorm(4, device="meta").train()
+    out = meta(torch.randn(6, 4, 5, 5, device="meta", requires_grad=True))
+    out.sum().backward()
+    assert out.shape == (6, 4, 5, 5)
+
+    layer = distributed.GlobalBatchNorm(4).train()
+    reference = torch.nn.BatchNorm2d(4).train()
+    images = torch.randn(6, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(layer(images), reference(images))
+    torch.testing.assert_close(layer.running_var, reference.running_var)
+    low = layer(images.to(torch.bfloat16))
+    assert low.dtype == torch.bfloat16 and layer.running_mean.dtype == torch.float32
+    torch.testing.assert_close(low.float(), reference(images.to(torch.bfloat16).float()), atol=2e-2, rtol=2e-2)

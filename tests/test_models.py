@@ -19,7 +19,10 @@ from errors import CheckpointError, WeightsError
 from rd_model import distillation_loss
 from capacity import RESNET50_TRAINABLE, count_parameters
 
-ALL = list(BACKBONES)
+# Variants that reuse another entry's builder (other weights or knobs only) are built, counted and summarised
+# like the others, but the slow training tests run once per architecture.
+VARIANTS = {"resnet50_v2": "resnet50", "convnext_small_matched": "convnext_small"}
+ALL = [name for name in BACKBONES if name not in VARIANTS]
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +229,13 @@ def test_anomaly_map_matches_the_reference_formula():
                                  align_corners=True) for t, s in zip(teacher, student)).squeeze(1)
     channels_last = [x.contiguous(memory_format=torch.channels_last) for x in student]
     assert torch.allclose(anomaly_map(teacher, channels_last, (64, 64)), expected, atol=1e-6)
+
+
+def test_variants_share_their_builder_and_differ_only_in_weights_or_knobs():
+    for variant, base in VARIANTS.items():
+        a, b = BACKBONES[variant], BACKBONES[base]
+        assert a.builder is b.builder and a.family == b.family
+        assert a.default_weights != b.default_weights or a.knobs != b.knobs
 
 
 def test_every_backbone_reports_its_teacher_weights_and_imagenet_top1(capsys):
