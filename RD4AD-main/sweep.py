@@ -21,9 +21,9 @@ from tqdm import tqdm
 import distributed
 import runs
 from backbones import build_model, check_teacher_weights, parse_backbones
-from categories import OFFICIAL_COUNTS
+from categories import OFFICIAL_COUNTS, validate_category
 from dataset import DATA_FORMATS, list_categories, split_train_val
-from errors import CheckpointError, RDError, WeightsError
+from errors import CheckpointError, DataError, RDError, WeightsError
 from recipe import Amp, EvalAmp, FastPath, TrainConfig, check_config, make_optimizer, open_split, train_step
 from system_info import describe_hardware, synchronize
 
@@ -61,7 +61,18 @@ def resolve_categories(data_root: str, text: str, data_format: str = "auto", spl
     """``all`` (every category of the data root or split file) or a comma list."""
     if text == "all":
         return list_categories(data_root, data_format, split_csv)
-    return parse_list(text, "--categories")
+    names = parse_list(text, "--categories")
+    for name in names:
+        validate_category(name)
+    try:
+        available = list_categories(data_root, data_format, split_csv)
+    except DataError:
+        return names  # e.g. a stray folder beside them: opening the named categories says what is wrong
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise DataError(f"--categories {', '.join(missing)}: not found in {data_root}; its categories: "
+                        f"{', '.join(available) or 'none'}")
+    return names
 
 
 def select_runs(results: str | Path, backbones: str, categories: str, seeds: str) -> list[Path]:

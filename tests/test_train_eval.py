@@ -225,6 +225,15 @@ def test_cli_sweep_with_config_file_then_test_and_summary(synthetic_root, tmp_pa
     summary = pd.read_csv(results / runs.SUMMARY_FILE)
     assert summary[["backbone", "category", "seed"]].values.tolist() == [["resnet50", "synth_texture", 0]]
     assert "up to date" in main("test", *common).stdout
+    run_dir = results / "resnet50" / "synth_texture" / "seed0"
+    scores_before = (run_dir / runs.SCORES_FILE).stat().st_mtime_ns
+    rethresholded = main("test", "--threshold-rule", "q0.5", *common)
+    assert rethresholded.returncode == 0 and "re-derived for rule q0.5" in rethresholded.stdout
+    assert "image AUROC" in rethresholded.stdout  # the metrics table
+    metrics_after = runs.read_json(run_dir / runs.METRICS_FILE)
+    val = pd.read_csv(run_dir / runs.VAL_SCORES_FILE)["score"]
+    assert metrics_after["threshold_rule"] == "q0.5" and metrics_after["threshold"] == pytest.approx(val.median())
+    assert (run_dir / runs.SCORES_FILE).stat().st_mtime_ns == scores_before  # no new forward pass
 
     refused = main("test", "--results", str(tmp_path / "empty"))
     assert refused.returncode == 2 and "run `main.py train` first" in refused.stderr
