@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("check_data", "count and validate an MVTec-format data root"),
     "download": ("download", "download, verify and extract MVTec AD"),
     "train": ("train", "train RD models (sweeps over backbones, categories and seeds)"),
+    "tune": ("tune", "pick each backbone's lr/epochs/beta1 by synthetic-anomaly validation (no test image)"),
     "test": ("evaluate", "evaluate trained runs: metrics.json and scores.csv"),
     "compare": ("report", "fair-comparison report from results files"),
     "bench": ("bench", "speed and memory benchmark, fast path vs naive path"),
