@@ -163,9 +163,16 @@ def _relative(paths: list[str], root: str) -> list[str]:
     return [Path(os.path.relpath(path, root)).as_posix() for path in paths]
 
 
+def _files_digest(paths: list[str]) -> str:
+    """SHA-256 of each file's size and modification time: an image replaced in place makes a new set."""
+    stats = [(os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+
 def cache_key(config: TrainConfig, train_set: AnomalyDataset, val_set: AnomalyDataset) -> dict[str, Any]:
     """Everything the synthetic set depends on: the data (root, category, format, split file hash, the images
-    held out and the donors), the image size, the split and the generator version; no backbone, no seed."""
+    held out and the donors, their sizes and times), the image size, the split and the generator version; no
+    backbone, no seed."""
     provenance = data_provenance(config.data_root, config.data_format, config.split_csv, config.category)
     return {
         "generator_version": GENERATOR_VERSION,
@@ -178,6 +185,7 @@ def cache_key(config: TrainConfig, train_set: AnomalyDataset, val_set: AnomalyDa
         "split_seed": config.split_seed,
         "val_images": _relative(val_set.paths, config.data_root),
         "donor_images": _relative(train_set.paths, config.data_root),
+        "files_digest": _files_digest([*val_set.paths, *train_set.paths]),
     }
 
 
@@ -192,8 +200,8 @@ def _read_cached(path: Path, key: dict[str, Any]) -> SyntheticSet | None:
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a truncated or foreign file: made again and replaced atomically
-        return None
+    except Exception:  # noqa: BLE001  (torch's unpickler raises many types on a damaged file)
+        return None  # a truncated or foreign file: the set is made again (the same) and replaces it atomically
     if not isinstance(payload, dict) or payload.get("key") != json.dumps(key, sort_keys=True):
         return None
     return SyntheticSet(payload["images"], payload["masks"], payload["labels"], list(payload["kinds"]))

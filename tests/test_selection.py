@@ -50,7 +50,7 @@ def _assert_same_weights(path_a: Path, path_b: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- the set
 
-def test_synthetic_set_depends_on_the_split_seed_only(synthetic_root, tmp_path):
+def test_synthetic_set_depends_on_the_split_seed_only(synthetic_root, tmp_path, monkeypatch):
     one = small_config(synthetic_root, tmp_path / "one")
     other_arm = small_config(synthetic_root, tmp_path / "two", backbone="convnext_tiny", seed=3)
     first = synthval.load_synthetic_set(one)
@@ -60,7 +60,12 @@ def test_synthetic_set_depends_on_the_split_seed_only(synthetic_root, tmp_path):
     cached = [sorted((Path(c.results) / synthval.CACHE_FOLDER).iterdir()) for c in (one, other_arm)]
     assert [p.name for p in cached[0]] == [p.name for p in cached[1]]
     assert cached[0][0].read_bytes() == cached[1][0].read_bytes()
-    assert torch.equal(synthval.load_synthetic_set(one).images, first.images)  # read back from the cache
+    with monkeypatch.context() as patch:
+        patch.setattr(synthval, "build_synthetic_set", None)  # a cache hit makes nothing
+        assert torch.equal(synthval.load_synthetic_set(one).images, first.images)
+    cached[0][0].write_bytes(b"truncated")
+    assert torch.equal(synthval.load_synthetic_set(one).masks, first.masks)  # a damaged cache is made again
+    assert cached[0][0].read_bytes() == cached[1][0].read_bytes()
 
     reseeded = synthval.load_synthetic_set(replace(one, split_seed=1))
     assert reseeded.images.shape != first.images.shape or not torch.equal(reseeded.images, first.images)
