@@ -30,7 +30,7 @@ from checkpoint import model_from_checkpoint
 from errors import CheckpointError
 from rd_model import ReverseDistillation, image_scores
 from recipe import EvalAmp, FastPath, TrainConfig, open_split
-from sweep import add_common_arguments, select_runs
+from sweep import add_common_arguments, checkpoint_epoch, select_runs
 from system_info import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
 
 __all__ = ["add_arguments", "evaluate_run", "metrics_table", "rethreshold", "run", "score_images", "threshold_rule"]
@@ -83,13 +83,15 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
     if image_size is not None and image_size != config.image_size:
         raise CheckpointError(f"--image-size {image_size} differs from the run's training size {config.image_size} "
                               f"({run_directory / runs.CONFIG_FILE}); evaluate at the training size")
-    if not config.checkpoint_path.is_file():
-        raise CheckpointError(f"{config.key} has no checkpoint at {config.checkpoint_path}: run `main.py train` "
+    selected = config.selected_checkpoint_path  # last.pth, or best.pth under --selection synthetic-val
+    if not selected.is_file():
+        raise CheckpointError(f"{config.key} has no checkpoint at {selected}: run `main.py train` "
                               f"for it before `main.py test`")
     torch_device = resolve_device(device)
     torch.backends.cudnn.benchmark = True  # one input size for the whole split: let cuDNN pick its kernels
-    model, payload = model_from_checkpoint(config.checkpoint_path, config.backbone, config.image_size)
-    trained_epochs = int(payload["training_state"].get("epoch", 0))
+    model, payload = model_from_checkpoint(selected, config.backbone, config.image_size)
+    selected_epoch = int(payload["training_state"].get("epoch", 0))
+    trained_epochs = checkpoint_epoch(config.checkpoint_path) if selected != config.checkpoint_path else selected_epoch
     fast = FastPath.resolve(replace(config, eval_amp=eval_amp), torch_device).scoring()
     fast.place(model, torch_device)
 
@@ -113,6 +115,7 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
     result: dict[str, Any] = {
         "backbone": config.backbone, "category": config.category, "seed": config.seed,
         "image_size": config.image_size, "epochs": trained_epochs, "teacher_weights": record.get("teacher_weights"),
+        "selection": config.selection, "selected_epoch": selected_epoch,
         "n_test": len(labels), "n_good": int((labels == 0).sum()), "n_defect": int((labels == 1).sum()),
         "n_val": len(val_scores),
         "image_auroc": metrics.image_auroc(scores_cpu, labels),

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("check_data", "count and validate an MVTec-format data root"),
     "download": ("download", "download, verify and extract MVTec AD"),
     "train": ("train", "train RD models (sweeps over backbones, categories and seeds)"),
+    "tune": ("tune", "pick each backbone's lr/epochs/beta1 by synthetic-anomaly validation (no test image)"),
     "test": ("evaluate", "evaluate trained runs: metrics.json and scores.csv"),
     "compare": ("report", "fair-comparison report from results files"),
     "predict": ("predict", "score new images with a trained model: scores.csv, map overlays, masks"),

@@ -27,14 +27,21 @@ from dataset import DATA_FORMATS, AnomalyDataset, normalize
 from errors import CheckpointError, RDError, WeightsError
 from rd_model import ReverseDistillation, distillation_loss, validate_image_size
 
-__all__ = ["COMPILE_BACKEND_ENV", "IDENTITY_FIELDS", "Amp", "EvalAmp", "FastPath", "NonFiniteLoss", "TrainConfig",
-           "build_run_model", "check_config", "check_resumable", "compiled_train_step", "device_batches",
-           "epoch_batches", "make_optimizer", "open_split", "seed_everything", "train_step"]
+__all__ = ["COMPILE_BACKEND_ENV", "IDENTITY_FIELDS", "SELECTIONS", "SELECT_LAST", "SELECT_SYNTHETIC_VAL", "Amp",
+           "EvalAmp", "FastPath", "NonFiniteLoss", "TrainConfig", "build_run_model", "check_config",
+           "check_resumable", "compiled_train_step", "device_batches", "epoch_batches", "make_optimizer",
+           "open_split", "seed_everything", "train_step"]
 
 # Fields that must match for a run to be resumed (the others, e.g. epochs or device, may change).
 IDENTITY_FIELDS = ("backbone", "category", "seed", "data_root", "data_format", "split_csv", "image_size",
                    "batch_size", "lr", "beta1", "beta2", "val_fraction", "split_seed", "pretrained",
-                   "teacher_weights_path", "model_knobs")
+                   "teacher_weights_path", "model_knobs", "selection")
+
+# Which epoch is a run's model (``--selection``): the last (the paper's protocol) or the best on the
+# synthetic-anomaly validation set (synthval.py; no test image involved).
+SELECT_LAST = "last"
+SELECT_SYNTHETIC_VAL = "synthetic-val"
+SELECTIONS = (SELECT_LAST, SELECT_SYNTHETIC_VAL)
 
 
 class Amp(str, Enum):
@@ -88,6 +95,8 @@ class TrainConfig:
     results: str = "results"
     checkpoints: str = "checkpoints"
     model_knobs: dict[str, Any] = field(default_factory=dict)
+    selection: str = SELECT_LAST  # a SELECTIONS value: which epoch's weights `main.py test` evaluates
+    val_every: int = 10  # epochs between synthetic-validation passes (synthval.py); the last epoch always has one
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "TrainConfig":
@@ -106,6 +115,15 @@ class TrainConfig:
     @property
     def checkpoint_path(self) -> Path:
         return runs.checkpoint_path(self.checkpoints, self.key)
+
+    @property
+    def best_checkpoint_path(self) -> Path:
+        return runs.best_checkpoint_path(self.checkpoints, self.key)
+
+    @property
+    def selected_checkpoint_path(self) -> Path:
+        """The checkpoint holding the run's model under its ``selection``."""
+        return self.best_checkpoint_path if self.selection == SELECT_SYNTHETIC_VAL else self.checkpoint_path
 
 
 # field -> (whether a value is allowed, what is allowed)

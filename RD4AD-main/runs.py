@@ -16,7 +16,8 @@ One run = one (backbone, category, seed). Its directory ``<results>/<backbone>/<
 - ``val_scores.csv`` one row per validation normal: ``path, score`` (the threshold's source).
 - ``maps.npz``      optional: ``maps`` float16 (N, H, W), ``masks`` uint8 (N, H, W), ``paths``.
 
-Checkpoints live apart, under ``<checkpoints>/<backbone>/<category>/seed<k>/last.pth``.
+Checkpoints live apart, under ``<checkpoints>/<backbone>/<category>/seed<k>/last.pth`` (and ``best.pth``,
+the epoch kept by ``--selection synthetic-val``; see synthval.py).
 ``<results>/summary.csv`` has one row per evaluated run. Every file is written atomically (a
 temporary file in the same folder, then a rename), so a killed process never leaves half a file.
 """
@@ -43,9 +44,10 @@ from errors import CheckpointError, RDError
 
 __all__ = [
     "LOCK_FILE", "TEMPORARY_SUFFIX", "RunLock", "RunLocked", "remove_stale_temporaries", "strict_json",
-    "CHECKPOINT_FILE", "CONFIG_FILE", "EFFICIENCY", "HISTORY_COLUMNS", "HISTORY_FILE", "MAPS_FILE", "METRICS",
-    "METRICS_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "VAL_SCORES_FILE", "RunKey",
-    "atomic_write", "atomic_write_json", "atomic_write_text", "checkpoint_path", "find_runs", "key_of",
+    "BEST_CHECKPOINT_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "EFFICIENCY", "HISTORY_COLUMNS", "HISTORY_FILE",
+    "MAPS_FILE", "METRICS", "METRICS_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "SYNTH_VAL_COLUMNS",
+    "VAL_SCORES_FILE", "RunKey", "atomic_write", "atomic_write_json", "atomic_write_text", "best_checkpoint_path",
+    "checkpoint_path", "find_runs", "key_of",
     "load_maps", "load_runs", "load_scores", "read_history", "read_json", "read_run_config", "run_dir",
     "save_maps", "steady_images_per_s", "untested_runs", "write_csv", "write_history", "write_summary",
 ]
@@ -57,12 +59,15 @@ SCORES_FILE = "scores.csv"
 VAL_SCORES_FILE = "val_scores.csv"
 MAPS_FILE = "maps.npz"
 CHECKPOINT_FILE = "last.pth"
+BEST_CHECKPOINT_FILE = "best.pth"
 SUMMARY_FILE = "summary.csv"
 LOCK_FILE = ".lock"
 TEMPORARY_SUFFIX = ".tmp"
 
+# the synthetic-validation scores (synthval.py): filled every --val-every epochs and at the last, empty otherwise
+SYNTH_VAL_COLUMNS = ("synth_image_auroc", "synth_pixel_auroc", "synth_aupro")
 HISTORY_COLUMNS = ("epoch", "loss", "loss_scale1", "loss_scale2", "loss_scale3", "val_loss",
-                   "epoch_time_s", "images_per_s", "peak_memory_mb")
+                   "epoch_time_s", "images_per_s", "peak_memory_mb", *SYNTH_VAL_COLUMNS)
 # metrics.json key -> label; all are fractions in [0, 1], shown in percent.
 METRICS: dict[str, str] = {
     "image_auroc": "image AUROC",
@@ -110,6 +115,11 @@ def run_dir(results: str | os.PathLike, key: RunKey) -> Path:
 
 def checkpoint_path(checkpoints: str | os.PathLike, key: RunKey) -> Path:
     return Path(checkpoints) / key.relative / CHECKPOINT_FILE
+
+
+def best_checkpoint_path(checkpoints: str | os.PathLike, key: RunKey) -> Path:
+    """The weights of the epoch ``--selection synthetic-val`` keeps, beside last.pth."""
+    return Path(checkpoints) / key.relative / BEST_CHECKPOINT_FILE
 
 
 def find_runs(results: str | os.PathLike, require: str = METRICS_FILE) -> list[Path]:
@@ -264,14 +274,18 @@ def read_run_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- history.csv
 
-def _format_number(value: float) -> str:
+def _format_number(value: float | None) -> str:
+    if value is None:  # not measured this epoch (e.g. the synthetic validation between --val-every epochs)
+        return ""
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.6g}"
 
 
 def write_history(path: str | os.PathLike, history: list[dict[str, float]]) -> None:
-    """history.csv: one row per epoch, ``HISTORY_COLUMNS`` (6 significant digits)."""
+    """history.csv: one row per epoch, ``HISTORY_COLUMNS`` (6 significant digits; empty when not measured)."""
     lines = [",".join(HISTORY_COLUMNS)]
-    lines += [",".join(_format_number(row[c]) for c in HISTORY_COLUMNS) for row in history]
+    # rows of a run resumed from before the synthetic validation existed lack its columns
+    lines += [",".join(_format_number(row.get(c) if c in SYNTH_VAL_COLUMNS else row[c]) for c in HISTORY_COLUMNS)
+              for row in history]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

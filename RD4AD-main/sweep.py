@@ -24,7 +24,7 @@ from backbones import build_model, check_teacher_weights, parse_backbones
 from categories import OFFICIAL_COUNTS, validate_category
 from dataset import DATA_FORMATS, list_categories, split_train_val
 from errors import CheckpointError, DataError, RDError, WeightsError
-from recipe import Amp, EvalAmp, FastPath, TrainConfig, check_config, make_optimizer, open_split, train_step
+from recipe import SELECTIONS, Amp, EvalAmp, FastPath, TrainConfig, check_config, make_optimizer, open_split, train_step
 from system_info import describe_hardware, synchronize
 
 __all__ = ["CONFIG_ONLY_KEYS", "SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments",
@@ -120,9 +120,10 @@ def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+def add_train_arguments(parser: argparse.ArgumentParser, grid_lrs: str | None = None) -> None:
     """``main.py train``'s flags. Each defaults to None: the value then comes from --config, else from
-    TrainConfig's default."""
+    TrainConfig's default. With ``grid_lrs`` (``main.py tune``) --epochs, --lr and --beta1 take comma lists
+    (text), and --lr defaults to ``grid_lrs``."""
     d = TrainConfig(data_root="", category="")
     parser.add_argument("--data-root", help="data root (required, here or in --config): MVTec AD or VisA layout, "
                                             "or the root the --split-csv paths are relative to")
@@ -131,10 +132,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON file of TrainConfig fields (and backbones/categories/seeds); "
                                          "flags given on the command line win")
     parser.add_argument("--image-size", type=int, help=f"input size in px (default {d.image_size})")
-    parser.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    grid = grid_lrs is not None
+    listed = ", or a comma list: the grid" if grid else ""
+    parser.add_argument("--epochs", type=str if grid else int, help=f"default {d.epochs}{listed}")
     parser.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
-    parser.add_argument("--beta1", type=float, help=f"default {d.beta1}")
+    parser.add_argument("--lr", type=str if grid else float, default=grid_lrs,
+                        help=f"Adam learning rate (default {grid_lrs or d.lr}{listed})")
+    parser.add_argument("--beta1", type=str if grid else float, help=f"default {d.beta1}{listed}")
     parser.add_argument("--beta2", type=float, help=f"default {d.beta2}")
     parser.add_argument("--val-fraction", type=float, help=f"share of train/good held out (default {d.val_fraction})")
     parser.add_argument("--split-seed", type=int, help="seed of the validation split, shared by all backbones "
@@ -161,6 +165,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "BatchNorm students; see distributed.py)")
     parser.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
                         help="torchrun only: per-process BatchNorm statistics (not the 1-GPU recipe)")
+    parser.add_argument("--selection", choices=SELECTIONS,
+                        help="which epoch is the run's model: last (default, the paper's protocol) or synthetic-val "
+                             "(the best synthetic-anomaly validation AUPRO; synthval.py; no test image used)")
+    parser.add_argument("--val-every", type=int,
+                        help=f"epochs between synthetic-validation passes into history.csv; the last epoch always has "
+                             f"one (default {d.val_every})")
     parser.add_argument("--model-knobs", type=json_object,
                         help='JSON object of builder knobs, e.g. \'{"embed_dim": 768}\' for ConvNeXt (main.py summary '
                              'and the guide list each backbone\'s)')

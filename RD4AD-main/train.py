@@ -25,6 +25,7 @@ import distributed
 import recipe
 import runs
 import sweep
+import synthval
 from backbones import get_backbone, teacher_imagenet_top1
 from checkpoint import load_into, read_checkpoint, save_checkpoint, teacher_digest
 from errors import CheckpointError, RDError
@@ -61,6 +62,7 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False, a
     """
     validate_image_size(config.image_size)
     get_backbone(config.backbone)
+    synthval.check_settings(config)
     world = distributed.current()
     quiet = quiet or not world.is_main
     if world.enabled and config.batch_size % world.size:
@@ -96,6 +98,7 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
     """``train_run`` once the run's folders are locked."""
     if restart and world.is_main:
         config.checkpoint_path.unlink(missing_ok=True)
+        config.best_checkpoint_path.unlink(missing_ok=True)
         (config.run_dir / runs.CONFIG_FILE).unlink(missing_ok=True)
     distributed.barrier()
     check_resumable(config)
@@ -120,6 +123,8 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
         load_into(model, payload, config.checkpoint_path)
         state = payload["training_state"]
         start_epoch, history = int(state["epoch"]), list(state["history"])
+        if world.is_main:
+            _complete_best_checkpoint(config, model, weights_id, history, start_epoch, teacher_sha256)
         if start_epoch >= config.epochs:
             if not quiet:
                 print(f"{config.key}: complete ({start_epoch} epochs), skipped")
@@ -156,6 +161,8 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
     if world.is_main:
         runs.atomic_write_json(config.run_dir / runs.CONFIG_FILE, record)
 
+    # --- synthetic validation (synthval.py): rank 0 scores it; it never touches the training RNG or weights
+    validation = synthval.SyntheticValidation(config, train_set, val_set) if world.is_main else None
     step = recipe.compiled_train_step() if fast.compile else recipe.train_step  # compiled once per run
     batches_per_epoch = sum(1 for _ in epoch_batches(len(train_images), config.batch_size, config.seed, 0,
                                                      world.rank, world.size))
@@ -193,20 +200,46 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
             "loss_scale3": means[3], "epoch_time_s": elapsed, "images_per_s": seen / elapsed,
             "val_loss": validation_loss(model, val_images, fast, device, config.batch_size),
             "peak_memory_mb": peak_memory_mb(device),
+            **validation.columns(epoch, model, fast, device),
         })
         runs.write_history(config.run_dir / runs.HISTORY_FILE, history)
-        if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+        best = synthval.select_epoch(history)
+        # a new best epoch is checkpointed at once (last.pth first: a kill in between is repaired on resume)
+        new_best = config.selection == recipe.SELECT_SYNTHETIC_VAL and best is not None and best["epoch"] == epoch
+        if epoch % config.checkpoint_every == 0 or epoch == config.epochs or new_best:
             # Adam's moments (2x the weights) are needed only to continue: a finished run drops them
-            training_state = {"epoch": epoch, "history": history}
+            training_state = {"epoch": epoch, "history": history, "synthetic_best": best}
             if epoch < config.epochs or config.keep_optimizer:
                 training_state["optimizer"] = optimizer.state_dict()
             save_checkpoint(config.checkpoint_path, model, backbone=config.backbone, image_size=config.image_size,
                             teacher_weights=weights_id, model_knobs=config.model_knobs, training_state=training_state,
                             teacher_seed=config.seed if weights_id == "random" else None,
                             teacher_sha256=teacher_sha256)
+        if new_best:
+            _save_best_checkpoint(config, model, weights_id, best, teacher_sha256)
     progress.close()
     distributed.barrier()  # the checkpoint is complete before any rank moves on
     return config.run_dir
+
+
+# --- the checkpoint of --selection synthetic-val (best.pth, beside last.pth)
+
+def _save_best_checkpoint(config: TrainConfig, model: ReverseDistillation, weights_id: str,
+                          best: dict, teacher_sha256: str) -> None:
+    """Write the model as the run's selected epoch; its training state names the epoch and its scores."""
+    save_checkpoint(config.best_checkpoint_path, model, backbone=config.backbone, image_size=config.image_size,
+                    teacher_weights=weights_id, model_knobs=config.model_knobs,
+                    training_state={**best, "selection": config.selection},
+                    teacher_seed=config.seed if weights_id == "random" else None, teacher_sha256=teacher_sha256)
+
+
+def _complete_best_checkpoint(config: TrainConfig, model: ReverseDistillation, weights_id: str,
+                              history: list[dict], epoch: int, teacher_sha256: str) -> None:
+    """After a kill between a new best's last.pth and best.pth, write best.pth from the resumed weights."""
+    best = synthval.select_epoch(history)
+    if (config.selection == recipe.SELECT_SYNTHETIC_VAL and best is not None and best["epoch"] == epoch
+            and sweep.checkpoint_epoch(config.best_checkpoint_path) != epoch):
+        _save_best_checkpoint(config, model, weights_id, best, teacher_sha256)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,255 @@
+"""Issue 10, test-free validation: the synthetic-anomaly set, --selection synthetic-val, and `main.py tune`
+(CPU, 32 px, random teachers, 1-3 epochs)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import recipe
+import runs
+import sweep
+import synthval
+import train
+import tune
+from checkpoint import read_checkpoint
+from errors import CheckpointError, DataError, RDError
+from evaluate import evaluate_run
+from main import main
+from recipe import TrainConfig
+from train import train_run
+
+
+def small_config(root: Path, folder: Path, **overrides) -> TrainConfig:
+    base = TrainConfig(data_root=str(root), category="synth_object", backbone="resnet50", epochs=3, image_size=32,
+                       batch_size=8, pretrained=False, results=str(folder / "results"),
+                       checkpoints=str(folder / "checkpoints"), checkpoint_every=1, device="cpu",
+                       selection="synthetic-val", val_every=2)
+    return replace(base, **overrides)
+
+
+def _trainable_state(path: Path) -> dict[str, torch.Tensor]:
+    payload = read_checkpoint(path)
+    return {f"{part}.{k}": v for part in ("bottleneck", "student") for k, v in payload[part].items()}
+
+
+def _assert_same_weights(path_a: Path, path_b: Path) -> None:
+    expected, actual = _trainable_state(path_a), _trainable_state(path_b)
+    assert expected.keys() == actual.keys()
+    for key in expected:  # BatchNorm running statistics included
+        assert torch.equal(expected[key], actual[key]), key
+
+
+# ---------------------------------------------------------------------------------------------- the set
+
+def test_synthetic_set_depends_on_the_split_seed_only(synthetic_root, tmp_path, monkeypatch):
+    one = small_config(synthetic_root, tmp_path / "one")
+    other_arm = small_config(synthetic_root, tmp_path / "two", backbone="convnext_tiny", seed=3)
+    first = synthval.load_synthetic_set(one)
+    second = synthval.load_synthetic_set(other_arm)  # another backbone, seed and cache folder
+    for name in ("images", "masks", "labels"):
+        assert torch.equal(getattr(first, name), getattr(second, name)), name
+    cached = [sorted((Path(c.results) / synthval.CACHE_FOLDER).iterdir()) for c in (one, other_arm)]
+    assert [p.name for p in cached[0]] == [p.name for p in cached[1]]
+    assert cached[0][0].read_bytes() == cached[1][0].read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(synthval, "build_synthetic_set", None)  # a cache hit makes nothing
+        assert torch.equal(synthval.load_synthetic_set(one).images, first.images)
+    cached[0][0].write_bytes(b"truncated")
+    assert torch.equal(synthval.load_synthetic_set(one).masks, first.masks)  # a damaged cache is made again
+    assert cached[0][0].read_bytes() == cached[1][0].read_bytes()
+
+    reseeded = synthval.load_synthetic_set(replace(one, split_seed=1))
+    assert reseeded.images.shape != first.images.shape or not torch.equal(reseeded.images, first.images)
+    assert len(list((Path(one.results) / synthval.CACHE_FOLDER).iterdir())) == 2  # keyed by the split seed
+
+
+def test_masks_are_exactly_the_changed_pixels(synthetic_root, tmp_path):
+    config = small_config(synthetic_root, tmp_path, image_size=64)
+    synthetic = synthval.load_synthetic_set(config)
+    normals = recipe.open_split(config, "val").uint8_images()
+    count = len(normals)
+    assert len(synthetic.images) == 3 * count and synthetic.labels.tolist() == [0] * count + [1] * 2 * count
+    assert synthetic.kinds[:2 * count] == ["normal"] * count + ["cut-paste"] * count
+    assert set(synthetic.kinds[2 * count:]) <= {"scratch", "blob"}
+    assert torch.equal(synthetic.images[:count], normals) and not synthetic.masks[:count].any()
+    for index in range(count, 3 * count):
+        changed = (synthetic.images[index] != normals[index % count]).any(dim=0)
+        assert torch.equal(synthetic.masks[index].bool(), changed), index
+        assert changed.sum() >= 5, index
+    assert set(synthetic.masks.unique().tolist()) == {0, 1}
+
+
+# ---------------------------------------------------------------------------------------------- selection rule
+
+def test_selection_rule_prefers_aupro_then_image_auroc_then_the_later_epoch():
+    def row(epoch, aupro, image_auroc):
+        return {"epoch": epoch, "synth_aupro": aupro, "synth_image_auroc": image_auroc, "synth_pixel_auroc": 0.5}
+
+    assert synthval.select_epoch([row(1, 0.3, 0.9), row(2, 0.4, 0.1)])["epoch"] == 2  # AUPRO first
+    assert synthval.select_epoch([row(1, 0.4, 0.9), row(2, 0.4, 0.8)])["epoch"] == 1  # tie: image AUROC
+    assert synthval.select_epoch([row(1, 0.4, 0.9), row(2, 0.4, 0.9), row(3, 0.1, 1.0)])["epoch"] == 2  # later
+    skipped = [row(1, None, None), row(2, float("nan"), float("nan")), row(3, 0.2, 0.5)]
+    assert synthval.select_epoch(skipped) == {"epoch": 3, "synth_aupro": 0.2, "synth_image_auroc": 0.5,
+                                              "synth_pixel_auroc": 0.5}
+    assert synthval.select_epoch([row(1, None, None)]) is None
+
+    settings = [tune.Setting(lr, 0.5, 2) for lr in (0.001, 0.005, 0.01)]
+    scores = pd.DataFrame([{"backbone": "b", "category": c, "seed": 0, "setting": s.name, "synth_aupro": a,
+                            "synth_image_auroc": i, "synth_pixel_auroc": 0.5}
+                           for c, s, a, i in [("x", settings[0], 0.4, 0.7), ("x", settings[1], 0.4, 0.8),
+                                              ("x", settings[2], 0.4, 0.8), ("y", settings[0], 0.2, 0.5),
+                                              ("y", settings[1], 0.1, 0.5), ("y", settings[2], 0.1, 0.9)]])
+    per_category = tune.choose(scores, settings, pooled=False)
+    chosen = per_category[per_category["chosen"] == 1]
+    # x: AUPRO tie, image AUROC tie between 0.005 and 0.01 -> the earlier grid entry; y: AUPRO decides
+    assert chosen[["category", "lr"]].values.tolist() == [["x", 0.005], ["y", 0.001]]
+    pooled = tune.choose(scores, settings, pooled=True)
+    assert pooled.loc[pooled["chosen"] == 1, "lr"].tolist() == [0.001]  # mean AUPRO 0.3 vs 0.25 vs 0.25
+    assert pooled["category"].unique().tolist() == [tune.POOLED]
+
+
+def test_bad_selection_settings_are_refused(synthetic_root, tmp_path):
+    with pytest.raises(RDError, match="--val-every 0"):
+        synthval.check_settings(small_config(synthetic_root, tmp_path, val_every=0))
+    with pytest.raises(RDError, match="--selection 'best'.*synthetic-val"):
+        train_run(small_config(synthetic_root, tmp_path, selection="best"))
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+def test_validation_changes_no_weight_and_a_killed_run_resumes_exactly(synthetic_root, tmp_path, monkeypatch):
+    silent = small_config(synthetic_root, tmp_path / "silent", selection="last")
+    with monkeypatch.context() as patch:  # the reference: no synthetic validation at all
+        patch.setattr(synthval.SyntheticValidation, "columns",
+                      lambda self, *args: dict.fromkeys(runs.SYNTH_VAL_COLUMNS))
+        train_run(silent, quiet=True)
+
+    reference = small_config(synthetic_root, tmp_path / "reference")
+    train_run(reference, quiet=True)
+    _assert_same_weights(silent.checkpoint_path, reference.checkpoint_path)
+
+    history = pd.read_csv(reference.run_dir / runs.HISTORY_FILE)
+    assert list(history.columns) == list(runs.HISTORY_COLUMNS)
+    synthetic = history[list(runs.SYNTH_VAL_COLUMNS)]
+    assert synthetic.iloc[0].isna().all() and synthetic.iloc[1:].notna().all().all()  # epochs 2 and 3 (the last)
+    assert ((synthetic.iloc[1:] >= 0) & (synthetic.iloc[1:] <= 1)).all().all()
+    best = synthval.select_epoch(history.to_dict("records"))
+    saved = read_checkpoint(reference.best_checkpoint_path)["training_state"]
+    assert saved["epoch"] == best["epoch"] and saved["synth_aupro"] == pytest.approx(best["synth_aupro"], abs=1e-6)
+
+    resumed = small_config(synthetic_root, tmp_path / "resumed")
+    real_step, calls = recipe.train_step, []
+
+    def dies_in_epoch_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:  # 3 batches per epoch (20 images, batch 8): the 2nd batch of epoch 3
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_step", dies_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(resumed, quiet=True)
+    assert read_checkpoint(resumed.checkpoint_path)["training_state"]["epoch"] == 2
+    monkeypatch.setattr(recipe, "train_step", real_step)
+    train_run(resumed, quiet=True)
+
+    _assert_same_weights(reference.checkpoint_path, resumed.checkpoint_path)
+    _assert_same_weights(reference.best_checkpoint_path, resumed.best_checkpoint_path)
+    resumed_history = pd.read_csv(resumed.run_dir / runs.HISTORY_FILE)
+    columns = ["epoch", "loss", "val_loss", *runs.SYNTH_VAL_COLUMNS]
+    pd.testing.assert_frame_equal(history[columns], resumed_history[columns])
+    assert read_checkpoint(resumed.checkpoint_path)["training_state"]["synthetic_best"]["epoch"] == best["epoch"]
+
+    result = evaluate_run(reference.run_dir, device="cpu")
+    assert (result["selection"], result["selected_epoch"], result["epochs"]) == ("synthetic-val", best["epoch"], 3)
+    with pytest.raises(CheckpointError, match="selection: 'synthetic-val' -> 'last'"):
+        train_run(replace(reference, selection="last"), quiet=True)
+
+
+def test_a_kill_between_last_and_best_checkpoint_is_repaired(synthetic_root, tmp_path, monkeypatch):
+    """A new best writes last.pth, then best.pth: killed in between, the resumed run writes best.pth itself."""
+    def improving(model, synthetic, fast, device, batch_size):  # every epoch is the best so far
+        improving.calls += 1
+        return dict(zip(runs.SYNTH_VAL_COLUMNS, (0.5, 0.5, 0.1 * improving.calls)))
+
+    improving.calls = 0
+    monkeypatch.setattr(synthval, "score_synthetic", improving)
+    real_save = train._save_best_checkpoint
+
+    def killed_at_epoch_two(config, model, weights_id, best):
+        if best["epoch"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        real_save(config, model, weights_id, best)
+
+    config = small_config(synthetic_root, tmp_path, epochs=2, val_every=1, checkpoint_every=5)
+    monkeypatch.setattr(train, "_save_best_checkpoint", killed_at_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, quiet=True)
+    assert read_checkpoint(config.best_checkpoint_path)["training_state"]["epoch"] == 1
+    monkeypatch.setattr(train, "_save_best_checkpoint", real_save)
+    train_run(config, quiet=True)  # complete: skipped, but best.pth is brought up to epoch 2
+    assert read_checkpoint(config.best_checkpoint_path)["training_state"]["epoch"] == 2
+    _assert_same_weights(config.checkpoint_path, config.best_checkpoint_path)
+
+
+# ---------------------------------------------------------------------------------------------- no test image
+
+def _garbage_test_folders(source: Path, destination: Path, category: str) -> Path:
+    """A copy of one category whose test images and masks are garbage bytes: any decode fails."""
+    shutil.copytree(source / category, destination / category)
+    spoiled = [path for folder in ("test", "ground_truth") for path in (destination / category / folder).rglob("*")
+               if path.is_file()]
+    assert spoiled
+    for path in spoiled:
+        path.write_bytes(b"not an image " * 7)
+    return destination
+
+
+def test_train_and_tune_never_read_a_test_image(synthetic_root, tmp_path, monkeypatch):
+    root = _garbage_test_folders(synthetic_root, tmp_path / "data", "synth_texture")
+    opened: list[str] = []
+    real_open = Image.open
+
+    def recording_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", recording_open)
+    common = ["--data-root", str(root), "--backbones", "resnet50", "--categories", "synth_texture", "--image-size",
+              "32", "--batch-size", "8", "--no-pretrained", "--device", "cpu", "--no-eta"]
+    results = tmp_path / "results"
+    assert main(["train", *common, "--epochs", "2", "--selection", "synthetic-val", "--val-every", "1",
+                 "--results", str(results), "--checkpoints", str(tmp_path / "checkpoints")]) == 0
+    out = tmp_path / "tune"
+    assert main(["tune", *common, "--epochs", "1", "--lr", "0.001,0.005", "--out", str(out)]) == 0
+    assert main(["tune", *common, "--epochs", "1", "--lr", "0.001,0.005", "--out", str(out), "--pooled"]) == 0
+    category = (root / "synth_texture").resolve()
+    parts = [Path(path).resolve().relative_to(category).parts[0] for path in opened]
+    assert parts and set(parts) == {"train"}  # train/good only: neither test/ nor ground_truth/
+    with pytest.raises(DataError, match="unreadable image"):  # the garbage is found by whatever reads it
+        evaluate_run(results / "resnet50" / "synth_texture" / "seed0", device="cpu")
+
+    table = pd.read_csv(out / "tune.csv")  # the --pooled call's; both calls reused the same two runs
+    assert table["lr"].tolist() == [0.001, 0.005] and table["chosen"].sum() == 1
+    assert set(table["category"]) == {tune.POOLED} and table[list(runs.SYNTH_VAL_COLUMNS)].notna().all().all()
+    assert len(pd.read_csv(out / "tune_runs.csv")) == 2 and len(list((out / "runs").iterdir())) == 2
+    chosen_lr = float(table.loc[table["chosen"] == 1, "lr"].iloc[0])
+    for path in (out / "configs" / "resnet50.json", out / "configs" / "resnet50" / "synth_texture.json"):
+        parser = argparse.ArgumentParser()
+        sweep.add_train_arguments(parser)
+        configs = sweep.configs_from_args(parser.parse_args(["--config", str(path)]))
+        assert [(c.backbone, c.category, c.seed, c.epochs, c.image_size, c.pretrained) for c in configs] == \
+            [("resnet50", "synth_texture", 0, 1, 32, False)]
+        assert configs[0].results == "results"  # tune's own folders stay out of the study's config
+        if path.name == "resnet50.json":
+            assert configs[0].lr == chosen_lr
+        assert math.isfinite(configs[0].lr) and json.loads(path.read_text())["categories"] == ["synth_texture"]
