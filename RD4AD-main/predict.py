@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.run_dir is not None:
         config = TrainConfig.from_record(runs.read_run_config(args.run_dir))
-        checkpoint, threshold = config.checkpoint_path, args.threshold
+        checkpoint, threshold = config.selected_checkpoint_path, args.threshold
         if threshold is None:
             threshold = run_threshold(args.run_dir)
     else:
