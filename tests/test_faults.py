@@ -234,6 +234,16 @@ def test_second_process_on_a_locked_run_stops_at_once(capsys, workdir, synthetic
 
 # ------------------------------------------------------------------------------------------ processes
 
+# main.py with a torch.save that, for the checkpoint, writes a few bytes, says so and hangs: a save to kill
+SLOW_CHECKPOINT_SAVE = (
+    "import sys, time, torch; sys.argv = sys.argv[1:]; real = torch.save\n"
+    "def save(obj, f, *a, **k):\n"
+    "    if 'last.pth' not in str(f):\n        return real(obj, f, *a, **k)\n"
+    "    open(f, 'wb').write(b'partial'); print('SAVING', flush=True); time.sleep(600)\n"
+    "torch.save = save\nsys.path.insert(0, sys.argv[0].rsplit('/', 1)[0])\nimport main\n"
+    "sys.exit(main.main(sys.argv[1:]))\n")
+
+
 def _train_command(synthetic_root: Path, *extra: str) -> list[str]:
     return [sys.executable, str(MAIN), "train", "--data-root", str(synthetic_root), *TINY, *extra]
 
@@ -261,11 +271,7 @@ def test_two_concurrent_trainings_of_one_run_cannot_both_write(workdir, syntheti
 def test_a_save_killed_midway_leaves_no_orphan_after_the_next_start(workdir, synthetic_root):
     """SIGKILL while the checkpoint is written leaves a temporary file; the next start of the run removes it."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    slow_save = ("import sys, time, torch; sys.argv = sys.argv[1:]; real = torch.save\n"
-                 "def save(obj, f, *a, **k):\n    open(f, 'wb').write(b'partial'); print('SAVING', flush=True); "
-                 "time.sleep(600)\n"
-                 "torch.save = save\nsys.path.insert(0, sys.argv[0].rsplit('/', 1)[0])\nimport main\n"
-                 "sys.exit(main.main(sys.argv[1:]))\n")
+    slow_save = SLOW_CHECKPOINT_SAVE
     process = subprocess.Popen([sys.executable, "-c", slow_save, str(MAIN), "train", "--data-root",
                                 str(synthetic_root), *TINY], cwd=workdir, env=env, stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
@@ -283,11 +289,7 @@ def test_a_save_killed_midway_leaves_no_orphan_after_the_next_start(workdir, syn
 
 def test_sigterm_during_a_save_removes_the_temporary_file(workdir, synthetic_root):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    slow_save = ("import sys, time, torch; sys.argv = sys.argv[1:]\n"
-                 "def save(obj, f, *a, **k):\n    open(f, 'wb').write(b'partial'); print('SAVING', flush=True); "
-                 "time.sleep(600)\n"
-                 "torch.save = save\nsys.path.insert(0, sys.argv[0].rsplit('/', 1)[0])\nimport main\n"
-                 "sys.exit(main.main(sys.argv[1:]))\n")
+    slow_save = SLOW_CHECKPOINT_SAVE
     process = subprocess.Popen([sys.executable, "-c", slow_save, str(MAIN), "train", "--data-root",
                                 str(synthetic_root), *TINY], cwd=workdir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

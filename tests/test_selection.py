@@ -185,10 +185,10 @@ def test_a_kill_between_last_and_best_checkpoint_is_repaired(synthetic_root, tmp
     monkeypatch.setattr(synthval, "score_synthetic", improving)
     real_save = train._save_best_checkpoint
 
-    def killed_at_epoch_two(config, model, weights_id, best):
+    def killed_at_epoch_two(config, model, weights_id, best, *rest):
         if best["epoch"] == 2:
             raise KeyboardInterrupt("simulated kill")
-        real_save(config, model, weights_id, best)
+        real_save(config, model, weights_id, best, *rest)
 
     config = small_config(synthetic_root, tmp_path, epochs=2, val_every=1, checkpoint_every=5)
     monkeypatch.setattr(train, "_save_best_checkpoint", killed_at_epoch_two)
