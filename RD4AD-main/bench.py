@@ -70,7 +70,7 @@ EVAL_CATEGORY = "synth_object"  # RGB, the second category synth writes
 NAIVE_AUPRO_THRESHOLDS = 200
 INFERENCE_BATCH = 32
 EQUAL_TOLERANCE = 1e-6
-# Targets of issue 6 (checked and recorded, never asserted by a test).
+# The project's speed targets (checked and recorded here, never asserted by a test).
 CPU_TRAIN_RATIO_TARGET, EVAL_RATIO_TARGET = 1.3, 10.0
 CUDA_TRAIN_TARGETS = {"resnet50": 1500.0, "wide_resnet50_2": 800.0}  # images/s at 256 px on one H200
 CUDA_EVAL_TARGET_S, CUDA_SWEEP_TARGET_S = 2.0, 30 * 60.0
@@ -358,7 +358,7 @@ def bench_backbone(backbone: str, data: BenchData, eval_data: BenchData, device:
 # ---------------------------------------------------------------------------------------------- report
 
 def check_targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 6's targets that this run's settings can check, each with its measured value."""
+    """The speed targets that this run's settings can check, each with its measured value."""
     checks = []
     cuda = payload["machine"]["device"] == "cuda"
     size = payload["settings"]["image_size"]
@@ -493,9 +493,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                   "inference runs 4x as many images (default 1 on CPU, 10 on CUDA)")
     parser.add_argument("--eval-image-size", type=int, default=256,
                         help="size of the evaluation benchmark (default 256: a 167-image category at 256 px is "
-                             "the benchmark of the training-and-evaluation issue, on CPU as on CUDA)")
+                             "a whole MVTec-sized category, on CPU as on CUDA)")
     parser.add_argument("--eval-images", type=int, default=167, help="test images of the evaluated category "
-                                                                     "(default 167, as the issue's benchmark)")
+                                                                     "(167 by default: an MVTec AD category's size)")
     parser.add_argument("--no-tf32", action="store_true",
                         help="CUDA: TF32 off for convolutions and matrix products (exact float32: the check that the "
                              "fast and naive evaluations give identical metrics)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA figures of issues 6 and 15 on one GPU, as one prepared run of under 8 minutes (sized for an H200).
+# The project's CUDA figures on one GPU, as one prepared run of under 8 minutes (sized for an H200).
 #
 #   bash benchmarks/cuda_check.sh                 # on a GPU machine, from the repository root or anywhere
 #   bash benchmarks/cuda_check.sh --device cpu    # dry run on a CPU: the same sections at small sizes

@@ -1,4 +1,4 @@
-"""Issue 4's evaluation benchmark: one category's whole evaluation, fast path vs naive path, same metrics.
+"""The evaluation benchmark: one category's whole evaluation, fast path vs naive path, same metrics.
 
     .venv/bin/python benchmarks/eval_benchmark.py [--images 167] [--image-size 256] [--backbone resnet50]
                                                   [--device auto] [--threads N] [--bf16-eval] [--no-tf32]

@@ -1,6 +1,9 @@
-"""Issue 5: the trainer notebooks run top to bottom on tiny generated data (parameters injected)."""
+"""The three notebooks in order, as a user runs them with papermill's own parameter injection (`-p`, `-y`):
+the two trainers train the fair pair into one results folder, the tester compares it."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -11,39 +14,58 @@ import runs
 
 CODE_DIR = Path(__file__).resolve().parents[1] / "RD4AD-main"
 TRAINERS = {"RD_Trainer.ipynb": "resnet50", "RD_ConvNeXt_Trainer.ipynb": "convnext_tiny"}
-PARAMETERS = ("DATA_ROOT", "GENERATE_DEMO_DATA", "CATEGORIES", "BACKBONE", "EPOCHS", "IMAGE_SIZE", "BATCH_SIZE",
-              "SEEDS", "DEVICE", "PRETRAINED", "FALLBACK_RANDOM_TEACHER", "RESULTS", "CHECKPOINTS")
+PARAMETERS = ("DEMO", "DATA_ROOT", "CATEGORIES", "BACKBONE", "EPOCHS", "IMAGE_SIZE", "BATCH_SIZE", "SEEDS", "DEVICE",
+              "PRETRAINED", "RESULTS", "CHECKPOINTS")
 
 
-@pytest.mark.parametrize("name", TRAINERS)
-def test_trainer_notebook_parameters_cell(name):
+def parameters_cell(name: str) -> str:
     notebook = nbformat.read(CODE_DIR / name, as_version=4)
     first_code = next(cell for cell in notebook.cells if cell.cell_type == "code")
     assert "parameters" in first_code.metadata.get("tags", [])
-    for parameter in PARAMETERS:
-        assert f"{parameter} = " in first_code.source, parameter
+    return first_code.source
 
 
 @pytest.mark.parametrize("name, backbone", TRAINERS.items())
-def test_trainer_notebook_runs_top_to_bottom(synthetic_root, tmp_path, name, backbone):
-    import papermill
+def test_trainer_defaults_are_the_recipe_and_never_a_random_teacher(name, backbone):
+    namespace: dict = {}
+    exec(parameters_cell(name), namespace)  # the cell is plain assignments
+    assert set(PARAMETERS) <= set(namespace)
+    assert namespace["DEMO"] is False and namespace["PRETRAINED"] is True
+    assert (namespace["EPOCHS"], namespace["IMAGE_SIZE"], namespace["BATCH_SIZE"]) == (200, 256, 16)
+    assert namespace["BACKBONE"] == backbone
+    tester: dict = {}
+    exec(parameters_cell("RD_Tester.ipynb"), tester)
+    assert tester["RESULTS_DIR"] == namespace["RESULTS"]  # run the trainers, then the tester
 
-    results = tmp_path / "results"
-    executed = papermill.execute_notebook(
-        str(CODE_DIR / name), str(tmp_path / "executed.ipynb"),
-        parameters={"DATA_ROOT": str(synthetic_root), "GENERATE_DEMO_DATA": False, "CATEGORIES": "synth_object",
-                    "BACKBONE": backbone, "EPOCHS": 2, "IMAGE_SIZE": 64, "BATCH_SIZE": 8, "SEEDS": "0",
-                    "DEVICE": "cpu", "PRETRAINED": False, "FALLBACK_RANDOM_TEACHER": False,
-                    "RESULTS": str(results), "CHECKPOINTS": str(tmp_path / "checkpoints")},
-        kernel_name="python3", cwd=str(CODE_DIR), progress_bar=False,
-    )
-    outputs = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs]
-    images = sum("image/png" in output.get("data", {}) for output in outputs)
-    assert images >= 2  # learning curves and the anomaly-map gallery
-    run_dir = results / backbone / "synth_object" / "seed0"
-    history = pd.read_csv(run_dir / runs.HISTORY_FILE)
-    assert history["epoch"].tolist() == [1, 2]
-    metrics = runs.read_json(run_dir / runs.METRICS_FILE)
-    assert 0 <= metrics["image_auroc"] <= 1
-    html = "".join(str(output.get("data", {}).get("text/html", "")) for output in outputs)
-    assert "image_auroc" in html and "synth_object" in html  # the data and metrics tables were shown
+
+def papermill(name: str, out: Path, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "papermill", str(CODE_DIR / name), str(out), "--cwd", str(CODE_DIR),
+                           "--kernel", "python3", "--no-progress-bar", *options],
+                          capture_output=True, text=True, timeout=600)
+
+
+def outputs(path: Path) -> list:
+    notebook = nbformat.read(path, as_version=4)
+    return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+
+
+def test_the_three_notebooks_in_order_with_papermill_parameters(synthetic_root, tmp_path):
+    results, checkpoints = tmp_path / "results", tmp_path / "checkpoints"
+    common = ["-p", "DEMO", "True", "-p", "DATA_ROOT", str(synthetic_root), "-p", "CATEGORIES", "synth_object",
+              "-p", "EPOCHS", "1", "-p", "IMAGE_SIZE", "64", "-p", "BATCH_SIZE", "8", "-p", "DEVICE", "cpu",
+              "-p", "PRETRAINED", "False", "-p", "RESULTS", str(results), "-p", "CHECKPOINTS", str(checkpoints)]
+    # SEEDS as papermill types it: an int from -p, a list from -y
+    for (name, backbone), seeds in zip(TRAINERS.items(), (["-p", "SEEDS", "0"], ["-y", "SEEDS: [0]"])):
+        done = papermill(name, tmp_path / f"{backbone}.ipynb", *common, "-p", "BACKBONE", backbone, *seeds)
+        assert done.returncode == 0, done.stderr[-3000:]
+        shown = outputs(tmp_path / f"{backbone}.ipynb")
+        assert sum("image/png" in output.get("data", {}) for output in shown) >= 2  # learning curves, gallery
+        html = "".join(str(output.get("data", {}).get("text/html", "")) for output in shown)
+        assert "image_auroc" in html and "synth_object" in html
+        history = pd.read_csv(results / backbone / "synth_object" / "seed0" / runs.HISTORY_FILE)
+        assert history["epoch"].tolist() == [1]
+    done = papermill("RD_Tester.ipynb", tmp_path / "tester.ipynb", "-p", "RESULTS_DIR", str(results),
+                     "-p", "OUT_DIR", str(tmp_path / "report"), "-p", "PAIR", "resnet50,convnext_tiny")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert sum("image/png" in output.get("data", {}) for output in outputs(tmp_path / "tester.ipynb")) >= 3
