@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-import main
 import runs
+from helpers import run_main
 from recipe import TrainConfig
 from train import train_run
 
@@ -29,17 +29,10 @@ PRETRAINED_TINY = ["--categories", "synth_texture", "--epochs", "1", "--image-si
                    "--no-eta", "--device", "cpu"]
 
 
-def run_main(capsys, *argv: str) -> tuple[int, str]:
-    """main.py in this process; (exit status, stderr). argparse errors exit 2 through SystemExit."""
-    saved = sys.argv[:]
-    try:
-        code = main.main(list(argv))
-    except SystemExit as stop:
-        code = stop.code
-    finally:
-        sys.argv = saved
-    err = capsys.readouterr().err
-    return code, err
+def run_main_err(capsys, *argv: str) -> tuple[int, str]:
+    """main.py in this process; (exit status, stderr)."""
+    code = run_main(*argv)
+    return code, capsys.readouterr().err
 
 
 def files_under(folder: Path) -> list[str]:
@@ -48,7 +41,7 @@ def files_under(folder: Path) -> list[str]:
 
 def expect_refusal(capsys, culprit: str, *argv: str, untouched: Path | None = None) -> str:
     before = files_under(untouched) if untouched else None
-    code, err = run_main(capsys, *argv)
+    code, err = run_main_err(capsys, *argv)
     assert code == 2, (argv, err)
     assert "Traceback" not in err and culprit in err, (culprit, err)
     if untouched is not None:
@@ -322,7 +315,7 @@ def test_mask_with_other_defect_values_is_read_and_reported(capsys, workdir, syn
     mask = sorted((data / "synth_object" / "ground_truth").rglob("*.png"))[0]
     values = np.asarray(Image.open(mask))
     Image.fromarray(np.where(values > 0, 100, 0).astype(np.uint8)).save(mask)
-    code, err = run_main(capsys, "check-data", "--data-root", str(data), "--categories", "synth_object",
+    code, err = run_main_err(capsys, "check-data", "--data-root", str(data), "--categories", "synth_object",
                          "--image-size", "64", "--decode")
     assert code == 0 and "Traceback" not in err
     from dataset import MVTecDataset

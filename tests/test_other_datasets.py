@@ -1,24 +1,15 @@
 """VisA and split-file data sets end to end: check-data, train (1 epoch, random teacher) and test."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-import main
 import runs
+from helpers import run_main
 from visa_tree import SPLIT_HEADER, write_split_csv, write_visa_tree
 
 COMMON = ["--backbones", "resnet50", "--categories", "candle", "--epochs", "1", "--image-size", "64",
           "--batch-size", "4", "--no-pretrained", "--no-eta", "--device", "cpu"]
 
-
-def call(*argv: str) -> int:
-    saved = sys.argv[:]
-    try:
-        return main.main(list(argv))
-    finally:
-        sys.argv = saved
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +25,11 @@ def visa_root(tmp_path_factory):
 def test_check_data_train_and_test(visa_root, tmp_path, capsys, layout):
     layout = [str(visa_root / "own_split.csv") if item == "SPLIT" else item for item in layout]
     data = ["--data-root", str(visa_root), *layout]
-    assert call("check-data", *data, "--categories", "candle", "--image-size", "64", "--decode") == 0
+    assert run_main("check-data", *data, "--categories", "candle", "--image-size", "64", "--decode") == 0
     assert "candle" in capsys.readouterr().out
     folders = ["--results", str(tmp_path / "results"), "--checkpoints", str(tmp_path / "checkpoints")]
-    assert call("train", *data, *COMMON, *folders) == 0
-    assert call("test", *folders, "--device", "cpu") == 0
+    assert run_main("train", *data, *COMMON, *folders) == 0
+    assert run_main("test", *folders, "--device", "cpu") == 0
     run_dir = tmp_path / "results" / "resnet50" / "candle" / "seed0"
     record = runs.read_json(run_dir / runs.CONFIG_FILE)
     assert record["data"]["data_format"] == ("csv" if "csv" in layout else "visa")

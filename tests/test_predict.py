@@ -1,17 +1,15 @@
 """`main.py predict`: a trained run on new images gives the scores `main.py test` gives the same images."""
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-import main
 import runs
 from dataset import MVTecDataset
 from evaluate import evaluate_run
+from helpers import run_main
 from recipe import TrainConfig
 from train import train_run
 
@@ -26,18 +24,11 @@ def tested_run(synthetic_root, tmp_path_factory):
     return config
 
 
-def call(*argv: str) -> int:
-    saved = sys.argv[:]
-    try:
-        return main.main(list(argv))
-    finally:
-        sys.argv = saved
-
 
 def test_predict_scores_equal_test_scores_and_write_overlays(tested_run, synthetic_root, tmp_path, capsys):
     test_dir = synthetic_root / "synth_object" / "test"
     out = tmp_path / "out"
-    assert call("predict", "--run-dir", str(tested_run.run_dir), "--images", str(test_dir), "--out", str(out),
+    assert run_main("predict", "--run-dir", str(tested_run.run_dir), "--images", str(test_dir), "--out", str(out),
                 "--save-maps", "--save-masks", "--device", "cpu", "--batch-size", "5") == 0
     assert "flagged as anomalous" in capsys.readouterr().out
     predicted = pd.read_csv(out / runs.SCORES_FILE)
@@ -57,7 +48,7 @@ def test_predict_scores_equal_test_scores_and_write_overlays(tested_run, synthet
 
 def test_predict_with_a_checkpoint_and_no_threshold(tested_run, synthetic_root, tmp_path, capsys):
     image = next((synthetic_root / "synth_object" / "test" / "good").glob("*.png"))
-    assert call("predict", "--checkpoint", str(tested_run.checkpoint_path), "--images", str(image),
+    assert run_main("predict", "--checkpoint", str(tested_run.checkpoint_path), "--images", str(image),
                 "--out", str(tmp_path), "--device", "cpu") == 0
     assert pd.read_csv(tmp_path / runs.SCORES_FILE)["decision"].isna().all()
     assert "no threshold" in capsys.readouterr().out
@@ -65,9 +56,9 @@ def test_predict_with_a_checkpoint_and_no_threshold(tested_run, synthetic_root, 
 
 def test_predict_names_an_unreadable_image(tested_run, tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    assert call("predict", "--run-dir", str(tested_run.run_dir), "--images", str(tmp_path / "broken.png"),
+    assert run_main("predict", "--run-dir", str(tested_run.run_dir), "--images", str(tmp_path / "broken.png"),
                 "--out", str(tmp_path / "out"), "--device", "cpu") == 2
     err = capsys.readouterr().err
     assert "broken.png" in err and "Traceback" not in err
-    assert call("predict", "--run-dir", str(tested_run.run_dir), "--images", str(tmp_path / "none")) == 2
+    assert run_main("predict", "--run-dir", str(tested_run.run_dir), "--images", str(tmp_path / "none")) == 2
     assert "no such file or folder" in capsys.readouterr().err
