@@ -19,12 +19,13 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits  # installed with scikit-learn
 from tqdm import tqdm
 
 from backbones import BACKBONES, FAIR_PAIR
 from categories import OTHER_GROUP, group_order
 from errors import RDError
-from runs import METRICS, load_maps, load_scores
+from runs import MAPS_FILE, METRICS, load_maps, load_scores
 from significance import (PixelStats, auroc_replicates, binned_metrics, bootstrap_p_value, delong_test,
                           detectable_difference, holm, multiplicities, percentile_interval, pixel_replicates,
                           pixel_stats, stratified_multiplicities, wilcoxon_signed_rank)
@@ -83,7 +84,7 @@ def parse_pairs(value: Any, source: str = "--pair") -> list[tuple[str, str]] | N
         return None
     if isinstance(value, str):
         items: list[Any] = [value]
-    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) and not any("," in v for v in value):
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) and "," not in v for v in value):
         items = [list(value)]  # ["a", "b"]: one pair
     elif isinstance(value, (list, tuple)):
         items = list(value)
@@ -195,7 +196,7 @@ def _defect_subsets(draws: CategoryDraws) -> dict[str, np.ndarray]:
     return {name: (good | (draws.defect_types == name)).astype(np.float64) for name in types}
 
 
-def _image_part(run: pd.Series, scores: pd.DataFrame, draws: CategoryDraws) -> tuple[dict, dict, dict]:
+def _image_part(scores: pd.DataFrame, draws: CategoryDraws) -> tuple[dict, dict, dict]:
     """Image AUROC of the run on the common images, on each resample, and per defect type."""
     chosen = scores.set_index("path").loc[draws.paths, "score"].to_numpy(dtype=np.float64)
     both = 0 < draws.labels.sum() < len(draws.labels)
@@ -216,12 +217,13 @@ def _stats_for(run: pd.Series, draws: CategoryDraws) -> tuple[PixelStats | None,
     data = load_maps(run["run_dir"])
     if data is None:
         return None, f"no maps.npz in {run['run_dir']}"
-    maps_file = Path(run["run_dir"]) / "maps.npz"
+    maps_file = Path(run["run_dir"]) / MAPS_FILE
+    rewrite = f"`{retest_command(str(Path(run['run_dir']).parents[2]))}` rewrites it"
     index = {str(path): i for i, path in enumerate(data["paths"])}
     missing = [path for path in draws.paths if path not in index]
     if missing:
         raise RDError(f"{maps_file}: expected maps of every test image in its scores.csv, {len(missing)} missing "
-                      f"(e.g. {missing[0]}); `main.py test --force` rewrites both")
+                      f"(e.g. {missing[0]}); {rewrite}")
     rows = np.array([index[path] for path in draws.paths])
     masks = data["masks"][rows]
     if not masks.any():
@@ -229,13 +231,13 @@ def _stats_for(run: pd.Series, draws: CategoryDraws) -> tuple[PixelStats | None,
     try:
         return pixel_stats(data["maps"][rows], masks), ""
     except ValueError as error:
-        raise RDError(f"{maps_file}: {error}; `main.py test --force` rewrites it") from None
+        raise RDError(f"{maps_file}: {error}; {rewrite}") from None
 
 
 def run_resamples(run: pd.Series, draws: CategoryDraws) -> RunResamples:
     """Every resampled metric of one run on its category's draws (and its binned full-sample check)."""
     scores = load_scores(run["run_dir"])
-    values, replicates, per_defect = _image_part(run, scores, draws)
+    values, replicates, per_defect = _image_part(scores, draws)
     result = RunResamples(len(draws.paths), len(scores) - len(draws.paths), values, replicates, per_defect=per_defect)
     stats, result.pixel_note = _stats_for(run, draws)
     if stats is None:
@@ -265,17 +267,21 @@ def _category_draws(category: str, frames: dict[str, pd.DataFrame], n_boot: int)
                          common["defect_type"].astype(str).to_numpy(dtype=object), weights)
 
 
-def compute_resamples(runs_frame: pd.DataFrame, n_boot: int) -> tuple[dict[str, CategoryDraws], dict[str, RunResamples]]:
+def compute_resamples(runs_frame: pd.DataFrame,
+                      n_boot: int) -> tuple[dict[str, CategoryDraws], dict[str, RunResamples]]:
     """Per category the common images and draws, per run (keyed by run_dir) its replicates; one category at a time
     so only that category's maps are in memory."""
     draws, resamples = {}, {}
     categories = sorted(set(runs_frame["category"]))
-    for category in tqdm(categories, desc="resampling", unit="category", leave=False):
-        members = runs_frame[runs_frame["category"] == category]
-        frames = {row.run_dir: load_scores(row.run_dir) for row in members.itertuples()}
-        draws[category] = _category_draws(category, frames, n_boot)
-        for _, run in members.iterrows():
-            resamples[run["run_dir"]] = run_resamples(run, draws[category])
+    # The matrix products are small (one row per resample, one column per image): BLAS threads only spin, and on
+    # a shared 2-core machine one thread took 16 s where two took 39 s for a 15 x 3 x 2 study.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for category in tqdm(categories, desc="resampling", unit="category", leave=False):
+            members = runs_frame[runs_frame["category"] == category]
+            frames = {row.run_dir: load_scores(row.run_dir) for row in members.itertuples()}
+            draws[category] = _category_draws(category, frames, n_boot)
+            for _, run in members.iterrows():
+                resamples[run["run_dir"]] = run_resamples(run, draws[category])
     return draws, resamples
 
 
@@ -336,7 +342,8 @@ def _tie_note(value_a: float, value_b: float, replicate_diff: np.ndarray | None,
     """Why a pair cannot be tested on this category: both perfect, or identical on every resample; else ""."""
     label = PAIRED_METRICS[metric]
     if value_a == 1.0 and value_b == 1.0:
-        return f"tie at the ceiling: both models reach {label} 1.000 on this test set, so there is no difference to test"
+        return (f"tie at the ceiling: both models reach {label} 1.000 on this test set, so there is no difference "
+                "to test")
     if value_a == value_b and replicate_diff is not None and not np.any(replicate_diff):
         return f"identical: both models give the same {label} on this test set and on every resample, so there is " \
                "no difference to test"
@@ -374,7 +381,8 @@ def _test_row(pair: tuple[str, str], category: str, seed: int, metric: str, runs
         return row
     if metric == "image_auroc":
         if min(row["n_defective"], row["n_images"] - row["n_defective"]) < MIN_PER_CLASS:
-            row["note"] = f"not tested: DeLong needs at least {MIN_PER_CLASS} normal and {MIN_PER_CLASS} defective images"
+            row["note"] = (f"not tested: DeLong needs at least {MIN_PER_CLASS} normal and {MIN_PER_CLASS} defective "
+                           "images")
             return row
         scores_a = load_scores(runs[0]["run_dir"]).set_index("path").loc[draws.paths, "score"].to_numpy(dtype=float)
         scores_b = load_scores(runs[1]["run_dir"]).set_index("path").loc[draws.paths, "score"].to_numpy(dtype=float)
@@ -550,9 +558,8 @@ def seed_power(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.Dat
                                            for c in complete] for name in pair])
                     row["seed_std_a"], row["seed_std_b"] = np.sqrt(variances.mean(axis=1))
                     per_seed_variance = variances.sum(axis=0).sum() / len(complete) ** 2
-                    row["detectable_now"] = detectable_difference(math.sqrt(per_seed_variance / len(seeds)), ALPHA, POWER)
-                    row["detectable_planned"] = detectable_difference(math.sqrt(per_seed_variance / SEEDS_PLANNED),
-                                                                      ALPHA, POWER)
+                    for key, n_seeds in (("detectable_now", len(seeds)), ("detectable_planned", SEEDS_PLANNED)):
+                        row[key] = detectable_difference(math.sqrt(per_seed_variance / n_seeds), ALPHA, POWER)
                 rows.append(row)
     return pd.DataFrame(rows)
 

@@ -8,8 +8,10 @@ within it), the same in every figure.
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -17,13 +19,15 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from comparison import PAIRED_METRICS, backbone_family, retest_command
 from metrics import image_auroc, roc_curve
-from runs import MAPS_FILE, METRICS, load_maps, load_scores, read_history
+from runs import MAPS_FILE, METRICS, atomic_write, load_maps, load_scores, read_history
 
 __all__ = ["FigureItem", "PER_CATEGORY_FIGURES", "ProCurves", "backbone_colors", "bars_figure", "extremes_figure",
            "forest_figure", "gallery_figure", "histogram_figure", "history_figure", "make_figures", "pro_figure",
@@ -45,6 +49,7 @@ SECTIONS = {
 }
 BAR_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 UNMAPPED_SHAPE = (128, 128)  # display size of images shown without an anomaly map
+PNG_COMPRESSION = 1  # zlib level: 15 % less writing time than the default 6 for 8 % larger files
 IMAGE_INTERPOLATION = "nearest"  # images are drawn near their own size: smoothing would only cost time
 
 
@@ -164,33 +169,37 @@ def forest_figure(intervals: pd.DataFrame, aggregate: pd.DataFrame, pair: str, m
     """Per-category seed-averaged differences a - b with their intervals (hollow: not in the group means, a seed
     missing) and a diamond per group mean (its hierarchical-bootstrap interval); percentage points."""
     points = intervals[(intervals["pair"] == pair) & (intervals["metric"] == metric)]
-    groups = aggregate[(aggregate["pair"] == pair) & (aggregate["metric"] == metric) & aggregate["mean_diff"].notna()]
-    if points.empty and groups.empty:
+    groups = aggregate[(aggregate["pair"] == pair) & (aggregate["metric"] == metric)]
+    if points.empty and groups["mean_diff"].isna().all():
         return None
-    labels, ys = [], []
-    fig = Figure(figsize=(7.5, 1.2 + 0.32 * (len(points) + len(groups) + 1)), layout="constrained")
+    one_dataset = groups["dataset"].nunique() == 1
+    fig = Figure(figsize=(8.5, 1.6 + 0.32 * (len(points) + 1.5 * len(groups))), layout="constrained")
     ax = fig.subplots()
     palette = matplotlib.colormaps["tab10"]
-    y = 0.0
-    for index, ((dataset, group), block) in enumerate(groups.groupby(["dataset", "group"], sort=False)):
-        color = palette(index % 10)
-        members = points[(points["dataset"] == dataset) & (points["group"] == group)]
-        for row in members.itertuples():
+    labels, ys, y = [], [], 0.0
+    for index, mean in enumerate(groups.itertuples()):
+        color = "black" if mean.group == "overall" else palette(index % 10)
+        for row in points[(points["dataset"] == mean.dataset) & (points["group"] == mean.group)].itertuples():
             ax.errorbar(row.difference * 100, y, xerr=_error_bar(row), fmt="o", color=color,
                         markerfacecolor=color if row.in_mean else "white", capsize=3)
-            labels.append(f"{row.category}" + ("" if row.in_mean else " (not in mean)"))
+            labels.append(row.category + ("" if row.in_mean else " (not in the mean)"))
             ys.append(y)
             y -= 1
-        mean = block.iloc[0]
-        _diamond(ax, mean, y, "black" if group == "overall" else color)
-        labels.append(f"{group} mean ({int(mean['n_categories'])} categories)" if len(set(groups["dataset"])) == 1
-                      else f"{dataset} {group} mean ({int(mean['n_categories'])} categories)")
+        name = mean.group if one_dataset else f"{mean.dataset} {mean.group}"
+        count = int(mean.n_categories)
+        if np.isnan(mean.mean_diff):
+            labels.append(f"{name}: no mean (no complete category)")
+        else:
+            _diamond(ax, mean, y, color)
+            labels.append(f"{name} mean ({count} categor{'y' if count == 1 else 'ies'})")
         ys.append(y)
         y -= 1.5
     ax.axvline(0, color="grey", linestyle=":", linewidth=1)
     a, b = pair.split(" vs ")
-    ax.set(yticks=ys, yticklabels=labels, xlabel=f"{PAIRED_METRICS[metric]}: {a} − {b} (percentage points)",
-           title=f"{PAIRED_METRICS[metric]}, {a} − {b}: per category (mean over seeds) and group means, 95% intervals")
+    ax.set(yticks=ys, yticklabels=labels,
+           xlabel=f"{a} − {b}, percentage points\n(right of 0: {a} higher; left: {b} higher)",
+           title=f"{PAIRED_METRICS[metric]}, {a} − {b}\nper category (mean over seeds) and group means, "
+                 "95% intervals")
     return fig
 
 
@@ -200,13 +209,13 @@ def _error_bar(row) -> np.ndarray | None:
     return np.array([[max(row.difference - row.ci_low, 0) * 100], [max(row.ci_high - row.difference, 0) * 100]])
 
 
-def _diamond(ax: Axes, row: pd.Series, y: float, color) -> None:
+def _diamond(ax: Axes, row, y: float, color) -> None:
     """A group mean: a diamond spanning its interval (a plain marker when it has none)."""
-    centre = row["mean_diff"] * 100
-    if np.isnan(row["ci_low"]):
+    centre = row.mean_diff * 100
+    if np.isnan(row.ci_low):
         ax.plot(centre, y, marker="D", color=color)
         return
-    low, high = row["ci_low"] * 100, row["ci_high"] * 100
+    low, high = row.ci_low * 100, row.ci_high * 100
     ax.fill([low, centre, high, centre], [y, y + 0.3, y, y - 0.3], color=color, alpha=0.85)
 
 
@@ -256,16 +265,21 @@ def histogram_figure(runs_frame: pd.DataFrame, category: str) -> Figure:
                 continue
             row = match.iloc[0]
             scores = load_scores(row["run_dir"])
-            bins = np.histogram_bin_edges(np.append(scores["score"], row["threshold"]), bins=20)
+            threshold = row["threshold"]
+            measured = np.isfinite(threshold)
+            values = np.append(scores["score"], threshold) if measured else scores["score"].to_numpy()
+            bins = np.histogram_bin_edges(values, bins=20)
             for label, name, color in ((0, "normal", "tab:blue"), (1, "defective", "tab:red")):
                 ax.hist(scores.loc[scores["label"] == label, "score"], bins=bins, alpha=0.6, color=color, label=name,
                         histtype="stepfilled")  # one polygon per histogram: a fraction of the bars' drawing time
-            if not np.isnan(row["threshold"]):
-                ax.axvline(row["threshold"], color="black", linestyle="--",
-                           label=f"validation threshold {row['threshold']:.3g}")
-            ax.set(title=f"{backbone}, seed {seed}", xlabel="image anomaly score", ylabel="test images")
+            if measured:
+                ax.axvline(threshold, color="black", linestyle="--", label="validation threshold")
+            ax.set(title=f"{_label(backbone)}, seed {seed}\nthreshold {threshold:.3g}" if measured else
+                   f"{_label(backbone)}, seed {seed}\nno threshold", xlabel="image anomaly score", ylabel="test images")
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.legend(fontsize="x-small")
+    handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.get_legend_handles_labels()[0]),
+                           ([], []))
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize="small")  # one legend, not one per panel
     fig.suptitle(f"Test-image scores, {category} (threshold from validation normals only)")
     return fig
 
@@ -334,20 +348,34 @@ def _show_image(ax: Axes, rgb: np.ndarray | None, shape: tuple[int, int]) -> Non
     ax.set_yticks([])
 
 
-def _overlay(ax: Axes, rgb: np.ndarray | None, anomaly: np.ndarray, limits: tuple[float, float]):
-    """The image with its anomaly map on top (jet, half transparent); returns the map's artist."""
-    _show_image(ax, rgb, anomaly.shape)
-    return ax.imshow(anomaly.astype(np.float32), cmap=MAP_COLORMAP, alpha=0.5, vmin=limits[0], vmax=limits[1],
-                     interpolation=IMAGE_INTERPOLATION)
+def _overlay(ax: Axes, rgb: np.ndarray | None, anomaly: np.ndarray, limits: tuple[float, float]) -> ScalarMappable:
+    """The image with its anomaly map on top (jet at half opacity, blended here into one RGB image, which draws in
+    half the time of two layers); returns the map's colour scale for a colour bar."""
+    scale = ScalarMappable(Normalize(*limits), matplotlib.colormaps[MAP_COLORMAP])
+    colored = scale.to_rgba(anomaly.astype(np.float32), bytes=True)[..., :3]
+    background = (rgb * 255.0).astype(np.uint8) if rgb is not None else np.full_like(colored, 128)
+    blended = ((background.astype(np.uint16) + colored) // 2).astype(np.uint8)  # uint8: a figure holds many images
+    _show_image(ax, blended, anomaly.shape)
+    if rgb is None:
+        ax.text(0.5, 0.5, "image file\nnot found", transform=ax.transAxes, ha="center", va="center")
+    return scale
 
 
 def _map_lookup(data: dict[str, np.ndarray]) -> dict[str, int]:
     return {str(path): index for index, path in enumerate(data["paths"])}
 
 
-def _limits(data: dict[str, np.ndarray]) -> tuple[float, float]:
+def _limits(run_dir: str) -> tuple[float, float]:
     """One colour scale per run: the range of all its test maps, so images compare within a column."""
-    return float(data["maps"].min()), float(data["maps"].max())
+    path = Path(run_dir) / MAPS_FILE
+    return _maps_range(str(path), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _maps_range(path: str, mtime_ns: int) -> tuple[float, float]:
+    """(min, max) of a maps.npz, computed once per file version (a full pass over the maps)."""
+    maps = load_maps(Path(path).parent)["maps"]
+    return float(maps.min()), float(maps.max())
 
 
 def gallery_images(scores: pd.DataFrame, common: set[str], count: int) -> pd.DataFrame:
@@ -374,8 +402,10 @@ def gallery_figure(runs_frame: pd.DataFrame, category: str, count: int = 4) -> F
     fig = Figure(figsize=(3.3 * (2 + len(backbones)), 3.0 * len(chosen)), layout="constrained")
     axes = fig.subplots(len(chosen), 2 + len(backbones), squeeze=False)
     first = data[backbones[0]]
+    limits = {backbone: _limits(row["run_dir"]) for backbone, row in rows.items()}
+    lookups = {backbone: _map_lookup(run_maps) for backbone, run_maps in data.items()}
     for i, image in enumerate(chosen.itertuples()):
-        index = _map_lookup(first)[image.path]
+        index = lookups[backbones[0]][image.path]
         rgb = load_rgb(image.path, rows[backbones[0]], first["maps"].shape[1:])
         _show_image(axes[i][0], rgb, first["maps"].shape[1:])
         axes[i][0].set(title="image", ylabel=f"{image.defect_type}\n{Path(image.path).name}")
@@ -383,7 +413,7 @@ def gallery_figure(runs_frame: pd.DataFrame, category: str, count: int = 4) -> F
         axes[i][1].set(title="ground truth (white = defect)", xticks=[], yticks=[])
         for j, backbone in enumerate(backbones):
             ax, run_maps = axes[i][2 + j], data[backbone]
-            artist = _overlay(ax, rgb, run_maps["maps"][_map_lookup(run_maps)[image.path]], _limits(run_maps))
+            artist = _overlay(ax, rgb, run_maps["maps"][lookups[backbone][image.path]], limits[backbone])
             ax.set_title(f"{_label(backbone)}\nimage score {scores[backbone].at[image.path, 'score']:.3g}")
             if i == len(chosen) - 1:  # one colour bar per backbone column (its scale is the same in every row)
                 fig.colorbar(artist, ax=list(axes[:, 2 + j]), fraction=0.046, pad=0.02, label="anomaly score",
@@ -417,13 +447,14 @@ def _extremes_row(fig: Figure, axes: np.ndarray, row: pd.Series, images: pd.Data
     """One row of the extremes figure: images with their map overlay (when saved) and verdict."""
     data = load_maps(row["run_dir"])
     lookup = _map_lookup(data) if data is not None else {}
+    limits = _limits(row["run_dir"]) if data is not None else (0.0, 1.0)
     artist = None
     for ax, image in zip(axes, images.itertuples()):
         flagged = image.score > row["threshold"]  # metrics.py's rule: anomalous when above the threshold
         verdict = ("found" if flagged else "missed") if image.label == 1 else ("false alarm" if flagged else "passed")
         if image.path in lookup:
             anomaly = data["maps"][lookup[image.path]]
-            artist = _overlay(ax, load_rgb(image.path, row, anomaly.shape), anomaly, _limits(data))
+            artist = _overlay(ax, load_rgb(image.path, row, anomaly.shape), anomaly, limits)
         else:  # no maps saved for this image: the image alone
             _show_image(ax, load_rgb(image.path, row, UNMAPPED_SHAPE), UNMAPPED_SHAPE)
         ax.set_title(f"{image.defect_type}: score {image.score:.3g}\n{verdict} (threshold {row['threshold']:.3g})",
@@ -471,7 +502,8 @@ def _skip_caption(kind: str, runs_frame: pd.DataFrame, category: str, results: s
     if kind == "extremes":
         return f"Hardest images for {category} skipped: no seed run by every backbone."
     if _runs_of(runs_frame, category)["aupro"].isna().all():
-        return f"{NEEDS_MAPS[kind]} for {category} skipped: the data has no ground-truth masks (pixel metrics not measured)."
+        return (f"{NEEDS_MAPS[kind]} for {category} skipped: the data has no ground-truth masks (pixel metrics not "
+                "measured).")
     missing = _missing_maps(runs_frame, category, results)
     why = missing or "no seed where every backbone saved maps with masks"
     return f"{NEEDS_MAPS[kind]} for {category} skipped: {why}."
@@ -518,7 +550,8 @@ def make_figures(runs_frame: pd.DataFrame, comparison=None, results: str = "resu
         for kind, draw, caption in PER_CATEGORY_FIGURES:
             figure = draw(runs_frame, c, curves) if kind == "pro" else draw(runs_frame, c)
             if figure is None:
-                per_kind[kind].append(FigureItem(kind, f"{kind}_{c}", _skip_caption(kind, runs_frame, c, results), None))
+                caption = _skip_caption(kind, runs_frame, c, results)
+                per_kind[kind].append(FigureItem(kind, f"{kind}_{c}", caption, None))
             else:
                 text, note = _caption(kind, caption, runs_frame, c, results)
                 per_kind[kind].append(FigureItem(kind, f"{kind}_{c}", text, figure, note))
@@ -532,12 +565,14 @@ def skipped_figures(items: list[FigureItem]) -> list[str]:
 
 
 def save_figures(items: list[FigureItem], directory: str | os.PathLike) -> None:
-    """Write each figure as ``<name>.png`` (no timestamp in the file)."""
+    """Write each figure as ``<name>.png`` (no timestamp in the file), each atomically."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     for item in items:
         if item.figure is not None:
-            item.figure.savefig(directory / f"{item.name}.png", dpi=100, metadata={"Software": None})
+            buffer = io.BytesIO()
+            item.figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None},
+                                pil_kwargs={"compress_level": PNG_COMPRESSION})
+            atomic_write(directory / f"{item.name}.png", lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def show(items: list[FigureItem], kind: str) -> None:

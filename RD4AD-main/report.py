@@ -21,17 +21,19 @@ import pandas as pd
 import runs
 from comparison import (ALPHA, CONFIDENCE, N_BOOT, OVERALL, PAIRED_METRICS, POWER, SEEDS_PLANNED, Comparison,
                         backbone_family, compare_runs, complete_categories, group_members, parse_pairs,
-                        read_pairs_config, resolve_pairs, retest_command)
+                        read_pairs_config, resolve_pairs)
 from documents import generated_markers, markdown_table, replace_marked_block
 from errors import RDError
 from runs import EFFICIENCY, METRICS, load_runs, untested_runs
+from significance import MAX_EDGES
 
 if TYPE_CHECKING:
     from plots import FigureItem
 
 __all__ = ["BEGIN_MARKER", "DEFINITIONS", "END_MARKER", "REFERENCES", "Reference", "Report", "add_arguments",
            "aggregate_sentence", "aggregate_table", "build_report", "category_stats", "category_table",
-           "category_test_sentence", "conclusions_markdown", "efficiency_table", "group_stats", "group_table",
+           "category_test_sentence", "conclusions_markdown", "efficiency_table", "format_p", "group_stats",
+           "group_table",
            "headline_text", "pairwise_table", "per_defect_table", "power_table", "prepare_portfolio", "protocol_text",
            "provenance", "reference_table", "render_report", "replace_generated_block", "report_notes", "run",
            "synthetic_note",
@@ -367,6 +369,22 @@ def _fmt(value: float, spec: str, scale: float = 1.0) -> str:
     return NOT_AVAILABLE if pd.isna(value) else format(value * scale, spec)
 
 
+P_FLOOR = 1e-10  # below this a p-value (DeLong's or a bootstrap z's normal tail) is not meaningful to print
+
+
+def format_p(value: float) -> str:
+    """A p-value for reading: 3 significant digits, ``< 1e-10`` below that, ``n/a`` when not tested."""
+    if pd.isna(value):
+        return NOT_AVAILABLE
+    return f"< {P_FLOOR:.0e}" if value < P_FLOOR else f"{value:.3g}"
+
+
+def _p_is(value: float) -> str:
+    """"= 0.0354" or "< 1e-10", to follow "p" in a sentence."""
+    text = format_p(value)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def _interval(low: float, high: float, scale: float = 100.0, spec: str = "+.2f") -> str:
     return NOT_AVAILABLE if pd.isna(low) else f"[{low * scale:{spec}}, {high * scale:{spec}}]"
 
@@ -393,11 +411,12 @@ def aggregate_table(report: Report) -> pd.DataFrame:
         pair = tuple(row.pair.split(" vs "))
         dataset = {"dataset": row.dataset} if _multi_dataset(report.runs) else {}
         rows.append({
-            "pair (a − b)": f"{pair[0]} − {pair[1]}", **dataset, "group": row.group, "metric": PAIRED_METRICS[row.metric],
+            "pair (a − b)": f"{pair[0]} − {pair[1]}", **dataset, "group": row.group,
+            "metric": PAIRED_METRICS[row.metric],
             "n categories": row.n_categories, "n seeds": row.n_seeds,
             "mean difference (points)": _fmt(row.mean_diff, "+.2f", 100.0),
             f"{CONFIDENCE:.0%} CI (hierarchical bootstrap)": _interval(row.ci_low, row.ci_high),
-            "Wilcoxon p": _fmt(row.p_wilcoxon, ".3g"), "p (Holm)": _fmt(row.p_holm, ".3g"),
+            "Wilcoxon p": format_p(row.p_wilcoxon), "p (Holm)": format_p(row.p_holm),
             "categories a > b": row.wins_a, "categories b > a": row.wins_b, "note": row.note,
             "flags": _pair_flags(report.runs, pair, members[(row.dataset, row.group)]),
         })
@@ -415,7 +434,7 @@ def pairwise_table(report: Report) -> pd.DataFrame:
             "a (%)": _fmt(row.value_a, ".1f", 100.0), "b (%)": _fmt(row.value_b, ".1f", 100.0),
             "difference (points)": _fmt(row.difference, "+.2f", 100.0),
             f"{CONFIDENCE:.0%} bootstrap CI": _interval(row.ci_low, row.ci_high),
-            "p": _fmt(row.p_value, ".3g"), "p (Holm)": _fmt(row.p_holm, ".3g"), "note": row.note,
+            "p": format_p(row.p_value), "p (Holm)": format_p(row.p_holm), "note": row.note,
             "flags": _pair_flags(report.runs, (row.backbone_a, row.backbone_b), [row.category], row.seed),
         })
     return pd.DataFrame(rows)
@@ -452,7 +471,7 @@ def power_table(report: Report) -> pd.DataFrame:
                      "n categories": row.n_categories, "n seeds": row.n_seeds,
                      "seed std a (points)": _fmt(row.seed_std_a, ".2f", 100.0),
                      "seed std b (points)": _fmt(row.seed_std_b, ".2f", 100.0),
-                     f"detectable with {row.n_seeds} seeds (points)": _fmt(row.detectable_now, ".2f", 100.0),
+                     f"detectable with {_count(row.n_seeds, 'seed')} (points)": _fmt(row.detectable_now, ".2f", 100.0),
                      f"detectable with {SEEDS_PLANNED} seeds (points)": _fmt(row.detectable_planned, ".2f", 100.0),
                      "observed |mean difference| (points)": _fmt(abs(mean_diff), ".2f", 100.0)})
     return pd.DataFrame(rows)
@@ -473,7 +492,7 @@ def aggregate_sentence(row: Any, multi_dataset: bool = False) -> str:
     if pd.isna(row.p_holm):
         text += "not tested"
     else:
-        text += f"Wilcoxon p = {row.p_wilcoxon:.3g}, Holm-adjusted p = {row.p_holm:.3g}: "
+        text += f"Wilcoxon p {_p_is(row.p_wilcoxon)}, Holm-adjusted p {_p_is(row.p_holm)}: "
         if row.p_holm < ALPHA:
             winner = a if row.mean_diff > 0 else b
             text += f"significant after Holm correction ({winner} higher)"
@@ -495,9 +514,9 @@ def _count(number: int, noun: str) -> str:
 def category_test_sentence(row: Any) -> str:
     """A per-category test significant after Holm correction, from pairwise_tests_numeric.csv."""
     winner = row.backbone_a if row.difference > 0 else row.backbone_b
-    return (f"**{row.category}**, seed {row.seed}, {PAIRED_METRICS[row.metric]}, {row.backbone_a} − {row.backbone_b}: "
-            f"{row.difference * 100:+.2f} points ({row.test}, Holm-adjusted p = {row.p_holm:.3g}): significant after "
-            f"Holm correction ({winner} higher).")
+    return (f"**{row.category}**, seed {row.seed}, {PAIRED_METRICS[row.metric]}, {row.backbone_a} − "
+            f"{row.backbone_b}: {row.difference * 100:+.2f} points ({row.test}, Holm-adjusted p "
+            f"{_p_is(row.p_holm)}): significant after Holm correction ({winner} higher).")
 
 
 def _tie_lines(tests: pd.DataFrame) -> list[str]:
@@ -592,16 +611,10 @@ def _binning_note(report: Report) -> str:
     exact = sum(r.exact for r in report.comparison.resamples.values() if r.binning_error)
     worst = {key: max(e[key] for e in errors) for key in ("pixel_auroc", "aupro")}
     return (f"Pixel metrics are resampled from per-image histograms of maps.npz (float16) on a grid of up to "
-            f"{_max_edges()} thresholds per run ({exact} of {len(errors)} runs have fewer distinct normal scores, so "
+            f"{MAX_EDGES} thresholds per run ({exact} of {len(errors)} runs have fewer distinct normal scores, so "
             f"their grid is exact); on all images they reproduce each run's metrics.json within "
             f"{worst['pixel_auroc']:.1e} (pixel AUROC) and {worst['aupro']:.1e} (AUPRO), the largest difference "
             "over the runs.")
-
-
-def _max_edges() -> int:
-    from significance import MAX_EDGES
-
-    return MAX_EDGES
 
 
 def tests_method(report: Report) -> str:
@@ -642,8 +655,8 @@ def _power_text(report: Report) -> str:
     )
 
 
-def _pair_runs(report: Report, pair: tuple[str, str] | None = None) -> pd.DataFrame:
-    backbones = set(pair) if pair else {name for p in report.pairs for name in p}
+def _pair_runs(report: Report) -> pd.DataFrame:
+    backbones = {name for pair in report.pairs for name in pair}
     return report.runs[report.runs["backbone"].isin(backbones)]
 
 
@@ -693,7 +706,8 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
     if report.comparison.tests.empty:
         out.append(NOTHING_TO_COMPARE)
     else:
-        out += [tests_method(report), markdown_table(report.tables["pairwise_tests"]), f"_{provenance(_pair_runs(report))}_"]
+        out += [tests_method(report), markdown_table(report.tables["pairwise_tests"]),
+                f"_{provenance(_pair_runs(report))}_"]
     out += [
         f"{h} Per defect type",
         "Image AUROC of each defect type's images against the good images; pixel AUROC and AUPRO on the good images "
@@ -821,7 +835,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "\"pairs\", else the fair pair when both are present, else the only two backbones")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="study config file (JSON) whose \"pairs\" are compared; its other keys are ignored here")
-    parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples (per-category and hierarchical)")
+    parser.add_argument("--n-boot", type=int, default=N_BOOT,
+                        help="bootstrap resamples (per-category and hierarchical)")
 
 
 def headline_console(report: Report) -> str:
@@ -837,7 +852,7 @@ def headline_console(report: Report) -> str:
     for row in report.comparison.aggregate.itertuples():
         lines.append(f"  {row.pair:32s} {row.group:20s} {PAIRED_METRICS[row.metric]:12s} "
                      f"{_fmt(row.mean_diff, '+.2f', 100.0):>7s} CI {_interval(row.ci_low, row.ci_high):18s} "
-                     f"p_holm {_fmt(row.p_holm, '.3g')}")
+                     f"p_holm {format_p(row.p_holm)}")
     return "\n".join(lines)
 
 

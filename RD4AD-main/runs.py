@@ -237,13 +237,15 @@ def _read_scores(path: str, mtime_ns: int) -> pd.DataFrame:
         raise _results_file_error(path, expected + f"; missing column(s) {', '.join(missing)}")
     labels = pd.to_numeric(frame["label"], errors="coerce")
     scores = pd.to_numeric(frame["score"], errors="coerce")
-    if not labels.isin([0, 1]).all() or not np.isfinite(scores.to_numpy(dtype=float)).all() or frame["path"].isna().any():
+    finite = np.isfinite(scores.to_numpy(dtype=float)).all()
+    if not labels.isin([0, 1]).all() or not finite or frame["path"].isna().any():
         raise _results_file_error(path, expected + "; found a row with a missing path, a label other than 0/1 or a "
                                                    "score that is not a finite number")
     if frame["path"].duplicated().any():
         raise _results_file_error(path, expected + f"; image {frame.loc[frame['path'].duplicated(), 'path'].iloc[0]} "
                                                    "is listed twice")
-    frame = frame.assign(label=labels.astype(int), score=scores.astype(float), defect_type=frame["defect_type"].fillna(""))
+    frame = frame.assign(label=labels.astype(int), score=scores.astype(float),
+                         defect_type=frame["defect_type"].fillna(""))
     return frame[list(SCORES_COLUMNS)]
 
 
@@ -273,7 +275,8 @@ def _check_maps(path: str, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]
         raise _results_file_error(path, expected + f"; missing array(s) {', '.join(missing)}")
     maps, masks, paths = data["maps"], data["masks"], data["paths"]
     if maps.ndim != 3 or masks.shape != maps.shape or paths.shape != (maps.shape[0],):
-        raise _results_file_error(path, expected + f"; found maps {maps.shape}, masks {masks.shape}, paths {paths.shape}")
+        raise _results_file_error(path, expected + f"; found maps {maps.shape}, masks {masks.shape}, "
+                                                   f"paths {paths.shape}")
     if maps.dtype.kind != "f" or masks.dtype.kind not in "biu" or paths.dtype.kind not in "US":
         raise _results_file_error(path, expected + f"; found dtypes maps {maps.dtype}, masks {masks.dtype}, "
                                                    f"paths {paths.dtype}")
@@ -286,7 +289,8 @@ def _read_maps(path: str, mtime_ns: int) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise _results_file_error(path, "an .npz archive written by `main.py test` (maps, masks, paths)", error) from None
+        expected = "an .npz archive written by `main.py test` (maps, masks, paths)"
+        raise _results_file_error(path, expected, error) from None
     return _check_maps(path, arrays)
 
 

@@ -218,14 +218,20 @@ class PixelStats:
 
 
 def _distinct_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values (ascending) and their counts; float16 through a 65,536-bin histogram of the bit patterns."""
-    if values.dtype == np.float16:
-        counts = np.bincount(values.view(np.uint16).ravel(), minlength=1 << 16)
-        codes = np.flatnonzero(counts)
-        as_float = codes.astype(np.uint16).view(np.float16).astype(np.float64)
-        distinct, inverse = np.unique(as_float, return_inverse=True)  # merges -0.0 and +0.0
-        return distinct, np.bincount(inverse, weights=counts[codes]).astype(np.int64)
+    """Distinct values (ascending) and their counts."""
     return np.unique(values.astype(np.float64, copy=False), return_counts=True)
+
+
+def _normal_distinct_counts(maps: np.ndarray, defect_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct normal-pixel scores and their counts; for float16 maps, the histogram of every pixel's bit pattern
+    minus the defect pixels' (no copy of the normal pixels)."""
+    if maps.dtype != np.float16:
+        return _distinct_counts(maps[~defect_mask])
+    counts = np.bincount(maps.view(np.uint16).ravel(), minlength=1 << 16)
+    counts -= np.bincount(maps[defect_mask].view(np.uint16), minlength=1 << 16)
+    codes = np.flatnonzero(counts)
+    distinct, inverse = np.unique(codes.astype(np.uint16).view(np.float16).astype(np.float64), return_inverse=True)
+    return distinct, np.bincount(inverse, weights=counts[codes]).astype(np.int64)
 
 
 def _choose_edges(distinct: np.ndarray, counts: np.ndarray, max_edges: int) -> np.ndarray:
@@ -271,7 +277,7 @@ def pixel_stats(maps: np.ndarray, masks: np.ndarray, max_edges: int = MAX_EDGES)
         raise ValueError(f"maps and masks must be (N, H, W) of one shape, got {maps.shape} and {defect_mask.shape}")
     if not defect_mask.any() or defect_mask.all():
         raise ValueError("pixel statistics need both normal and defect pixels")
-    distinct, counts = _distinct_counts(maps[~defect_mask])
+    distinct, counts = _normal_distinct_counts(maps, defect_mask)
     if np.isnan(distinct).any() or np.isnan(maps[defect_mask]).any():
         raise ValueError("anomaly maps contain NaN")
     edges = _choose_edges(distinct, counts, max_edges)
@@ -279,10 +285,12 @@ def pixel_stats(maps: np.ndarray, masks: np.ndarray, max_edges: int = MAX_EDGES)
     n_images, n_cells = len(maps), 2 * edges.size + 1
     every = np.stack([np.bincount(row, minlength=n_cells) for row in cells]).astype(np.float64)
 
-    image_of, pixel_of = np.nonzero(defect_mask.reshape(n_images, -1))
+    defective = np.flatnonzero(defect_mask.reshape(n_images, -1).any(axis=1))
+    local_image, pixel_of = np.nonzero(defect_mask[defective].reshape(defective.size, -1))
+    image_of = defective[local_image]
     defect_cells = cells[image_of, pixel_of]
-    regions, _ = ndimage.label(defect_mask, structure=_STRUCTURE_8)
-    region_of = regions.reshape(n_images, -1)[image_of, pixel_of]
+    regions, _ = ndimage.label(defect_mask[defective], structure=_STRUCTURE_8)  # defective images only
+    region_of = regions.reshape(defective.size, -1)[local_image, pixel_of]
     sizes = np.bincount(region_of)
     flat = image_of * n_cells + defect_cells
     defect = np.bincount(flat, minlength=n_images * n_cells).reshape(n_images, n_cells).astype(np.float64)

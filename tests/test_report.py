@@ -155,13 +155,13 @@ METRIC = "|".join(comparison.PAIRED_METRICS.values())
 AGGREGATE_CLAIM = re.compile(
     rf"\*\*(?P<group>[^*]+)\*\*, (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME}): mean difference "
     rf"(?P<diff>[+-]\d+\.\d\d) points over (?P<n>\d+) categor(?:y|ies) × (?P<seeds>\d+) seeds? \(95% CI [^)]*\); "
-    rf"(?:Wilcoxon p = \S+, Holm-adjusted p = (?P<p_holm>[^:]+): (?P<verdict>significant after Holm correction "
+    rf"(?:Wilcoxon p [=<] [^,]+, Holm-adjusted p [=<] (?P<p_holm>[^:]+): (?P<verdict>significant after Holm correction "
     rf"\((?P<winner>{NAME}) higher\)|not significant after Holm correction)|not tested); (?P<a2>{NAME}) higher in "
     rf"(?P<wins_a>\d+), (?P<b2>{NAME}) higher in (?P<wins_b>\d+)(?:, tied in (?P<tied>\d+))? of (?P=n) "
     r"categor(?:y|ies)\.")
 CATEGORY_CLAIM = re.compile(
     rf"\*\*(?P<category>[^*]+)\*\*, seed (?P<seed>\d+), (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME}): "
-    rf"(?P<diff>[+-]\d+\.\d\d) points \((?P<test>DeLong|bootstrap), Holm-adjusted p = (?P<p_holm>\S+)\): "
+    rf"(?P<diff>[+-]\d+\.\d\d) points \((?P<test>DeLong|bootstrap), Holm-adjusted p [=<] (?P<p_holm>[^)]+)\): "
     rf"significant after Holm correction \((?P<winner>{NAME}) higher\)\.")
 COUNT_CLAIM = re.compile(r"Per category and seed: (?P<k>\d+) of (?P<n>\d+) tests are significant after Holm "
                          r"correction \(Holm over all (?P<family>\d+) tests of this report\)\.")
@@ -322,7 +322,8 @@ def test_ties_at_the_ceiling_are_named_and_not_tested(tmp_path: Path) -> None:
     assert "not tested, tie at the ceiling" in tie and "significant" not in tie
     overall = rep.comparison.aggregate.query("group == 'overall' and metric == 'image_auroc'").iloc[0]
     assert np.isnan(overall["p_wilcoxon"]) and "tied" in overall["note"]
-    assert "not tested" in report.aggregate_sentence(overall) and "significant" not in report.aggregate_sentence(overall)
+    sentence = report.aggregate_sentence(overall)
+    assert "not tested" in sentence and "significant" not in sentence
 
 
 # ---------------------------------------------------------------------------------------------- portfolio
