@@ -30,12 +30,13 @@ from significance import (PixelStats, auroc_replicates, binned_metrics, bootstra
                           detectable_difference, holm, multiplicities, percentile_interval, pixel_replicates,
                           pixel_stats, stratified_multiplicities, wilcoxon_signed_rank)
 
-__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "BOOT_SEED", "CONFIDENCE", "CategoryDraws", "Comparison", "N_BOOT",
-           "METRIC_LABELS", "OVERALL", "PAIRED_METRICS", "POWER", "RunResamples", "SEEDS_PLANNED", "TEST_COLUMNS",
-           "aggregate_tests", "backbone_family", "category_intervals", "compare_runs", "complete_categories",
-           "compute_resamples", "group_members", "group_replicates", "seed_multiplicities",
+__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "BOOT_SEED", "CONFIDENCE", "CategoryDraws", "Comparison", "METRIC_LABELS",
+           "N_BOOT", "NOT_AVAILABLE", "OVERALL", "PAIRED_METRICS", "POWER", "RunResamples", "SEEDS_PLANNED",
+           "TEST_COLUMNS", "aggregate_tests", "backbone_family", "category_intervals", "compare_runs",
+           "complete_categories", "compute_resamples", "epoch_text", "group_members", "group_replicates",
            "parse_pairs", "per_category_tests", "per_defect_stats", "read_pairs_config", "resolve_pairs",
-           "retest_command", "run_resamples", "seed_power", "with_holm"]
+           "retest_command", "run_name", "run_resamples", "seed_multiplicities", "seed_power", "unfinished_flags",
+           "with_holm"]
 
 # The metrics tested: metrics.json key -> label (fractions in [0, 1]).
 PAIRED_METRICS: dict[str, str] = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
@@ -50,11 +51,13 @@ SEEDS_PLANNED = 5  # the "How many seeds?" section also answers for this many
 N_BOOT = 2000
 BOOT_SEED = 0
 MIN_PER_CLASS = 2  # DeLong needs at least two defective and two normal images
+NOT_AVAILABLE = "n/a"
 OVERALL = "overall"
 AGGREGATE_COLUMNS = ["pair", "group", "metric", "n_categories", "n_seeds", "mean_diff", "ci_low", "ci_high",
-                     "p_wilcoxon", "p_holm", "wins_a", "wins_b", "dataset", "note"]
+                     "p_wilcoxon", "p_holm", "wins_a", "wins_b", "dataset", "note", "flags"]
 TEST_COLUMNS = ["pair", "backbone_a", "backbone_b", "category", "seed", "metric", "test", "n_images", "n_defective",
-                "n_unmatched", "value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_holm", "note"]
+                "n_unmatched", "value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_holm", "note",
+                "flags"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -131,6 +134,26 @@ def resolve_pairs(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]] | None)
     raise RDError(f"which backbones to compare? Runs of {len(present)} backbone(s) were found ({', '.join(present)}) "
                   f"and not both of the fair pair {','.join(FAIR_PAIR)}: name the pairs with --pair a,b (repeatable, "
                   f"e.g. --pair {example}) or --config FILE holding \"pairs\"")
+
+
+def run_name(row: pd.Series) -> str:
+    return f"{row['backbone']}/{row['category']}/seed{row['seed']}"
+
+
+def epoch_text(value: float) -> str:
+    return NOT_AVAILABLE if np.isnan(value) else str(int(value))
+
+
+def unfinished_flags(frame: pd.DataFrame, with_name: bool = True) -> str:
+    """The flag of a table row: the unfinished runs (checkpoint short of the requested epochs) among the runs it
+    summarises, as "UNFINISHED: backbone/category/seedK (trained/requested epochs)"; "" when none."""
+    unfinished = frame[frame["unfinished"]]
+    if unfinished.empty:
+        return ""
+    names = ", ".join((run_name(row) if with_name else f"seed {row['seed']}") +
+                      f" ({epoch_text(row['trained_epochs'])}/{epoch_text(row['requested_epochs'])} epochs)"
+                      for _, row in unfinished.iterrows())
+    return f"UNFINISHED: {names}"
 
 
 def retest_command(results: str) -> str:
@@ -358,6 +381,7 @@ def _test_row(pair: tuple[str, str], category: str, seed: int, metric: str, runs
         "pair": f"{a} vs {b}", "backbone_a": a, "backbone_b": b, "category": category, "seed": seed, "metric": metric,
         "test": "DeLong" if metric == "image_auroc" else "bootstrap", "n_images": len(draws.paths),
         "n_defective": int(draws.labels.sum()), "n_unmatched": res_a.n_unmatched + res_b.n_unmatched, "note": "",
+        "flags": unfinished_flags(pd.DataFrame(list(runs))),
     }
     unmatched = row["n_unmatched"] > 0
     value_a = res_a.values[metric] if unmatched else runs[0][metric]
@@ -457,9 +481,10 @@ def _aggregate_row(pair: tuple[str, str], dataset: str, group: str, categories: 
                    results: str) -> dict[str, Any]:
     complete, seeds, missing = complete_categories(runs_frame, pair, categories, metric)
     notes = [f"left out (incomplete): {', '.join(f'{c} ({why})' for c, why in missing.items())}"] if missing else []
+    members = runs_frame[runs_frame["backbone"].isin(pair) & runs_frame["category"].isin(complete)]
     row: dict[str, Any] = {"pair": f"{pair[0]} vs {pair[1]}", "group": group, "metric": metric,
                            "n_categories": len(complete), "n_seeds": len(seeds), "wins_a": 0, "wins_b": 0,
-                           "dataset": dataset}
+                           "dataset": dataset, "flags": unfinished_flags(members)}
     if not complete:
         row["note"] = "; ".join(notes + ["no complete category (every seed of both backbones, metric measured): "
                                          "nothing averaged"])
@@ -480,6 +505,9 @@ def _aggregate_row(pair: tuple[str, str], dataset: str, group: str, categories: 
                      "perfect): left out of the Wilcoxon test")
     if wilcoxon.n_nonzero == 0:
         notes.append("not tested: every category is tied")
+    elif 2.0 / 2 ** wilcoxon.n_nonzero >= ALPHA:  # the exact test's smallest two-sided p: all signs alike
+        notes.append(f"with {wilcoxon.n_nonzero} untied categories the smallest possible Wilcoxon p is "
+                     f"{2.0 / 2 ** wilcoxon.n_nonzero:.3g}: this test cannot reach {ALPHA}")
     row["note"] = "; ".join(notes)
     return row
 

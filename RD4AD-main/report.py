@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 import runs
-from comparison import (ALPHA, CONFIDENCE, N_BOOT, OVERALL, PAIRED_METRICS, POWER, SEEDS_PLANNED, Comparison,
-                        backbone_family, compare_runs, complete_categories, group_members, parse_pairs,
-                        read_pairs_config, resolve_pairs)
+from comparison import (ALPHA, CONFIDENCE, N_BOOT, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, POWER, SEEDS_PLANNED,
+                        Comparison, backbone_family, compare_runs, complete_categories, epoch_text, group_members,
+                        parse_pairs, read_pairs_config, resolve_pairs, run_name, unfinished_flags)
 from documents import generated_markers, markdown_table, replace_marked_block
 from errors import RDError
 from runs import EFFICIENCY, METRICS, load_runs, untested_runs
@@ -40,7 +40,6 @@ __all__ = ["BEGIN_MARKER", "DEFINITIONS", "END_MARKER", "REFERENCES", "Reference
            "teacher_warning", "tests_method", "untested_note", "write_report"]
 
 BEGIN_MARKER, END_MARKER = generated_markers("compare")
-NOT_AVAILABLE = "n/a"
 PROTOCOLS = {"last": "the last epoch's weights (RD4AD's protocol)",
              "synthetic-val": "the epoch with the best synthetic-validation AUPRO (no test image used)"}
 
@@ -105,16 +104,8 @@ def _epochs_text(runs_frame: pd.DataFrame) -> str:
     if unfinished.empty:
         return text
     return text + f"; **{len(unfinished)} run(s) UNFINISHED** (checkpoint short of the requested epochs: " + \
-        ", ".join(_run_name(row) + f" at {_epoch(row['trained_epochs'])}/{_epoch(row['requested_epochs'])}"
+        ", ".join(run_name(row) + f" at {epoch_text(row['trained_epochs'])}/{epoch_text(row['requested_epochs'])}"
                   for _, row in unfinished.iterrows()) + ")"
-
-
-def _epoch(value: float) -> str:
-    return NOT_AVAILABLE if np.isnan(value) else str(int(value))
-
-
-def _run_name(row: pd.Series) -> str:
-    return f"{row['backbone']}/{row['category']}/seed{row['seed']}"
 
 
 def provenance(runs_frame: pd.DataFrame) -> str:
@@ -175,7 +166,7 @@ def unfinished_warning(runs_frame: pd.DataFrame) -> str | None:
     if unfinished.empty:
         return None
     return (f"**WARNING: UNFINISHED RUNS.** {len(unfinished)} run(s) were evaluated from a checkpoint short of the "
-            f"requested epochs ({', '.join(_run_name(row) for _, row in unfinished.iterrows())}); every table they "
+            f"requested epochs ({', '.join(run_name(row) for _, row in unfinished.iterrows())}); every table they "
             "enter flags them in its last column.")
 
 
@@ -187,17 +178,6 @@ def synthetic_note(runs_frame: pd.DataFrame) -> str | None:
         "**Synthetic data.** These results come from generated categories (synth_*), not MVTec AD; "
         "the published RD4AD numbers are shown for reference and are not comparable."
     )
-
-
-def _flags(frame: pd.DataFrame, with_name: bool = True) -> str:
-    """The flag cell of a table row: the unfinished runs among the rows it summarises ("" when none)."""
-    unfinished = frame[frame["unfinished"]]
-    if unfinished.empty:
-        return ""
-    names = ", ".join((_run_name(row) if with_name else f"seed {row['seed']}") +
-                      f" ({_epoch(row['trained_epochs'])}/{_epoch(row['requested_epochs'])} epochs)"
-                      for _, row in unfinished.iterrows())
-    return f"UNFINISHED: {names}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +231,7 @@ def category_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
         row = {"dataset": dataset} if _multi_dataset(runs_frame) else {}
         rows.append({**row, "category": category, "group": kind, "backbone": backbone,
                      "family": backbone_family(backbone), "n seeds": len(group), **cells,
-                     "flags": _flags(group, with_name=False)})
+                     "flags": unfinished_flags(group, with_name=False)})
     return pd.DataFrame(rows)
 
 
@@ -282,7 +262,7 @@ def group_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
                 per_seed = frame.groupby("seed")[metric].mean() if complete else pd.Series(dtype=float)
                 mean, std, count = _mean_std(per_seed)
                 rows.append((dataset, group, backbone, backbone_family(backbone), metric, mean, std, count,
-                             len(complete), len(seeds), left_out, _flags(frame)))
+                             len(complete), len(seeds), left_out, unfinished_flags(frame)))
     columns = ["dataset", "group", "backbone", "family", "metric", "mean", "std", "n_values", "n_categories",
                "n_seeds", "left_out", "flags"]
     frame = pd.DataFrame(rows, columns=columns)
@@ -355,7 +335,7 @@ def efficiency_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
         for key, (label, scale, decimals) in EFFICIENCY.items():
             mean = frame[key].mean()
             row[label] = NOT_AVAILABLE if np.isnan(mean) else f"{mean * scale:.{decimals}f}"
-        row["flags"] = _flags(frame)
+        row["flags"] = unfinished_flags(frame)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -389,23 +369,8 @@ def _interval(low: float, high: float, scale: float = 100.0, spec: str = "+.2f")
     return NOT_AVAILABLE if pd.isna(low) else f"[{low * scale:{spec}}, {high * scale:{spec}}]"
 
 
-def _pair_flags(runs_frame: pd.DataFrame, pair: tuple[str, str], categories: list[str] | None = None,
-                seed: int | None = None) -> str:
-    frame = runs_frame[runs_frame["backbone"].isin(pair)]
-    if categories is not None:
-        frame = frame[frame["category"].isin(categories)]
-    if seed is not None:
-        frame = frame[frame["seed"] == seed]
-    return _flags(frame)
-
-
-def _group_categories(runs_frame: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
-    return {(dataset, group): categories for dataset, group, categories in group_members(runs_frame)}
-
-
 def aggregate_table(report: Report) -> pd.DataFrame:
     """The tests over categories, formatted: differences in percentage points."""
-    members = _group_categories(report.runs)
     rows = []
     for row in report.comparison.aggregate.itertuples():
         pair = tuple(row.pair.split(" vs "))
@@ -418,7 +383,7 @@ def aggregate_table(report: Report) -> pd.DataFrame:
             f"{CONFIDENCE:.0%} CI (hierarchical bootstrap)": _interval(row.ci_low, row.ci_high),
             "Wilcoxon p": format_p(row.p_wilcoxon), "p (Holm)": format_p(row.p_holm),
             "categories a > b": row.wins_a, "categories b > a": row.wins_b, "note": row.note,
-            "flags": _pair_flags(report.runs, pair, members[(row.dataset, row.group)]),
+            "flags": row.flags,
         })
     return pd.DataFrame(rows)
 
@@ -435,7 +400,7 @@ def pairwise_table(report: Report) -> pd.DataFrame:
             "difference (points)": _fmt(row.difference, "+.2f", 100.0),
             f"{CONFIDENCE:.0%} bootstrap CI": _interval(row.ci_low, row.ci_high),
             "p": format_p(row.p_value), "p (Holm)": format_p(row.p_holm), "note": row.note,
-            "flags": _pair_flags(report.runs, (row.backbone_a, row.backbone_b), [row.category], row.seed),
+            "flags": row.flags,
         })
     return pd.DataFrame(rows)
 
@@ -455,7 +420,7 @@ def per_defect_table(report: Report) -> pd.DataFrame:
                      "image AUROC vs good (%)": _fmt(by_metric.at["image_auroc", "mean"], ".1f", 100.0),
                      "pixel AUROC (%)": _fmt(by_metric.at["pixel_auroc", "mean"], ".1f", 100.0),
                      "AUPRO (%)": _fmt(by_metric.at["aupro", "mean"], ".1f", 100.0),
-                     "flags": _flags(runs_of, with_name=False)})
+                     "flags": unfinished_flags(runs_of, with_name=False)})
     return pd.DataFrame(rows)
 
 
@@ -473,7 +438,9 @@ def power_table(report: Report) -> pd.DataFrame:
                      "seed std b (points)": _fmt(row.seed_std_b, ".2f", 100.0),
                      f"detectable with {_count(row.n_seeds, 'seed')} (points)": _fmt(row.detectable_now, ".2f", 100.0),
                      f"detectable with {SEEDS_PLANNED} seeds (points)": _fmt(row.detectable_planned, ".2f", 100.0),
-                     "observed |mean difference| (points)": _fmt(abs(mean_diff), ".2f", 100.0)})
+                     "observed |mean difference| (points)": _fmt(abs(mean_diff), ".2f", 100.0),
+                     "flags": unfinished_flags(report.runs[report.runs["backbone"].isin(pair)
+                                                           & (report.runs["dataset"] == row.dataset)])})
     return pd.DataFrame(rows)
 
 

@@ -422,8 +422,10 @@ def test_unfinished_runs_and_mixed_protocols_are_flagged_in_every_table(tmp_path
     rep = report.build_report(results, n_boot=20)
     flag = "UNFINISHED"
     for name in ("category_metrics", "group_means", "pairwise_tests", "aggregate_tests_table", "per_defect",
-                 "efficiency", "reference"):
+                 "efficiency", "reference", "seed_power"):
         assert rep.tables[name]["flags"].str.contains(flag).any(), name
+    for numeric in (rep.comparison.aggregate, rep.comparison.tests, rep.runs.rename(columns={"unfinished": "flags"})):
+        assert numeric["flags"].astype(str).str.contains(f"{flag}|True").any()
     row = rep.tables["category_metrics"].set_index(["category", "backbone"]).loc[("synth_object", "resnet50")]
     assert row["flags"] == "UNFINISHED: seed 1 (2/3 epochs)"
     assert "resnet50/synth_object/seed1" in report.unfinished_warning(rep.runs)

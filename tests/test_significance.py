@@ -131,6 +131,7 @@ def test_aggregate_p_is_wilcoxon_over_seed_averaged_category_differences(tiny: P
     assert row["p_wilcoxon"] == pytest.approx(stats.wilcoxon(differences).pvalue)
     assert (row["wins_a"], row["wins_b"]) == ((differences > 0).sum(), (differences < 0).sum())
     assert row["ci_low"] <= row["ci_high"]
+    assert "the smallest possible Wilcoxon p is 0.5" in row["note"]  # 2 categories: never below 0.05
     family = np.r_[result.tests["p_value"].dropna(), result.aggregate["p_wilcoxon"].dropna()]
     assert result.family_size == len(family)  # one Holm family: every test of the report
     adjusted = result.aggregate["p_holm"].dropna()
