@@ -46,8 +46,9 @@ CONFIDENCE = 0.95
 POWER = 0.8
 SEEDS_PLANNED = 5  # the "How many seeds?" section also answers for this many
 # 2000 resamples: the 2.5 % and 97.5 % percentiles then rest on 50 resamples each, which keeps their Monte Carlo
-# error well below the intervals' width (Efron & Tibshirani recommend >= 1000 for percentile intervals); the cost is
-# linear in it and a 15 x 3 x 2 study at 256 px stays in seconds.
+# error well below the intervals' width (Efron & Tibshirani recommend >= 1000 for percentile intervals). The per-run
+# statistics, not the resamples, dominate the cost: a 15 x 3 x 2 study at 256 px took 14.0 s with 1000 and 15.0 s
+# with 2000 on the 2-core CPU (benchmarks/compare_benchmark.py).
 N_BOOT = 2000
 BOOT_SEED = 0
 MIN_PER_CLASS = 2  # DeLong needs at least two defective and two normal images

@@ -810,7 +810,8 @@ def headline_console(report: Report) -> str:
     """The console summary: overall means per backbone, then the tests over categories."""
     stats = group_stats(report.runs)
     overall = stats[(stats["group"] == OVERALL) & stats["metric"].isin(list(PAIRED_METRICS))]
-    means = overall.pivot_table(index=["dataset", "backbone"], columns="metric", values="mean", sort=False)
+    means = overall.pivot_table(index=["dataset", "backbone"], columns="metric", values="mean", sort=False,
+                                dropna=False)
     lines = ["Overall means (%), complete categories only:"]
     for (dataset, backbone), row in means.iterrows():
         values = ", ".join(f"{PAIRED_METRICS[m]} {_fmt(row.get(m, np.nan), '.1f', 100.0)}" for m in PAIRED_METRICS)
