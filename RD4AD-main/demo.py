@@ -57,7 +57,7 @@ def run_demo(data: Path, results: Path, checkpoints: Path, out: Path, epochs: in
         print(f"[{number}/{len(configs)}] {config.key}")
         evaluate_run(train_run(config, announce_fallback=False), device=device, save_maps=True)
     write_summary(results)
-    comparison = report.build_report(results, pair=",".join(FAIR_PAIR))
+    comparison = report.build_report(results, pairs=[FAIR_PAIR])
     path = report.write_report(comparison, out, portfolio=portfolio)
     warning = report.teacher_warning(comparison.runs)
     if warning:

@@ -31,6 +31,8 @@ import math
 import os
 import sys
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -307,13 +309,54 @@ def steady_images_per_s(directory: str | os.PathLike) -> float | None:
 
 # ---------------------------------------------------------------------------------------------- scores and maps
 
+SCORES_COLUMNS = ("path", "defect_type", "label", "score")
+MAPS_ARRAYS = ("maps", "masks", "paths")
+RETEST = "test"
+RETRAIN = "train"
+
+
+def _how_to_rewrite(path: Path, fix: str) -> str:
+    """The command that rewrites a run's file: ``test`` for metrics, scores and maps, ``train`` for config.json."""
+    if fix == RETRAIN:
+        return "`main.py train` writes it: restore the file or train the run again"
+    parents = path.parents
+    results = parents[3] if len(parents) > 3 else "RESULTS"
+    return f"`main.py test --results {results} --force` rewrites it"
+
+
+def _results_file_error(path: str | os.PathLike, expected: str, error: BaseException | None = None,
+                        fix: str = RETEST) -> RDError:
+    """One paragraph naming a results file, what it should hold, what was wrong with it and what rewrites it."""
+    found = f" ({type(error).__name__}: {str(error).strip()})" if error is not None else ""
+    return RDError(f"{path}: expected {expected}{found}; {_how_to_rewrite(Path(path), fix)}.")
+
+
 @lru_cache(maxsize=256)
 def _read_scores(path: str, mtime_ns: int) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"path": str, "defect_type": str, "label": int, "score": float})
+    expected = f"a CSV file with the columns {', '.join(SCORES_COLUMNS)} (label 0 or 1, a finite score per image)"
+    try:
+        frame = pd.read_csv(path, dtype={"path": str, "defect_type": str})
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as error:
+        raise _results_file_error(path, expected, error) from None
+    missing = [column for column in SCORES_COLUMNS if column not in frame.columns]
+    if missing:
+        raise _results_file_error(path, expected + f"; missing column(s) {', '.join(missing)}")
+    labels = pd.to_numeric(frame["label"], errors="coerce")
+    scores = pd.to_numeric(frame["score"], errors="coerce")
+    finite = np.isfinite(scores.to_numpy(dtype=float)).all()
+    if not labels.isin([0, 1]).all() or not finite or frame["path"].isna().any():
+        raise _results_file_error(path, expected + "; found a row with a missing path, a label other than 0/1 or a "
+                                                   "score that is not a finite number")
+    if frame["path"].duplicated().any():
+        raise _results_file_error(path, expected + f"; image {frame.loc[frame['path'].duplicated(), 'path'].iloc[0]} "
+                                                   "is listed twice")
+    frame = frame.assign(label=labels.astype(int), score=scores.astype(float),
+                         defect_type=frame["defect_type"].fillna(""))
+    return frame[list(SCORES_COLUMNS)]
 
 
 def load_scores(directory: str | os.PathLike) -> pd.DataFrame:
-    """A run's scores.csv (path, defect_type, label, score), sorted by path."""
+    """A run's scores.csv (path, defect_type, label, score), sorted by path; a bad file is an RDError naming it."""
     path = Path(directory) / SCORES_FILE
     if not path.is_file():
         raise RDError(f"{path} is missing: run `main.py test` for this run")
@@ -330,14 +373,35 @@ def save_maps(path: str | os.PathLike, maps: np.ndarray, masks: np.ndarray, path
     atomic_write(path, write)
 
 
-@lru_cache(maxsize=64)
+def _check_maps(path: str, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """maps.npz's arrays have the shapes and types of ``save_maps``, or an RDError naming the file."""
+    expected = "an .npz archive from `main.py test` with maps (N, H, W) floats, masks (N, H, W) and N paths"
+    missing = [name for name in MAPS_ARRAYS if name not in data]
+    if missing:
+        raise _results_file_error(path, expected + f"; missing array(s) {', '.join(missing)}")
+    maps, masks, paths = data["maps"], data["masks"], data["paths"]
+    if maps.ndim != 3 or masks.shape != maps.shape or paths.shape != (maps.shape[0],):
+        raise _results_file_error(path, expected + f"; found maps {maps.shape}, masks {masks.shape}, "
+                                                   f"paths {paths.shape}")
+    if maps.dtype.kind != "f" or masks.dtype.kind not in "biu" or paths.dtype.kind not in "US":
+        raise _results_file_error(path, expected + f"; found dtypes maps {maps.dtype}, masks {masks.dtype}, "
+                                                   f"paths {paths.dtype}")
+    return data
+
+
+@lru_cache(maxsize=4)  # one category's maps at 256 px are ~30 MB per run: keep only a few in memory
 def _read_maps(path: str, mtime_ns: int) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        expected = "an .npz archive written by `main.py test` (maps, masks, paths)"
+        raise _results_file_error(path, expected, error) from None
+    return _check_maps(path, arrays)
 
 
 def load_maps(directory: str | os.PathLike) -> dict[str, np.ndarray] | None:
-    """A run's maps.npz (maps, masks, paths), or None when the run saved no maps."""
+    """A run's maps.npz (maps, masks, paths), or None when the run saved no maps; a bad file is an RDError."""
     path = Path(directory) / MAPS_FILE
     if not path.is_file():
         return None
@@ -346,9 +410,24 @@ def load_maps(directory: str | os.PathLike) -> dict[str, np.ndarray] | None:
 
 # ---------------------------------------------------------------------------------------------- all runs
 
-def _number(value: Any) -> float:
-    """A metric as float; ``null`` (not measured) becomes NaN."""
-    return float("nan") if value is None else float(value)
+def _read_results_json(path: Path, expected: str, fix: str = RETEST) -> dict[str, Any]:
+    """A results JSON file as a dict (strict ``null`` and Python's ``NaN``/``Infinity`` both accepted)."""
+    try:
+        data = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _results_file_error(path, expected, error, fix) from None
+    if not isinstance(data, dict):
+        raise _results_file_error(path, expected + f"; found a JSON {type(data).__name__}", fix=fix)
+    return data
+
+
+def _number(value: Any, path: Path | None = None, key: str = "") -> float:
+    """A metric as float; ``null`` (not measured) becomes NaN; anything but a number is an RDError."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _results_file_error(path or "metrics.json", f"a number or null for {key!r}, found {value!r}")
+    return float(value)
 
 
 def _text(config: dict, name: str) -> str:
@@ -364,32 +443,82 @@ def format_hardware(hardware: Any) -> str:
     return "unknown" if hardware is None else str(hardware)
 
 
+def _data_format(config: dict) -> str:
+    """The run's data format (config "data": {"data_format"}); runs from before it was recorded were MVTec layout."""
+    data = config.get("data")
+    value = data.get("data_format") if isinstance(data, dict) else None
+    return str(value) if value else "mvtec"
+
+
+def _last_history_epoch(directory: Path) -> float:
+    """The last epoch history.csv records (NaN without one): how far a run's training went."""
+    path = directory / HISTORY_FILE
+    try:
+        epochs = pd.read_csv(path, usecols=["epoch"])["epoch"] if path.is_file() else pd.Series(dtype=float)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise _results_file_error(path, f"a CSV file with the columns {', '.join(HISTORY_COLUMNS)}", error) from None
+    return float(pd.to_numeric(epochs, errors="coerce").max()) if len(epochs) else float("nan")
+
+
+def _trained_epochs(directory: Path, selection: str, metrics: dict, metrics_path: Path) -> float:
+    """How many epochs the run trained: the evaluated checkpoint's (metrics.json "epochs"), or, for a run whose
+    model was selected at an earlier epoch (synthetic-val), how far history.csv says training went."""
+    checkpoint_epochs = _number(metrics.get("epochs"), metrics_path, "epochs")
+    if selection == "last":
+        return checkpoint_epochs
+    last = _last_history_epoch(directory)
+    return last if not np.isnan(last) else checkpoint_epochs
+
+
 def _run_row(directory: Path) -> dict[str, Any]:
     """One run as a flat row: identity, provenance from config.json, numbers from metrics.json."""
-    config = read_json(directory / CONFIG_FILE)
-    metrics = read_json(directory / METRICS_FILE)
+    config_path, metrics_path = directory / CONFIG_FILE, directory / METRICS_FILE
+    config = _read_results_json(config_path, "a JSON object (backbone, category, seed, ...)", RETRAIN)
+    metrics = _read_results_json(metrics_path, "a JSON object written by `main.py test` (image_auroc, ...)")
+    try:
+        backbone, category, seed = str(config["backbone"]), str(config["category"]), int(config["seed"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise _results_file_error(config_path, "a JSON object with backbone, category and an integer seed",
+                                  error, RETRAIN) from None
     efficiency = metrics.get("efficiency") or {}
-    category = str(config["category"])
+    if not isinstance(efficiency, dict):
+        raise _results_file_error(metrics_path, "an object (or null) under 'efficiency'")
+    selection = str(config.get("selection") or "last")
+    requested = config.get("epochs")
+    requested_epochs = float(requested) if isinstance(requested, (int, float)) and not isinstance(requested, bool) \
+        else float("nan")
+    trained = _trained_epochs(directory, selection, metrics, metrics_path)
     return {
-        "backbone": str(config["backbone"]),
+        "backbone": backbone,
         "category": category,
-        "seed": int(config["seed"]),
+        "seed": seed,
         "kind": category_group(category),
+        "dataset": _data_format(config),
         "run_dir": str(directory),
         "data_root": _text(config, "data_root"),
         "image_size": _text(config, "image_size"),
         "epochs": _text(config, "epochs"),
+        "requested_epochs": requested_epochs,
+        "trained_epochs": trained,
+        "unfinished": bool(trained < requested_epochs),  # NaN compares False: unknown is not flagged
+        "selection": selection,
+        "selected_epoch": _number(metrics.get("selected_epoch"), metrics_path, "selected_epoch"),
         "teacher_weights": _text(config, "teacher_weights"),
         "hardware": format_hardware(config.get("hardware")),
-        "threshold": _number(metrics.get("threshold")),
+        "threshold": _number(metrics.get("threshold"), metrics_path, "threshold"),
         "threshold_rule": str(metrics.get("threshold_rule") or "unknown"),
-        **{key: _number(metrics.get(key)) for key in METRICS},
-        **{key: _number(efficiency.get(key)) for key in EFFICIENCY},
+        **{key: _number(metrics.get(key), metrics_path, key) for key in METRICS},
+        **{key: _number(efficiency.get(key), metrics_path, f"efficiency.{key}") for key in EFFICIENCY},
     }
 
 
 def load_runs(results: str | os.PathLike) -> pd.DataFrame:
-    """Every evaluated run under ``results``: one row per run, sorted by category, backbone, seed."""
+    """Every evaluated run under ``results``: one row per run, sorted by category, backbone, seed.
+
+    Columns: identity, ``kind`` (the category's report group), ``dataset`` (data format), provenance,
+    ``requested_epochs`` / ``trained_epochs`` / ``unfinished`` (checkpoint short of the requested epochs),
+    ``selection`` ("last" or "synthetic-val") and every metric (NaN when not measured).
+    """
     results = Path(results)
     if not results.is_dir():
         raise RDError(f"results directory {results} does not exist: {RUN_FIRST}")
@@ -397,6 +526,10 @@ def load_runs(results: str | os.PathLike) -> pd.DataFrame:
     if not directories:
         raise RDError(f"no evaluated runs (<backbone>/<category>/seed<k>/metrics.json) under {results}: {RUN_FIRST}")
     frame = pd.DataFrame([_run_row(directory) for directory in directories])
+    duplicated = frame.duplicated(["backbone", "category", "seed"], keep=False)
+    if duplicated.any():
+        raise RDError(f"{', '.join(frame.loc[duplicated, 'run_dir'])}: expected one run per backbone, category and "
+                      "seed, but these config.json files name the same one")
     return frame.sort_values(["category", "backbone", "seed"], ignore_index=True)
 
 

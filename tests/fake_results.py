@@ -2,28 +2,45 @@
 
 Writes, under ``root``: ``data/<category>/...`` small PNG test images and masks in the MVTec layout,
 and ``results/<backbone>/<category>/seed<k>/`` with every file of the ``runs.py`` contract. The
-numbers are made up (scores drawn so that defects tend to score higher); never cite them.
+numbers are made up (scores drawn so that defects tend to score higher; maps that are noise plus the
+defect masks); never cite them. The metrics in metrics.json are computed from those scores and maps
+with metrics.py, so they agree with the files as a real run's do.
+
+``python tests/fake_results.py ROOT --study`` writes the benchmark study: 15 MVTec category names x 3
+seeds x 2 backbones at 256 px with 150 test images each (about 20 MB of maps per run; not for git).
 """
 from __future__ import annotations
 
+import argparse
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
-import runs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RD4AD-main"))
+
+import metrics  # noqa: E402  (needs the path above)
+import runs  # noqa: E402
 
 BACKBONES = ("convnext_tiny", "resnet50", "wide_resnet50_2")
+THREE_FAMILIES = ("resnet50", "convnext_tiny", "swin_t")
 CATEGORIES = ("synth_object", "synth_texture")
+STUDY_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
+                    "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
 SEEDS = (0, 1)
 SIZE = 32
+EPOCHS = 3
 DATA_DIR = "data"  # the data root, relative to the fake project root (the folder holding results/)
 N_GOOD = 10
 DEFECTS = {"scratch": 7, "stain": 7}
+STUDY_DEFECTS = {"crack": 40, "scratch": 40, "stain": 40}  # 30 good + 120 defective = 150 test images
 # How much higher defects score, per backbone: makes the backbones differ a little.
-SEPARATION = {"convnext_tiny": 1.6, "resnet50": 1.4, "wide_resnet50_2": 1.8}
+SEPARATION = {"convnext_tiny": 1.6, "resnet50": 1.4, "wide_resnet50_2": 1.8, "swin_t": 1.7}
+PERFECT_SEPARATION = 20.0  # categories listed in ``perfect``: every backbone separates them completely
 
 
 @dataclass(frozen=True)
@@ -39,24 +56,41 @@ class FakeImage:
         return int(self.defect_type != "good")
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How one fabricated run differs from a plain one."""
+
+    teacher_weights: str = "IMAGENET1K_V1"
+    with_masks: bool = True
+    with_maps: bool = True
+    trained_epochs: int = EPOCHS
+    perfect: bool = False
+    selection: str | None = None
+    data_format: str | None = None
+    compressed: bool = True
+    quantize: bool = False  # maps in steps of 1/8: few distinct scores, so binned pixel statistics are exact
+
+
 def _rng(*parts: object) -> np.random.Generator:
     """A generator seeded from the parts' text: same parts, same numbers, in every process."""
     return np.random.default_rng(zlib.crc32("/".join(map(str, parts)).encode()))
 
 
-def write_category(data_root: Path, category: str) -> list[FakeImage]:
+def write_category(data_root: Path, category: str, size: int = SIZE, n_good: int = N_GOOD,
+                   defects: dict[str, int] | None = None) -> list[FakeImage]:
     """Write one category's test images (and defect masks) as PNGs; return them, sorted by path."""
     rng = _rng("data", category)
     images = []
-    kinds = [("good", N_GOOD)] + sorted(DEFECTS.items())
+    kinds = [("good", n_good)] + sorted((defects or DEFECTS).items())
+    side = max(4, size // 4)
     for defect_type, count in kinds:
         for index in range(count):
             base = rng.uniform(0.3, 0.7, size=3)
-            pixels = np.clip(base + rng.normal(0, 0.05, (SIZE, SIZE, 3)), 0, 1)
-            mask = np.zeros((SIZE, SIZE), np.uint8)
+            pixels = np.clip(base + rng.normal(0, 0.05, (size, size, 3)), 0, 1)
+            mask = np.zeros((size, size), np.uint8)
             if defect_type != "good":
-                top, left = rng.integers(2, SIZE - 12, size=2)
-                mask[top : top + 8, left : left + 8] = 1
+                top, left = rng.integers(2, size - side - 4, size=2)
+                mask[top : top + side, left : left + side] = 1
                 pixels[mask == 1] = (0.9, 0.1, 0.1) if defect_type == "stain" else (0.05, 0.05, 0.05)
                 mask_path = data_root / category / "ground_truth" / defect_type / f"{index:03d}_mask.png"
                 mask_path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,51 +102,43 @@ def write_category(data_root: Path, category: str) -> list[FakeImage]:
     return sorted(images, key=lambda image: image.path)
 
 
-def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann-Whitney AUROC (the fixture's own numbers only)."""
-    positive, negative = scores[labels == 1], scores[labels == 0]
-    greater = (positive[:, None] > negative[None, :]).mean()
-    ties = (positive[:, None] == negative[None, :]).mean()
-    return float(greater + 0.5 * ties)
-
-
-def write_run(
-    results: Path,
-    images: list[FakeImage],
-    key: runs.RunKey,
-    *,
-    teacher_weights: str,
-    with_masks: bool,
-) -> None:
-    """Write one run directory: config, history, scores, validation scores, maps and metrics."""
-    directory = runs.run_dir(results, key)
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = _rng(key)
-    labels = np.array([image.label for image in images])
-    scores = rng.normal(0.0, 0.5, len(images)) + SEPARATION[key.backbone] * labels * rng.uniform(0.4, 1.2)
-    scores = np.round(scores + 2.0, 6)
-    val_scores = np.round(rng.normal(2.0, 0.5, 8), 6)
-    threshold = float(np.quantile(val_scores, 0.99))
-    predicted = scores >= threshold
-    true_pos = int((predicted & (labels == 1)).sum())
-    precision = true_pos / max(int(predicted.sum()), 1)
-    recall = true_pos / int(labels.sum())
+def _config(key: runs.RunKey, options: RunOptions, size: int) -> dict:
     config = {
         "backbone": key.backbone,
         "category": key.category,
         "seed": key.seed,
         "data_root": DATA_DIR,  # relative, as in `--data-root data/demo`: images resolve from the project root
-        "image_size": SIZE,
-        "epochs": 3,
+        "image_size": size,
+        "epochs": EPOCHS,
         "batch_size": 16,
         "lr": 0.005,
         "betas": [0.5, 0.999],
-        "teacher_weights": teacher_weights,
+        "teacher_weights": options.teacher_weights,
         "hardware": {"device": "cpu", "cpu_count": 2, "gpu": None},
     }
-    runs.atomic_write_json(directory / runs.CONFIG_FILE, config)
-    history = ["epoch,loss,loss_scale1,loss_scale2,loss_scale3,val_loss,epoch_time_s,images_per_s"]
-    history += [f"{epoch},{1 / epoch:.4f},0.1,0.1,0.1,{1.1 / epoch:.4f},2.0,8.0" for epoch in (1, 2, 3)]
+    if options.selection is not None:
+        config["selection"] = options.selection
+    if options.data_format is not None:
+        config["data"] = {"data_format": options.data_format, "split_csv": None, "split_csv_sha256": None}
+    return config
+
+
+def write_run(results: Path, images: list[FakeImage], key: runs.RunKey, options: RunOptions = RunOptions(),
+              size: int = SIZE) -> None:
+    """Write one run directory: config, history, scores, validation scores, maps and metrics."""
+    directory = runs.run_dir(results, key)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = _rng(key)
+    labels = np.array([image.label for image in images])
+    separation = PERFECT_SEPARATION if options.perfect else SEPARATION.get(key.backbone, 1.5)
+    scores = rng.normal(0.0, 0.5, len(images)) + separation * labels * rng.uniform(0.4, 1.2)
+    scores = np.round(scores + 2.0, 6)
+    val_scores = np.round(rng.normal(2.0, 0.5, 8), 6)
+    threshold = float(np.quantile(val_scores, 0.99))
+    runs.atomic_write_json(directory / runs.CONFIG_FILE, _config(key, options, size))
+    history = ["epoch,loss,loss_scale1,loss_scale2,loss_scale3,val_loss,epoch_time_s,images_per_s,peak_memory_mb"]
+    history += [f"{epoch},{1 / epoch:.4f},0.1,0.1,0.1,{1.1 / epoch:.4f},2.0,8.0,1000"
+                for epoch in range(1, options.trained_epochs + 1)]
     runs.atomic_write_text(directory / runs.HISTORY_FILE, "\n".join(history) + "\n")
     lines = ["path,defect_type,label,score"]
     lines += [f"{image.path},{image.defect_type},{image.label},{score}" for image, score in zip(images, scores)]
@@ -120,18 +146,25 @@ def write_run(
     val_paths = [f"{DATA_DIR}/{key.category}/train/good/v{i:03d}.png" for i in range(len(val_scores))]
     val_lines = ["path,score"] + [f"{path},{score}" for path, score in zip(val_paths, val_scores)]
     runs.atomic_write_text(directory / runs.VAL_SCORES_FILE, "\n".join(val_lines) + "\n")
-    pixel_auroc = aupro = None
-    if with_masks:
+    pixel = {"pixel_auroc": None, "aupro": None}
+    if options.with_masks:
         masks = np.stack([image.mask for image in images])
-        maps = rng.normal(0.0, 0.3, masks.shape) + masks * scores[:, None, None] * 0.5 + 1.0
-        np.savez(
-            directory / runs.MAPS_FILE,
-            maps=maps.astype(np.float16),
-            masks=masks,
-            paths=np.array([image.path for image in images]),
-        )
-        pixel_auroc = _auroc(maps.ravel(), masks.ravel().astype(int))
-        aupro = round(float(rng.uniform(0.7, 0.95)), 6)
+        noise = rng.normal(0.0, 0.3, masks.shape).astype(np.float32)
+        lift = (np.clip(scores - 2.0, 0.0, None) * 0.4).astype(np.float32)[:, None, None]
+        maps = (noise + masks * lift + 1.0).astype(np.float16)
+        if options.quantize:
+            maps = (np.round(maps.astype(np.float32) * 8) / 8).astype(np.float16)
+        if options.with_maps:
+            save = np.savez_compressed if options.compressed else np.savez
+            save(directory / runs.MAPS_FILE, maps=maps, masks=masks, paths=np.array([image.path for image in images]))
+        pixel = metrics.pixel_metrics(maps.astype(np.float32), masks)
+    _write_metrics(directory, key, scores, labels, [image.defect_type for image in images], threshold, pixel,
+                   options, rng)
+
+
+def _write_metrics(directory: Path, key: runs.RunKey, scores: np.ndarray, labels: np.ndarray, types: list[str],
+                   threshold: float, pixel: dict, options: RunOptions, rng: np.random.Generator) -> None:
+    at_threshold = metrics.metrics_at_threshold(scores, labels, threshold)
     efficiency = {
         "trainable_params": {"resnet50": 46_651_392, "wide_resnet50_2": 83_802_624}.get(key.backbone, 46_000_000),
         "gflops": round(float(rng.uniform(10, 20)), 3),
@@ -139,23 +172,22 @@ def write_run(
         "inference_ms_per_image": round(float(rng.uniform(10, 30)), 3),
         "peak_memory_mb": round(float(rng.uniform(900, 1500)), 1),
     }
-    metrics = {
-        "image_auroc": _auroc(scores, labels),
-        "pixel_auroc": pixel_auroc,
-        "aupro": aupro,
-        "f1_max": round(float(rng.uniform(0.8, 1.0)), 6),
+    result = {
+        "epochs": options.trained_epochs,
+        "image_auroc": metrics.image_auroc(scores, labels),
+        **pixel,
+        "f1_max": metrics.f1_max(scores, labels)[0],
         "threshold": threshold,
         "threshold_rule": "quantile 0.99 of validation normal scores",
-        "accuracy": float((predicted == (labels == 1)).mean()),
-        "precision": precision,
-        "recall": recall,
-        "f1": 2 * precision * recall / max(precision + recall, 1e-12),
-        "per_defect_image_auroc": {},
-        "n_test": len(images),
+        **{name: at_threshold[name] for name in ("accuracy", "precision", "recall", "f1")},
+        "per_defect_image_auroc": metrics.per_defect_auroc(scores, labels, types),
+        "n_test": len(scores),
         "n_defective": int(labels.sum()),
         "efficiency": efficiency,
     }
-    runs.atomic_write_json(directory / runs.METRICS_FILE, metrics)
+    if options.selection == "synthetic-val":
+        result["selected_epoch"] = options.trained_epochs
+    runs.atomic_write_json(directory / runs.METRICS_FILE, result)
 
 
 def write_fake_results(
@@ -166,23 +198,59 @@ def write_fake_results(
     seeds: tuple[int, ...] = SEEDS,
     random_teachers: tuple[str, ...] = (),
     without_masks: tuple[str, ...] = (),
+    without_maps: tuple[str, ...] = (),
+    perfect: tuple[str, ...] = (),
+    skip: Iterable[tuple[str, str, int]] = (),
+    unfinished: Iterable[tuple[str, str, int]] = (),
+    data_formats: dict[str, str] | None = None,
+    selection: str | None = None,
+    size: int = SIZE,
+    n_good: int = N_GOOD,
+    defects: dict[str, int] | None = None,
+    compressed: bool = True,
+    quantize: bool = False,
 ) -> Path:
     """Write data and results under ``root``; return the results directory.
 
-    ``random_teachers``: backbones whose runs record ``teacher_weights = "random"``;
-    ``without_masks``: categories whose runs have null pixel metrics and no maps.npz.
+    ``random_teachers``: backbones whose runs record ``teacher_weights = "random"``; ``without_masks``: categories
+    whose runs have null pixel metrics and no maps.npz; ``without_maps``: backbones that saved no maps.npz (pixel
+    metrics measured); ``perfect``: categories every backbone separates completely (image AUROC 1.0); ``skip``:
+    (backbone, category, seed) runs not written; ``unfinished``: runs whose checkpoint stopped an epoch early;
+    ``data_formats``: category -> config "data_format"; ``selection``: config "selection" of every run;
+    ``quantize``: maps in steps of 1/8 (few distinct scores: the report's binned pixel statistics are exact).
     """
     root = Path(root)
     data_root, results = root / DATA_DIR, root / "results"
+    skipped, short = set(skip), set(unfinished)
     for category in categories:
-        images = write_category(data_root, category)
+        images = write_category(data_root, category, size, n_good, defects)
         for backbone in backbones:
             for seed in seeds:
-                write_run(
-                    results,
-                    images,
-                    runs.RunKey(backbone, category, seed),
+                if (backbone, category, seed) in skipped:
+                    continue
+                options = RunOptions(
                     teacher_weights="random" if backbone in random_teachers else "IMAGENET1K_V1",
-                    with_masks=category not in without_masks,
-                )
+                    with_masks=category not in without_masks, with_maps=backbone not in without_maps,
+                    trained_epochs=EPOCHS - 1 if (backbone, category, seed) in short else EPOCHS,
+                    perfect=category in perfect, selection=selection,
+                    data_format=(data_formats or {}).get(category), compressed=compressed, quantize=quantize)
+                write_run(results, images, runs.RunKey(backbone, category, seed), options, size)
     return results
+
+
+def write_study(root: Path) -> Path:
+    """The benchmark study: 15 MVTec category names x 3 seeds x the fair pair, 256 px, 150 test images each."""
+    return write_fake_results(root, backbones=("resnet50", "convnext_tiny"), categories=STUDY_CATEGORIES,
+                              seeds=(0, 1, 2), size=256, n_good=30, defects=STUDY_DEFECTS, compressed=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="write fabricated results (test fixtures, never cite them)")
+    parser.add_argument("root", type=Path, help="folder that receives data/ and results/")
+    parser.add_argument("--study", action="store_true", help="the 15 x 3 x 2 benchmark study at 256 px")
+    args = parser.parse_args()
+    print(write_study(args.root) if args.study else write_fake_results(args.root))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,29 +8,38 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 
+import comparison
 import report
 import runs
 from backbones import FAIR_PAIR
 from errors import RDError
-from fake_results import write_fake_results
+from fake_results import THREE_FAMILIES, write_fake_results
 from significance import holm
 
 CODE_DIR = Path(__file__).resolve().parents[1] / "RD4AD-main"
 PORTFOLIO = CODE_DIR / "RD_Model_Comparison_Portfolio.md"
 RANDOM_BACKBONE = "wide_resnet50_2"
 NO_MASKS = "synth_texture"
+PAIRS = ("--pair", "resnet50,convnext_tiny", "--pair", f"resnet50,{RANDOM_BACKBONE}")
+N_BOOT = ("--n-boot", "200")
 SECTIONS = (
-    "## Metrics per category and backbone",
-    "## Texture, object and overall means",
-    "## Overall means beside the published RD4AD numbers",
-    "## Is the difference real? Paired tests of image AUROC",
+    "## Headline: paired differences over categories",
     "### Conclusions",
+    "## How many seeds?",
+    "## Metrics per category and backbone",
+    "## Group and overall means",
+    "## Overall means beside published references",
+    "## Per-category paired tests of all three metrics",
+    "## Per defect type",
     "## Efficiency",
     "## Figures",
 )
+TABLES = ("aggregate_tests", "aggregate_tests_table", "category_metrics", "group_means", "reference", "pairwise_tests",
+          "pairwise_tests_numeric", "per_defect", "seed_power", "efficiency", "runs", "category_intervals")
 
 
 def copy_project(results: Path, destination: Path, *skip: str) -> Path:
@@ -68,7 +77,7 @@ def reports(results: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     """The same results compared twice, into two report folders."""
     outs = tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("second")
     for out in outs:
-        assert compare("--results", str(results), "--out", str(out)) == 0
+        assert compare("--results", str(results), "--out", str(out), *PAIRS, *N_BOOT) == 0
     return outs
 
 
@@ -76,20 +85,38 @@ def outside_block(text: str) -> tuple[str, str]:
     return text.split(report.BEGIN_MARKER)[0], text.split(report.END_MARKER)[1]
 
 
+def table(out: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(out / "tables" / f"{name}.csv")
+
+
 def test_report_has_every_section_table_and_figure(reports: tuple[Path, Path]) -> None:
     out = reports[0]
     text = (out / "report.md").read_text(encoding="utf-8")
     positions = [text.index(section) for section in SECTIONS]
     assert positions == sorted(positions)
-    assert text.count("_Provenance: data ") >= 5  # one per table
-    assert "image size 32 px; epochs 3; seeds 0, 1" in text and "SYNTHETIC" in text
-    assert report.PUBLISHED_LABEL in text and "| 98.5 |" in text
-    for name in ("category_metrics", "group_means", "reference", "pairwise_tests", "efficiency", "runs"):
-        assert (out / "tables" / f"{name}.csv").is_file()
+    assert text.count("_Provenance: data ") >= 8  # one per table
+    assert "image size 32 px; epochs 3 requested; model: the last epoch's weights" in text and "SYNTHETIC" in text
+    for name in TABLES:
+        assert (out / "tables" / f"{name}.csv").is_file(), name
+    aggregate = table(out, "aggregate_tests")
+    assert list(aggregate.columns[:12]) == ["pair", "group", "metric", "n_categories", "n_seeds", "mean_diff",
+                                            "ci_low", "ci_high", "p_wilcoxon", "p_holm", "wins_a", "wins_b"]
+    for pair in ("resnet50 vs convnext_tiny", f"resnet50 vs {RANDOM_BACKBONE}"):
+        rows = aggregate[aggregate["pair"] == pair]
+        assert set(zip(rows["group"], rows["metric"])) == {(g, m) for g in ("texture", "object", "overall")
+                                                           for m in comparison.PAIRED_METRICS}
     links = re.findall(r"\]\((figures/[^)]+\.png)\)", text)
     kinds = {Path(link).stem.split("_")[0] for link in links}
-    assert kinds == {"bars", "roc", "pro", "hist", "gallery", "extremes"}
+    assert kinds == {"forest", "bars", "roc", "pro", "hist", "gallery", "extremes"}
+    assert sum(Path(link).stem.startswith("forest_") for link in links) == 2 * 3  # per pair and metric
     assert all((out / link).is_file() for link in links)
+    assert text.index("figures/forest_") < text.index("| pair (a − b) | group |")  # forest plots before any table
+    per_defect = table(out, "per_defect")
+    assert set(per_defect["defect type"]) == {"scratch", "stain"} and "AUPRO (%)" in per_defect.columns
+    reference = table(out, "reference").set_index("method")
+    assert str(reference.filter(like="RD++", axis=0)["AUPRO (%)"].iloc[0]) == "95.0"
+    assert "best test epoch" in reference.filter(like="RD++", axis=0)["protocol"].iloc[0]
+    assert str(reference.filter(like="RD4AD", axis=0)["image AUROC (%)"].iloc[0]) == "98.5"
 
 
 def test_compare_twice_gives_identical_report_and_tables(reports: tuple[Path, Path]) -> None:
@@ -110,44 +137,129 @@ def test_random_teacher_warning_is_loud_and_first(reports: tuple[Path, Path], re
 
 
 def test_pixel_metrics_without_masks_are_na(reports: tuple[Path, Path], results: Path) -> None:
-    table = report.category_table(runs.load_runs(results)).set_index(["category", "backbone"])
-    assert set(table.loc[NO_MASKS, "pixel AUROC (%)"]) == {"n/a"}
-    assert set(table.loc[NO_MASKS, "AUPRO (%)"]) == {"n/a"}
-    assert "n/a" not in set(table.loc["synth_object", "pixel AUROC (%)"])
+    frame = report.category_table(runs.load_runs(results)).set_index(["category", "backbone"])
+    assert set(frame.loc[NO_MASKS, "pixel AUROC (%)"]) == {"n/a"}
+    assert set(frame.loc[NO_MASKS, "AUPRO (%)"]) == {"n/a"}
+    assert "n/a" not in set(frame.loc["synth_object", "pixel AUROC (%)"])
     text = (reports[0] / "report.md").read_text(encoding="utf-8")
-    assert f"PRO curves for {NO_MASKS} skipped" in text
+    assert f"PRO curves for {NO_MASKS} skipped: the data has no ground-truth masks" in text
     assert not (reports[0] / "figures" / f"pro_{NO_MASKS}.png").exists()
 
 
-def test_delong_sentences_and_multiple_comparisons_note(reports: tuple[Path, Path]) -> None:
-    text = (reports[0] / "report.md").read_text(encoding="utf-8")
-    sentence = re.compile(
-        r"seed \d: (no significant difference at alpha=0\.05|\w+ is higher by [0-9.]+ AUROC, significant at "
-        r"alpha=0\.05) \(p=[0-9.e-]+\); the 95% CI \[[-+][0-9.]+, [-+][0-9.]+\] (includes|excludes) 0"
-    )
-    assert len(sentence.findall(text)) == 12  # 3 pairs x 2 categories x 2 seeds
-    assert "Multiple comparisons: 4 tests for resnet50 vs convnext_tiny" in text
-    assert text.index("resnet50 − convnext_tiny") < text.index("convnext_tiny − wide_resnet50_2")  # fair pair first
+# ---------------------------------------------------------------------------------------------- claims
+
+CLAIM_WORDS = re.compile(r"\b(higher|lower|better|worse|significant(ly)?|outperforms?|superior|inferior|beats?)\b",
+                         re.IGNORECASE)
+NAME = r"[\w.-]+"
+METRIC = "|".join(comparison.PAIRED_METRICS.values())
+AGGREGATE_CLAIM = re.compile(
+    rf"\*\*(?P<group>[^*]+)\*\*, (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME}): mean difference "
+    rf"(?P<diff>[+-]\d+\.\d\d) points over (?P<n>\d+) categor(?:y|ies) × (?P<seeds>\d+) seeds? \(95% CI [^)]*\); "
+    rf"(?:Wilcoxon p [=<] [^,]+, Holm-adjusted p [=<] (?P<p_holm>[^:]+): (?P<verdict>significant after Holm correction "
+    rf"\((?P<winner>{NAME}) higher\)|not significant after Holm correction)|not tested); (?P<a2>{NAME}) higher in "
+    rf"(?P<wins_a>\d+), (?P<b2>{NAME}) higher in (?P<wins_b>\d+)(?:, tied in (?P<tied>\d+))? of (?P=n) "
+    r"categor(?:y|ies)\.")
+CATEGORY_CLAIM = re.compile(
+    rf"\*\*(?P<category>[^*]+)\*\*, seed (?P<seed>\d+), (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME}): "
+    rf"(?P<diff>[+-]\d+\.\d\d) points \((?P<test>DeLong|bootstrap), Holm-adjusted p [=<] (?P<p_holm>[^)]+)\): "
+    rf"significant after Holm correction \((?P<winner>{NAME}) higher\)\.")
+COUNT_CLAIM = re.compile(r"Per category and seed: (?P<k>\d+) of (?P<n>\d+) tests are significant after Holm "
+                         r"correction \(Holm over all (?P<family>\d+) tests of this report\)\.")
+LABEL_TO_METRIC = {label: key for key, label in comparison.PAIRED_METRICS.items()}
+
+
+def _check_aggregate(match: re.Match, aggregate: pd.DataFrame) -> None:
+    rows = aggregate[(aggregate["pair"] == f"{match['a']} vs {match['b']}") & (aggregate["group"] == match["group"])
+                     & (aggregate["metric"] == LABEL_TO_METRIC[match["metric"]])]
+    assert len(rows) == 1, match.group(0)
+    row = rows.iloc[0]
+    assert f"{row['mean_diff'] * 100:+.2f}" == match["diff"]
+    assert (int(match["n"]), int(match["wins_a"]), int(match["wins_b"])) == (row["n_categories"], row["wins_a"],
+                                                                              row["wins_b"])
+    assert (match["a2"], match["b2"]) == (match["a"], match["b"])
+    if match["verdict"] is None:
+        assert pd.isna(row["p_holm"])
+    elif match["verdict"].startswith("significant"):
+        assert row["p_holm"] < comparison.ALPHA
+        assert match["winner"] == (match["a"] if row["mean_diff"] > 0 else match["b"])
+    else:
+        assert row["p_holm"] >= comparison.ALPHA
+
+
+def _check_category(match: re.Match, tests: pd.DataFrame) -> None:
+    rows = tests[(tests["category"] == match["category"]) & (tests["seed"] == int(match["seed"]))
+                 & (tests["metric"] == LABEL_TO_METRIC[match["metric"]]) & (tests["backbone_a"] == match["a"])
+                 & (tests["backbone_b"] == match["b"])]
+    assert len(rows) == 1, match.group(0)
+    row = rows.iloc[0]
+    assert row["p_holm"] < comparison.ALPHA and f"{row['difference'] * 100:+.2f}" == match["diff"]
+    assert match["winner"] == (match["a"] if row["difference"] > 0 else match["b"])
+
+
+def assert_claims_backed(text: str, tables: Path) -> int:
+    """Every claim in the generated ``text`` matches a template and its numbers; no other claim word is left."""
+    aggregate, tests = pd.read_csv(tables / "aggregate_tests.csv"), pd.read_csv(tables / "pairwise_tests_numeric.csv")
+    for sentence in report.DEFINITIONS:
+        text = text.replace(sentence, "")
+    checked = 0
+    for pattern, check in ((AGGREGATE_CLAIM, lambda m: _check_aggregate(m, aggregate)),
+                           (CATEGORY_CLAIM, lambda m: _check_category(m, tests))):
+        for match in pattern.finditer(text):
+            check(match)
+            checked += 1
+        text = pattern.sub("", text)
+    for match in COUNT_CLAIM.finditer(text):
+        tested = tests.dropna(subset=["p_holm"])
+        assert int(match["k"]) == (tested["p_holm"] < comparison.ALPHA).sum() and int(match["n"]) == len(tested)
+        assert int(match["family"]) == tested["p_value"].notna().sum() + aggregate["p_wilcoxon"].notna().sum()
+        checked += 1
+    text = COUNT_CLAIM.sub("", text)
+    leftover = [line for line in text.splitlines() if CLAIM_WORDS.search(line)]
+    assert not leftover, f"unchecked claims: {leftover[:3]}"
+    return checked
+
+
+def test_every_claim_in_the_report_is_backed_by_its_tables(reports: tuple[Path, Path]) -> None:
+    out = reports[0]
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert assert_claims_backed(text, out / "tables") >= 2 * 3 * 3 + 1  # every aggregate sentence, the count
+    aggregate = table(out, "aggregate_tests")
+    assert aggregate["p_holm"].dropna().ge(aggregate["p_wilcoxon"].dropna()).all()
+
+
+def test_a_claim_that_the_tables_do_not_back_is_caught(reports: tuple[Path, Path]) -> None:
+    out = reports[0]
+    text = (out / "report.md").read_text(encoding="utf-8")
+    with pytest.raises(AssertionError):
+        assert_claims_backed(text.replace("not significant after Holm correction",
+                                          "significant after Holm correction (resnet50 higher)", 1), out / "tables")
+    with pytest.raises(AssertionError, match="unchecked claims"):
+        assert_claims_backed(text + "\nConvNeXt is clearly better.\n", out / "tables")
+
+
+# ---------------------------------------------------------------------------------------------- tests and means
 
 
 def test_paired_tests_join_the_same_images(results: Path, tmp_path: Path) -> None:
-    copy = copy_project(results, tmp_path / "project")
+    copy = copy_project(results, tmp_path / "project", RANDOM_BACKBONE)
     scores = copy / "resnet50" / "synth_object" / "seed0" / runs.SCORES_FILE
     lines = scores.read_text(encoding="utf-8").splitlines()
     scores.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # one test image fewer
-    frame = runs.load_runs(copy)
-    tests = report.pairwise_tests(frame, [("resnet50", "convnext_tiny")], n_boot=200).set_index(["category", "seed"])
-    assert tests.at[("synth_object", 0), "n_images"] == len(lines) - 2
-    assert tests.at[("synth_object", 0), "n_unmatched"] == 1
-    assert tests.at[("synth_object", 1), "n_unmatched"] == 0
     (copy / "resnet50" / "synth_texture" / "seed1" / runs.METRICS_FILE).unlink()  # trained, not tested
-    rep = report.build_report(copy, pair="resnet50,convnext_tiny", n_boot=50)
-    assert len(rep.runs) == 11 and "resnet50/synth_texture/seed1" in report.untested_note(rep)
-    assert set(rep.tests.query("category == 'synth_texture'")["seed"]) == {0}
-    original = report.pairwise_tests(runs.load_runs(results), [("resnet50", "convnext_tiny")], n_boot=200)
-    assert (original["n_unmatched"] == 0).all()
+    rep = report.build_report(copy, "resnet50,convnext_tiny", n_boot=50)
+    tests = rep.tests.query("metric == 'image_auroc'").set_index(["category", "seed"])
+    assert tests.at[("synth_object", 0), "n_images"] == len(lines) - 2
+    assert tests.at[("synth_object", 0), "n_unmatched"] == 1  # convnext_tiny seed 0 scored the dropped image
+    assert tests.at[("synth_object", 1), "n_unmatched"] == 2  # both seed-1 runs did: every run uses the common images
+    assert len(rep.runs) == 7 and "resnet50/synth_texture/seed1" in report.untested_note(rep)
+    assert set(tests.loc["synth_texture"].index) == {0}
+    aggregate = rep.comparison.aggregate.set_index(["group", "metric"])
+    assert "synth_texture (resnet50 seed 1 missing)" in aggregate.at[("texture", "image_auroc"), "note"]
+    original = report.build_report(results.parent / "results", "resnet50,convnext_tiny", n_boot=50)
+    delong = original.tests.query("metric == 'image_auroc'")
+    assert (delong["n_unmatched"] == 0).all()
     expected = runs.load_runs(results).query("backbone == 'resnet50'")["image_auroc"]
-    assert sorted(original["auroc_a"]) == pytest.approx(sorted(expected))
+    assert sorted(delong["value_a"]) == pytest.approx(sorted(expected))
 
 
 def test_images_resolve_from_the_project_root(results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,8 +280,28 @@ def test_group_means_average_categories_per_seed_then_seeds(results: Path) -> No
     assert stats.at[("overall", "resnet50", "image_auroc"), "std"] == pytest.approx(per_seed.std(ddof=1))
     texture = frame.query("backbone == 'resnet50' and kind == 'texture'")["image_auroc"]
     assert stats.at[("texture", "resnet50", "image_auroc"), "mean"] == pytest.approx(texture.mean())
-    reference = report.reference_table(frame).set_index("metric (%)")[report.PUBLISHED_LABEL]
-    assert reference["image AUROC"] == "98.5" and reference["AUPRO"] == "93.9" and reference["F1 @val-thr"] == "—"
+    # no masks in synth_texture: the overall pixel mean is over synth_object alone, and says so
+    assert stats.at[("overall", "resnet50", "aupro"), "n_categories"] == 1
+    assert f"{NO_MASKS}: AUPRO not measured" in stats.at[("overall", "resnet50", "aupro"), "left_out"]
+
+
+def test_different_category_sets_are_not_silently_averaged(results: Path, tmp_path: Path) -> None:
+    copy = copy_project(results, tmp_path / "project", RANDOM_BACKBONE)
+    shutil.rmtree(copy / "convnext_tiny" / "synth_texture")  # convnext_tiny never ran synth_texture
+    frame = runs.load_runs(copy)
+    stats = report.group_stats(frame).set_index(["group", "backbone", "metric"])
+    only_object = frame.query("backbone == 'resnet50' and category == 'synth_object'")["image_auroc"].mean()
+    assert stats.at[("overall", "resnet50", "image_auroc"), "mean"] == pytest.approx(only_object)
+    assert stats.at[("overall", "resnet50", "image_auroc"), "n_categories"] == 1
+    assert "synth_texture: convnext_tiny seed 0, 1 missing" in stats.at[("overall", "resnet50", "image_auroc"),
+                                                                          "left_out"]
+    assert np.isnan(stats.at[("texture", "resnet50", "image_auroc"), "mean"])  # nothing complete: not averaged
+    groups = report.group_table(frame).set_index(["group", "backbone"])
+    assert groups.at[("texture mean", "resnet50"), "image AUROC (%)"] == "n/a"
+    assert "convnext_tiny seed 0, 1 missing" in groups.at[("overall mean", "resnet50"), "left out (not averaged)"]
+    rep = report.build_report(copy, "resnet50,convnext_tiny", n_boot=20)
+    overall = rep.comparison.aggregate.query("group == 'overall' and metric == 'image_auroc'").iloc[0]
+    assert overall["n_categories"] == 1 and "synth_texture (convnext_tiny seed 0, 1 missing)" in overall["note"]
 
 
 def test_holm_adjustment() -> None:
@@ -178,16 +310,37 @@ def test_holm_adjustment() -> None:
     assert pd.isna(adjusted.iloc[2])
 
 
+def test_ties_at_the_ceiling_are_named_and_not_tested(tmp_path: Path) -> None:
+    results = write_fake_results(tmp_path, backbones=FAIR_PAIR, categories=("synth_object",), seeds=(0,),
+                                 perfect=("synth_object",))
+    rep = report.build_report(results, n_boot=50)
+    row = rep.tests.query("metric == 'image_auroc'").iloc[0]
+    assert (row["value_a"], row["value_b"]) == (1.0, 1.0) and np.isnan(row["p_value"]) and np.isnan(row["p_holm"])
+    assert row["note"].startswith("tie at the ceiling: both models reach image AUROC 1.000 on this test set")
+    text = report.conclusions_markdown(rep)
+    tie = next(line for line in text.splitlines() if "synth_object**, seed 0, image AUROC" in line)
+    assert "not tested, tie at the ceiling" in tie and "significant" not in tie
+    overall = rep.comparison.aggregate.query("group == 'overall' and metric == 'image_auroc'").iloc[0]
+    assert np.isnan(overall["p_wilcoxon"]) and "tied" in overall["note"]
+    sentence = report.aggregate_sentence(overall)
+    assert "not tested" in sentence and "significant" not in sentence
+
+
+# ---------------------------------------------------------------------------------------------- portfolio
+
+
 def test_portfolio_block_changes_alone(pair_results: Path, tmp_path: Path) -> None:
     copy, portfolio = copy_project(pair_results, tmp_path / "project"), tmp_path / "docs" / "portfolio.md"
     portfolio.parent.mkdir()
     shutil.copy(PORTFOLIO, portfolio)
     original = portfolio.read_text(encoding="utf-8")
-    args = ("--results", str(copy), "--out", str(tmp_path / "out"), "--portfolio", str(portfolio))
+    args = ("--results", str(copy), "--out", str(tmp_path / "out"), "--portfolio", str(portfolio), *N_BOOT)
     assert compare(*args) == 0
     first = portfolio.read_text(encoding="utf-8")
     assert outside_block(first) == outside_block(original)
     assert "](../out/figures/bars.png)" in first and "#### Conclusions" in first
+    block = first.split(report.BEGIN_MARKER)[1].split(report.END_MARKER)[0]
+    assert assert_claims_backed(block, tmp_path / "out" / "tables") >= 3 * 3
     metrics_path = copy / "resnet50" / "synth_object" / "seed0" / runs.METRICS_FILE
     metrics = runs.read_json(metrics_path)
     metrics["image_auroc"] = 0.5
@@ -195,6 +348,33 @@ def test_portfolio_block_changes_alone(pair_results: Path, tmp_path: Path) -> No
     assert compare(*args) == 0
     second = portfolio.read_text(encoding="utf-8")
     assert outside_block(second) == outside_block(original) and second != first
+
+
+def test_portfolio_text_states_no_false_design_claim() -> None:
+    text = PORTFOLIO.read_text(encoding="utf-8")
+    hand_written = outside_block(text)[0] + outside_block(text)[1]
+    assert "sized by the teacher's tap widths" not in hand_written
+    assert "replaces" not in hand_written  # no comparison with a repository the reader cannot see
+    assert "embed_dim" in hand_written  # the capacity matching as the guide states it
+
+
+def test_portfolio_markers_are_checked_before_anything_is_written(pair_results: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    portfolio = tmp_path / "no_markers.md"
+    portfolio.write_text("# a document without the generated block\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert compare("--results", str(pair_results), "--out", str(out), "--portfolio", str(portfolio)) == 2
+    error = capsys.readouterr().err
+    assert str(portfolio) in error and report.BEGIN_MARKER in error and "Traceback" not in error
+    assert not out.exists()
+    with pytest.raises(RDError, match="expected one line"):
+        report.replace_generated_block("no markers here\n", "block", tmp_path / "x.md")
+    text = f"head\r\n{report.BEGIN_MARKER}\nold\n{report.END_MARKER}\r\ntail\r\n"
+    assert report.replace_generated_block(text, "new", tmp_path / "x.md") == (
+        f"head\r\n{report.BEGIN_MARKER}\nnew\n{report.END_MARKER}\r\ntail\r\n")
+
+
+# ---------------------------------------------------------------------------------------------- pairs and flags
 
 
 def test_missing_or_empty_results_name_the_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -206,20 +386,139 @@ def test_missing_or_empty_results_name_the_path(tmp_path: Path, capsys: pytest.C
         runs.load_runs(tmp_path)
 
 
-def test_pair_flag(results: Path) -> None:
+def test_pairs_from_flags_config_file_papermill_and_the_default(results: Path, tmp_path: Path) -> None:
     frame = runs.load_runs(results)
-    assert report.backbone_pairs(frame, "convnext_tiny,resnet50") == [("convnext_tiny", "resnet50")]
-    assert report.backbone_pairs(frame)[0] == FAIR_PAIR and len(report.backbone_pairs(frame)) == 3
+    assert comparison.resolve_pairs(frame, None) == [FAIR_PAIR]  # the fair pair, not every combination
+    assert comparison.parse_pairs("convnext_tiny,resnet50") == [("convnext_tiny", "resnet50")]
+    assert comparison.parse_pairs(["resnet50", "convnext_tiny"]) == [("resnet50", "convnext_tiny")]
+    assert comparison.parse_pairs(["a,b", "a,c"]) == [("a", "b"), ("a", "c")]
+    assert comparison.parse_pairs([["a", "b"], ("a", "c")]) == [("a", "b"), ("a", "c")]
+    assert comparison.parse_pairs("") is None and comparison.parse_pairs([]) is None
     with pytest.raises(RDError, match="vit_b16"):
-        report.backbone_pairs(frame, "resnet50,vit_b16")
+        comparison.resolve_pairs(frame, [("resnet50", "vit_b16")])
+    with pytest.raises(RDError, match="two different backbones"):
+        comparison.parse_pairs("resnet50,resnet50")
+    config = tmp_path / "study.json"
+    config.write_text(json.dumps({"pairs": [["resnet50", RANDOM_BACKBONE]], "epochs": 200}), encoding="utf-8")
+    assert comparison.read_pairs_config(config) == [("resnet50", RANDOM_BACKBONE)]
+    config.write_text(json.dumps({"pairs": "resnet50"}), encoding="utf-8")
+    with pytest.raises(RDError, match=r"study.json.*pairs"):
+        comparison.read_pairs_config(config)
+    without_fair = frame[frame["backbone"] != "resnet50"]
+    assert comparison.resolve_pairs(without_fair, None) == [("wide_resnet50_2", "convnext_tiny")]
+    three = pd.concat([without_fair, frame[frame["backbone"] == "resnet50"].assign(backbone="swin_t")])
+    with pytest.raises(RDError, match=r"convnext_tiny, swin_t, wide_resnet50_2.*--pair a,b"):
+        comparison.resolve_pairs(three, None)
 
 
-def test_portfolio_markers_required(tmp_path: Path) -> None:
-    with pytest.raises(RDError, match="expected one line"):
-        report.replace_generated_block("no markers here\n", "block", tmp_path / "x.md")
-    text = f"head\r\n{report.BEGIN_MARKER}\nold\n{report.END_MARKER}\r\ntail\r\n"
-    assert report.replace_generated_block(text, "new", tmp_path / "x.md") == (
-        f"head\r\n{report.BEGIN_MARKER}\nnew\n{report.END_MARKER}\r\ntail\r\n")
+def test_unfinished_runs_and_mixed_protocols_are_flagged_in_every_table(tmp_path: Path) -> None:
+    results = write_fake_results(tmp_path / "a", backbones=FAIR_PAIR, categories=("synth_object",), seeds=(0, 1),
+                                 unfinished=(("resnet50", "synth_object", 1),))
+    other = write_fake_results(tmp_path / "b", backbones=FAIR_PAIR, categories=("carpet",), seeds=(0, 1),
+                               selection="synthetic-val")
+    shutil.copytree(other / "resnet50" / "carpet", results / "resnet50" / "carpet")
+    shutil.copytree(other / "convnext_tiny" / "carpet", results / "convnext_tiny" / "carpet")
+    shutil.copytree(other.parent / "data" / "carpet", results.parent / "data" / "carpet")
+    rep = report.build_report(results, n_boot=20)
+    flag = "UNFINISHED"
+    for name in ("category_metrics", "group_means", "pairwise_tests", "aggregate_tests_table", "per_defect",
+                 "efficiency", "reference", "seed_power"):
+        assert rep.tables[name]["flags"].str.contains(flag).any(), name
+    for numeric in (rep.comparison.aggregate, rep.comparison.tests, rep.runs.rename(columns={"unfinished": "flags"})):
+        assert numeric["flags"].astype(str).str.contains(f"{flag}|True").any()
+    row = rep.tables["category_metrics"].set_index(["category", "backbone"]).loc[("synth_object", "resnet50")]
+    assert row["flags"] == "UNFINISHED: seed 1 (2/3 epochs)"
+    assert "resnet50/synth_object/seed1" in report.unfinished_warning(rep.runs)
+    assert "MIXED PROTOCOLS" in report.provenance(rep.runs)
+    assert "synthetic-validation" in report.protocol_text(rep.runs.query("category == 'carpet'"))
+
+
+def test_three_families_get_every_table_and_figure(tmp_path: Path) -> None:
+    results = write_fake_results(tmp_path, backbones=THREE_FAMILIES, categories=("synth_object",), seeds=(0, 1),
+                                 data_formats={"synth_object": "visa"})
+    out = tmp_path / "out"
+    assert compare("--results", str(results), "--out", str(out), "--pair", "resnet50,convnext_tiny",
+                   "--pair", "resnet50,swin_t", *N_BOOT) == 0
+    assert set(table(out, "category_metrics")["family"]) == {"resnet", "convnext", "swin"}
+    assert set(table(out, "efficiency")["family"]) == {"resnet", "convnext", "swin"}
+    for name in TABLES:
+        assert not table(out, name).empty, name
+    figures = {path.stem.split("_")[0] for path in (out / "figures").glob("*.png")}
+    assert figures == {"forest", "bars", "roc", "pro", "hist", "gallery", "extremes"}
+    assert len(list((out / "figures").glob("forest_*.png"))) == 2 * 3
+    assert set(table(out, "aggregate_tests")["group"]) == {"object", "overall"}
+
+
+def test_two_data_formats_get_a_dataset_column(results: Path, tmp_path: Path) -> None:
+    other = write_fake_results(tmp_path, backbones=FAIR_PAIR, categories=("candle",), seeds=(0, 1),
+                               data_formats={"candle": "visa"})
+    frame = pd.concat([runs.load_runs(results), runs.load_runs(other)], ignore_index=True)
+    frame = frame[frame["backbone"].isin(FAIR_PAIR)]
+    groups = report.group_table(frame)
+    assert "dataset" in groups.columns
+    assert ("visa", "multiple instances mean") in set(zip(groups["dataset"], groups["group"]))
+    assert {("mvtec", "overall mean"), ("visa", "overall mean")} <= set(zip(groups["dataset"], groups["group"]))
+
+
+# ---------------------------------------------------------------------------------------------- errors and console
+
+
+@pytest.mark.parametrize("name, content", [
+    (runs.METRICS_FILE, "{not json"),
+    (runs.CONFIG_FILE, "[1, 2]"),
+    (runs.SCORES_FILE, "path,label\nx.png,7\n"),
+    (runs.MAPS_FILE, "not a zip archive"),
+])
+def test_a_corrupt_results_file_is_one_clear_error(pair_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  name: str, content: str) -> None:
+    copy = copy_project(pair_results, tmp_path / "project")
+    broken = copy / "resnet50" / "synth_object" / "seed0" / name
+    broken.write_text(content, encoding="utf-8")
+    out = tmp_path / "out"
+    assert compare("--results", str(copy), "--out", str(out), *N_BOOT) == 2
+    error = capsys.readouterr().err
+    messages = [line for line in error.splitlines() if line.strip() and not line.startswith("resampling")]
+    assert len(messages) == 1 and messages[0].startswith("error: ")  # one paragraph, no traceback
+    assert str(broken) in messages[0] and "expected" in messages[0] and "Traceback" not in error
+    assert not out.exists()  # nothing half-written
+
+
+def test_json_null_and_non_finite_numbers_are_read(pair_results: Path, tmp_path: Path) -> None:
+    copy = copy_project(pair_results, tmp_path / "project")
+    path = copy / "resnet50" / "synth_object" / "seed0" / runs.METRICS_FILE
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text)
+    data.update(threshold=None, f1_max_threshold=None)
+    path.write_text(json.dumps(data).replace("null}", "null, \"extra\": -Infinity}"), encoding="utf-8")
+    frame = runs.load_runs(copy).set_index(["backbone", "category", "seed"])
+    assert np.isnan(frame.at[("resnet50", "synth_object", 0), "threshold"])
+
+
+def test_runs_without_maps_name_the_skipped_figures_and_the_command(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    results = write_fake_results(tmp_path, backbones=FAIR_PAIR, categories=("synth_object",), seeds=(0,),
+                                 without_maps=("convnext_tiny",))
+    assert compare("--results", str(results), "--out", str(tmp_path / "out"), *N_BOOT) == 0
+    console = capsys.readouterr().out
+    command = f"main.py test --results {results} --force"
+    assert "Gallery for synth_object skipped: no maps.npz for convnext_tiny seed 0" in console
+    assert "PRO curves for synth_object incomplete: no maps.npz for convnext_tiny seed 0" in console
+    assert command in console and "ground-truth masks" not in console
+    assert "Overall means (%)" in console and "Paired tests over categories" in console
+    assert f"report: {tmp_path / 'out' / 'report.md'}" in console
+    tests = pd.read_csv(tmp_path / "out" / "tables" / "pairwise_tests_numeric.csv").set_index("metric")
+    assert command in tests.at["aupro", "note"]
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        compare("--help")
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {comparison.N_BOOT})" in help_text and "(default: reports/compare)" in help_text
+
+
+# ---------------------------------------------------------------------------------------------- notebook
 
 
 def test_tester_notebook_runs_top_to_bottom(pair_results: Path, tmp_path: Path) -> None:
@@ -228,12 +527,14 @@ def test_tester_notebook_runs_top_to_bottom(pair_results: Path, tmp_path: Path) 
     out = tmp_path / "notebook_report"
     executed = papermill.execute_notebook(
         str(CODE_DIR / "RD_Tester.ipynb"), str(tmp_path / "executed.ipynb"),
-        parameters={"RESULTS_DIR": str(pair_results), "OUT_DIR": str(out), "PAIR": "resnet50,convnext_tiny"},
+        parameters={"RESULTS_DIR": str(pair_results), "OUT_DIR": str(out), "PAIR": ["resnet50", "convnext_tiny"],
+                    "N_BOOT": 100},
         kernel_name="python3", cwd=str(CODE_DIR), progress_bar=False,
     )
     outputs = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs]
-    assert sum("image/png" in output.get("data", {}) for output in outputs) >= 8
+    assert sum("image/png" in output.get("data", {}) for output in outputs) >= 11
     assert (out / "report.md").is_file() and (out / "figures" / "gallery_synth_object.png").is_file()
+    assert (out / "tables" / "aggregate_tests.csv").is_file()
 
 
 @pytest.mark.parametrize("path", sorted(CODE_DIR.glob("*.ipynb")), ids=lambda path: path.name)

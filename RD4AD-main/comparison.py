@@ -1,0 +1,644 @@
+"""The comparison's numbers: which backbone pairs are compared, the resampling replicates of every run, the
+paired tests per category and seed, and the tests over categories (overall and per group).
+
+The unit of resampling is the test image (with its mask), the same draws for every backbone and seed of a
+category; over categories, the seeds are resampled too (a hierarchical bootstrap: seeds, then images
+within each category). Every replicate metric is a weighted sum of per-image statistics
+(significance.py), so a study of 15 categories x 3 seeds x 2 backbones at 256 px takes seconds, not hours.
+Point estimates come from metrics.json (the tables' numbers); intervals from the replicates.
+Markdown and wording live in report.py; nothing here formats text for readers except the notes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits  # installed with scikit-learn
+from tqdm import tqdm
+
+from backbones import BACKBONES, FAIR_PAIR
+from categories import OTHER_GROUP, group_order
+from errors import RDError
+from runs import MAPS_FILE, METRICS, load_maps, load_scores
+from significance import (PixelStats, auroc_replicates, binned_metrics, bootstrap_p_value, delong_test,
+                          detectable_difference, holm, multiplicities, percentile_interval, pixel_replicates,
+                          pixel_stats, stratified_multiplicities, wilcoxon_signed_rank)
+
+__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "BOOT_SEED", "CONFIDENCE", "CategoryDraws", "Comparison", "METRIC_LABELS",
+           "N_BOOT", "NOT_AVAILABLE", "OVERALL", "PAIRED_METRICS", "POWER", "RunResamples", "SEEDS_PLANNED",
+           "TEST_COLUMNS", "aggregate_tests", "backbone_family", "category_intervals", "compare_runs",
+           "complete_categories", "compute_resamples", "epoch_text", "group_members", "group_replicates",
+           "parse_pairs", "per_category_tests", "per_defect_stats", "read_pairs_config", "resolve_pairs",
+           "retest_command", "run_name", "run_resamples", "seed_multiplicities", "seed_power", "unfinished_flags",
+           "with_holm"]
+
+# The metrics tested: metrics.json key -> label (fractions in [0, 1]).
+PAIRED_METRICS: dict[str, str] = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
+METRIC_LABELS: dict[str, str] = {**METRICS, **PAIRED_METRICS}
+ALPHA = 0.05
+CONFIDENCE = 0.95
+POWER = 0.8
+SEEDS_PLANNED = 5  # the "How many seeds?" section also answers for this many
+# 2000 resamples: the 2.5 % and 97.5 % percentiles then rest on 50 resamples each, which keeps their Monte Carlo
+# error well below the intervals' width (Efron & Tibshirani recommend >= 1000 for percentile intervals). The per-run
+# statistics, not the resamples, dominate the cost: a 15 x 3 x 2 study at 256 px took 14.0 s with 1000 and 15.0 s
+# with 2000 on the 2-core CPU (benchmarks/compare_benchmark.py).
+N_BOOT = 2000
+BOOT_SEED = 0
+MIN_PER_CLASS = 2  # DeLong needs at least two defective and two normal images
+NOT_AVAILABLE = "n/a"
+OVERALL = "overall"
+AGGREGATE_COLUMNS = ["pair", "group", "metric", "n_categories", "n_seeds", "mean_diff", "ci_low", "ci_high",
+                     "p_wilcoxon", "p_holm", "wins_a", "wins_b", "dataset", "note", "flags"]
+TEST_COLUMNS = ["pair", "backbone_a", "backbone_b", "category", "seed", "metric", "test", "n_images", "n_defective",
+                "n_unmatched", "value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_holm", "note",
+                "flags"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# which pairs
+# ----------------------------------------------------------------------------------------------------
+def backbone_family(name: str) -> str:
+    """The registry's family of a backbone (``resnet``, ``convnext``, ``swin``, ...), ``unknown`` when unregistered."""
+    backbone = BACKBONES.get(name)
+    return backbone.family if backbone is not None else "unknown"
+
+
+def _pair_from(value: Any, source: str) -> tuple[str, str]:
+    """One pair from ``"a,b"`` or ``["a", "b"]``; anything else is an RDError naming ``source``."""
+    names = value.split(",") if isinstance(value, str) else value
+    if isinstance(names, (list, tuple)) and len(names) == 2 and all(isinstance(n, str) for n in names):
+        a, b = (name.strip() for name in names)
+        if a and b and a != b:
+            return a, b
+    raise RDError(f"{source}: expected a pair of two different backbones, as a,b or [\"a\", \"b\"] "
+                  f"(e.g. resnet50,convnext_tiny), got {value!r}")
+
+
+def parse_pairs(value: Any, source: str = "--pair") -> list[tuple[str, str]] | None:
+    """Pairs from what a user or papermill gives: None or "" (the default), "a,b", ["a", "b"], ["a,b", "c,d"],
+    or [["a", "b"], ...]; duplicates dropped, order kept."""
+    if value is None or (isinstance(value, (str, list, tuple)) and len(value) == 0):
+        return None
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) and "," not in v for v in value):
+        items = [list(value)]  # ["a", "b"]: one pair
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise RDError(f"{source}: expected a,b or a list of pairs, got {value!r}")
+    pairs = [_pair_from(item, source) for item in items]
+    return list(dict.fromkeys(pairs))
+
+
+def read_pairs_config(path: str | Path) -> list[tuple[str, str]] | None:
+    """The "pairs" of a study config file (other keys are for other commands), or None when it has none."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RDError(f"--config {path}: expected a readable JSON file ({type(error).__name__}: {error})") from None
+    if not isinstance(data, dict):
+        raise RDError(f"--config {path}: expected a JSON object, found a JSON {type(data).__name__}")
+    if "pairs" not in data:
+        return None
+    pairs = data["pairs"]
+    if not isinstance(pairs, list) or not pairs:
+        raise RDError(f"--config {path}: \"pairs\" must be a non-empty list of [\"a\", \"b\"] pairs, got {pairs!r}")
+    return [_pair_from(pair, f"--config {path} \"pairs\"") for pair in pairs]
+
+
+def resolve_pairs(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    """The pairs to compare: those given (each backbone must have runs), else the fair pair when both are present,
+    else the only two backbones present; otherwise an error listing the backbones and showing --pair."""
+    present = sorted(set(runs_frame["backbone"]))
+    if pairs:
+        for pair in pairs:
+            missing = [name for name in pair if name not in present]
+            if missing:
+                raise RDError(f"--pair {','.join(pair)}: no evaluated runs of {', '.join(missing)}; backbones found: "
+                              f"{', '.join(present)}")
+        return list(pairs)
+    if set(FAIR_PAIR) <= set(present):
+        return [FAIR_PAIR]
+    if len(present) == 2:
+        order = list(BACKBONES)
+        return [tuple(sorted(present, key=lambda n: (order.index(n) if n in order else len(order), n)))]
+    example = ",".join(present[:2]) if len(present) >= 2 else "resnet50,convnext_tiny"
+    raise RDError(f"which backbones to compare? Runs of {len(present)} backbone(s) were found ({', '.join(present)}) "
+                  f"and not both of the fair pair {','.join(FAIR_PAIR)}: name the pairs with --pair a,b (repeatable, "
+                  f"e.g. --pair {example}) or --config FILE holding \"pairs\"")
+
+
+def run_name(row: pd.Series) -> str:
+    return f"{row['backbone']}/{row['category']}/seed{row['seed']}"
+
+
+def epoch_text(value: float) -> str:
+    return NOT_AVAILABLE if np.isnan(value) else str(int(value))
+
+
+def unfinished_flags(frame: pd.DataFrame, with_name: bool = True) -> str:
+    """The flag of a table row: the unfinished runs (checkpoint short of the requested epochs) among the runs it
+    summarises, as "UNFINISHED: backbone/category/seedK (trained/requested epochs)"; "" when none."""
+    unfinished = frame[frame["unfinished"]]
+    if unfinished.empty:
+        return ""
+    names = ", ".join((run_name(row) if with_name else f"seed {row['seed']}") +
+                      f" ({epoch_text(row['trained_epochs'])}/{epoch_text(row['requested_epochs'])} epochs)"
+                      for _, row in unfinished.iterrows())
+    return f"UNFINISHED: {names}"
+
+
+def retest_command(results: str) -> str:
+    """The command that (re)writes every run's metrics, scores and maps."""
+    return f"python RD4AD-main/main.py test --results {results} --force"
+
+
+# ----------------------------------------------------------------------------------------------------
+# replicates of every run
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class CategoryDraws:
+    """A category's test images common to every compared run, and the image multiplicities of every resample."""
+
+    category: str
+    paths: np.ndarray
+    labels: np.ndarray
+    defect_types: np.ndarray
+    weights: np.ndarray  # (n_boot, n_images)
+
+
+@dataclass
+class RunResamples:
+    """One run's metrics on the common images and on every resample (NaN where not available), with the notes."""
+
+    n_images: int
+    n_unmatched: int
+    values: dict[str, float]  # on the common images
+    replicates: dict[str, np.ndarray | None]
+    pixel_note: str = ""  # why there are no pixel replicates
+    binning_error: dict[str, float] = field(default_factory=dict)  # |binned - metrics.json| on all images
+    pro_curve: tuple[np.ndarray, np.ndarray] | None = None
+    per_defect: dict[str, dict[str, float]] = field(default_factory=dict)
+    exact: bool = False
+
+
+def _rng(*parts: object) -> np.random.Generator:
+    """A generator seeded from BOOT_SEED and the parts' text: the same draws in every process and report."""
+    return np.random.default_rng([BOOT_SEED, zlib.crc32("/".join(map(str, parts)).encode())])
+
+
+def _common_images(category: str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The test images every run of a category scored (sorted by path), with labels checked to agree."""
+    common = set.intersection(*(set(frame["path"]) for frame in frames.values()))
+    if not common:
+        raise RDError(f"{category}: the runs' scores.csv files share no test image path ({', '.join(frames)}); "
+                      "were they evaluated on different data?")
+    reference = None
+    for run_dir, frame in frames.items():
+        chosen = frame[frame["path"].isin(common)].sort_values("path", ignore_index=True)
+        if reference is None:
+            reference = chosen
+        elif not (chosen["label"].to_numpy() == reference["label"].to_numpy()).all():
+            raise RDError(f"{run_dir}: a test image has a different label in its scores.csv than in another run's "
+                          f"of {category}; were the runs evaluated on different data?")
+    return reference
+
+
+def _defect_subsets(draws: CategoryDraws) -> dict[str, np.ndarray]:
+    """Per defect type, the 0/1 weights of the good images and that type's images (its metrics' test set)."""
+    good = draws.labels == 0
+    types = sorted(set(draws.defect_types[draws.labels == 1]))
+    return {name: (good | (draws.defect_types == name)).astype(np.float64) for name in types}
+
+
+def _image_part(scores: pd.DataFrame, draws: CategoryDraws) -> tuple[dict, dict, dict]:
+    """Image AUROC of the run on the common images, on each resample, and per defect type."""
+    chosen = scores.set_index("path").loc[draws.paths, "score"].to_numpy(dtype=np.float64)
+    both = 0 < draws.labels.sum() < len(draws.labels)
+    if not both:
+        return {"image_auroc": float("nan")}, {"image_auroc": None}, {}
+    ones = np.ones((1, len(chosen)))
+    value = float(auroc_replicates(chosen, draws.labels, ones)[0])
+    replicates = auroc_replicates(chosen, draws.labels, draws.weights)
+    per_defect = {name: {"image_auroc": float(auroc_replicates(chosen, draws.labels, subset[None, :])[0])}
+                  for name, subset in _defect_subsets(draws).items()}
+    return {"image_auroc": value}, {"image_auroc": replicates}, per_defect
+
+
+def _stats_for(run: pd.Series, draws: CategoryDraws) -> tuple[PixelStats | None, str]:
+    """The run's pixel statistics on the common images, or None and the reason."""
+    if np.isnan(run["pixel_auroc"]) and np.isnan(run["aupro"]):
+        return None, "not measured (no ground-truth masks)"
+    data = load_maps(run["run_dir"])
+    if data is None:
+        return None, f"no maps.npz in {run['run_dir']}"
+    maps_file = Path(run["run_dir"]) / MAPS_FILE
+    rewrite = f"`{retest_command(str(Path(run['run_dir']).parents[2]))}` rewrites it"
+    index = {str(path): i for i, path in enumerate(data["paths"])}
+    missing = [path for path in draws.paths if path not in index]
+    if missing:
+        raise RDError(f"{maps_file}: expected maps of every test image in its scores.csv, {len(missing)} missing "
+                      f"(e.g. {missing[0]}); {rewrite}")
+    rows = np.array([index[path] for path in draws.paths])
+    masks = data["masks"][rows]
+    if not masks.any():
+        return None, "not measured (the masks hold no defect pixel)"
+    try:
+        return pixel_stats(data["maps"][rows], masks), ""
+    except ValueError as error:
+        raise RDError(f"{maps_file}: {error}; {rewrite}") from None
+
+
+def run_resamples(run: pd.Series, draws: CategoryDraws) -> RunResamples:
+    """Every resampled metric of one run on its category's draws (and its binned full-sample check)."""
+    scores = load_scores(run["run_dir"])
+    values, replicates, per_defect = _image_part(scores, draws)
+    result = RunResamples(len(draws.paths), len(scores) - len(draws.paths), values, replicates, per_defect=per_defect)
+    stats, result.pixel_note = _stats_for(run, draws)
+    if stats is None:
+        result.values.update(pixel_auroc=float("nan"), aupro=float("nan"))
+        result.replicates.update(pixel_auroc=None, aupro=None)
+        return result
+    with np.errstate(divide="ignore", invalid="ignore"):
+        full_auroc, full_aupro, result.pro_curve = binned_metrics(stats)
+        result.replicates["pixel_auroc"], result.replicates["aupro"] = pixel_replicates(stats, draws.weights)
+        subsets = _defect_subsets(draws)
+        if subsets:
+            type_auroc, type_aupro = pixel_replicates(stats, np.stack(list(subsets.values())))
+            for name, auroc, aupro in zip(subsets, type_auroc, type_aupro):
+                result.per_defect.setdefault(name, {}).update(pixel_auroc=float(auroc), aupro=float(aupro))
+    result.values.update(pixel_auroc=full_auroc, aupro=full_aupro)
+    if result.n_unmatched == 0:
+        result.binning_error = {key: abs(result.values[key] - run[key]) for key in ("pixel_auroc", "aupro")}
+    result.exact = stats.exact
+    return result
+
+
+def _category_draws(category: str, frames: dict[str, pd.DataFrame], n_boot: int) -> CategoryDraws:
+    common = _common_images(category, frames)
+    labels = common["label"].to_numpy(dtype=np.int64)
+    weights = stratified_multiplicities(labels, n_boot, _rng("images", category))
+    return CategoryDraws(category, common["path"].to_numpy(dtype=object), labels,
+                         common["defect_type"].astype(str).to_numpy(dtype=object), weights)
+
+
+def compute_resamples(runs_frame: pd.DataFrame,
+                      n_boot: int) -> tuple[dict[str, CategoryDraws], dict[str, RunResamples]]:
+    """Per category the common images and draws, per run (keyed by run_dir) its replicates; one category at a time
+    so only that category's maps are in memory."""
+    draws, resamples = {}, {}
+    categories = sorted(set(runs_frame["category"]))
+    # The matrix products are small (one row per resample, one column per image): BLAS threads only spin, and on
+    # a shared 2-core machine one thread took 16 s where two took 39 s for a 15 x 3 x 2 study.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for category in tqdm(categories, desc="resampling", unit="category", leave=False):
+            members = runs_frame[runs_frame["category"] == category]
+            frames = {row.run_dir: load_scores(row.run_dir) for row in members.itertuples()}
+            draws[category] = _category_draws(category, frames, n_boot)
+            for _, run in members.iterrows():
+                resamples[run["run_dir"]] = run_resamples(run, draws[category])
+    return draws, resamples
+
+
+# ----------------------------------------------------------------------------------------------------
+# groups and complete categories
+# ----------------------------------------------------------------------------------------------------
+def group_members(runs_frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """(dataset, group, categories) in report order: each dataset's groups as categories.group_order() lists them
+    (groups of other datasets after them, ``other`` last), then ``overall`` (the dataset's every category)."""
+    out = []
+    for dataset in sorted(set(runs_frame["dataset"])):
+        frame = runs_frame[runs_frame["dataset"] == dataset]
+        order = list(dict.fromkeys([g for g in group_order(dataset) if g != OTHER_GROUP] + list(group_order())))
+        order += sorted(set(frame["kind"]) - set(order))
+        for group in order:
+            categories = sorted(set(frame.loc[frame["kind"] == group, "category"]))
+            if categories:
+                out.append((dataset, group, categories))
+        out.append((dataset, OVERALL, sorted(set(frame["category"]))))
+    return out
+
+
+def complete_categories(runs_frame: pd.DataFrame, backbones: Iterable[str], categories: Iterable[str],
+                        metric: str) -> tuple[list[str], list[int], dict[str, str]]:
+    """The categories every backbone has for every seed (seeds: all those the backbones ran in these categories),
+    with the metric measured in each run; the others with what they lack (never averaged)."""
+    backbones, categories = list(backbones), list(categories)
+    frame = runs_frame[runs_frame["backbone"].isin(backbones) & runs_frame["category"].isin(categories)]
+    seeds = sorted(set(frame["seed"]))
+    complete, missing = [], {}
+    for category in categories:
+        reasons, unmeasured = [], []
+        for backbone in backbones:
+            runs_of = frame[(frame["category"] == category) & (frame["backbone"] == backbone)]
+            absent = [seed for seed in seeds if seed not in set(runs_of["seed"])]
+            if absent:
+                reasons.append(f"{backbone} seed {', '.join(map(str, absent))} missing")
+            elif runs_of[metric].isna().any():
+                unmeasured.append(backbone)
+        if unmeasured:
+            whose = "" if len(unmeasured) == len(backbones) else f" for {', '.join(unmeasured)}"
+            reasons.append(f"{METRIC_LABELS.get(metric, metric)} not measured{whose}")
+        if reasons:
+            missing[category] = "; ".join(reasons)
+        else:
+            complete.append(category)
+    return complete, seeds, missing
+
+
+def _index(runs_frame: pd.DataFrame) -> dict[tuple[str, str, int], pd.Series]:
+    return {(row["backbone"], row["category"], int(row["seed"])): row for _, row in runs_frame.iterrows()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# per-category tests (one trained model per backbone: per seed)
+# ----------------------------------------------------------------------------------------------------
+def _tie_note(value_a: float, value_b: float, replicate_diff: np.ndarray | None, metric: str) -> str:
+    """Why a pair cannot be tested on this category: both perfect, or identical on every resample; else ""."""
+    label = PAIRED_METRICS[metric]
+    if value_a == 1.0 and value_b == 1.0:
+        return (f"tie at the ceiling: both models reach {label} 1.000 on this test set, so there is no difference "
+                "to test")
+    if value_a == value_b and replicate_diff is not None and not np.any(replicate_diff):
+        return f"identical: both models give the same {label} on this test set and on every resample, so there is " \
+               "no difference to test"
+    return ""
+
+
+def _test_row(pair: tuple[str, str], category: str, seed: int, metric: str, runs: tuple[pd.Series, pd.Series],
+              resampled: tuple[RunResamples, RunResamples], draws: CategoryDraws, results: str) -> dict[str, Any]:
+    a, b = pair
+    res_a, res_b = resampled
+    row: dict[str, Any] = {
+        "pair": f"{a} vs {b}", "backbone_a": a, "backbone_b": b, "category": category, "seed": seed, "metric": metric,
+        "test": "DeLong" if metric == "image_auroc" else "bootstrap", "n_images": len(draws.paths),
+        "n_defective": int(draws.labels.sum()), "n_unmatched": res_a.n_unmatched + res_b.n_unmatched, "note": "",
+        "flags": unfinished_flags(pd.DataFrame(list(runs))),
+    }
+    unmatched = row["n_unmatched"] > 0
+    value_a = res_a.values[metric] if unmatched else runs[0][metric]
+    value_b = res_b.values[metric] if unmatched else runs[1][metric]
+    rep_a, rep_b = res_a.replicates[metric], res_b.replicates[metric]
+    if np.isnan(runs[0][metric]) or np.isnan(runs[1][metric]):
+        row["note"] = res_a.pixel_note or res_b.pixel_note or "not measured: no value in metrics.json"
+        return row
+    row.update(value_a=value_a, value_b=value_b, difference=value_a - value_b)
+    if rep_a is None or rep_b is None:
+        note = (res_a.pixel_note or res_b.pixel_note) if metric != "image_auroc" else \
+            "the common test images hold one class only"
+        row["note"] = f"not tested: {note}; `{retest_command(results)}` writes the maps" if "maps.npz" in note else \
+            f"not tested: {note}"
+        return row
+    replicate_diff = rep_a - rep_b
+    row["ci_low"], row["ci_high"] = percentile_interval(replicate_diff, CONFIDENCE)
+    tie = _tie_note(value_a, value_b, replicate_diff, metric)
+    if tie:
+        row["note"] = tie
+        return row
+    if metric == "image_auroc":
+        if min(row["n_defective"], row["n_images"] - row["n_defective"]) < MIN_PER_CLASS:
+            row["note"] = (f"not tested: DeLong needs at least {MIN_PER_CLASS} normal and {MIN_PER_CLASS} defective "
+                           "images")
+            return row
+        scores_a = load_scores(runs[0]["run_dir"]).set_index("path").loc[draws.paths, "score"].to_numpy(dtype=float)
+        scores_b = load_scores(runs[1]["run_dir"]).set_index("path").loc[draws.paths, "score"].to_numpy(dtype=float)
+        row["p_value"] = delong_test(scores_a, scores_b, draws.labels).p_value
+    else:
+        row["p_value"] = bootstrap_p_value(row["difference"], replicate_diff)
+    return row
+
+
+def per_category_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], draws: dict[str, CategoryDraws],
+                       resamples: dict[str, RunResamples], results: str) -> pd.DataFrame:
+    """One row per pair, category, seed run by both backbones and metric: values, difference, bootstrap interval,
+    p (DeLong for image AUROC, bootstrap z for the pixel metrics) or the reason it is not tested."""
+    index, rows = _index(runs_frame), []
+    for pair in pairs:
+        for category in sorted(set(runs_frame["category"])):
+            seeds = sorted({s for (bb, c, s) in index if bb == pair[0] and c == category}
+                           & {s for (bb, c, s) in index if bb == pair[1] and c == category})
+            for seed in seeds:
+                runs = (index[(pair[0], category, seed)], index[(pair[1], category, seed)])
+                resampled = (resamples[runs[0]["run_dir"]], resamples[runs[1]["run_dir"]])
+                rows += [_test_row(pair, category, seed, metric, runs, resampled, draws[category], results)
+                         for metric in PAIRED_METRICS]
+    frame = pd.DataFrame(rows, columns=TEST_COLUMNS)
+    for column in ("value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_holm"):
+        frame[column] = frame[column].astype(float)
+    return frame
+
+
+# ----------------------------------------------------------------------------------------------------
+# over categories: hierarchical bootstrap, Wilcoxon, wins
+# ----------------------------------------------------------------------------------------------------
+def seed_multiplicities(seeds: list[int], n_boot: int) -> np.ndarray:
+    """(n_boot, S) seed multiplicities; the same for every pair, group and metric with these seeds."""
+    return multiplicities(len(seeds), n_boot, _rng("seeds", *seeds))
+
+
+def _category_replicates(pair: tuple[str, str], category: str, seeds: list[int], metric: str,
+                         index: dict, resamples: dict[str, RunResamples], n_boot: int) -> np.ndarray | None:
+    """Replicates of the seed-averaged difference a - b on one category: seeds resampled, then the category's images
+    (the same image draw for every seed and backbone); None when a run has no replicates of the metric."""
+    per_seed = []
+    for seed in seeds:
+        rep = [resamples[index[(name, category, seed)]["run_dir"]].replicates[metric] for name in pair]
+        if rep[0] is None or rep[1] is None:
+            return None
+        per_seed.append(rep[0] - rep[1])
+    weights = seed_multiplicities(seeds, n_boot)
+    return (weights * np.stack(per_seed, axis=1)).sum(axis=1) / len(seeds)
+
+
+def group_replicates(runs_frame: pd.DataFrame, pair: tuple[str, str], categories: list[str], metric: str,
+                     resamples: dict[str, RunResamples], n_boot: int) -> np.ndarray | None:
+    """The hierarchical paired bootstrap of the group mean difference a - b over ``categories`` (each must have every
+    seed of both backbones): per resample, the seeds are redrawn (one draw for all categories), then each category's
+    images (its own draw, shared by both backbones and every seed); None when a run has no replicates."""
+    index = _index(runs_frame)
+    seeds = complete_categories(runs_frame, pair, categories, metric)[1]
+    per_category = [_category_replicates(pair, c, seeds, metric, index, resamples, n_boot) for c in categories]
+    if not per_category or any(r is None for r in per_category):
+        return None
+    return np.mean(per_category, axis=0)
+
+
+def _seed_mean_difference(pair: tuple[str, str], category: str, seeds: list[int], metric: str, index: dict) -> float:
+    values = [[index[(name, category, seed)][metric] for seed in seeds] for name in pair]
+    return float(np.mean(values[0]) - np.mean(values[1]))
+
+
+def _aggregate_row(pair: tuple[str, str], dataset: str, group: str, categories: list[str], metric: str,
+                   runs_frame: pd.DataFrame, index: dict, resamples: dict[str, RunResamples], n_boot: int,
+                   results: str) -> dict[str, Any]:
+    complete, seeds, missing = complete_categories(runs_frame, pair, categories, metric)
+    notes = [f"left out (incomplete): {', '.join(f'{c} ({why})' for c, why in missing.items())}"] if missing else []
+    members = runs_frame[runs_frame["backbone"].isin(pair) & runs_frame["category"].isin(complete)]
+    row: dict[str, Any] = {"pair": f"{pair[0]} vs {pair[1]}", "group": group, "metric": metric,
+                           "n_categories": len(complete), "n_seeds": len(seeds), "wins_a": 0, "wins_b": 0,
+                           "dataset": dataset, "flags": unfinished_flags(members)}
+    if not complete:
+        row["note"] = "; ".join(notes + ["no complete category (every seed of both backbones, metric measured): "
+                                         "nothing averaged"])
+        return row
+    differences = np.array([_seed_mean_difference(pair, c, seeds, metric, index) for c in complete])
+    row.update(mean_diff=float(differences.mean()), wins_a=int((differences > 0).sum()),
+               wins_b=int((differences < 0).sum()))
+    replicates = group_replicates(runs_frame, pair, complete, metric, resamples, n_boot)
+    if replicates is None:
+        notes.append(f"no interval: a run of these categories has no maps.npz; `{retest_command(results)}` "
+                     "writes them")
+    else:
+        row["ci_low"], row["ci_high"] = percentile_interval(replicates, CONFIDENCE)
+    wilcoxon = wilcoxon_signed_rank(differences)
+    row["p_wilcoxon"] = wilcoxon.p_value
+    if wilcoxon.n_zero:
+        notes.append(f"{wilcoxon.n_zero} of {len(complete)} categories tied (same seed-averaged value, e.g. both "
+                     "perfect): left out of the Wilcoxon test")
+    if wilcoxon.n_nonzero == 0:
+        notes.append("not tested: every category is tied")
+    elif 2.0 / 2 ** wilcoxon.n_nonzero >= ALPHA:  # the exact test's smallest two-sided p: all signs alike
+        notes.append(f"with {wilcoxon.n_nonzero} untied categories the smallest possible Wilcoxon p is "
+                     f"{2.0 / 2 ** wilcoxon.n_nonzero:.3g}: this test cannot reach {ALPHA}")
+    row["note"] = "; ".join(notes)
+    return row
+
+
+def aggregate_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], resamples: dict[str, RunResamples],
+                    n_boot: int, results: str) -> pd.DataFrame:
+    """Per pair, dataset, group (then overall) and metric: the mean over complete categories of the seed-averaged
+    difference a - b, its hierarchical-bootstrap interval, Wilcoxon over categories and the wins of each side."""
+    index, rows = _index(runs_frame), []
+    for pair in pairs:
+        for dataset, group, categories in group_members(runs_frame):
+            for metric in PAIRED_METRICS:
+                rows.append(_aggregate_row(pair, dataset, group, categories, metric, runs_frame, index, resamples,
+                                           n_boot, results))
+    frame = pd.DataFrame(rows, columns=AGGREGATE_COLUMNS)
+    for column in ("mean_diff", "ci_low", "ci_high", "p_wilcoxon", "p_holm"):
+        frame[column] = frame[column].astype(float)
+    frame["note"] = frame["note"].fillna("")
+    return frame
+
+
+def category_intervals(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], resamples: dict[str, RunResamples],
+                       n_boot: int) -> pd.DataFrame:
+    """Per pair, category and metric: the seed-averaged difference over the seeds both backbones ran, its interval
+    (seeds and images resampled) and whether the category enters the group means (every seed present)."""
+    index, rows = _index(runs_frame), []
+    for pair in pairs:
+        for dataset, group, categories in group_members(runs_frame):
+            if group == OVERALL:
+                continue
+            for metric in PAIRED_METRICS:
+                complete, _, _ = complete_categories(runs_frame, pair, categories, metric)
+                for category in categories:
+                    seeds = sorted({s for (bb, c, s) in index if bb == pair[0] and c == category}
+                                   & {s for (bb, c, s) in index if bb == pair[1] and c == category})
+                    values = [index[(name, category, s)][metric] for name in pair for s in seeds]
+                    if not seeds or np.isnan(values).any():
+                        continue
+                    replicates = _category_replicates(pair, category, seeds, metric, index, resamples, n_boot)
+                    low, high = percentile_interval(replicates, CONFIDENCE) if replicates is not None else (np.nan,) * 2
+                    rows.append({"pair": f"{pair[0]} vs {pair[1]}", "dataset": dataset, "group": group,
+                                 "category": category, "metric": metric, "n_seeds": len(seeds),
+                                 "difference": _seed_mean_difference(pair, category, seeds, metric, index),
+                                 "ci_low": low, "ci_high": high, "in_mean": category in complete})
+    return pd.DataFrame(rows, columns=["pair", "dataset", "group", "category", "metric", "n_seeds", "difference",
+                                       "ci_low", "ci_high", "in_mean"])
+
+
+def with_holm(tests: pd.DataFrame, aggregate: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Holm over the report's whole family: every per-category p and every Wilcoxon p, all pairs and metrics;
+    returns both tables with p_holm filled in and the family size."""
+    family = pd.concat([tests["p_value"], aggregate["p_wilcoxon"]], ignore_index=True)
+    adjusted = holm(family)
+    tests, aggregate = tests.copy(), aggregate.copy()
+    tests["p_holm"] = adjusted.iloc[: len(tests)].to_numpy()
+    aggregate["p_holm"] = adjusted.iloc[len(tests):].to_numpy()
+    return tests, aggregate, int(family.notna().sum())
+
+
+def seed_power(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """How many seeds? Per pair, dataset and metric over the complete categories: the seed-to-seed std (root mean
+    of the per-category sample variances), and the smallest overall mean difference a two-sided z-test at ALPHA
+    detects with POWER with the seeds there are and with SEEDS_PLANNED, seed noise being the only noise."""
+    index, rows = _index(runs_frame), []
+    for pair in pairs:
+        for dataset, group, categories in group_members(runs_frame):
+            if group != OVERALL:
+                continue
+            for metric in PAIRED_METRICS:
+                complete, seeds, _ = complete_categories(runs_frame, pair, categories, metric)
+                row = {"pair": f"{pair[0]} vs {pair[1]}", "dataset": dataset, "metric": metric,
+                       "n_categories": len(complete), "n_seeds": len(seeds), "seed_std_a": np.nan,
+                       "seed_std_b": np.nan, "detectable_now": np.nan, "detectable_planned": np.nan}
+                if complete and len(seeds) >= 2:
+                    variances = np.array([[np.var([index[(name, c, s)][metric] for s in seeds], ddof=1)
+                                           for c in complete] for name in pair])
+                    row["seed_std_a"], row["seed_std_b"] = np.sqrt(variances.mean(axis=1))
+                    per_seed_variance = variances.sum(axis=0).sum() / len(complete) ** 2
+                    for key, n_seeds in (("detectable_now", len(seeds)), ("detectable_planned", SEEDS_PLANNED)):
+                        row[key] = detectable_difference(math.sqrt(per_seed_variance / n_seeds), ALPHA, POWER)
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_defect_stats(runs_frame: pd.DataFrame, resamples: dict[str, RunResamples]) -> pd.DataFrame:
+    """Per category, defect type, backbone and metric: mean over seeds of the metric on the good images plus that
+    type's images, and how many seeds measured it."""
+    rows = []
+    for _, run in runs_frame.iterrows():
+        for defect_type, values in resamples[run["run_dir"]].per_defect.items():
+            for metric in PAIRED_METRICS:
+                rows.append({"dataset": run["dataset"], "category": run["category"], "defect_type": defect_type,
+                             "backbone": run["backbone"], "seed": run["seed"], "metric": metric,
+                             "value": values.get(metric, np.nan), "unfinished": run["unfinished"]})
+    columns = ["dataset", "category", "defect_type", "backbone", "metric"]
+    if not rows:
+        return pd.DataFrame(columns=[*columns, "mean", "n_seeds", "unfinished"])
+    frame = pd.DataFrame(rows)
+    grouped = frame.groupby(columns, sort=True)
+    return grouped["value"].agg(mean="mean", n_seeds="count").join(grouped["unfinished"].any()).reset_index()
+
+
+# ----------------------------------------------------------------------------------------------------
+# everything at once
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    """The paired statistics of a report: per-category tests, aggregate tests (Holm over both), intervals per
+    category (forest plots), seed power, per-defect metrics, and per run the replicates and PRO curve."""
+
+    pairs: list[tuple[str, str]]
+    tests: pd.DataFrame
+    aggregate: pd.DataFrame
+    intervals: pd.DataFrame
+    power: pd.DataFrame
+    per_defect: pd.DataFrame
+    resamples: dict[str, RunResamples]
+    family_size: int
+    n_boot: int
+
+
+def compare_runs(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], n_boot: int = N_BOOT,
+                 results: str = "results") -> Comparison:
+    """Every paired statistic of ``pairs`` on the runs (which should hold the compared backbones only)."""
+    if n_boot < 2:
+        raise RDError(f"--n-boot {n_boot}: expected at least 2 resamples (default {N_BOOT})")
+    draws, resamples = compute_resamples(runs_frame, n_boot)
+    tests = per_category_tests(runs_frame, pairs, draws, resamples, results)
+    aggregate = aggregate_tests(runs_frame, pairs, resamples, n_boot, results)
+    tests, aggregate, family_size = with_holm(tests, aggregate)
+    return Comparison(pairs, tests, aggregate, category_intervals(runs_frame, pairs, resamples, n_boot),
+                      seed_power(runs_frame, pairs), per_defect_stats(runs_frame, resamples), resamples, family_size,
+                      n_boot)
