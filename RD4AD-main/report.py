@@ -331,7 +331,10 @@ def efficiency_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
     """Measured cost per backbone: mean over its runs (seeds and categories) of metrics.json efficiency."""
     rows = []
     for backbone, frame in runs_frame.groupby("backbone", sort=True):
-        row: dict[str, Any] = {"backbone": backbone, "family": backbone_family(backbone), "n runs": len(frame)}
+        top1 = frame["teacher_imagenet_top1"].dropna().unique()
+        row: dict[str, Any] = {"backbone": backbone, "family": backbone_family(backbone), "n runs": len(frame),
+                               "teacher weights": _values(frame, "teacher_weights"),
+                               "teacher ImageNet top-1 (%)": ", ".join(f"{v:.2f}" for v in sorted(top1)) or NOT_AVAILABLE}
         for key, (label, scale, decimals) in EFFICIENCY.items():
             mean = frame[key].mean()
             row[label] = NOT_AVAILABLE if np.isnan(mean) else f"{mean * scale:.{decimals}f}"

@@ -504,6 +504,8 @@ def _run_row(directory: Path) -> dict[str, Any]:
         "selection": selection,
         "selected_epoch": _number(metrics.get("selected_epoch"), metrics_path, "selected_epoch"),
         "teacher_weights": _text(config, "teacher_weights"),
+        "teacher_imagenet_top1": _number(config.get("teacher_imagenet_top1"), directory / CONFIG_FILE,
+                                         "teacher_imagenet_top1"),
         "hardware": format_hardware(config.get("hardware")),
         "threshold": _number(metrics.get("threshold"), metrics_path, "threshold"),
         "threshold_rule": str(metrics.get("threshold_rule") or "unknown"),
