@@ -259,8 +259,9 @@ def read_json(path: str | os.PathLike) -> Any:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RDError(f"{path}: not valid JSON ({error}); the file is damaged or was not written by main.py: "
-                      f"restore it or rerun the command that writes it") from None
+        raise RDError(f"{path}: not valid JSON ({error}); expected the JSON file main.py writes there (it is "
+                      f"damaged or was written by something else): restore it or rerun the command that writes it") \
+            from None
 
 
 # ---------------------------------------------------------------------------------------------- config.json
