@@ -76,7 +76,7 @@ def data_table(configs: list[TrainConfig]) -> pd.DataFrame:
         counts = check_data.check_category(config.data_root, config.category, config.image_size,
                                            config.val_fraction, config.split_seed, data_format=config.data_format,
                                            split_csv=config.split_csv)
-        rows.append({k: counts[k] for k in ("category", "kind", "train", "validation", "test_good",
+        rows.append({k: counts[k] for k in ("category", "kind", "train_good", "train", "validation", "test_good",
                                             "test_defect", "defect_types", "has_masks")})
     return pd.DataFrame(rows)
 
