@@ -67,7 +67,7 @@ def _pinned(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _history_stats(run_directory: Path) -> dict[str, float | None]:
     history = runs.read_history(run_directory)
     peak = None if history is None else float(history["peak_memory_mb"].max())
-    return {"train_images_per_s": runs.steady_images_per_s(run_directory), "peak_memory_mb": peak}
+    return {"train_images_per_s": runs.steady_images_per_s(history), "peak_memory_mb": peak}
 
 
 def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: bool = True,

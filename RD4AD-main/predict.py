@@ -42,9 +42,11 @@ MAP_COLORMAP = "jet"  # blue = normal, red = anomalous, as in the report
 
 @dataclass
 class Prediction:
-    """Scores (N,) and smoothed maps (N, S, S) of images, and the threshold the decisions use (or None)."""
+    """Images as the model saw them (uint8 (N, 3, S, S)), their scores (N,) and smoothed maps (N, S, S), and the
+    threshold the decisions use (or None)."""
 
     paths: list[str]
+    pixels: torch.Tensor
     scores: np.ndarray
     maps: np.ndarray
     threshold: float | None
@@ -90,7 +92,7 @@ def predict(model: ReverseDistillation, config: TrainConfig, images: list[Path],
     fast.place(model, device)
     pixels = read_images(images, config.image_size)
     maps = score_images(model, pixels, fast, device, batch_size, "predict")
-    return Prediction([str(p) for p in images], image_scores(maps).cpu().numpy(), maps.cpu().numpy(), threshold)
+    return Prediction([str(p) for p in images], pixels, image_scores(maps).cpu().numpy(), maps.cpu().numpy(), threshold)
 
 
 def _overlay_png(path: Path, rgb: np.ndarray, anomaly: np.ndarray, limits: tuple[float, float], title: str) -> None:
@@ -103,14 +105,14 @@ def _overlay_png(path: Path, rgb: np.ndarray, anomaly: np.ndarray, limits: tuple
     runs.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
 
 
-def write_outputs(prediction: Prediction, out: Path, image_size: int, save_maps: bool, save_masks: bool) -> Path:
+def write_outputs(prediction: Prediction, out: Path, save_maps: bool, save_masks: bool) -> Path:
     """scores.csv, an overlay PNG per image, and optionally .npy maps and threshold masks, under ``out``."""
     names = _unique_names(prediction.paths)
     runs.write_csv(out / runs.SCORES_FILE, ["image", "score", "decision", "threshold"],
                    [(path, float(score), decision, "" if prediction.threshold is None else prediction.threshold)
                     for path, score, decision in zip(prediction.paths, prediction.scores, prediction.decisions)])
     limits = (float(prediction.maps.min()), float(prediction.maps.max()))  # one colour scale for every image
-    rgb_images = read_images(prediction.paths, image_size).permute(0, 2, 3, 1).numpy()
+    rgb_images = prediction.pixels.permute(0, 2, 3, 1).numpy()  # decoded once, in predict
     for index, name in enumerate(tqdm(names, desc="writing overlays", unit="img", leave=False)):
         verdict = prediction.decisions[index] or "no threshold"
         _overlay_png(out / "overlays" / f"{name}.png", rgb_images[index], prediction.maps[index], limits,
@@ -170,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(data_root="", category="", backbone=payload["backbone"], image_size=payload["image_size"],
                          model_knobs=payload["model_knobs"], device=args.device)
     prediction = predict(model, config, images, device, args.batch_size, threshold)
-    path = write_outputs(prediction, args.out, config.image_size, args.save_maps, args.save_masks)
+    path = write_outputs(prediction, args.out, args.save_maps, args.save_masks)
     flagged = sum(decision == "anomalous" for decision in prediction.decisions)
     summary = f"{flagged} of {len(images)} flagged as anomalous at threshold {threshold:.4g}" if threshold is not None \
         else f"{len(images)} image(s) scored (no threshold: pass --threshold or use a tested --run-dir)"

@@ -298,9 +298,9 @@ def read_history(directory: str | os.PathLike) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
-def steady_images_per_s(directory: str | os.PathLike) -> float | None:
-    """Mean training images/s of a run's history without its first epoch (warm-up), when there are others."""
-    history = read_history(directory)
+def steady_images_per_s(history: pd.DataFrame | None) -> float | None:
+    """Mean training images/s of a run's history (``read_history``) without its first epoch (warm-up), when
+    there are others; None without a history."""
     if history is None or history.empty:
         return None
     speeds = history["images_per_s"].astype(float).tolist()

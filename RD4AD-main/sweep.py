@@ -362,7 +362,7 @@ def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast
         if not _same_setting(recorded, config, hardware) or recorded.get("fast_path") != fast \
                 or recorded.get("world_size", 1) != world_size:
             continue
-        speed = runs.steady_images_per_s(config_file.parent)
+        speed = runs.steady_images_per_s(runs.read_history(config_file.parent))
         if speed is not None:
             return Throughput(speed, f"history of {config_file.parent}", world_size)
     return None

@@ -284,7 +284,7 @@ def training_summary(configs: list[TrainConfig]) -> str:
                      "final loss": "-" if last is None else f"{last['loss']:.4f}",
                      "val loss": "-" if last is None else f"{last['val_loss']:.4f}",
                      "time": "-" if history is None else sweep.format_duration(history["epoch_time_s"].sum()),
-                     "images/s": "-" if history is None else f"{runs.steady_images_per_s(config.run_dir):.1f}"})
+                     "images/s": "-" if history is None else f"{runs.steady_images_per_s(history):.1f}"})
     table = pd.DataFrame(rows).to_string(index=False)
     commands = [f"next: python RD4AD-main/main.py test --results {results}"
                 for results in sorted({config.results for config in configs})]
