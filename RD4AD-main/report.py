@@ -26,6 +26,7 @@ from documents import generated_markers, markdown_table, replace_marked_block
 from errors import RDError
 from runs import EFFICIENCY, METRICS, load_runs, untested_runs
 from significance import MAX_EDGES
+from why import WhyPart, render_why, why_parts, why_tables
 
 if TYPE_CHECKING:
     from plots import FigureItem
@@ -532,6 +533,7 @@ class Report:
     n_boot: int
     left_out: list[str] = field(default_factory=list)  # evaluated backbones in no pair
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    why: list[WhyPart] = field(default_factory=list)  # the Why section's instruments (why.py)
 
     @property
     def tests(self) -> pd.DataFrame:
@@ -567,6 +569,7 @@ def build_report(results: str | os.PathLike, pairs: Any = None, n_boot: int = N_
         "seed_power": power_table(report),
         "efficiency": efficiency_table(runs_frame),
     }
+    report.why = why_parts(runs_frame, results, chosen)
     return report
 
 
@@ -687,6 +690,10 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         f"{h} Efficiency",
         "As measured by the runs (metrics.json efficiency), mean over each backbone's runs.",
         markdown_table(report.tables["efficiency"]), prov,
+    ]
+    if report.why:
+        out.append(render_why(report.why, level, lambda items: _figure_markdown(items, None, link_prefix)))
+    out += [
         f"{h} Figures",
         *_figure_markdown([item for item in figures if item.kind != "forest"], hh, link_prefix),
     ]
@@ -732,7 +739,7 @@ def _numeric_tables(report: Report) -> dict[str, pd.DataFrame]:
 def _table_texts(report: Report) -> dict[str, str]:
     """Each displayed table and each numeric one as CSV text (written only after everything else is ready)."""
     return {name: frame.to_csv(index=False, float_format="%.10g", lineterminator="\n")
-            for name, frame in {**report.tables, **_numeric_tables(report)}.items()}
+            for name, frame in {**report.tables, **_numeric_tables(report), **why_tables(report.why)}.items()}
 
 
 def replace_generated_block(text: str, block: str, path: Path) -> str:
@@ -780,7 +787,7 @@ def write_report(report: Report, out: str | os.PathLike, figures: list[FigureIte
     updated = None
     if portfolio is not None:
         updated = prepare_portfolio(portfolio, _portfolio_block(report, figures, Path(portfolio), out))
-    plots.save_figures(figures, out / "figures")
+    plots.save_figures(figures + [item for part in report.why for item in part.figures], out / "figures")
     for name, csv_text in tables.items():
         runs.atomic_write_text(out / "tables" / f"{name}.csv", csv_text)
     runs.atomic_write_text(out / "report.md", text)
