@@ -29,7 +29,7 @@ from significance import (EXACT_FLIP_CELLS, SignFlipResult, detectable_differenc
                           wilcoxon_min_p)
 
 __all__ = ["CLAIM_BASES", "DEFAULT_CLAIM_BASIS", "Decision", "N_PERMUTATIONS", "PLANNED_SEEDS", "PRIMARY_COLUMNS",
-           "PrimaryQuestion", "StudyPlan", "WILCOXON_EFFICIENCY", "check_primary", "decide", "default_primary",
+           "PrimaryQuestion", "StudyPlan", "WILCOXON_EFFICIENCY", "check_primary", "decide", "default_primary", "detectable_differences",
            "fixed_categories_test", "parse_claim_basis", "parse_primary", "planning_table", "primary_tests",
            "read_study_plan"]
 
@@ -187,8 +187,10 @@ def primary_tests(runs_frame: pd.DataFrame, comparison: Comparison, questions: l
     return frame
 
 
-def _plan(cells: np.ndarray, image_var: np.ndarray, n_questions: int) -> dict[str, Any]:
-    """Detectable differences for 1, 3, 5 seeds of both answers under the variance model (planning_table)."""
+def detectable_differences(cells: np.ndarray, image_var: np.ndarray, n_questions: int) -> dict[str, Any]:
+    """The spreads (seed_sd, image_sd, category_sd) and the detectable differences of both answers ("fixed",
+    "new": seeds -> difference) for PLANNED_SEEDS, from (categories, seeds) cell differences and each category's
+    image variance, at Holm's first step over ``n_questions`` (the variance model of planning_table)."""
     n_categories, n_seeds = cells.shape
     alpha = ALPHA / n_questions  # Holm's first step: the smallest p of the family must beat alpha / m
     seed_var = cells.var(axis=1, ddof=1)
@@ -228,7 +230,7 @@ def planning_table(runs_frame: pd.DataFrame, comparison: Comparison, questions: 
             image_var = np.array([image_variance(runs_frame, question.pair, c, seeds, question.metric,
                                                  comparison.resamples) for c in complete])
             known = len(complete) > 0 and len(seeds) >= 2 and not np.isnan(image_var).any()
-            plan = _plan(cells, image_var, len(primary)) if known else None
+            plan = detectable_differences(cells, image_var, len(primary)) if known else None
             note = "" if known else ("seed variance unknown: fewer than 2 seeds" if len(seeds) < 2 else
                                      "image variance unknown: a run has no replicates (no maps.npz)")
             for answer, key in (("on these categories", "fixed"), ("to new categories", "new")):
