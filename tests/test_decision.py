@@ -19,7 +19,6 @@ from errors import RDError
 from fake_results import write_fake_results
 
 SIX = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut")
-PAIR_LABEL = "resnet50 vs convnext_tiny"
 
 
 def write_config(path: Path, **values: object) -> Path:
@@ -33,6 +32,12 @@ def six_by_three(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("six")
     return write_fake_results(root, backbones=(*FAIR_PAIR, "wide_resnet50_2"), categories=SIX, seeds=(0, 1, 2),
                               separation={"resnet50": 0.6, "convnext_tiny": 2.0, "wide_resnet50_2": 1.0})
+
+
+@pytest.fixture(scope="module")
+def fair_report(six_by_three: Path) -> report.Report:
+    """The fair pair of the study, default primary questions and claim basis."""
+    return report.build_report(six_by_three, [FAIR_PAIR], n_boot=50)
 
 
 # ---------------------------------------------------------------------------------------------- the statistics
@@ -105,9 +110,9 @@ def test_exchangeable_backbones_are_rejected_at_most_five_percent() -> None:
 # ---------------------------------------------------------------------------------------------- the report
 
 
-def test_a_consistent_six_zero_difference_is_significant_on_these_categories(six_by_three: Path,
-                                                                              tmp_path: Path) -> None:
-    rep = report.build_report(six_by_three, [FAIR_PAIR], n_boot=100)
+def test_a_consistent_six_zero_difference_is_significant_on_these_categories(six_by_three: Path, tmp_path: Path,
+                                                                              fair_report: report.Report) -> None:
+    rep = fair_report
     primary = rep.decision.primary.set_index("metric")
     assert len(primary) == 3 and set(primary["claim_basis"]) == {"fixed-categories"}
     row = primary.loc["pixel_auroc"]
@@ -120,48 +125,45 @@ def test_a_consistent_six_zero_difference_is_significant_on_these_categories(six
     sentence = next(line for line in report.conclusions_markdown(rep).splitlines() if "pixel AUROC, resnet50" in line)
     assert "On the claim basis (on these categories): significant (convnext_tiny higher)" in sentence
     config = write_config(tmp_path / "new.json", claim_basis="new-categories")
-    other = report.build_report(six_by_three, [FAIR_PAIR], n_boot=100, config=config).decision.primary
+    other = report.build_report(six_by_three, [FAIR_PAIR], n_boot=20, config=config).decision.primary
     assert not other["significant"].any()  # the same data never called significant on the other basis
     assert other["p_fixed_holm"].tolist() == rep.decision.primary["p_fixed_holm"].tolist()
 
 
-def test_more_pairs_and_tables_leave_a_declared_primary_answer_unchanged(six_by_three: Path, tmp_path: Path) -> None:
+def test_more_pairs_and_tables_leave_a_declared_primary_answer_unchanged(six_by_three: Path, tmp_path: Path,
+                                                                       fair_report: report.Report) -> None:
     config = write_config(tmp_path / "study.json", pairs=[list(FAIR_PAIR)],
                           primary=[{"pair": list(FAIR_PAIR), "metric": "pixel_auroc"},
                                    {"pair": list(FAIR_PAIR), "metric": "aupro", "group": "texture"}])
-    one = report.build_report(six_by_three, n_boot=50, config=config)
-    more = report.build_report(six_by_three, [FAIR_PAIR, ("resnet50", "wide_resnet50_2"),
-                                              ("wide_resnet50_2", "convnext_tiny")], n_boot=50, config=config)
-    assert len(more.comparison.aggregate) == 3 * len(one.comparison.aggregate)  # more exploratory rows and tests
-    assert len(more.comparison.tests) == 3 * len(one.comparison.tests)
+    one = report.build_report(six_by_three, n_boot=20, config=config)
+    more = report.build_report(six_by_three, [FAIR_PAIR, ("resnet50", "wide_resnet50_2")], n_boot=20, config=config)
+    assert len(more.comparison.aggregate) == 2 * len(one.comparison.aggregate)  # more exploratory rows and tests
+    assert len(more.comparison.tests) == 2 * len(one.comparison.tests)
     columns = ["pair", "group", "metric", "p_fixed", "p_fixed_holm", "p_wilcoxon_holm", "significant"]
     pd.testing.assert_frame_equal(one.decision.primary[columns], more.decision.primary[columns])
     assert one.decision.primary["group"].tolist() == ["overall", "texture"]
     # without declared questions the default family grows with the pairs: the check above can fail
-    default_one = report.build_report(six_by_three, [FAIR_PAIR], n_boot=50).decision.primary
     default_more = report.build_report(six_by_three, [FAIR_PAIR, ("resnet50", "wide_resnet50_2")],
-                                       n_boot=50).decision.primary
-    assert default_more["p_fixed_holm"].iloc[0] > default_one["p_fixed_holm"].iloc[0]
+                                       n_boot=20).decision.primary
+    assert default_more["p_fixed_holm"].iloc[0] > fair_report.decision.primary["p_fixed_holm"].iloc[0]
     exploratory = more.comparison.aggregate.query("family == 'exploratory'")
     assert len(exploratory) == len(more.comparison.aggregate) - 2
     assert exploratory["p_bh"].equals(significance.benjamini_hochberg(exploratory["p_wilcoxon"]))
 
 
-def test_primary_tests_csv_and_console(six_by_three: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import main
-
+def test_primary_tests_csv_and_console(fair_report: report.Report, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert main.main(["compare", "--results", str(six_by_three), "--out", str(out), "--pair", "resnet50,convnext_tiny",
-                      "--n-boot", "50"]) == 0
+    report.write_report(fair_report, out, figures=[])
     frame = pd.read_csv(out / "tables" / "primary_tests.csv")
     assert list(frame.columns[:14]) == ["pair", "metric", "group", "n_categories", "n_seeds", "mean_diff", "ci_low",
                                         "ci_high", "p_fixed", "p_fixed_holm", "p_wilcoxon",
                                         "min_reachable_p_wilcoxon", "claim_basis", "significant"]
-    console = capsys.readouterr().out
-    lines = console.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Primary questions"))
-    assert all(PAIR_LABEL.replace(" vs ", " − ") in line for line in lines[start + 1:start + 4])
-    assert "significant" in lines[start + 1] and start < next(i for i, l in enumerate(lines) if l.startswith("report:"))
+    assert frame["significant"].tolist() == fair_report.decision.primary["significant"].tolist()
+    lines = report.headline_console(fair_report).splitlines()
+    assert lines[0].startswith("Primary questions") and "claim basis: on these categories" in lines[0]
+    assert all(line.startswith("  resnet50 − convnext_tiny, overall, ") and line.endswith(
+        "on these categories: significant") for line in lines[1:4])  # one line per primary question, first
+    assert lines[4].startswith("Exploratory:")
     text = (out / "report.md").read_text(encoding="utf-8")
     assert text.index("**Claim basis: on these categories**") < text.index("## Primary questions")
 
