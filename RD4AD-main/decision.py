@@ -43,7 +43,7 @@ PLANNED_SEEDS = (1, 3, 5)
 WILCOXON_EFFICIENCY = 3.0 / math.pi  # asymptotic relative efficiency of Wilcoxon to the t-test for normal data
 PRIMARY_COLUMNS = ["pair", "metric", "group", "n_categories", "n_seeds", "mean_diff", "ci_low", "ci_high", "p_fixed",
                    "p_fixed_holm", "p_wilcoxon", "min_reachable_p_wilcoxon", "claim_basis", "significant",
-                   "p_wilcoxon_holm", "min_reachable_p_fixed", "wins_a", "wins_b", "dataset", "note"]
+                   "p_wilcoxon_holm", "min_reachable_p_fixed", "wins_a", "wins_b", "dataset", "note", "flags"]
 QUESTION_KEYS = {"pair", "metric", "group"}
 
 
@@ -153,12 +153,12 @@ def _flip_min_p(n_cells: int, n_draws: int = N_PERMUTATIONS) -> float:
 def _primary_row(runs_frame: pd.DataFrame, question: PrimaryQuestion, row: pd.Series,
                  categories: list[str], claim_basis: str) -> dict[str, Any]:
     out = {key: row[key] for key in ("pair", "metric", "group", "n_categories", "n_seeds", "mean_diff", "ci_low",
-                                     "ci_high", "p_wilcoxon", "wins_a", "wins_b", "dataset", "note")}
+                                     "ci_high", "p_wilcoxon", "wins_a", "wins_b", "dataset", "note", "flags")}
     out.update(claim_basis=claim_basis, p_fixed=np.nan, min_reachable_p_fixed=np.nan)
     untied = int(row["wins_a"] + row["wins_b"])
     out["min_reachable_p_wilcoxon"] = wilcoxon_min_p(untied)
     _, _, cells = cell_differences(runs_frame, question.pair, categories, question.metric)
-    if cells.size:
+    if np.any(cells != 0):  # every cell tied (e.g. both perfect): nothing to swap, not tested
         result = fixed_categories_test(cells, question)
         out.update(p_fixed=result.p_value, min_reachable_p_fixed=result.min_p)
     return out

@@ -313,7 +313,8 @@ def primary_table(primary: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFra
             "on these categories: sign-flip p": format_p(row.p_fixed), "p (Holm)": format_p(row.p_fixed_holm),
             "to new categories: Wilcoxon p": format_p(row.p_wilcoxon), "Wilcoxon p (Holm)": format_p(row.p_wilcoxon_holm),
             "smallest reachable Wilcoxon p": format_p(row.min_reachable_p_wilcoxon),
-            "claim basis": row.claim_basis, "significant on the claim basis": "yes" if row.significant else "no",
+            "claim basis": row.claim_basis, "Holm p < 0.05 on the claim basis": "yes" if row.significant else "no",
+            "flags": row.flags,
         })
     return pd.DataFrame(rows)
 
@@ -335,7 +336,8 @@ def planning_display(planning: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.Dat
                      "category sd (points)": fmt(row.category_sd, ".2f", 100.0) if row.answer == "to new categories"
                      else "not used", **detectable,
                      "observed |mean difference| (points)": fmt(abs(row.observed_diff), ".2f", 100.0),
-                     "note": row.note})
+                     "note": row.note, "flags": unfinished_flags(runs_frame[runs_frame["backbone"].isin((a, b))
+                                                                            & (runs_frame["dataset"] == row.dataset)])})
     return pd.DataFrame(rows)
 
 
