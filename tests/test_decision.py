@@ -208,3 +208,15 @@ def test_planning_by_hand() -> None:
     z1 = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
     assert wide["new"][5] == pytest.approx(
         z1 * np.sqrt((tau2 + np.mean(np.tile(seed_var, 2) / 5 + 0.0004)) / 10) / np.sqrt(3 / np.pi))
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json")),
+                         ids=lambda path: path.stem)
+def test_every_preset_declares_a_valid_plan(path: Path) -> None:
+    plan = decision.read_study_plan(path)
+    questions = plan.primary if plan.primary is not None else decision.default_primary(plan.pairs)
+    assert plan.pairs and set(q.pair for q in questions) <= set(plan.pairs)
+    assert plan.claim_basis in decision.CLAIM_BASES
+    if path.stem == "full_study":
+        assert [q.key for q in questions] == [("resnet50 vs convnext_tiny", "overall", m)
+                                              for m in ("image_auroc", "pixel_auroc", "aupro")]
