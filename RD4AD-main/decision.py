@@ -188,8 +188,8 @@ def primary_tests(runs_frame: pd.DataFrame, comparison: Comparison, questions: l
 
 
 def detectable_differences(cells: np.ndarray, image_var: np.ndarray, n_questions: int) -> dict[str, Any]:
-    """The spreads (seed_sd, image_sd, category_sd) and the detectable differences of both answers ("fixed",
-    "new": seeds -> difference) for PLANNED_SEEDS, from (categories, seeds) cell differences and each category's
+    """The spreads (seed_sd, image_sd, category_sd), the detectable differences of both answers ("fixed", "new":
+    seeds -> difference) for PLANNED_SEEDS and why a level is out of reach ("notes"), from (categories, seeds) cell differences and each category's
     image variance, at Holm's first step over ``n_questions`` (the variance model of planning_table)."""
     n_categories, n_seeds = cells.shape
     alpha = ALPHA / n_questions  # Holm's first step: the smallest p of the family must beat alpha / m
@@ -200,6 +200,15 @@ def detectable_differences(cells: np.ndarray, image_var: np.ndarray, n_questions
     out: dict[str, Any] = {"seed_sd": math.sqrt(seed_var.mean()), "image_sd": math.sqrt(image_var.mean()),
                            "category_sd": math.sqrt(tau2) if not math.isnan(tau2) else np.nan}
     fixed, new = {}, {}
+    unreachable = [f"{seeds} seed{'s' if seeds > 1 else ''}: {n_categories * seeds} cells, smallest sign-flip p "
+                   f"{_flip_min_p(n_categories * seeds):.3g}" for seeds in PLANNED_SEEDS
+                   if _flip_min_p(n_categories * seeds) >= alpha]
+    out["notes"] = {
+        "fixed": f"cannot reach p < {alpha:.3g} with {'; '.join(unreachable)}" if unreachable else "",
+        "new": (f"cannot reach p < {alpha:.3g} with {n_categories} categories (smallest Wilcoxon p "
+                f"{wilcoxon_min_p(n_categories):.3g}), whatever the seeds" if wilcoxon_min_p(n_categories) >= alpha
+                else ""),
+    }
     for seeds in PLANNED_SEEDS:
         noise = seed_var / seeds + image_var
         fixed[seeds] = (detectable_difference(math.sqrt(noise.sum()) / n_categories, alpha, POWER)
@@ -237,7 +246,8 @@ def planning_table(runs_frame: pd.DataFrame, comparison: Comparison, questions: 
                 values = {f"detectable_{s}_seed{'s' if s > 1 else ''}": (plan[key][s] if plan else np.nan)
                           for s in PLANNED_SEEDS}
                 spreads = {name: (plan[name] if plan else np.nan) for name in ("seed_sd", "image_sd", "category_sd")}
-                rows.append({**base, "answer": answer, **spreads, **values, "note": note})
+                rows.append({**base, "answer": answer, **spreads, **values,
+                             "note": note or (plan["notes"][key] if plan else "")})
     return pd.DataFrame(rows)
 
 

@@ -15,6 +15,7 @@ import decision
 import report
 import significance
 from backbones import FAIR_PAIR
+from comparison import cell_differences
 from errors import RDError
 from fake_results import write_fake_results
 
@@ -220,3 +221,15 @@ def test_every_preset_declares_a_valid_plan(path: Path) -> None:
     if path.stem == "full_study":
         assert [q.key for q in questions] == [("resnet50 vs convnext_tiny", "overall", m)
                                               for m in ("image_auroc", "pixel_auroc", "aupro")]
+
+
+def test_the_planning_table_says_why_a_level_is_out_of_reach(fair_report: report.Report) -> None:
+    planning = fair_report.decision.planning.set_index(["metric", "answer"])
+    fixed = planning.loc[("aupro", "on these categories")]
+    assert np.isnan(fixed["detectable_1_seed"]) and fixed["detectable_3_seeds"] > fixed["detectable_5_seeds"] > 0
+    assert fixed["note"] == "cannot reach p < 0.0167 with 1 seed: 6 cells, smallest sign-flip p 0.0312"
+    new = planning.loc[("aupro", "to new categories")]
+    assert np.isnan(new[["detectable_1_seed", "detectable_3_seeds", "detectable_5_seeds"]].astype(float)).all()
+    assert "6 categories (smallest Wilcoxon p 0.0312)" in new["note"]
+    assert fixed["seed_sd"] == pytest.approx(np.sqrt(np.mean(
+        cell_differences(fair_report.runs, FAIR_PAIR, list(SIX), "aupro")[2].var(axis=1, ddof=1))))
