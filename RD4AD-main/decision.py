@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from comparison import (ALPHA, OVERALL, PAIRED_METRICS, POWER, Comparison, cell_differences, group_members,
-                        image_variance, pair_label, parse_pairs, read_config_json)
+                        image_variance, pair_label, parse_pairs, read_config_json, read_pairs_config)
 from errors import RDError
 from significance import (EXACT_FLIP_CELLS, SignFlipResult, detectable_difference, holm, sign_flip_test,
                           wilcoxon_min_p)
@@ -112,9 +112,7 @@ def read_study_plan(path: str | Path | None) -> StudyPlan:
         return StudyPlan(None, None, DEFAULT_CLAIM_BASIS, "")
     source = f"--config {path}"
     data = read_config_json(path)
-    pairs = parse_pairs(data["pairs"], f"{source} \"pairs\"") if "pairs" in data else None
-    if "pairs" in data and not pairs:
-        raise RDError(f"{source} \"pairs\": must be a non-empty list of [\"a\", \"b\"] pairs, got {data['pairs']!r}")
+    pairs = read_pairs_config(path)
     primary = parse_primary(data["primary"], source) if "primary" in data else None
     basis = parse_claim_basis(data.get("claim_basis", DEFAULT_CLAIM_BASIS), source)
     return StudyPlan(pairs, primary, basis, source)
