@@ -6,7 +6,8 @@ category; over categories, the seeds are resampled too (a hierarchical bootstrap
 within each category). Every replicate metric is a weighted sum of per-image statistics
 (significance.py), so a study of 15 categories x 3 seeds x 2 backbones at 256 px takes seconds, not hours.
 Point estimates come from metrics.json (the tables' numbers); intervals from the replicates.
-Markdown and wording live in report.py; nothing here formats text for readers except the notes.
+Tables are formatted in report_tables.py and worded in claims.py; nothing here formats text for readers except
+the notes. The primary questions and their answers are decision.py's; this module corrects the exploratory family.
 """
 from __future__ import annotations
 
