@@ -18,6 +18,7 @@ from torchvision.models import WeightsEnum
 import RD_ConvNeXt_Model
 import RD_Swin_Model
 import resnet
+from backbone_facts import BIG_PAIR, FAIR_PAIR, FAMILIES
 from errors import RDError, WeightsError
 from rd_model import ReverseDistillation
 from weights import load_weights_enum, load_weights_file, mismatched_keys
@@ -27,8 +28,6 @@ __all__ = ["BACKBONES", "BIG_PAIR", "FAIR_PAIR", "Backbone", "backbones_fitting"
            "parse_backbones", "teacher_imagenet_top1", "teacher_weights_id"]
 
 Builder = Callable[..., tuple[nn.Module, nn.Module, nn.Module]]
-# The capacity-matched pair of the fair comparison: same trainable size, one ResNet and one ConvNeXt teacher.
-FAIR_PAIR = ("resnet50", "convnext_tiny")
 
 
 @dataclass(frozen=True)
@@ -51,26 +50,27 @@ class Backbone:
                       if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("state_dict", "source"))
 
 
-def _backbone(name: str, builder: Builder, weights: WeightsEnum, family: str, **knobs: Any) -> Backbone:
-    return Backbone(name, builder, weights, family, knobs)
+def _backbone(name: str, builder: Builder, weights: WeightsEnum, **knobs: Any) -> Backbone:
+    """A registry entry; its family comes from backbone_facts.FAMILIES (the torch-free facts reports read)."""
+    return Backbone(name, builder, weights, FAMILIES[name], knobs)
 
 
 BACKBONES: dict[str, Backbone] = {b.name: b for b in (
-    _backbone("wide_resnet50_2", resnet.wide_resnet50_2_rd, resnet.DEFAULT_WEIGHTS["wide_resnet50_2"], "resnet"),
-    _backbone("resnet50", resnet.resnet50_rd, resnet.DEFAULT_WEIGHTS["resnet50"], "resnet"),
+    _backbone("wide_resnet50_2", resnet.wide_resnet50_2_rd, resnet.DEFAULT_WEIGHTS["wide_resnet50_2"]),
+    _backbone("resnet50", resnet.resnet50_rd, resnet.DEFAULT_WEIGHTS["resnet50"]),
     # the same ResNet-50 RD with a modern-recipe teacher: separates architecture from pretraining
-    _backbone("resnet50_v2", resnet.resnet50_rd, resnet.DEFAULT_WEIGHTS["resnet50_v2"], "resnet"),
-    _backbone("convnext_tiny", RD_ConvNeXt_Model.convnext_tiny_rd, RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_tiny"],
-              "convnext"),
+    _backbone("resnet50_v2", resnet.resnet50_rd, resnet.DEFAULT_WEIGHTS["resnet50_v2"]),
+    _backbone("convnext_tiny", RD_ConvNeXt_Model.convnext_tiny_rd, RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_tiny"]),
     _backbone("convnext_small", RD_ConvNeXt_Model.convnext_small_rd,
-              RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_small"], "convnext"),
+              RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_small"]),
     # ConvNeXt-Small RD with a wider embedding: trainable parameters within 15 % of WRN-50-2 RD's (the big pair)
     _backbone("convnext_small_matched", RD_ConvNeXt_Model.convnext_small_rd,
-              RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_small"], "convnext", embed_dim=1280),
-    _backbone("swin_t", RD_Swin_Model.swin_t_rd, RD_Swin_Model.DEFAULT_WEIGHTS["swin_t"], "swin"),
+              RD_ConvNeXt_Model.DEFAULT_WEIGHTS["convnext_small"], embed_dim=1280),
+    _backbone("swin_t", RD_Swin_Model.swin_t_rd, RD_Swin_Model.DEFAULT_WEIGHTS["swin_t"]),
 )}
-# The arms of the study presets (configs/): the paper's reference and the big pair's ConvNeXt.
-BIG_PAIR = ("wide_resnet50_2", "convnext_small_matched")
+if list(BACKBONES) != list(FAMILIES):  # one list of names: the facts and the builders must agree
+    raise RuntimeError(f"backbones.py and backbone_facts.FAMILIES name different backbones: {list(BACKBONES)} vs "
+                       f"{list(FAMILIES)}")
 
 
 def get_backbone(name: str) -> Backbone:

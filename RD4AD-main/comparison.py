@@ -6,12 +6,12 @@ category; over categories, the seeds are resampled too (a hierarchical bootstrap
 within each category). Every replicate metric is a weighted sum of per-image statistics
 (significance.py), so a study of 15 categories x 3 seeds x 2 backbones at 256 px takes seconds, not hours.
 Point estimates come from metrics.json (the tables' numbers); intervals from the replicates.
-Markdown and wording live in report.py; nothing here formats text for readers except the notes.
+Tables are formatted in report_tables.py and worded in claims.py; nothing here formats text for readers except
+the notes. The primary questions and their answers are decision.py's; this module corrects the exploratory family.
 """
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,21 +22,21 @@ import pandas as pd
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 from tqdm import tqdm
 
-from backbones import BACKBONES, FAIR_PAIR
+from backbone_facts import FAIR_PAIR, backbone_family, registry_order
 from categories import OTHER_GROUP, group_order
 from errors import RDError
 from runs import MAPS_FILE, METRICS, load_maps, load_scores
-from significance import (PixelStats, auroc_replicates, binned_metrics, bootstrap_p_value, delong_test,
-                          detectable_difference, holm, multiplicities, percentile_interval, pixel_replicates,
-                          pixel_stats, stratified_multiplicities, wilcoxon_signed_rank)
+from significance import (PixelStats, auroc_replicates, benjamini_hochberg, binned_metrics, bootstrap_p_value,
+                          delong_test, multiplicities, percentile_interval, pixel_replicates, pixel_stats,
+                          stratified_multiplicities, wilcoxon_min_p, wilcoxon_signed_rank)
 
-__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "BOOT_SEED", "CONFIDENCE", "CategoryDraws", "Comparison", "METRIC_LABELS",
-           "N_BOOT", "NOT_AVAILABLE", "OVERALL", "PAIRED_METRICS", "POWER", "RunResamples", "SEEDS_PLANNED",
-           "TEST_COLUMNS", "aggregate_tests", "backbone_family", "category_intervals", "compare_runs",
-           "complete_categories", "compute_resamples", "epoch_text", "group_members", "group_replicates",
-           "parse_pairs", "per_category_tests", "per_defect_stats", "read_pairs_config", "resolve_pairs",
-           "retest_command", "run_name", "run_resamples", "seed_multiplicities", "seed_power", "unfinished_flags",
-           "with_holm"]
+__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "BOOT_SEED", "CONFIDENCE", "CategoryDraws", "Comparison", "EXPLORATORY",
+           "METRIC_LABELS", "N_BOOT", "NOT_AVAILABLE", "OVERALL", "PAIRED_METRICS", "POWER", "PRIMARY", "RunResamples",
+           "TEST_COLUMNS", "aggregate_tests", "backbone_family", "category_intervals", "cell_differences",
+           "compare_runs", "complete_categories", "compute_resamples", "epoch_text", "group_members",
+           "group_replicates", "image_variance", "pair_label", "parse_pairs", "per_category_tests", "per_defect_stats",
+           "read_config_json", "read_pairs_config", "resolve_pairs", "retest_command", "run_index", "run_name",
+           "run_resamples", "seed_multiplicities", "unfinished_flags", "with_exploratory"]
 
 # The metrics tested: metrics.json key -> label (fractions in [0, 1]).
 PAIRED_METRICS: dict[str, str] = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
@@ -44,7 +44,7 @@ METRIC_LABELS: dict[str, str] = {**METRICS, **PAIRED_METRICS}
 ALPHA = 0.05
 CONFIDENCE = 0.95
 POWER = 0.8
-SEEDS_PLANNED = 5  # the "How many seeds?" section also answers for this many
+PRIMARY, EXPLORATORY = "primary", "exploratory"  # the two families of tests (decision.py)
 # 2000 resamples: the 2.5 % and 97.5 % percentiles then rest on 50 resamples each, which keeps their Monte Carlo
 # error well below the intervals' width (Efron & Tibshirani recommend >= 1000 for percentile intervals). The per-run
 # statistics, not the resamples, dominate the cost: a 15 x 3 x 2 study at 256 px took 14.0 s with 1000 and 15.0 s
@@ -55,21 +55,15 @@ MIN_PER_CLASS = 2  # DeLong needs at least two defective and two normal images
 NOT_AVAILABLE = "n/a"
 OVERALL = "overall"
 AGGREGATE_COLUMNS = ["pair", "group", "metric", "n_categories", "n_seeds", "mean_diff", "ci_low", "ci_high",
-                     "p_wilcoxon", "p_holm", "wins_a", "wins_b", "dataset", "note", "flags"]
+                     "p_wilcoxon", "p_bh", "wins_a", "wins_b", "dataset", "family", "note", "flags"]
 TEST_COLUMNS = ["pair", "backbone_a", "backbone_b", "category", "seed", "metric", "test", "n_images", "n_defective",
-                "n_unmatched", "value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_holm", "note",
+                "n_unmatched", "value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_bh", "note",
                 "flags"]
 
 
 # ----------------------------------------------------------------------------------------------------
 # which pairs
 # ----------------------------------------------------------------------------------------------------
-def backbone_family(name: str) -> str:
-    """The registry's family of a backbone (``resnet``, ``convnext``, ``swin``, ...), ``unknown`` when unregistered."""
-    backbone = BACKBONES.get(name)
-    return backbone.family if backbone is not None else "unknown"
-
-
 def _pair_from(value: Any, source: str) -> tuple[str, str]:
     """One pair from ``"a,b"`` or ``["a", "b"]``; anything else is an RDError naming ``source``."""
     names = value.split(",") if isinstance(value, str) else value
@@ -98,8 +92,8 @@ def parse_pairs(value: Any, source: str = "--pair") -> list[tuple[str, str]] | N
     return list(dict.fromkeys(pairs))
 
 
-def read_pairs_config(path: str | Path) -> list[tuple[str, str]] | None:
-    """The "pairs" of a study config file (other keys are for other commands), or None when it has none."""
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """A study config file as a JSON object; anything else is an RDError naming the file."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -107,6 +101,12 @@ def read_pairs_config(path: str | Path) -> list[tuple[str, str]] | None:
         raise RDError(f"--config {path}: expected a readable JSON file ({type(error).__name__}: {error})") from None
     if not isinstance(data, dict):
         raise RDError(f"--config {path}: expected a JSON object, found a JSON {type(data).__name__}")
+    return data
+
+
+def read_pairs_config(path: str | Path) -> list[tuple[str, str]] | None:
+    """The "pairs" of a study config file (other keys are for other commands), or None when it has none."""
+    data = read_config_json(path)
     if "pairs" not in data:
         return None
     pairs = data["pairs"]
@@ -129,12 +129,16 @@ def resolve_pairs(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]] | None)
     if set(FAIR_PAIR) <= set(present):
         return [FAIR_PAIR]
     if len(present) == 2:
-        order = list(BACKBONES)
-        return [tuple(sorted(present, key=lambda n: (order.index(n) if n in order else len(order), n)))]
+        return [tuple(sorted(present, key=registry_order))]
     example = ",".join(present[:2]) if len(present) >= 2 else "resnet50,convnext_tiny"
     raise RDError(f"which backbones to compare? Runs of {len(present)} backbone(s) were found ({', '.join(present)}) "
                   f"and not both of the fair pair {','.join(FAIR_PAIR)}: name the pairs with --pair a,b (repeatable, "
                   f"e.g. --pair {example}) or --config FILE holding \"pairs\"")
+
+
+def pair_label(pair: tuple[str, str]) -> str:
+    """How tables name a pair: "a vs b"."""
+    return f"{pair[0]} vs {pair[1]}"
 
 
 def run_name(row: pd.Series) -> str:
@@ -355,7 +359,8 @@ def complete_categories(runs_frame: pd.DataFrame, backbones: Iterable[str], cate
     return complete, seeds, missing
 
 
-def _index(runs_frame: pd.DataFrame) -> dict[tuple[str, str, int], pd.Series]:
+def run_index(runs_frame: pd.DataFrame) -> dict[tuple[str, str, int], pd.Series]:
+    """(backbone, category, seed) -> the run's row."""
     return {(row["backbone"], row["category"], int(row["seed"])): row for _, row in runs_frame.iterrows()}
 
 
@@ -379,7 +384,7 @@ def _test_row(pair: tuple[str, str], category: str, seed: int, metric: str, runs
     a, b = pair
     res_a, res_b = resampled
     row: dict[str, Any] = {
-        "pair": f"{a} vs {b}", "backbone_a": a, "backbone_b": b, "category": category, "seed": seed, "metric": metric,
+        "pair": pair_label(pair), "backbone_a": a, "backbone_b": b, "category": category, "seed": seed, "metric": metric,
         "test": "DeLong" if metric == "image_auroc" else "bootstrap", "n_images": len(draws.paths),
         "n_defective": int(draws.labels.sum()), "n_unmatched": res_a.n_unmatched + res_b.n_unmatched, "note": "",
         "flags": unfinished_flags(pd.DataFrame(list(runs))),
@@ -421,7 +426,7 @@ def per_category_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], d
                        resamples: dict[str, RunResamples], results: str) -> pd.DataFrame:
     """One row per pair, category, seed run by both backbones and metric: values, difference, bootstrap interval,
     p (DeLong for image AUROC, bootstrap z for the pixel metrics) or the reason it is not tested."""
-    index, rows = _index(runs_frame), []
+    index, rows = run_index(runs_frame), []
     for pair in pairs:
         for category in sorted(set(runs_frame["category"])):
             seeds = sorted({s for (bb, c, s) in index if bb == pair[0] and c == category}
@@ -432,7 +437,7 @@ def per_category_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], d
                 rows += [_test_row(pair, category, seed, metric, runs, resampled, draws[category], results)
                          for metric in PAIRED_METRICS]
     frame = pd.DataFrame(rows, columns=TEST_COLUMNS)
-    for column in ("value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_holm"):
+    for column in ("value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_bh"):
         frame[column] = frame[column].astype(float)
     return frame
 
@@ -464,7 +469,7 @@ def group_replicates(runs_frame: pd.DataFrame, pair: tuple[str, str], categories
     """The hierarchical paired bootstrap of the group mean difference a - b over ``categories`` (each must have every
     seed of both backbones): per resample, the seeds are redrawn (one draw for all categories), then each category's
     images (its own draw, shared by both backbones and every seed); None when a run has no replicates."""
-    index = _index(runs_frame)
+    index = run_index(runs_frame)
     seeds = complete_categories(runs_frame, pair, categories, metric)[1]
     per_category = [_category_replicates(pair, c, seeds, metric, index, resamples, n_boot) for c in categories]
     if not per_category or any(r is None for r in per_category):
@@ -483,7 +488,7 @@ def _aggregate_row(pair: tuple[str, str], dataset: str, group: str, categories: 
     complete, seeds, missing = complete_categories(runs_frame, pair, categories, metric)
     notes = [f"left out (incomplete): {', '.join(f'{c} ({why})' for c, why in missing.items())}"] if missing else []
     members = runs_frame[runs_frame["backbone"].isin(pair) & runs_frame["category"].isin(complete)]
-    row: dict[str, Any] = {"pair": f"{pair[0]} vs {pair[1]}", "group": group, "metric": metric,
+    row: dict[str, Any] = {"pair": pair_label(pair), "group": group, "metric": metric,
                            "n_categories": len(complete), "n_seeds": len(seeds), "wins_a": 0, "wins_b": 0,
                            "dataset": dataset, "flags": unfinished_flags(members)}
     if not complete:
@@ -506,9 +511,9 @@ def _aggregate_row(pair: tuple[str, str], dataset: str, group: str, categories: 
                      "perfect): left out of the Wilcoxon test")
     if wilcoxon.n_nonzero == 0:
         notes.append("not tested: every category is tied")
-    elif 2.0 / 2 ** wilcoxon.n_nonzero >= ALPHA:  # the exact test's smallest two-sided p: all signs alike
+    elif wilcoxon_min_p(wilcoxon.n_nonzero) >= ALPHA:  # the exact test's smallest two-sided p: all signs alike
         notes.append(f"with {wilcoxon.n_nonzero} untied categories the smallest possible Wilcoxon p is "
-                     f"{2.0 / 2 ** wilcoxon.n_nonzero:.3g}: this test cannot reach {ALPHA}")
+                     f"{wilcoxon_min_p(wilcoxon.n_nonzero):.3g}: this test cannot reach {ALPHA}")
     row["note"] = "; ".join(notes)
     return row
 
@@ -517,14 +522,14 @@ def aggregate_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], resa
                     n_boot: int, results: str) -> pd.DataFrame:
     """Per pair, dataset, group (then overall) and metric: the mean over complete categories of the seed-averaged
     difference a - b, its hierarchical-bootstrap interval, Wilcoxon over categories and the wins of each side."""
-    index, rows = _index(runs_frame), []
+    index, rows = run_index(runs_frame), []
     for pair in pairs:
         for dataset, group, categories in group_members(runs_frame):
             for metric in PAIRED_METRICS:
                 rows.append(_aggregate_row(pair, dataset, group, categories, metric, runs_frame, index, resamples,
                                            n_boot, results))
     frame = pd.DataFrame(rows, columns=AGGREGATE_COLUMNS)
-    for column in ("mean_diff", "ci_low", "ci_high", "p_wilcoxon", "p_holm"):
+    for column in ("mean_diff", "ci_low", "ci_high", "p_wilcoxon", "p_bh"):
         frame[column] = frame[column].astype(float)
     frame["note"] = frame["note"].fillna("")
     return frame
@@ -534,7 +539,7 @@ def category_intervals(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], r
                        n_boot: int) -> pd.DataFrame:
     """Per pair, category and metric: the seed-averaged difference over the seeds both backbones ran, its interval
     (seeds and images resampled) and whether the category enters the group means (every seed present)."""
-    index, rows = _index(runs_frame), []
+    index, rows = run_index(runs_frame), []
     for pair in pairs:
         for dataset, group, categories in group_members(runs_frame):
             if group == OVERALL:
@@ -549,7 +554,7 @@ def category_intervals(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], r
                         continue
                     replicates = _category_replicates(pair, category, seeds, metric, index, resamples, n_boot)
                     low, high = percentile_interval(replicates, CONFIDENCE) if replicates is not None else (np.nan,) * 2
-                    rows.append({"pair": f"{pair[0]} vs {pair[1]}", "dataset": dataset, "group": group,
+                    rows.append({"pair": pair_label(pair), "dataset": dataset, "group": group,
                                  "category": category, "metric": metric, "n_seeds": len(seeds),
                                  "difference": _seed_mean_difference(pair, category, seeds, metric, index),
                                  "ci_low": low, "ci_high": high, "in_mean": category in complete})
@@ -557,40 +562,44 @@ def category_intervals(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], r
                                        "ci_low", "ci_high", "in_mean"])
 
 
-def with_holm(tests: pd.DataFrame, aggregate: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Holm over the report's whole family: every per-category p and every Wilcoxon p, all pairs and metrics;
-    returns both tables with p_holm filled in and the family size."""
-    family = pd.concat([tests["p_value"], aggregate["p_wilcoxon"]], ignore_index=True)
-    adjusted = holm(family)
+def with_exploratory(tests: pd.DataFrame, aggregate: pd.DataFrame,
+                     primary: Iterable[tuple[str, str, str]] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The exploratory family's correction: Benjamini-Hochberg within each table (the per-category tests; the tests
+    over categories less the primary questions, ``(pair label, group, metric)``, which decision.py answers with
+    Holm over the primary family alone). Returns both tables with ``p_bh`` (and ``family``) filled in."""
     tests, aggregate = tests.copy(), aggregate.copy()
-    tests["p_holm"] = adjusted.iloc[: len(tests)].to_numpy()
-    aggregate["p_holm"] = adjusted.iloc[len(tests):].to_numpy()
-    return tests, aggregate, int(family.notna().sum())
+    tests["p_bh"] = benjamini_hochberg(tests["p_value"])
+    keys = set(primary)
+    is_primary = [(row.pair, row.group, row.metric) in keys for row in aggregate.itertuples()]
+    aggregate["family"] = [PRIMARY if flag else EXPLORATORY for flag in is_primary]
+    exploratory = aggregate["family"] == EXPLORATORY
+    aggregate["p_bh"] = benjamini_hochberg(aggregate["p_wilcoxon"].where(exploratory))
+    return tests, aggregate
 
 
-def seed_power(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
-    """How many seeds? Per pair, dataset and metric over the complete categories: the seed-to-seed std (root mean
-    of the per-category sample variances), and the smallest overall mean difference a two-sided z-test at ALPHA
-    detects with POWER with the seeds there are and with SEEDS_PLANNED, seed noise being the only noise."""
-    index, rows = _index(runs_frame), []
-    for pair in pairs:
-        for dataset, group, categories in group_members(runs_frame):
-            if group != OVERALL:
-                continue
-            for metric in PAIRED_METRICS:
-                complete, seeds, _ = complete_categories(runs_frame, pair, categories, metric)
-                row = {"pair": f"{pair[0]} vs {pair[1]}", "dataset": dataset, "metric": metric,
-                       "n_categories": len(complete), "n_seeds": len(seeds), "seed_std_a": np.nan,
-                       "seed_std_b": np.nan, "detectable_now": np.nan, "detectable_planned": np.nan}
-                if complete and len(seeds) >= 2:
-                    variances = np.array([[np.var([index[(name, c, s)][metric] for s in seeds], ddof=1)
-                                           for c in complete] for name in pair])
-                    row["seed_std_a"], row["seed_std_b"] = np.sqrt(variances.mean(axis=1))
-                    per_seed_variance = variances.sum(axis=0).sum() / len(complete) ** 2
-                    for key, n_seeds in (("detectable_now", len(seeds)), ("detectable_planned", SEEDS_PLANNED)):
-                        row[key] = detectable_difference(math.sqrt(per_seed_variance / n_seeds), ALPHA, POWER)
-                rows.append(row)
-    return pd.DataFrame(rows)
+def cell_differences(runs_frame: pd.DataFrame, pair: tuple[str, str], categories: list[str],
+                     metric: str) -> tuple[list[str], list[int], np.ndarray]:
+    """The complete categories, their seeds and the (categories, seeds) differences a - b of metrics.json values:
+    the cells the fixed-categories test swaps."""
+    complete, seeds, _ = complete_categories(runs_frame, pair, categories, metric)
+    index = run_index(runs_frame)
+    cells = np.array([[index[(pair[0], c, s)][metric] - index[(pair[1], c, s)][metric] for s in seeds]
+                      for c in complete], dtype=np.float64).reshape(len(complete), len(seeds))
+    return complete, seeds, cells
+
+
+def image_variance(runs_frame: pd.DataFrame, pair: tuple[str, str], category: str, seeds: list[int], metric: str,
+                   resamples: dict[str, RunResamples]) -> float:
+    """Variance over image resamples (the trained models held fixed) of one category's seed-averaged difference
+    a - b; NaN when a run has no replicates of the metric."""
+    index = run_index(runs_frame)
+    per_seed = []
+    for seed in seeds:
+        rep = [resamples[index[(name, category, seed)]["run_dir"]].replicates[metric] for name in pair]
+        if rep[0] is None or rep[1] is None:
+            return float("nan")
+        per_seed.append(rep[0] - rep[1])
+    return float(np.var(np.mean(per_seed, axis=0), ddof=1))
 
 
 def per_defect_stats(runs_frame: pd.DataFrame, resamples: dict[str, RunResamples]) -> pd.DataFrame:
@@ -616,29 +625,29 @@ def per_defect_stats(runs_frame: pd.DataFrame, resamples: dict[str, RunResamples
 # ----------------------------------------------------------------------------------------------------
 @dataclass
 class Comparison:
-    """The paired statistics of a report: per-category tests, aggregate tests (Holm over both), intervals per
-    category (forest plots), seed power, per-defect metrics, and per run the replicates and PRO curve."""
+    """The paired statistics of a report: per-category tests, tests over categories (both with the exploratory
+    correction), intervals per category (forest plots), per-defect metrics, and per run the replicates and PRO
+    curve. The primary family's answers are decision.py's."""
 
     pairs: list[tuple[str, str]]
     tests: pd.DataFrame
     aggregate: pd.DataFrame
     intervals: pd.DataFrame
-    power: pd.DataFrame
     per_defect: pd.DataFrame
     resamples: dict[str, RunResamples]
-    family_size: int
     n_boot: int
 
 
 def compare_runs(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], n_boot: int = N_BOOT,
-                 results: str = "results") -> Comparison:
-    """Every paired statistic of ``pairs`` on the runs (which should hold the compared backbones only)."""
+                 results: str = "results", primary: Iterable[tuple[str, str, str]] = ()) -> Comparison:
+    """Every paired statistic of ``pairs`` on the runs (which should hold the compared backbones only); the
+    tests over categories named in ``primary`` ((pair label, group, metric)) are left out of the exploratory
+    correction."""
     if n_boot < 2:
         raise RDError(f"--n-boot {n_boot}: expected at least 2 resamples (default {N_BOOT})")
     draws, resamples = compute_resamples(runs_frame, n_boot)
     tests = per_category_tests(runs_frame, pairs, draws, resamples, results)
     aggregate = aggregate_tests(runs_frame, pairs, resamples, n_boot, results)
-    tests, aggregate, family_size = with_holm(tests, aggregate)
+    tests, aggregate = with_exploratory(tests, aggregate, primary)
     return Comparison(pairs, tests, aggregate, category_intervals(runs_frame, pairs, resamples, n_boot),
-                      seed_power(runs_frame, pairs), per_defect_stats(runs_frame, resamples), resamples, family_size,
-                      n_boot)
+                      per_defect_stats(runs_frame, resamples), resamples, n_boot)

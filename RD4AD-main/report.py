@@ -1,11 +1,10 @@
-"""The fair-comparison report: tables, paired tests and markdown, built only from results files.
+"""The fair-comparison report: builds it from results files, renders its markdown and writes it.
 
-``main.py compare`` and ``RD_Tester.ipynb`` call the same functions (figures live in plots.py, the paired
-statistics in comparison.py). Everything is read from the run directories of runs.py; the only numbers
-typed in here are the published RD4AD and RD++ results below, cited and shown as references, never
-averaged with ours. Every sentence that states a result (a direction, "significant") comes from one of the
-templates of ``aggregate_sentence`` / ``category_test_sentence`` and is checked against the tables by
-tests/test_report.py; sentences that only define words are listed in ``DEFINITIONS``.
+``main.py compare`` and ``RD_Tester.ipynb`` call the same functions. The numbers come from comparison.py (paired
+statistics) and decision.py (the primary questions, their two answers and the planning table); the tables are
+formatted in report_tables.py, every sentence that states a result comes from a template of claims.py (checked
+against the tables by tests/test_report.py), the figures from plots.py. The only numbers typed in are the
+published RD4AD and RD++ results of report_tables.REFERENCES, cited and never averaged with ours.
 """
 from __future__ import annotations
 
@@ -15,78 +14,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 import runs
-from comparison import (ALPHA, CONFIDENCE, N_BOOT, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, POWER, SEEDS_PLANNED,
-                        Comparison, backbone_family, compare_runs, complete_categories, epoch_text, group_members,
-                        parse_pairs, read_pairs_config, resolve_pairs, run_name, unfinished_flags)
+from claims import (DEFINITIONS, NOTHING_TO_COMPARE, aggregate_sentence, category_test_sentence, claim_basis_text,
+                    conclusions_text, primary_console_line)
+from comparison import (ALPHA, CONFIDENCE, N_BOOT, POWER, Comparison, compare_runs, epoch_text, parse_pairs,
+                        resolve_pairs, run_name)
+from decision import (CLAIM_BASES, N_PERMUTATIONS, PLANNED_SEEDS, Decision, StudyPlan, check_primary, decide,
+                      default_primary, read_study_plan)
 from documents import generated_markers, markdown_table, replace_marked_block
 from errors import RDError
-from runs import EFFICIENCY, METRICS, load_runs, untested_runs
-from significance import MAX_EDGES
+from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, category_stats, category_table, distinct_values,
+                           efficiency_table, format_p, group_stats, group_table, is_synthetic, pairwise_table,
+                           per_defect_table, planning_display, primary_table, reference_table, values_list)
+from runs import load_runs, untested_runs
+from significance import EXACT_FLIP_CELLS, MAX_EDGES
 from why import WhyPart, render_why, why_parts, why_tables
 
 if TYPE_CHECKING:
     from plots import FigureItem
 
 __all__ = ["BEGIN_MARKER", "DEFINITIONS", "END_MARKER", "REFERENCES", "Reference", "Report", "add_arguments",
-           "aggregate_sentence", "aggregate_table", "build_report", "category_stats", "category_table",
-           "category_test_sentence", "conclusions_markdown", "efficiency_table", "format_p", "group_stats",
-           "group_table",
-           "headline_text", "pairwise_table", "per_defect_table", "power_table", "prepare_portfolio", "protocol_text",
+           "aggregate_sentence", "build_report", "category_stats", "category_table", "category_test_sentence",
+           "conclusions_markdown", "efficiency_table", "format_p", "group_stats", "group_table", "headline_console",
+           "headline_text", "is_synthetic", "planning_text", "prepare_portfolio", "primary_text", "protocol_text",
            "provenance", "reference_table", "render_report", "replace_generated_block", "report_notes", "run",
-           "synthetic_note",
-           "teacher_warning", "tests_method", "untested_note", "write_report"]
+           "synthetic_note", "teacher_warning", "tests_method", "untested_note", "write_report"]
 
 BEGIN_MARKER, END_MARKER = generated_markers("compare")
-PROTOCOLS = {"last": "the last epoch's weights (RD4AD's protocol)",
-             "synthetic-val": "the epoch with the best synthetic-validation AUPRO (no test image used)"}
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A published MVTec AD 15-category mean (percent), shown beside ours and never averaged with it."""
-
-    method: str
-    values: dict[str, float]
-    protocol: str
-
-
-# docs/reproduction.md#5-published-numbers: the values and the protocols behind them.
-REFERENCES = (
-    Reference("RD4AD, WRN-50-2 (Deng & Li, CVPR 2022)", {"image_auroc": 98.5, "pixel_auroc": 97.8, "aupro": 93.9},
-              "full training set; the official code's epoch 200; AUPRO from its per-image compute_pro, not the "
-              "standard AUPRO (docs/reproduction.md, sections 4 and 5)"),
-    Reference("RD++ (Tien et al., CVPR 2023)", {"image_auroc": 99.4, "pixel_auroc": 98.3, "aupro": 95.0},
-              "full training set; keeps the best test epoch (selected on the test set), epochs set per category; "
-              "AUPRO from RD4AD's per-image compute_pro (docs/reproduction.md, section 5)"),
-)
-OUR_PROTOCOL = ("this report: training set minus the 10 % validation hold-out; {selection}; standard AUPRO "
-                "(MVTec, FPR up to 0.3)")
-
-# Sentences that use a claim word only to define it; everything else with such a word is a checked claim.
-DEFINITIONS = (
-    f"A difference is called significant only when its Holm-adjusted p is below {ALPHA}.",
-    "A p-value without the word significant is not a finding.",
-)
-
-
 # ----------------------------------------------------------------------------------------------
 # Provenance and warnings
 # ----------------------------------------------------------------------------------------------
 
-
-def _values(runs_frame: pd.DataFrame, column: str) -> str:
-    """Distinct values of a column, flagged when the runs disagree."""
-    values = sorted(set(runs_frame[column].astype(str)))
-    text = ", ".join(values)
-    return text if len(values) == 1 else f"{text} (differs between runs)"
-
-
-def _values_list(column: pd.Series) -> str:
-    return ", ".join(sorted(set(column.astype(str))))
 
 
 def protocol_text(runs_frame: pd.DataFrame) -> str:
@@ -101,7 +61,7 @@ def protocol_text(runs_frame: pd.DataFrame) -> str:
 
 def _epochs_text(runs_frame: pd.DataFrame) -> str:
     unfinished = runs_frame[runs_frame["unfinished"]]
-    text = f"epochs {_values(runs_frame, 'epochs')} requested"
+    text = f"epochs {distinct_values(runs_frame, 'epochs')} requested"
     if unfinished.empty:
         return text
     return text + f"; **{len(unfinished)} run(s) UNFINISHED** (checkpoint short of the requested epochs: " + \
@@ -112,23 +72,19 @@ def _epochs_text(runs_frame: pd.DataFrame) -> str:
 def provenance(runs_frame: pd.DataFrame) -> str:
     """What produced a table: data, categories, image size, epochs, protocol, seeds, teachers, hardware."""
     teachers = "; ".join(
-        f"{backbone}: {_values(group, 'teacher_weights')}" for backbone, group in runs_frame.groupby("backbone")
+        f"{backbone}: {distinct_values(group, 'teacher_weights')}" for backbone, group in runs_frame.groupby("backbone")
     )
     seeds = ", ".join(str(seed) for seed in sorted(set(runs_frame["seed"])))
-    data = _values(runs_frame, "data_root")
+    data = distinct_values(runs_frame, "data_root")
     if is_synthetic(runs_frame):
         data += " (SYNTHETIC data, not MVTec AD)"
     return (
-        f"Provenance: data {data} (format {_values(runs_frame, 'dataset')}); categories "
-        f"{_values_list(runs_frame['category'])}; image size {_values(runs_frame, 'image_size')} px; "
+        f"Provenance: data {data} (format {distinct_values(runs_frame, 'dataset')}); categories "
+        f"{values_list(runs_frame['category'])}; image size {distinct_values(runs_frame, 'image_size')} px; "
         f"{_epochs_text(runs_frame)}; {protocol_text(runs_frame)}; seeds {seeds}; teacher weights {teachers}; "
-        f"hardware {_values(runs_frame, 'hardware')}; {len(runs_frame)} runs."
+        f"hardware {distinct_values(runs_frame, 'hardware')}; {len(runs_frame)} runs."
     )
 
-
-def is_synthetic(runs_frame: pd.DataFrame) -> bool:
-    """True when any category is a generated one (``synth_*``): the published numbers do not apply."""
-    return bool(runs_frame["category"].str.startswith("synth").any())
 
 
 def teacher_warning(runs_frame: pd.DataFrame) -> str | None:
@@ -138,7 +94,7 @@ def teacher_warning(runs_frame: pd.DataFrame) -> str | None:
         return None
     return (
         f"**WARNING: RANDOM TEACHERS.** {len(random_runs)} of {len(runs_frame)} runs "
-        f"(backbones: {_values_list(random_runs['backbone'])}) used randomly initialised, NOT pretrained "
+        f"(backbones: {values_list(random_runs['backbone'])}) used randomly initialised, NOT pretrained "
         "teachers (config.json teacher_weights = \"random\"). Their numbers only show that the pipeline "
         "runs; they say nothing about Reverse Distillation with ImageNet teachers."
     )
@@ -181,341 +137,6 @@ def synthetic_note(runs_frame: pd.DataFrame) -> str | None:
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# Metric tables
-# ----------------------------------------------------------------------------------------------
-
-
-def _mean_std(values: pd.Series) -> tuple[float, float, int]:
-    """Mean, sample std (ddof 1) and count of the non-null values."""
-    valid = values.dropna()
-    if valid.empty:
-        return float("nan"), float("nan"), 0
-    std = float(valid.std(ddof=1)) if len(valid) > 1 else float("nan")
-    return float(valid.mean()), std, len(valid)
-
-
-def format_mean_std(mean: float, std: float, scale: float = 100.0, decimals: int = 1) -> str:
-    """``mean ± std`` (std omitted for a single value); ``n/a`` when not measured."""
-    if np.isnan(mean):
-        return NOT_AVAILABLE
-    text = f"{mean * scale:.{decimals}f}"
-    return text if np.isnan(std) else f"{text} ± {std * scale:.{decimals}f}"
-
-
-def _multi_dataset(runs_frame: pd.DataFrame) -> bool:
-    return runs_frame["dataset"].nunique() > 1
-
-
-def category_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Long numeric table: per category, backbone and metric, mean/std over seeds and n seeds."""
-    rows = []
-    for (dataset, category, kind, backbone), group in runs_frame.groupby(["dataset", "category", "kind", "backbone"],
-                                                                          sort=True):
-        for metric in METRICS:
-            mean, std, count = _mean_std(group[metric])
-            rows.append((dataset, category, kind, backbone, backbone_family(backbone), metric, mean, std, count,
-                         len(group), bool(group["unfinished"].any())))
-    return pd.DataFrame(rows, columns=["dataset", "category", "group", "backbone", "family", "metric", "mean", "std",
-                                       "n_values", "n_seeds", "unfinished"])
-
-
-def category_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Per category x backbone: every metric as "mean ± std" in percent over seeds; unfinished runs flagged."""
-    rows = []
-    for (dataset, category, kind, backbone), group in runs_frame.groupby(["dataset", "category", "kind", "backbone"],
-                                                                          sort=True):
-        cells = {}
-        for metric, label in METRICS.items():
-            mean, std, _ = _mean_std(group[metric])
-            cells[label + " (%)"] = format_mean_std(mean, std)
-        row = {"dataset": dataset} if _multi_dataset(runs_frame) else {}
-        rows.append({**row, "category": category, "group": kind, "backbone": backbone,
-                     "family": backbone_family(backbone), "n seeds": len(group), **cells,
-                     "flags": unfinished_flags(group, with_name=False)})
-    return pd.DataFrame(rows)
-
-
-def _group_blocks(runs_frame: pd.DataFrame, metric: str) -> list[tuple[str, str, list[str], list[int], dict]]:
-    """Per (dataset, group): the categories complete for every backbone of the report, the seeds, what is missing."""
-    backbones = sorted(set(runs_frame["backbone"]))
-    blocks = []
-    for dataset, group, categories in group_members(runs_frame):
-        complete, seeds, missing = complete_categories(runs_frame, backbones, categories, metric)
-        blocks.append((dataset, group, complete, seeds, missing))
-    return blocks
-
-
-def group_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Long numeric table: per dataset, group (its categories.group_order, then overall), backbone and metric,
-    the mean over the group's complete categories for each seed, then mean/std of those over seeds.
-
-    A category enters only when every backbone of the report has it for every seed with the metric measured;
-    the others are named in ``left_out`` and never averaged. Each category weighs the same (MVTec's convention).
-    """
-    rows = []
-    for metric in METRICS:
-        for dataset, group, complete, seeds, missing in _group_blocks(runs_frame, metric):
-            members = runs_frame[(runs_frame["dataset"] == dataset) & runs_frame["category"].isin(complete)]
-            left_out = " | ".join(f"{c}: {why}" for c, why in missing.items())
-            for backbone in sorted(set(runs_frame["backbone"])):
-                frame = members[members["backbone"] == backbone]
-                per_seed = frame.groupby("seed")[metric].mean() if complete else pd.Series(dtype=float)
-                mean, std, count = _mean_std(per_seed)
-                rows.append((dataset, group, backbone, backbone_family(backbone), metric, mean, std, count,
-                             len(complete), len(seeds), left_out, unfinished_flags(frame)))
-    columns = ["dataset", "group", "backbone", "family", "metric", "mean", "std", "n_values", "n_categories",
-               "n_seeds", "left_out", "flags"]
-    frame = pd.DataFrame(rows, columns=columns)
-    order = {key: index for index, key in enumerate((d, g) for d, g, _ in group_members(runs_frame))}
-    frame["_order"] = [order[(d, g)] for d, g in zip(frame["dataset"], frame["group"])]
-    return frame.sort_values(["_order", "backbone"], kind="stable").drop(columns="_order").reset_index(drop=True)
-
-
-def group_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Group and overall means per backbone, "mean ± std" in percent over seeds, over complete categories only."""
-    stats = group_stats(runs_frame)
-    rows = []
-    for (dataset, group, backbone), frame in stats.groupby(["dataset", "group", "backbone"], sort=False):
-        by_metric = frame.set_index("metric")
-        first = by_metric.loc["image_auroc"]
-        cells = {label + " (%)": format_mean_std(by_metric.at[m, "mean"], by_metric.at[m, "std"])
-                 for m, label in METRICS.items()}
-        left_out = _merge_left_out(frame["left_out"])
-        row = {"dataset": dataset} if _multi_dataset(runs_frame) else {}
-        rows.append({**row, "group": f"{group} mean", "backbone": backbone, "family": backbone_family(backbone),
-                     "n categories": int(first["n_categories"]), "n seeds": int(first["n_seeds"]), **cells,
-                     "left out (not averaged)": left_out, "flags": first["flags"]})
-    return pd.DataFrame(rows)
-
-
-def _merge_left_out(texts: pd.Series) -> str:
-    """One "category: reasons" list from the per-metric ones (a category's reasons joined, each once)."""
-    reasons: dict[str, list[str]] = {}
-    for text in texts:
-        for item in filter(None, text.split(" | ")):
-            category, why = item.split(": ", 1)
-            reasons.setdefault(category, [])
-            reasons[category] += [r for r in why.split("; ") if r not in reasons[category]]
-    return " | ".join(f"{category}: {'; '.join(why)}" for category, why in reasons.items())
-
-
-def _reference_dataset(runs_frame: pd.DataFrame) -> str:
-    datasets = sorted(set(runs_frame["dataset"]))
-    return "mvtec" if "mvtec" in datasets else datasets[0]
-
-
-def reference_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Our overall means per backbone, then the published RD4AD and RD++ means as labelled reference rows."""
-    dataset = _reference_dataset(runs_frame)
-    stats = group_stats(runs_frame)
-    overall = stats[(stats["dataset"] == dataset) & (stats["group"] == OVERALL)]
-    selection = "; ".join(PROTOCOLS.get(s, s) for s in sorted(set(runs_frame["selection"])))
-    rows = []
-    for backbone, frame in overall.groupby("backbone", sort=True):
-        by_metric = frame.set_index("metric")
-        cells = {PAIRED_METRICS[m] + " (%)": format_mean_std(by_metric.at[m, "mean"], by_metric.at[m, "std"])
-                 for m in PAIRED_METRICS}
-        note = " (synthetic data: not comparable)" if is_synthetic(runs_frame) else \
-            "" if dataset == "mvtec" else f" ({dataset} data: not comparable)"
-        rows.append({"row": "ours", "method": f"{backbone} ({backbone_family(backbone)})", **cells,
-                     "protocol": OUR_PROTOCOL.format(selection=selection) + note,
-                     "flags": frame["flags"].iloc[0]})
-    for reference in REFERENCES:
-        cells = {PAIRED_METRICS[m] + " (%)": f"{reference.values[m]:.1f}" for m in PAIRED_METRICS}
-        rows.append({"row": "reference (published)", "method": reference.method, **cells,
-                     "protocol": reference.protocol, "flags": ""})
-    return pd.DataFrame(rows)
-
-
-def efficiency_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Measured cost per backbone: mean over its runs (seeds and categories) of metrics.json efficiency."""
-    rows = []
-    for backbone, frame in runs_frame.groupby("backbone", sort=True):
-        top1 = frame["teacher_imagenet_top1"].dropna().unique()
-        row: dict[str, Any] = {"backbone": backbone, "family": backbone_family(backbone), "n runs": len(frame),
-                               "teacher weights": _values(frame, "teacher_weights"),
-                               "teacher ImageNet top-1 (%)": ", ".join(f"{v:.2f}" for v in sorted(top1)) or NOT_AVAILABLE}
-        for key, (label, scale, decimals) in EFFICIENCY.items():
-            mean = frame[key].mean()
-            row[label] = NOT_AVAILABLE if np.isnan(mean) else f"{mean * scale:.{decimals}f}"
-        row["flags"] = unfinished_flags(frame)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------------------------
-# Paired tests: formatting and sentences
-# ----------------------------------------------------------------------------------------------
-
-
-def _fmt(value: float, spec: str, scale: float = 1.0) -> str:
-    return NOT_AVAILABLE if pd.isna(value) else format(value * scale, spec)
-
-
-P_FLOOR = 1e-10  # below this a p-value (DeLong's or a bootstrap z's normal tail) is not meaningful to print
-
-
-def format_p(value: float) -> str:
-    """A p-value for reading: 3 significant digits, ``< 1e-10`` below that, ``n/a`` when not tested."""
-    if pd.isna(value):
-        return NOT_AVAILABLE
-    return f"< {P_FLOOR:.0e}" if value < P_FLOOR else f"{value:.3g}"
-
-
-def _p_is(value: float) -> str:
-    """"= 0.0354" or "< 1e-10", to follow "p" in a sentence."""
-    text = format_p(value)
-    return text if text.startswith("<") else f"= {text}"
-
-
-def _interval(low: float, high: float, scale: float = 100.0, spec: str = "+.2f") -> str:
-    return NOT_AVAILABLE if pd.isna(low) else f"[{low * scale:{spec}}, {high * scale:{spec}}]"
-
-
-def aggregate_table(report: Report) -> pd.DataFrame:
-    """The tests over categories, formatted: differences in percentage points."""
-    rows = []
-    for row in report.comparison.aggregate.itertuples():
-        pair = tuple(row.pair.split(" vs "))
-        dataset = {"dataset": row.dataset} if _multi_dataset(report.runs) else {}
-        rows.append({
-            "pair (a − b)": f"{pair[0]} − {pair[1]}", **dataset, "group": row.group,
-            "metric": PAIRED_METRICS[row.metric],
-            "n categories": row.n_categories, "n seeds": row.n_seeds,
-            "mean difference (points)": _fmt(row.mean_diff, "+.2f", 100.0),
-            f"{CONFIDENCE:.0%} CI (hierarchical bootstrap)": _interval(row.ci_low, row.ci_high),
-            "Wilcoxon p": format_p(row.p_wilcoxon), "p (Holm)": format_p(row.p_holm),
-            "categories a > b": row.wins_a, "categories b > a": row.wins_b, "note": row.note,
-            "flags": row.flags,
-        })
-    return pd.DataFrame(rows)
-
-
-def pairwise_table(report: Report) -> pd.DataFrame:
-    """The per-category, per-seed paired tests of all three metrics, formatted (values in percent)."""
-    rows = []
-    for row in report.comparison.tests.itertuples():
-        rows.append({
-            "pair (a − b)": f"{row.backbone_a} − {row.backbone_b}", "category": row.category, "seed": row.seed,
-            "metric": PAIRED_METRICS[row.metric], "test": row.test,
-            "test images (defective)": f"{row.n_images} ({row.n_defective})",
-            "a (%)": _fmt(row.value_a, ".1f", 100.0), "b (%)": _fmt(row.value_b, ".1f", 100.0),
-            "difference (points)": _fmt(row.difference, "+.2f", 100.0),
-            f"{CONFIDENCE:.0%} bootstrap CI": _interval(row.ci_low, row.ci_high),
-            "p": format_p(row.p_value), "p (Holm)": format_p(row.p_holm), "note": row.note,
-            "flags": row.flags,
-        })
-    return pd.DataFrame(rows)
-
-
-def per_defect_table(report: Report) -> pd.DataFrame:
-    """Per category, defect type and backbone: image AUROC (that type vs the good images), pixel AUROC and AUPRO on
-    the good images plus that type's, mean over seeds in percent."""
-    stats = report.comparison.per_defect
-    rows = []
-    keys = ["dataset", "category", "defect_type", "backbone"]
-    for (dataset, category, defect_type, backbone), frame in stats.groupby(keys, sort=True):
-        by_metric = frame.set_index("metric")
-        runs_of = report.runs[(report.runs["category"] == category) & (report.runs["backbone"] == backbone)]
-        row = {"dataset": dataset} if _multi_dataset(report.runs) else {}
-        rows.append({**row, "category": category, "defect type": defect_type, "backbone": backbone,
-                     "family": backbone_family(backbone), "n seeds": int(by_metric["n_seeds"].max()),
-                     "image AUROC vs good (%)": _fmt(by_metric.at["image_auroc", "mean"], ".1f", 100.0),
-                     "pixel AUROC (%)": _fmt(by_metric.at["pixel_auroc", "mean"], ".1f", 100.0),
-                     "AUPRO (%)": _fmt(by_metric.at["aupro", "mean"], ".1f", 100.0),
-                     "flags": unfinished_flags(runs_of, with_name=False)})
-    return pd.DataFrame(rows)
-
-
-def power_table(report: Report) -> pd.DataFrame:
-    """How many seeds? the observed seed std and the smallest detectable overall mean difference, in points."""
-    observed = report.comparison.aggregate.query("group == @OVERALL").set_index(["pair", "dataset", "metric"])
-    rows = []
-    for row in report.comparison.power.itertuples():
-        pair = row.pair.split(" vs ")
-        mean_diff = observed.at[(row.pair, row.dataset, row.metric), "mean_diff"]
-        dataset = {"dataset": row.dataset} if _multi_dataset(report.runs) else {}
-        rows.append({"pair (a − b)": f"{pair[0]} − {pair[1]}", **dataset, "metric": PAIRED_METRICS[row.metric],
-                     "n categories": row.n_categories, "n seeds": row.n_seeds,
-                     "seed std a (points)": _fmt(row.seed_std_a, ".2f", 100.0),
-                     "seed std b (points)": _fmt(row.seed_std_b, ".2f", 100.0),
-                     f"detectable with {_count(row.n_seeds, 'seed')} (points)": _fmt(row.detectable_now, ".2f", 100.0),
-                     f"detectable with {SEEDS_PLANNED} seeds (points)": _fmt(row.detectable_planned, ".2f", 100.0),
-                     "observed |mean difference| (points)": _fmt(abs(mean_diff), ".2f", 100.0),
-                     "flags": unfinished_flags(report.runs[report.runs["backbone"].isin(pair)
-                                                           & (report.runs["dataset"] == row.dataset)])})
-    return pd.DataFrame(rows)
-
-
-def _group_label(row: Any, multi: bool) -> str:
-    return f"{row.dataset} {row.group}" if multi else row.group
-
-
-def aggregate_sentence(row: Any, multi_dataset: bool = False) -> str:
-    """What one test over categories says, from aggregate_tests.csv only (checked by the claims test)."""
-    a, b = row.pair.split(" vs ")
-    head = f"**{_group_label(row, multi_dataset)}**, {PAIRED_METRICS[row.metric]}, {a} − {b}"
-    if pd.isna(row.mean_diff):
-        return f"{head}: not averaged ({row.note})."
-    text = (f"{head}: mean difference {row.mean_diff * 100:+.2f} points over {_count(row.n_categories, 'category')} "
-            f"× {_count(row.n_seeds, 'seed')} ({CONFIDENCE:.0%} CI {_interval(row.ci_low, row.ci_high)}); ")
-    if pd.isna(row.p_holm):
-        text += "not tested"
-    else:
-        text += f"Wilcoxon p {_p_is(row.p_wilcoxon)}, Holm-adjusted p {_p_is(row.p_holm)}: "
-        if row.p_holm < ALPHA:
-            winner = a if row.mean_diff > 0 else b
-            text += f"significant after Holm correction ({winner} higher)"
-        else:
-            text += "not significant after Holm correction"
-    ties = row.n_categories - row.wins_a - row.wins_b
-    text += f"; {a} higher in {row.wins_a}, {b} higher in {row.wins_b}"
-    total = _count(row.n_categories, "category")
-    text += f", tied in {ties} of {total}." if ties else f" of {total}."
-    return text
-
-
-def _count(number: int, noun: str) -> str:
-    """"1 category", "2 categories", "3 seeds"."""
-    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
-    return f"{number} {noun if number == 1 else plural}"
-
-
-def category_test_sentence(row: Any) -> str:
-    """A per-category test significant after Holm correction, from pairwise_tests_numeric.csv."""
-    winner = row.backbone_a if row.difference > 0 else row.backbone_b
-    return (f"**{row.category}**, seed {row.seed}, {PAIRED_METRICS[row.metric]}, {row.backbone_a} − "
-            f"{row.backbone_b}: {row.difference * 100:+.2f} points ({row.test}, Holm-adjusted p "
-            f"{_p_is(row.p_holm)}): significant after Holm correction ({winner} higher).")
-
-
-def _tie_lines(tests: pd.DataFrame) -> list[str]:
-    """The per-category tests skipped for a tie (both perfect, or identical), each with its reason."""
-    ties = tests[tests["note"].str.startswith(("tie at the ceiling", "identical"))]
-    return [f"**{row.category}**, seed {row.seed}, {PAIRED_METRICS[row.metric]}, {row.backbone_a} − "
-            f"{row.backbone_b}: not tested, {row.note}." for row in ties.itertuples()]
-
-
-def conclusions_markdown(report: Report) -> str:
-    """The conclusions: each aggregate test, then the per-category tests that survive Holm, then the ties."""
-    comparison = report.comparison
-    if comparison.tests.empty and comparison.aggregate["mean_diff"].isna().all():
-        return NOTHING_TO_COMPARE
-    multi = _multi_dataset(report.runs)
-    lines = [f"- {aggregate_sentence(row, multi)}" for row in comparison.aggregate.itertuples()]
-    tested = comparison.tests.dropna(subset=["p_holm"])
-    significant = tested[tested["p_holm"] < ALPHA]
-    out = ["Over categories (the headline):", "\n".join(lines),
-           f"Per category and seed: {len(significant)} of {len(tested)} tests are significant after Holm correction "
-           f"(Holm over all {comparison.family_size} tests of this report)."]
-    if not significant.empty:
-        out.append("\n".join(f"- {category_test_sentence(row)}" for row in significant.itertuples()))
-    ties = _tie_lines(comparison.tests)
-    if ties:
-        out += ["Ties (skipped, with the reason):", "\n".join(f"- {line}" for line in ties)]
-    return "\n\n".join(out)
-
 
 # ----------------------------------------------------------------------------------------------
 # The report
@@ -530,6 +151,7 @@ class Report:
     runs: pd.DataFrame  # the runs of the compared backbones
     pairs: list[tuple[str, str]]
     comparison: Comparison
+    decision: Decision
     n_boot: int
     left_out: list[str] = field(default_factory=list)  # evaluated backbones in no pair
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -540,40 +162,47 @@ class Report:
         return self.comparison.tests
 
 
-def _pairs_from(pairs: Any, config: str | os.PathLike | None) -> list[tuple[str, str]] | None:
-    """--pair wins over the config file's "pairs"; neither: None (the default rule)."""
+def _plan_from(pairs: Any, config: str | os.PathLike | None) -> StudyPlan:
+    """The config file's plan (pairs, primary questions, claim basis); --pair wins over its "pairs"."""
+    plan = read_study_plan(config)
     given = parse_pairs(pairs)
-    if given:
-        return given
-    return read_pairs_config(config) if config else None
+    return StudyPlan(given, plan.primary, plan.claim_basis, plan.source) if given else plan
 
 
 def build_report(results: str | os.PathLike, pairs: Any = None, n_boot: int = N_BOOT,
                  config: str | os.PathLike | None = None) -> Report:
     """Load the runs under ``results`` and compute every table and test of the pairs (``--pair`` values: "a,b",
-    ["a", "b"] or a list of pairs; else the config file's "pairs"; else the default rule of resolve_pairs)."""
+    ["a", "b"] or a list of pairs; else the config file's "pairs"; else the default rule of resolve_pairs), with
+    the config file's primary questions and claim basis (defaults: decision.py)."""
+    plan = _plan_from(pairs, config)
     all_runs = load_runs(results)
-    chosen = resolve_pairs(all_runs, _pairs_from(pairs, config))
+    chosen = resolve_pairs(all_runs, plan.pairs)
     compared = {name for pair in chosen for name in pair}
     runs_frame = all_runs[all_runs["backbone"].isin(compared)].reset_index(drop=True)
-    left_out = sorted(set(all_runs["backbone"]) - compared)
-    comparison = compare_runs(runs_frame, chosen, n_boot, str(results))
-    report = Report(str(results), runs_frame, chosen, comparison, n_boot, left_out)
+    questions = plan.primary if plan.primary is not None else default_primary(chosen)
+    check_primary(questions, chosen, runs_frame, plan.source)  # a bad question stops before the resampling
+    comparison = compare_runs(runs_frame, chosen, n_boot, str(results), [q.key for q in questions])
+    decision = decide(runs_frame, comparison, plan, chosen)
+    report = Report(str(results), runs_frame, chosen, comparison, decision, n_boot,
+                    sorted(set(all_runs["backbone"]) - compared))
     report.tables = {
-        "aggregate_tests_table": aggregate_table(report),
+        "primary_tests_table": primary_table(decision.primary, runs_frame),
+        "aggregate_tests_table": aggregate_table(comparison.aggregate, runs_frame),
         "category_metrics": category_table(runs_frame),
         "group_means": group_table(runs_frame),
         "reference": reference_table(runs_frame),
-        "pairwise_tests": pairwise_table(report),
-        "per_defect": per_defect_table(report),
-        "seed_power": power_table(report),
+        "pairwise_tests": pairwise_table(comparison.tests),
+        "per_defect": per_defect_table(comparison.per_defect, runs_frame),
+        "seed_power": planning_display(decision.planning, runs_frame),
         "efficiency": efficiency_table(runs_frame),
     }
     report.why = why_parts(runs_frame, results, chosen)
     return report
 
 
-NOTHING_TO_COMPARE = "Nothing to compare: no category has runs of both backbones of a pair."
+def conclusions_markdown(report: Report) -> str:
+    """The conclusions: the primary answers, then the exploratory tests and leads, then the ties (claims.py)."""
+    return conclusions_text(report.comparison, report.decision, report.runs)
 
 
 def _binning_note(report: Report) -> str:
@@ -604,27 +233,51 @@ def tests_method(report: Report) -> str:
     )
 
 
-def headline_text(report: Report) -> str:
-    """How the tests over categories were done."""
+
+def primary_text(report: Report) -> str:
+    """How the primary questions were answered (both answers, Holm within the primary family)."""
+    decision = report.decision
     return (
         "Difference = metric(a) − metric(b) in percentage points, per category averaged over seeds, then the mean "
         "over the group's complete categories (those where both backbones have every seed; the others are named, "
         f"never averaged). Interval: a hierarchical paired bootstrap ({report.n_boot} resamples): the seeds are "
         "resampled, then within each category the test images with their masks, the same draws for both backbones "
-        "and every seed. p: Wilcoxon's signed-rank test over categories on the seed-averaged differences (scipy, "
-        "two-sided; tied categories left out), with the number of categories in favour of each side. Holm's "
-        f"correction runs over all {report.comparison.family_size} tests of this report (every pair, group, "
-        "category, seed and metric). " + " ".join(DEFINITIONS)
+        "and every seed. Each primary question gets two answers. **On these categories** (the benchmark as fixed, "
+        "categories not resampled): a paired sign-flip permutation test that swaps the two backbones' results within "
+        "each (category, seed) cell, every sign pattern when there are at most "
+        f"{EXACT_FLIP_CELLS} cells, else {N_PERMUTATIONS} random patterns; exact when the two backbones are "
+        "exchangeable. Whole runs are swapped, not single images, because two backbones' raw scores live on different "
+        "scales. **To new categories**: Wilcoxon's signed-rank test over the categories' seed-averaged differences "
+        "(scipy, two-sided, tied categories left out), with the smallest p its number of categories can reach. "
+        f"Holm's correction runs within the primary family only ({len(decision.primary)} tests per answer), so "
+        "exploratory tables and further pairs never change these answers. " + " ".join(DEFINITIONS)
     )
 
 
-def _power_text(report: Report) -> str:
+def headline_text(report: Report) -> str:
+    """How the exploratory tests over categories were done (the primary ones: primary_text)."""
     return (
-        "From the seed-to-seed standard deviation observed here (root mean of the per-category sample variances "
-        "over seeds, complete categories only): the smallest difference in the overall mean that a two-sided z-test "
-        f"at alpha = {ALPHA} detects with {POWER:.0%} power, with the seeds there are and with {SEEDS_PLANNED} seeds. "
-        "Seed noise is the only noise in this calculation and test-set sampling adds to it, so a study with these "
-        "seeds needs at least these differences; with a single seed the std cannot be estimated (n/a)."
+        "The same differences, intervals and Wilcoxon tests for every pair, group and metric. The primary questions "
+        "are answered above; the other rows are exploratory: Benjamini-Hochberg's false-discovery-rate correction runs "
+        "within this table over its exploratory rows, and within the per-category table over its tests. An "
+        "exploratory p below 0.05 after that correction is a lead for a study that declares it primary."
+    )
+
+
+def planning_text(report: Report) -> str:
+    """The variance model behind the planning table ("How many seeds?")."""
+    return (
+        f"For each primary question and answer: the smallest true difference detected with {POWER:.0%} power by a "
+        f"two-sided test at Holm's first step (alpha = {ALPHA} / {len(report.decision.primary)} primary tests), for "
+        f"{', '.join(map(str, PLANNED_SEEDS))} seeds, in a normal approximation. Variance model: a cell (category c, "
+        "seed s) differs by d = mu_c + seed noise (variance: per category, the sample variance over the seeds here) "
+        "+ test-image noise (variance: per category, the bootstrap variance over test images with the models held "
+        "fixed; the same test images serve every seed, so this part does not shrink with more seeds). On these "
+        "categories: Var(mean) = sum_c (seed var_c / S + image var_c) / C^2. To new categories: the categories' own "
+        "spread (tau^2 = variance of the seed-averaged differences less the noise, floored at 0) adds to each "
+        "category's noise, Var = (tau^2 + mean_c noise_c) / C, and the detectable difference is divided by "
+        "sqrt(3/pi), Wilcoxon's efficiency against the t-test. n/a: the test cannot reach the level with that design "
+        "(too few cells or categories) or a variance is unknown."
     )
 
 
@@ -650,14 +303,18 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
     out = report_notes(report) + [
         f"Generated by `main.py compare` from {len(runs_frame)} runs under `{report.results}`; do not edit by hand. "
         f"Compared pairs (a − b): {pairs}.",
-        f"{h} Headline: paired differences over categories",
-        headline_text(report),
+        claim_basis_text(report.decision),
+        f"{h} Primary questions",
+        primary_text(report),
         *_figure_markdown(forest, None, link_prefix),
-        markdown_table(report.tables["aggregate_tests_table"]), prov,
+        markdown_table(report.tables["primary_tests_table"]), prov,
         f"{hh} Conclusions",
         conclusions_markdown(report),
+        f"{h} Headline: paired differences over categories (exploratory)",
+        headline_text(report),
+        markdown_table(report.tables["aggregate_tests_table"]), prov,
         f"{h} How many seeds?",
-        _power_text(report),
+        planning_text(report),
         markdown_table(report.tables["seed_power"]), prov,
         f"{h} Metrics per category and backbone",
         "Percent, mean ± std over seeds (sample std; a single seed shows no std); n/a = not measured (no "
@@ -674,7 +331,7 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         "Reference rows are published MVTec AD 15-category means with their own protocols; they are never averaged "
         "with our results.",
         markdown_table(report.tables["reference"]), prov,
-        f"{h} Per-category paired tests of all three metrics",
+        f"{h} Per-category paired tests of all three metrics (exploratory)",
     ]
     if report.comparison.tests.empty:
         out.append(NOTHING_TO_COMPARE)
@@ -731,7 +388,8 @@ def _numeric_tables(report: Report) -> dict[str, pd.DataFrame]:
         "group_stats": group_stats(report.runs),
         "pairwise_tests_numeric": comparison.tests,
         "category_intervals": comparison.intervals,
-        "seed_power_numeric": comparison.power,
+        "primary_tests": report.decision.primary,
+        "seed_power_numeric": report.decision.planning,
         "per_defect_numeric": comparison.per_defect,
     }
 
@@ -800,7 +458,6 @@ def write_report(report: Report, out: str | os.PathLike, figures: list[FigureIte
 # Command line
 # ----------------------------------------------------------------------------------------------
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--results", default="results",
@@ -811,26 +468,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a pair of backbones to compare, as a,b (repeatable); default: the config file's "
                              "\"pairs\", else the fair pair when both are present, else the only two backbones")
     parser.add_argument("--config", default=None, metavar="FILE",
-                        help="study config file (JSON) whose \"pairs\" are compared; its other keys are ignored here")
+                        help="study config file (JSON) with \"pairs\" (compared), \"primary\" (the primary "
+                             "questions: [{\"pair\": [a, b], \"metric\": ..., \"group\": ...}]) and \"claim_basis\" "
+                             "(fixed-categories or new-categories); its other keys are for other commands")
     parser.add_argument("--n-boot", type=int, default=N_BOOT,
                         help="bootstrap resamples (per-category and hierarchical)")
 
 
+
 def headline_console(report: Report) -> str:
-    """The console summary: overall means per backbone, then the tests over categories."""
-    stats = group_stats(report.runs)
-    overall = stats[(stats["group"] == OVERALL) & stats["metric"].isin(list(PAIRED_METRICS))]
-    means = overall.pivot_table(index=["dataset", "backbone"], columns="metric", values="mean", sort=False,
-                                dropna=False)
-    lines = ["Overall means (%), complete categories only:"]
-    for (dataset, backbone), row in means.iterrows():
-        values = ", ".join(f"{PAIRED_METRICS[m]} {_fmt(row.get(m, np.nan), '.1f', 100.0)}" for m in PAIRED_METRICS)
-        lines.append(f"  {dataset:8s} {backbone:18s} ({backbone_family(backbone)}): {values}")
-    lines.append("Paired tests over categories (a − b, points; Holm over the whole report):")
-    for row in report.comparison.aggregate.itertuples():
-        lines.append(f"  {row.pair:32s} {row.group:20s} {PAIRED_METRICS[row.metric]:12s} "
-                     f"{_fmt(row.mean_diff, '+.2f', 100.0):>7s} CI {_interval(row.ci_low, row.ci_high):18s} "
-                     f"p_holm {format_p(row.p_holm)}")
+    """The console summary: the primary answers first, one line each, then the exploratory count."""
+    basis = CLAIM_BASES[report.decision.claim_basis]
+    lines = [f"Primary questions (a − b, points; Holm within the primary family; claim basis: {basis}):"]
+    lines += [primary_console_line(row) for row in report.decision.primary.itertuples()]
+    exploratory = report.comparison.aggregate.query("family == 'exploratory'")
+    lines.append(f"Exploratory: {len(exploratory)} tests over categories and {len(report.comparison.tests)} "
+                 "per-category tests (Benjamini-Hochberg within each table; see the report).")
     return "\n".join(lines)
 
 
@@ -850,7 +503,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(skipped)} figure(s) skipped or incomplete:")
         for caption in skipped:
             print(f"  {caption}")
-    print(f"report: {path} ({len(report.runs)} runs, {report.comparison.family_size} tests; tables in "
+    print(f"report: {path} ({len(report.runs)} runs, {len(report.decision.primary)} primary questions; tables in "
           f"{Path(args.out) / 'tables'}, figures in {Path(args.out) / 'figures'})")
     if args.portfolio:
         print(f"updated the generated block of {args.portfolio}")

@@ -15,7 +15,9 @@ replicates of all three metrics, tests over categories, and the multiple-compari
 - ``bootstrap_p_value``: two-sided p from a bootstrap standard error (normal approximation).
 - ``wilcoxon_signed_rank``: scipy's Wilcoxon signed-rank test over categories, zeros (ties) left out.
 - ``detectable_difference``: the smallest true difference a z-test detects at a given power.
-- ``holm``: Holm-Bonferroni adjusted p-values (family-wise error control).
+- ``holm``: Holm-Bonferroni adjusted p-values (family-wise error control), for a study's primary questions.
+- ``benjamini_hochberg``: Benjamini-Hochberg adjusted p-values (false-discovery rate), for exploratory tables.
+- ``sign_flip_test``: paired permutation test that swaps the two models within each (category, seed) cell.
 
 Scores follow metrics.py's conventions (label 1 = anomalous, higher score = more anomalous).
 """
@@ -32,10 +34,11 @@ from scipy import ndimage, stats
 
 from metrics import ArrayLike, as_binary, as_score_vector, require_both_classes
 
-__all__ = ["BootstrapResult", "DeLongResult", "MAX_EDGES", "PixelStats", "WilcoxonResult", "auroc_replicates",
-           "binned_metrics", "bootstrap_p_value", "delong_covariance", "delong_test", "detectable_difference", "holm",
-           "multiplicities", "paired_bootstrap_auroc_diff", "percentile_interval", "pixel_replicates", "pixel_stats",
-           "stratified_multiplicities", "wilcoxon_signed_rank"]
+__all__ = ["BootstrapResult", "DeLongResult", "EXACT_FLIP_CELLS", "MAX_EDGES", "PixelStats", "SignFlipResult",
+           "WilcoxonResult", "auroc_replicates", "benjamini_hochberg", "binned_metrics", "bootstrap_p_value",
+           "delong_covariance", "delong_test", "detectable_difference", "holm", "multiplicities",
+           "paired_bootstrap_auroc_diff", "percentile_interval", "pixel_replicates", "pixel_stats",
+           "sign_flip_test", "stratified_multiplicities", "wilcoxon_min_p", "wilcoxon_signed_rank"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,61 @@ def holm(p_values: pd.Series) -> pd.Series:
     scaled = [min(1.0, (count - rank) * p) for rank, p in enumerate(valid)]
     adjusted = pd.Series(np.maximum.accumulate(scaled) if count else [], index=valid.index, dtype=float)
     return adjusted.reindex(p_values.index)
+
+
+def benjamini_hochberg(p_values: pd.Series) -> pd.Series:
+    """Benjamini-Hochberg adjusted p-values (false-discovery-rate control under independence or positive
+    dependence); NaN stays NaN. Adjusted p_(i) = min over j >= i of m p_(j) / j, capped at 1."""
+    valid = p_values.dropna().sort_values(kind="stable")
+    count = len(valid)
+    scaled = valid.to_numpy(dtype=float) * count / np.arange(1, count + 1)
+    adjusted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1]) if count else np.array([])
+    return pd.Series(adjusted, index=valid.index, dtype=float).reindex(p_values.index)
+
+
+# Up to this many cells the sign-flip test enumerates every sign pattern (2^16 = 65,536 rows); above, it draws them.
+EXACT_FLIP_CELLS = 16
+
+
+@dataclass(frozen=True)
+class SignFlipResult:
+    """Paired sign-flip permutation test of sum(differences) = 0: p (two-sided), how many patterns, and the
+    smallest p this design can give (2 / 2^cells exact, 1 / (draws + 1) drawn)."""
+
+    statistic: float
+    p_value: float
+    n_patterns: int
+    exact: bool
+    min_p: float
+
+
+def sign_flip_test(differences: ArrayLike, n_draws: int = 10_000,
+                   rng: np.random.Generator | None = None) -> SignFlipResult:
+    """Two-sided permutation test that swaps the two models' results within each cell (a difference d becomes -d)
+    independently: exact under the null that the two models are exchangeable within every cell. Every one of
+    the 2^n sign patterns when n <= EXACT_FLIP_CELLS, else ``n_draws`` random ones plus the observed one
+    (p = (1 + hits) / (1 + draws), valid for any number of draws). Vectorised: one matrix product."""
+    d = np.asarray(differences, dtype=np.float64).ravel()
+    if d.size == 0 or np.isnan(d).any():
+        raise ValueError(f"the sign-flip test needs finite differences, got {d.size} values with NaN or none")
+    observed = abs(float(d.sum()))
+    tolerance = 1e-12 * max(1.0, float(np.abs(d).sum()))  # floating sums of the same magnitudes: equal is equal
+    if d.size <= EXACT_FLIP_CELLS:
+        patterns = 1.0 - 2.0 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+        hits = int((np.abs(patterns @ d) >= observed - tolerance).sum())
+        return SignFlipResult(observed, hits / len(patterns), len(patterns), True, 2.0 / len(patterns))
+    rng = np.random.default_rng(0) if rng is None else rng
+    hits = 0
+    for start in range(0, n_draws, 4096):
+        signs = rng.integers(0, 2, size=(min(4096, n_draws - start), d.size)) * 2.0 - 1.0
+        hits += int((np.abs(signs @ d) >= observed - tolerance).sum())
+    return SignFlipResult(observed, (1 + hits) / (1 + n_draws), n_draws, False, 1.0 / (1 + n_draws))
+
+
+def wilcoxon_min_p(n_nonzero: int) -> float:
+    """The smallest two-sided p Wilcoxon's exact signed-rank test can give with ``n_nonzero`` untied differences
+    (every sign alike): 2 / 2^n; NaN with none."""
+    return 2.0 / 2 ** n_nonzero if n_nonzero > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def flag_of(name: str) -> str:
     return FLAG_OF_FIELD.get(name, "--" + name.replace("_", "-"))
 
 
-CONFIG_ONLY_KEYS = {"description", "pairs", "sweeps"}  # read by other commands (compare) or for readers
+CONFIG_ONLY_KEYS = {"description", "pairs", "primary", "claim_basis", "sweeps"}  # read by compare or for readers
 
 
 def read_config_file(path: str) -> list[dict[str, Any]]:

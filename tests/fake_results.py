@@ -69,6 +69,7 @@ class RunOptions:
     data_format: str | None = None
     compressed: bool = True
     quantize: bool = False  # maps in steps of 1/8: few distinct scores, so binned pixel statistics are exact
+    separation: float | None = None  # how much higher defects score; None: SEPARATION of the backbone
 
 
 def _rng(*parts: object) -> np.random.Generator:
@@ -130,7 +131,8 @@ def write_run(results: Path, images: list[FakeImage], key: runs.RunKey, options:
     directory.mkdir(parents=True, exist_ok=True)
     rng = _rng(key)
     labels = np.array([image.label for image in images])
-    separation = PERFECT_SEPARATION if options.perfect else SEPARATION.get(key.backbone, 1.5)
+    separation = PERFECT_SEPARATION if options.perfect else \
+        options.separation if options.separation is not None else SEPARATION.get(key.backbone, 1.5)
     scores = rng.normal(0.0, 0.5, len(images)) + separation * labels * rng.uniform(0.4, 1.2)
     scores = np.round(scores + 2.0, 6)
     val_scores = np.round(rng.normal(2.0, 0.5, 8), 6)
@@ -209,6 +211,7 @@ def write_fake_results(
     defects: dict[str, int] | None = None,
     compressed: bool = True,
     quantize: bool = False,
+    separation: dict[str, float] | None = None,
 ) -> Path:
     """Write data and results under ``root``; return the results directory.
 
@@ -217,7 +220,8 @@ def write_fake_results(
     metrics measured); ``perfect``: categories every backbone separates completely (image AUROC 1.0); ``skip``:
     (backbone, category, seed) runs not written; ``unfinished``: runs whose checkpoint stopped an epoch early;
     ``data_formats``: category -> config "data_format"; ``selection``: config "selection" of every run;
-    ``quantize``: maps in steps of 1/8 (few distinct scores: the report's binned pixel statistics are exact).
+    ``quantize``: maps in steps of 1/8 (few distinct scores: the report's binned pixel statistics are exact);
+    ``separation``: backbone -> how much higher its defects score (default SEPARATION): a difference you set.
     """
     root = Path(root)
     data_root, results = root / DATA_DIR, root / "results"
@@ -233,7 +237,8 @@ def write_fake_results(
                     with_masks=category not in without_masks, with_maps=backbone not in without_maps,
                     trained_epochs=EPOCHS - 1 if (backbone, category, seed) in short else EPOCHS,
                     perfect=category in perfect, selection=selection,
-                    data_format=(data_formats or {}).get(category), compressed=compressed, quantize=quantize)
+                    data_format=(data_formats or {}).get(category), compressed=compressed, quantize=quantize,
+                    separation=(separation or {}).get(backbone))
                 write_run(results, images, runs.RunKey(backbone, category, seed), options, size)
     return results
 

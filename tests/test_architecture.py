@@ -15,8 +15,9 @@ REPO_ROOT = CODE_DIR.parent
 MODULES = {path.stem: path for path in CODE_DIR.glob("*.py")}
 COMMANDS = {"main", "summary", "bench", "demo", "workflow", "launch", "predict", "tune"}
 MODEL_MODULES = {"resnet", "de_resnet", "RD_ConvNeXt_Model", "rd_model", "backbones", "weights", "capacity"}
-TRAINING_AND_REPORTING = {"train", "recipe", "sweep", "evaluate", "report", "plots", "runs", "checkpoint",
-                          "distributed", "metrics", "significance", *COMMANDS}
+TRAINING_AND_REPORTING = {"train", "recipe", "sweep", "evaluate", "report", "report_tables", "claims", "decision",
+                          "comparison", "plots", "runs", "checkpoint", "distributed", "metrics", "significance",
+                          *COMMANDS}
 
 
 def _tree(name: str) -> ast.Module:
@@ -119,3 +120,37 @@ def test_no_reference_to_a_document_outside_the_repository():
             and briefing in (REPO_ROOT / path).read_text(encoding="utf-8", errors="ignore")]
     assert hits == []
     assert (REPO_ROOT / "docs" / "reproduction.md").is_file()
+
+
+# The modules that read results files (and render them): none may reach model code, even through another module.
+RESULTS_READERS = {"runs", "comparison", "decision", "significance", "report", "report_tables", "claims", "plots",
+                   "documents", "why", "backbone_facts"}
+
+
+def _reachable(name: str) -> set[str]:
+    seen, stack = set(), [name]
+    while stack:
+        for dependency in GRAPH[stack.pop()]:
+            if dependency not in seen:
+                seen.add(dependency)
+                stack.append(dependency)
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(RESULTS_READERS))
+def test_results_readers_reach_no_model_code(name):
+    assert not _reachable(name) & MODEL_MODULES, f"{name} reaches {sorted(_reachable(name) & MODEL_MODULES)}"
+
+
+def test_the_backbone_facts_import_nothing_and_the_registry_uses_them():
+    imports = [node for node in ast.walk(_tree("backbone_facts")) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert [node.module for node in imports if isinstance(node, ast.ImportFrom)] == ["__future__"]
+    assert [node for node in imports if isinstance(node, ast.Import)] == []
+    assert "backbone_facts" in GRAPH["backbones"] and "backbones" not in _reachable("comparison")
+    assert {"FAMILIES"} <= GRAPH["backbones"]["backbone_facts"]
+
+
+def test_the_reachability_check_sees_a_model_module(monkeypatch):
+    monkeypatch.setitem(GRAPH, "report_tables", {**GRAPH["report_tables"], "backbones": set()})
+    with pytest.raises(AssertionError, match="backbones"):
+        test_results_readers_reach_no_model_code("report")

@@ -12,12 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import claims
 import comparison
 import report
 import runs
 from backbones import FAIR_PAIR
 from errors import RDError
 from fake_results import THREE_FAMILIES, write_fake_results
+import report_tables
 from significance import holm
 
 CODE_DIR = Path(__file__).resolve().parents[1] / "RD4AD-main"
@@ -27,18 +29,19 @@ NO_MASKS = "synth_texture"
 PAIRS = ("--pair", "resnet50,convnext_tiny", "--pair", f"resnet50,{RANDOM_BACKBONE}")
 N_BOOT = ("--n-boot", "200")
 SECTIONS = (
-    "## Headline: paired differences over categories",
+    "## Primary questions",
     "### Conclusions",
+    "## Headline: paired differences over categories (exploratory)",
     "## How many seeds?",
     "## Metrics per category and backbone",
     "## Group and overall means",
     "## Overall means beside published references",
-    "## Per-category paired tests of all three metrics",
+    "## Per-category paired tests of all three metrics (exploratory)",
     "## Per defect type",
     "## Efficiency",
     "## Figures",
 )
-TABLES = ("aggregate_tests", "aggregate_tests_table", "category_metrics", "group_means", "reference", "pairwise_tests",
+TABLES = ("primary_tests", "primary_tests_table", "aggregate_tests", "aggregate_tests_table", "seed_power_numeric", "category_metrics", "group_means", "reference", "pairwise_tests",
           "pairwise_tests_numeric", "per_defect", "seed_power", "efficiency", "runs", "category_intervals")
 
 
@@ -99,8 +102,8 @@ def test_report_has_every_section_table_and_figure(reports: tuple[Path, Path]) -
     for name in TABLES:
         assert (out / "tables" / f"{name}.csv").is_file(), name
     aggregate = table(out, "aggregate_tests")
-    assert list(aggregate.columns[:12]) == ["pair", "group", "metric", "n_categories", "n_seeds", "mean_diff",
-                                            "ci_low", "ci_high", "p_wilcoxon", "p_holm", "wins_a", "wins_b"]
+    assert list(aggregate.columns[:13]) == ["pair", "group", "metric", "n_categories", "n_seeds", "mean_diff",
+                                            "ci_low", "ci_high", "p_wilcoxon", "p_bh", "wins_a", "wins_b", "dataset"]
     for pair in ("resnet50 vs convnext_tiny", f"resnet50 vs {RANDOM_BACKBONE}"):
         rows = aggregate[aggregate["pair"] == pair]
         assert set(zip(rows["group"], rows["metric"])) == {(g, m) for g in ("texture", "object", "overall")
@@ -151,39 +154,63 @@ def test_pixel_metrics_without_masks_are_na(reports: tuple[Path, Path], results:
 CLAIM_WORDS = re.compile(r"\b(higher|lower|better|worse|significant(ly)?|outperforms?|superior|inferior|beats?)\b",
                          re.IGNORECASE)
 NAME = r"[\w.-]+"
+P = r"[=<] [0-9.e+-]+"  # claims.p_is: "= 0.0312" or "< 1e-10"
 METRIC = "|".join(comparison.PAIRED_METRICS.values())
+HEAD = rf"\*\*(?P<group>[^*]+)\*\*, (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME})"
+DIFFERENCE = (r"mean difference (?P<diff>[+-]\d+\.\d\d) points over (?P<n>\d+) categor(?:y|ies) × (?P<seeds>\d+) "
+              r"seeds? \(95% CI [^)]*\)")
+WINS = (rf"(?P<a2>{NAME}) higher in (?P<wins_a>\d+), (?P<b2>{NAME}) higher in (?P<wins_b>\d+)"
+        r"(?:, tied in (?P<tied>\d+))? of (?P=n) categor(?:y|ies)\.")
+PRIMARY_CLAIM = re.compile(
+    rf"{HEAD} \(primary\): {DIFFERENCE}; on these categories: (?:sign-flip p {P}, Holm-adjusted p "
+    rf"(?P<p_fixed_holm>{P})|not tested); to new categories: (?:Wilcoxon p {P} \(smallest reachable [^)]+\), "
+    rf"Holm-adjusted p (?P<p_wilcoxon_holm>{P})|not tested)\. On the claim basis \((?P<basis>on these categories|"
+    rf"to new categories)\): (?P<verdict>significant \((?P<winner>{NAME}) higher\)|not significant|not tested); {WINS}")
 AGGREGATE_CLAIM = re.compile(
-    rf"\*\*(?P<group>[^*]+)\*\*, (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME}): mean difference "
-    rf"(?P<diff>[+-]\d+\.\d\d) points over (?P<n>\d+) categor(?:y|ies) × (?P<seeds>\d+) seeds? \(95% CI [^)]*\); "
-    rf"(?:Wilcoxon p [=<] [^,]+, Holm-adjusted p [=<] (?P<p_holm>[^:]+): (?P<verdict>significant after Holm correction "
-    rf"\((?P<winner>{NAME}) higher\)|not significant after Holm correction)|not tested); (?P<a2>{NAME}) higher in "
-    rf"(?P<wins_a>\d+), (?P<b2>{NAME}) higher in (?P<wins_b>\d+)(?:, tied in (?P<tied>\d+))? of (?P=n) "
-    r"categor(?:y|ies)\.")
+    rf"{HEAD} \(exploratory\): {DIFFERENCE}; (?:Wilcoxon p {P}, BH-adjusted p (?P<p_bh>{P})|not tested); {WINS}")
 CATEGORY_CLAIM = re.compile(
     rf"\*\*(?P<category>[^*]+)\*\*, seed (?P<seed>\d+), (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME}): "
-    rf"(?P<diff>[+-]\d+\.\d\d) points \((?P<test>DeLong|bootstrap), Holm-adjusted p [=<] (?P<p_holm>[^)]+)\): "
-    rf"significant after Holm correction \((?P<winner>{NAME}) higher\)\.")
-COUNT_CLAIM = re.compile(r"Per category and seed: (?P<k>\d+) of (?P<n>\d+) tests are significant after Holm "
-                         r"correction \(Holm over all (?P<family>\d+) tests of this report\)\.")
+    rf"(?P<diff>[+-]\d+\.\d\d) points \((?P<test>DeLong|bootstrap), BH-adjusted p (?P<p_bh>{P}); exploratory lead: "
+    rf"(?P<winner>{NAME}) higher\)\.")
+COUNT_CLAIM = re.compile(r"Per category and seed \(exploratory\): (?P<k>\d+) of (?P<n>\d+) tests have a "
+                         r"Benjamini-Hochberg-adjusted p below 0\.05 \(false-discovery rate within this table\)\.")
 LABEL_TO_METRIC = {label: key for key, label in comparison.PAIRED_METRICS.items()}
 
 
-def _check_aggregate(match: re.Match, aggregate: pd.DataFrame) -> None:
-    rows = aggregate[(aggregate["pair"] == f"{match['a']} vs {match['b']}") & (aggregate["group"] == match["group"])
-                     & (aggregate["metric"] == LABEL_TO_METRIC[match["metric"]])]
+def _row_of(match: re.Match, frame: pd.DataFrame) -> pd.Series:
+    rows = frame[(frame["pair"] == f"{match['a']} vs {match['b']}") & (frame["group"] == match["group"])
+                 & (frame["metric"] == LABEL_TO_METRIC[match["metric"]])]
     assert len(rows) == 1, match.group(0)
     row = rows.iloc[0]
     assert f"{row['mean_diff'] * 100:+.2f}" == match["diff"]
     assert (int(match["n"]), int(match["wins_a"]), int(match["wins_b"])) == (row["n_categories"], row["wins_a"],
                                                                               row["wins_b"])
     assert (match["a2"], match["b2"]) == (match["a"], match["b"])
-    if match["verdict"] is None:
-        assert pd.isna(row["p_holm"])
+    return row
+
+
+def _p_text(value: float) -> str | None:
+    return None if pd.isna(value) else report_tables.p_is(value)
+
+
+def _check_primary(match: re.Match, primary: pd.DataFrame) -> None:
+    row = _row_of(match, primary)
+    assert match["p_fixed_holm"] == _p_text(row["p_fixed_holm"])
+    assert match["p_wilcoxon_holm"] == _p_text(row["p_wilcoxon_holm"])
+    assert match["basis"] == claims.CLAIM_BASES[row["claim_basis"]]
+    basis = row["p_fixed_holm"] if row["claim_basis"] == "fixed-categories" else row["p_wilcoxon_holm"]
+    if match["verdict"] == "not tested":
+        assert pd.isna(basis)
     elif match["verdict"].startswith("significant"):
-        assert row["p_holm"] < comparison.ALPHA
+        assert bool(row["significant"]) and basis < comparison.ALPHA
         assert match["winner"] == (match["a"] if row["mean_diff"] > 0 else match["b"])
     else:
-        assert row["p_holm"] >= comparison.ALPHA
+        assert not bool(row["significant"]) and basis >= comparison.ALPHA
+
+
+def _check_aggregate(match: re.Match, aggregate: pd.DataFrame) -> None:
+    row = _row_of(match, aggregate)
+    assert row["family"] == "exploratory" and match["p_bh"] == _p_text(row["p_bh"])
 
 
 def _check_category(match: re.Match, tests: pd.DataFrame) -> None:
@@ -192,26 +219,28 @@ def _check_category(match: re.Match, tests: pd.DataFrame) -> None:
                  & (tests["backbone_b"] == match["b"])]
     assert len(rows) == 1, match.group(0)
     row = rows.iloc[0]
-    assert row["p_holm"] < comparison.ALPHA and f"{row['difference'] * 100:+.2f}" == match["diff"]
+    assert row["p_bh"] < comparison.ALPHA and f"{row['difference'] * 100:+.2f}" == match["diff"]
+    assert match["p_bh"] == _p_text(row["p_bh"])
     assert match["winner"] == (match["a"] if row["difference"] > 0 else match["b"])
 
 
 def assert_claims_backed(text: str, tables: Path) -> int:
     """Every claim in the generated ``text`` matches a template and its numbers; no other claim word is left."""
     aggregate, tests = pd.read_csv(tables / "aggregate_tests.csv"), pd.read_csv(tables / "pairwise_tests_numeric.csv")
+    primary = pd.read_csv(tables / "primary_tests.csv")
     for sentence in report.DEFINITIONS:
         text = text.replace(sentence, "")
     checked = 0
-    for pattern, check in ((AGGREGATE_CLAIM, lambda m: _check_aggregate(m, aggregate)),
+    for pattern, check in ((PRIMARY_CLAIM, lambda m: _check_primary(m, primary)),
+                           (AGGREGATE_CLAIM, lambda m: _check_aggregate(m, aggregate)),
                            (CATEGORY_CLAIM, lambda m: _check_category(m, tests))):
         for match in pattern.finditer(text):
             check(match)
             checked += 1
         text = pattern.sub("", text)
     for match in COUNT_CLAIM.finditer(text):
-        tested = tests.dropna(subset=["p_holm"])
-        assert int(match["k"]) == (tested["p_holm"] < comparison.ALPHA).sum() and int(match["n"]) == len(tested)
-        assert int(match["family"]) == tested["p_value"].notna().sum() + aggregate["p_wilcoxon"].notna().sum()
+        tested = tests.dropna(subset=["p_bh"])
+        assert int(match["k"]) == (tested["p_bh"] < comparison.ALPHA).sum() and int(match["n"]) == len(tested)
         checked += 1
     text = COUNT_CLAIM.sub("", text)
     leftover = [line for line in text.splitlines() if CLAIM_WORDS.search(line)]
@@ -222,19 +251,25 @@ def assert_claims_backed(text: str, tables: Path) -> int:
 def test_every_claim_in_the_report_is_backed_by_its_tables(reports: tuple[Path, Path]) -> None:
     out = reports[0]
     text = (out / "report.md").read_text(encoding="utf-8")
-    assert assert_claims_backed(text, out / "tables") >= 2 * 3 * 3 + 1  # every aggregate sentence, the count
+    # 2 pairs: 3 primary and 6 exploratory sentences each, and the count
+    assert assert_claims_backed(text, out / "tables") >= 2 * 3 * 3 + 1
+    assert len(PRIMARY_CLAIM.findall(text)) == 2 * 3
     aggregate = table(out, "aggregate_tests")
-    assert aggregate["p_holm"].dropna().ge(aggregate["p_wilcoxon"].dropna()).all()
+    assert aggregate["p_bh"].dropna().ge(aggregate["p_wilcoxon"].dropna().loc[aggregate["p_bh"].dropna().index]).all()
+    assert set(aggregate.loc[aggregate["group"] == "overall", "family"]) == {"primary"}
+    assert aggregate.loc[aggregate["family"] == "primary", "p_bh"].isna().all()
 
 
 def test_a_claim_that_the_tables_do_not_back_is_caught(reports: tuple[Path, Path]) -> None:
     out = reports[0]
     text = (out / "report.md").read_text(encoding="utf-8")
     with pytest.raises(AssertionError):
-        assert_claims_backed(text.replace("not significant after Holm correction",
-                                          "significant after Holm correction (resnet50 higher)", 1), out / "tables")
+        assert_claims_backed(text.replace("): not significant;", "): significant (resnet50 higher);", 1),
+                             out / "tables")
     with pytest.raises(AssertionError, match="unchecked claims"):
         assert_claims_backed(text + "\nConvNeXt is clearly better.\n", out / "tables")
+    with pytest.raises(AssertionError, match="unchecked claims"):  # "significant" said of an exploratory test
+        assert_claims_backed(text.replace("BH-adjusted p = 1;", "BH-adjusted p = 1: significant;", 1), out / "tables")
 
 
 # ---------------------------------------------------------------------------------------------- tests and means
@@ -315,15 +350,18 @@ def test_ties_at_the_ceiling_are_named_and_not_tested(tmp_path: Path) -> None:
                                  perfect=("synth_object",))
     rep = report.build_report(results, n_boot=50)
     row = rep.tests.query("metric == 'image_auroc'").iloc[0]
-    assert (row["value_a"], row["value_b"]) == (1.0, 1.0) and np.isnan(row["p_value"]) and np.isnan(row["p_holm"])
+    assert (row["value_a"], row["value_b"]) == (1.0, 1.0) and np.isnan(row["p_value"]) and np.isnan(row["p_bh"])
     assert row["note"].startswith("tie at the ceiling: both models reach image AUROC 1.000 on this test set")
     text = report.conclusions_markdown(rep)
     tie = next(line for line in text.splitlines() if "synth_object**, seed 0, image AUROC" in line)
     assert "not tested, tie at the ceiling" in tie and "significant" not in tie
     overall = rep.comparison.aggregate.query("group == 'overall' and metric == 'image_auroc'").iloc[0]
     assert np.isnan(overall["p_wilcoxon"]) and "tied" in overall["note"]
-    sentence = report.aggregate_sentence(overall)
-    assert "not tested" in sentence and "significant" not in sentence
+    primary = rep.decision.primary.query("metric == 'image_auroc'").iloc[0]
+    assert np.isnan(primary["p_fixed"]) and not primary["significant"]  # every cell tied: nothing to swap
+    sentence = claims.primary_sentence(primary)
+    assert "on these categories: not tested; to new categories: not tested" in sentence
+    assert sentence.count("not tested") == 3 and "significant" not in sentence
 
 
 # ---------------------------------------------------------------------------------------------- portfolio
@@ -422,7 +460,7 @@ def test_unfinished_runs_and_mixed_protocols_are_flagged_in_every_table(tmp_path
     rep = report.build_report(results, n_boot=20)
     flag = "UNFINISHED"
     for name in ("category_metrics", "group_means", "pairwise_tests", "aggregate_tests_table", "per_defect",
-                 "efficiency", "reference", "seed_power"):
+                 "efficiency", "reference", "seed_power", "primary_tests_table"):
         assert rep.tables[name]["flags"].str.contains(flag).any(), name
     for numeric in (rep.comparison.aggregate, rep.comparison.tests, rep.runs.rename(columns={"unfinished": "flags"})):
         assert numeric["flags"].astype(str).str.contains(f"{flag}|True").any()
@@ -504,7 +542,7 @@ def test_runs_without_maps_name_the_skipped_figures_and_the_command(tmp_path: Pa
     assert "Gallery for synth_object skipped: no maps.npz for convnext_tiny seed 0" in console
     assert "PRO curves for synth_object incomplete: no maps.npz for convnext_tiny seed 0" in console
     assert command in console and "ground-truth masks" not in console
-    assert "Overall means (%)" in console and "Paired tests over categories" in console
+    assert "Primary questions (a − b, points; Holm within the primary family" in console
     assert f"report: {tmp_path / 'out' / 'report.md'}" in console
     tests = pd.read_csv(tmp_path / "out" / "tables" / "pairwise_tests_numeric.csv").set_index("metric")
     assert command in tests.at["aupro", "note"]

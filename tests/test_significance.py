@@ -1,5 +1,5 @@
 """The report's resampling statistics against brute force: the hierarchical paired bootstrap, the binned pixel
-statistics, Wilcoxon over categories (scipy), and the seed-power arithmetic (issue 11)."""
+statistics, Wilcoxon over categories (scipy), the exploratory correction and detectable differences (issues 11, 18)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -132,10 +132,17 @@ def test_aggregate_p_is_wilcoxon_over_seed_averaged_category_differences(tiny: P
     assert (row["wins_a"], row["wins_b"]) == ((differences > 0).sum(), (differences < 0).sum())
     assert row["ci_low"] <= row["ci_high"]
     assert "the smallest possible Wilcoxon p is 0.5" in row["note"]  # 2 categories: never below 0.05
-    family = np.r_[result.tests["p_value"].dropna(), result.aggregate["p_wilcoxon"].dropna()]
-    assert result.family_size == len(family)  # one Holm family: every test of the report
-    adjusted = result.aggregate["p_holm"].dropna()
-    assert (adjusted >= result.aggregate.loc[adjusted.index, "p_wilcoxon"]).all()
+    # exploratory: Benjamini-Hochberg within each table; the named primary questions are left out of it
+    assert result.tests["p_bh"].equals(significance.benjamini_hochberg(result.tests["p_value"]))
+    assert result.aggregate["p_bh"].equals(significance.benjamini_hochberg(result.aggregate["p_wilcoxon"]))
+    primary = ("resnet50 vs convnext_tiny", "overall", "image_auroc")
+    with_primary = comparison.compare_runs(frame, [FAIR_PAIR], n_boot=20, primary=[primary])
+    is_primary = with_primary.aggregate["family"] == "primary"
+    assert is_primary.sum() == 1 and np.isnan(with_primary.aggregate.loc[is_primary, "p_bh"]).all()
+    rest = with_primary.aggregate.loc[~is_primary, "p_wilcoxon"]
+    assert with_primary.aggregate.loc[~is_primary, "p_bh"].equals(significance.benjamini_hochberg(rest))
+    complete, seeds, cells = comparison.cell_differences(frame, FAIR_PAIR, list(CATEGORIES), "image_auroc")
+    assert cells.mean(axis=1) == pytest.approx(differences) and seeds == list(SEEDS)
 
 
 def test_bootstrap_p_value_and_detectable_difference() -> None:

@@ -1,0 +1,143 @@
+"""Every sentence of the report that states a result, from templates filled from the tables only.
+
+A direction ("higher") or the word "significant" appears only here; tests/test_report.py matches every such
+sentence of a report against its tables (primary_tests.csv, aggregate_tests.csv, pairwise_tests_numeric.csv).
+"Significant" is said only of a primary question, on the answer the study's claim rests on; every other test
+is exploratory.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from comparison import ALPHA, CONFIDENCE, PAIRED_METRICS, Comparison
+from decision import CLAIM_BASES, Decision
+from report_tables import count_text, format_p, interval_text, multi_dataset, p_is
+
+__all__ = ["DEFINITIONS", "NOTHING_TO_COMPARE", "aggregate_sentence", "category_test_sentence", "claim_basis_text",
+           "conclusions_text", "primary_console_line", "primary_sentence", "tie_lines"]
+
+# Sentences that use a claim word only to define it; everything else with such a word is a checked claim.
+DEFINITIONS = (
+    "A difference is called significant only for a primary question, when the Holm-adjusted p (Holm within the "
+    f"primary family) of the answer the claim rests on is below {ALPHA}.",
+    "Every other test is exploratory: its Benjamini-Hochberg-adjusted p (within its own table) points to what a "
+    "new study could test and is not a finding.",
+    "A p-value without the word significant is not a finding.",
+)
+NOTHING_TO_COMPARE = "Nothing to compare: no category has runs of both backbones of a pair."
+
+
+def _group_label(row: Any, multi: bool) -> str:
+    return f"{row.dataset} {row.group}" if multi else row.group
+
+
+def _head(row: Any, multi: bool, family: str) -> str:
+    a, b = row.pair.split(" vs ")
+    return f"**{_group_label(row, multi)}**, {PAIRED_METRICS[row.metric]}, {a} − {b} ({family})"
+
+
+def _difference(row: Any) -> str:
+    return (f"mean difference {row.mean_diff * 100:+.2f} points over {count_text(row.n_categories, 'category')} × "
+            f"{count_text(row.n_seeds, 'seed')} ({CONFIDENCE:.0%} CI {interval_text(row.ci_low, row.ci_high)})")
+
+
+def _wins(row: Any) -> str:
+    a, b = row.pair.split(" vs ")
+    ties = row.n_categories - row.wins_a - row.wins_b
+    total = count_text(row.n_categories, "category")
+    return f"{a} higher in {row.wins_a}, {b} higher in {row.wins_b}" + (
+        f", tied in {ties} of {total}." if ties else f" of {total}.")
+
+
+def claim_basis_text(decision: Decision) -> str:
+    """The report's opening statement of what the study's claim rests on (before any result)."""
+    where = f"{decision.source} \"claim_basis\"" if decision.source else "the default claim_basis"
+    questions = "declared in " + f"{decision.source} \"primary\"" if decision.declared else \
+        "the default: each compared pair on overall image AUROC, pixel AUROC and AUPRO"
+    return (f"**Claim basis: {CLAIM_BASES[decision.claim_basis]}** ({where}: \"{decision.claim_basis}\"). The study "
+            f"answers {count_text(len(decision.primary), 'primary question')} ({questions}); the other answer is "
+            "shown beside it for information only.")
+
+
+def primary_sentence(row: Any, multi: bool = False) -> str:
+    """One primary question's two answers and the verdict on the claim basis, from primary_tests.csv only."""
+    a, b = row.pair.split(" vs ")
+    head = _head(row, multi, "primary")
+    if pd.isna(row.mean_diff):
+        return f"{head}: not averaged ({row.note})."
+    fixed = "not tested" if pd.isna(row.p_fixed) else \
+        f"sign-flip p {p_is(row.p_fixed)}, Holm-adjusted p {p_is(row.p_fixed_holm)}"
+    new = "not tested" if pd.isna(row.p_wilcoxon) else \
+        (f"Wilcoxon p {p_is(row.p_wilcoxon)} (smallest reachable {format_p(row.min_reachable_p_wilcoxon)}), "
+         f"Holm-adjusted p {p_is(row.p_wilcoxon_holm)}")
+    basis = row.p_fixed_holm if row.claim_basis == "fixed-categories" else row.p_wilcoxon_holm
+    if pd.isna(basis):
+        verdict = "not tested"
+    elif row.significant:
+        verdict = f"significant ({a if row.mean_diff > 0 else b} higher)"
+    else:
+        verdict = "not significant"
+    return (f"{head}: {_difference(row)}; on these categories: {fixed}; to new categories: {new}. "
+            f"On the claim basis ({CLAIM_BASES[row.claim_basis]}): {verdict}; {_wins(row)}")
+
+
+def primary_console_line(row: Any) -> str:
+    """The console's one line per primary question."""
+    a, b = row.pair.split(" vs ")
+    verdict = "significant" if row.significant else "not significant"
+    return (f"  {a} − {b}, {row.group}, {PAIRED_METRICS[row.metric]}: {row.mean_diff * 100:+.2f} points, CI "
+            f"{interval_text(row.ci_low, row.ci_high)}; on these categories p_holm {format_p(row.p_fixed_holm)}; "
+            f"to new categories p_holm {format_p(row.p_wilcoxon_holm)} (min {format_p(row.min_reachable_p_wilcoxon)})"
+            f"; {CLAIM_BASES[row.claim_basis]}: {verdict}")
+
+
+def aggregate_sentence(row: Any, multi: bool = False) -> str:
+    """What one exploratory test over categories says, from aggregate_tests.csv only (no verdict)."""
+    head = _head(row, multi, "exploratory")
+    if pd.isna(row.mean_diff):
+        return f"{head}: not averaged ({row.note})."
+    tested = "not tested" if pd.isna(row.p_wilcoxon) else \
+        f"Wilcoxon p {p_is(row.p_wilcoxon)}, BH-adjusted p {p_is(row.p_bh)}"
+    return f"{head}: {_difference(row)}; {tested}; {_wins(row)}"
+
+
+def category_test_sentence(row: Any) -> str:
+    """A per-category test whose BH-adjusted p is below ALPHA (an exploratory lead), from
+    pairwise_tests_numeric.csv."""
+    winner = row.backbone_a if row.difference > 0 else row.backbone_b
+    return (f"**{row.category}**, seed {row.seed}, {PAIRED_METRICS[row.metric]}, {row.backbone_a} − "
+            f"{row.backbone_b}: {row.difference * 100:+.2f} points ({row.test}, BH-adjusted p {p_is(row.p_bh)}; "
+            f"exploratory lead: {winner} higher).")
+
+
+def tie_lines(tests: pd.DataFrame) -> list[str]:
+    """The per-category tests skipped for a tie (both perfect, or identical), each with its reason."""
+    ties = tests[tests["note"].str.startswith(("tie at the ceiling", "identical"))]
+    return [f"**{row.category}**, seed {row.seed}, {PAIRED_METRICS[row.metric]}, {row.backbone_a} − "
+            f"{row.backbone_b}: not tested, {row.note}." for row in ties.itertuples()]
+
+
+def conclusions_text(comparison: Comparison, decision: Decision, runs_frame: pd.DataFrame) -> str:
+    """The conclusions: the primary answers, then the exploratory tests over categories, then the per-category
+    leads (BH within their table), then the ties."""
+    if comparison.tests.empty and comparison.aggregate["mean_diff"].isna().all():
+        return NOTHING_TO_COMPARE
+    multi = multi_dataset(runs_frame)
+    exploratory = comparison.aggregate[comparison.aggregate["family"] == "exploratory"]
+    out = ["Primary questions (the study's answer):",
+           "\n".join(f"- {primary_sentence(row, multi)}" for row in decision.primary.itertuples())]
+    if not exploratory.empty:
+        out += ["Exploratory, over categories (Benjamini-Hochberg within this list):",
+                "\n".join(f"- {aggregate_sentence(row, multi)}" for row in exploratory.itertuples())]
+    tested = comparison.tests.dropna(subset=["p_bh"])
+    leads = tested[tested["p_bh"] < ALPHA]
+    out.append(f"Per category and seed (exploratory): {len(leads)} of {len(tested)} tests have a "
+               f"Benjamini-Hochberg-adjusted p below {ALPHA} (false-discovery rate within this table).")
+    if not leads.empty:
+        out.append("\n".join(f"- {category_test_sentence(row)}" for row in leads.itertuples()))
+    ties = tie_lines(comparison.tests)
+    if ties:
+        out += ["Ties (skipped, with the reason):", "\n".join(f"- {line}" for line in ties)]
+    return "\n\n".join(out)

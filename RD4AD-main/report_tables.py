@@ -1,0 +1,349 @@
+"""The report's tables: metric means per category and group, references, efficiency, and the paired tests and
+the decision rule formatted for reading (percent and points). Numbers only; sentences live in claims.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from comparison import (CONFIDENCE, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, backbone_family, complete_categories,
+                        group_members, unfinished_flags)
+from runs import EFFICIENCY, METRICS
+
+__all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCES", "Reference", "aggregate_table", "category_stats",
+           "category_table", "count_text", "distinct_values", "efficiency_table", "fmt", "format_mean_std",
+           "format_p", "group_stats", "group_table", "interval_text", "is_synthetic", "multi_dataset", "p_is",
+           "pairwise_table", "per_defect_table", "planning_display", "primary_table", "reference_table",
+           "values_list"]
+
+PROTOCOLS = {"last": "the last epoch's weights (RD4AD's protocol)",
+             "synthetic-val": "the epoch with the best synthetic-validation AUPRO (no test image used)"}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published MVTec AD 15-category mean (percent), shown beside ours and never averaged with it."""
+
+    method: str
+    values: dict[str, float]
+    protocol: str
+
+
+# docs/reproduction.md#5-published-numbers: the values and the protocols behind them.
+REFERENCES = (
+    Reference("RD4AD, WRN-50-2 (Deng & Li, CVPR 2022)", {"image_auroc": 98.5, "pixel_auroc": 97.8, "aupro": 93.9},
+              "full training set; the official code's epoch 200; AUPRO from its per-image compute_pro, not the "
+              "standard AUPRO (docs/reproduction.md, sections 4 and 5)"),
+    Reference("RD++ (Tien et al., CVPR 2023)", {"image_auroc": 99.4, "pixel_auroc": 98.3, "aupro": 95.0},
+              "full training set; keeps the best test epoch (selected on the test set), epochs set per category; "
+              "AUPRO from RD4AD's per-image compute_pro (docs/reproduction.md, section 5)"),
+)
+OUR_PROTOCOL = ("this report: training set minus the 10 % validation hold-out; {selection}; standard AUPRO "
+                "(MVTec, FPR up to 0.3)")
+
+def distinct_values(runs_frame: pd.DataFrame, column: str) -> str:
+    """Distinct values of a column, flagged when the runs disagree."""
+    values = sorted(set(runs_frame[column].astype(str)))
+    text = ", ".join(values)
+    return text if len(values) == 1 else f"{text} (differs between runs)"
+
+
+def values_list(column: pd.Series) -> str:
+    return ", ".join(sorted(set(column.astype(str))))
+
+
+
+def is_synthetic(runs_frame: pd.DataFrame) -> bool:
+    """True when any category is a generated one (``synth_*``): the published numbers do not apply."""
+    return bool(runs_frame["category"].str.startswith("synth").any())
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float, int]:
+    """Mean, sample std (ddof 1) and count of the non-null values."""
+    valid = values.dropna()
+    if valid.empty:
+        return float("nan"), float("nan"), 0
+    std = float(valid.std(ddof=1)) if len(valid) > 1 else float("nan")
+    return float(valid.mean()), std, len(valid)
+
+
+def format_mean_std(mean: float, std: float, scale: float = 100.0, decimals: int = 1) -> str:
+    """``mean ± std`` (std omitted for a single value); ``n/a`` when not measured."""
+    if np.isnan(mean):
+        return NOT_AVAILABLE
+    text = f"{mean * scale:.{decimals}f}"
+    return text if np.isnan(std) else f"{text} ± {std * scale:.{decimals}f}"
+
+
+def multi_dataset(runs_frame: pd.DataFrame) -> bool:
+    return runs_frame["dataset"].nunique() > 1
+
+
+def category_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Long numeric table: per category, backbone and metric, mean/std over seeds and n seeds."""
+    rows = []
+    for (dataset, category, kind, backbone), group in runs_frame.groupby(["dataset", "category", "kind", "backbone"],
+                                                                          sort=True):
+        for metric in METRICS:
+            mean, std, count = _mean_std(group[metric])
+            rows.append((dataset, category, kind, backbone, backbone_family(backbone), metric, mean, std, count,
+                         len(group), bool(group["unfinished"].any())))
+    return pd.DataFrame(rows, columns=["dataset", "category", "group", "backbone", "family", "metric", "mean", "std",
+                                       "n_values", "n_seeds", "unfinished"])
+
+
+def category_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Per category x backbone: every metric as "mean ± std" in percent over seeds; unfinished runs flagged."""
+    rows = []
+    for (dataset, category, kind, backbone), group in runs_frame.groupby(["dataset", "category", "kind", "backbone"],
+                                                                          sort=True):
+        cells = {}
+        for metric, label in METRICS.items():
+            mean, std, _ = _mean_std(group[metric])
+            cells[label + " (%)"] = format_mean_std(mean, std)
+        row = {"dataset": dataset} if multi_dataset(runs_frame) else {}
+        rows.append({**row, "category": category, "group": kind, "backbone": backbone,
+                     "family": backbone_family(backbone), "n seeds": len(group), **cells,
+                     "flags": unfinished_flags(group, with_name=False)})
+    return pd.DataFrame(rows)
+
+
+def _group_blocks(runs_frame: pd.DataFrame, metric: str) -> list[tuple[str, str, list[str], list[int], dict]]:
+    """Per (dataset, group): the categories complete for every backbone of the report, the seeds, what is missing."""
+    backbones = sorted(set(runs_frame["backbone"]))
+    blocks = []
+    for dataset, group, categories in group_members(runs_frame):
+        complete, seeds, missing = complete_categories(runs_frame, backbones, categories, metric)
+        blocks.append((dataset, group, complete, seeds, missing))
+    return blocks
+
+
+def group_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Long numeric table: per dataset, group (its categories.group_order, then overall), backbone and metric,
+    the mean over the group's complete categories for each seed, then mean/std of those over seeds.
+
+    A category enters only when every backbone of the report has it for every seed with the metric measured;
+    the others are named in ``left_out`` and never averaged. Each category weighs the same (MVTec's convention).
+    """
+    rows = []
+    for metric in METRICS:
+        for dataset, group, complete, seeds, missing in _group_blocks(runs_frame, metric):
+            members = runs_frame[(runs_frame["dataset"] == dataset) & runs_frame["category"].isin(complete)]
+            left_out = " | ".join(f"{c}: {why}" for c, why in missing.items())
+            for backbone in sorted(set(runs_frame["backbone"])):
+                frame = members[members["backbone"] == backbone]
+                per_seed = frame.groupby("seed")[metric].mean() if complete else pd.Series(dtype=float)
+                mean, std, count = _mean_std(per_seed)
+                rows.append((dataset, group, backbone, backbone_family(backbone), metric, mean, std, count,
+                             len(complete), len(seeds), left_out, unfinished_flags(frame)))
+    columns = ["dataset", "group", "backbone", "family", "metric", "mean", "std", "n_values", "n_categories",
+               "n_seeds", "left_out", "flags"]
+    frame = pd.DataFrame(rows, columns=columns)
+    order = {key: index for index, key in enumerate((d, g) for d, g, _ in group_members(runs_frame))}
+    frame["_order"] = [order[(d, g)] for d, g in zip(frame["dataset"], frame["group"])]
+    return frame.sort_values(["_order", "backbone"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def group_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Group and overall means per backbone, "mean ± std" in percent over seeds, over complete categories only."""
+    stats = group_stats(runs_frame)
+    rows = []
+    for (dataset, group, backbone), frame in stats.groupby(["dataset", "group", "backbone"], sort=False):
+        by_metric = frame.set_index("metric")
+        first = by_metric.loc["image_auroc"]
+        cells = {label + " (%)": format_mean_std(by_metric.at[m, "mean"], by_metric.at[m, "std"])
+                 for m, label in METRICS.items()}
+        left_out = _merge_left_out(frame["left_out"])
+        row = {"dataset": dataset} if multi_dataset(runs_frame) else {}
+        rows.append({**row, "group": f"{group} mean", "backbone": backbone, "family": backbone_family(backbone),
+                     "n categories": int(first["n_categories"]), "n seeds": int(first["n_seeds"]), **cells,
+                     "left out (not averaged)": left_out, "flags": first["flags"]})
+    return pd.DataFrame(rows)
+
+
+def _merge_left_out(texts: pd.Series) -> str:
+    """One "category: reasons" list from the per-metric ones (a category's reasons joined, each once)."""
+    reasons: dict[str, list[str]] = {}
+    for text in texts:
+        for item in filter(None, text.split(" | ")):
+            category, why = item.split(": ", 1)
+            reasons.setdefault(category, [])
+            reasons[category] += [r for r in why.split("; ") if r not in reasons[category]]
+    return " | ".join(f"{category}: {'; '.join(why)}" for category, why in reasons.items())
+
+
+def _reference_dataset(runs_frame: pd.DataFrame) -> str:
+    datasets = sorted(set(runs_frame["dataset"]))
+    return "mvtec" if "mvtec" in datasets else datasets[0]
+
+
+def reference_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Our overall means per backbone, then the published RD4AD and RD++ means as labelled reference rows."""
+    dataset = _reference_dataset(runs_frame)
+    stats = group_stats(runs_frame)
+    overall = stats[(stats["dataset"] == dataset) & (stats["group"] == OVERALL)]
+    selection = "; ".join(PROTOCOLS.get(s, s) for s in sorted(set(runs_frame["selection"])))
+    rows = []
+    for backbone, frame in overall.groupby("backbone", sort=True):
+        by_metric = frame.set_index("metric")
+        cells = {PAIRED_METRICS[m] + " (%)": format_mean_std(by_metric.at[m, "mean"], by_metric.at[m, "std"])
+                 for m in PAIRED_METRICS}
+        note = " (synthetic data: not comparable)" if is_synthetic(runs_frame) else \
+            "" if dataset == "mvtec" else f" ({dataset} data: not comparable)"
+        rows.append({"row": "ours", "method": f"{backbone} ({backbone_family(backbone)})", **cells,
+                     "protocol": OUR_PROTOCOL.format(selection=selection) + note,
+                     "flags": frame["flags"].iloc[0]})
+    for reference in REFERENCES:
+        cells = {PAIRED_METRICS[m] + " (%)": f"{reference.values[m]:.1f}" for m in PAIRED_METRICS}
+        rows.append({"row": "reference (published)", "method": reference.method, **cells,
+                     "protocol": reference.protocol, "flags": ""})
+    return pd.DataFrame(rows)
+
+
+def efficiency_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Measured cost per backbone: mean over its runs (seeds and categories) of metrics.json efficiency."""
+    rows = []
+    for backbone, frame in runs_frame.groupby("backbone", sort=True):
+        top1 = frame["teacher_imagenet_top1"].dropna().unique()
+        row: dict[str, Any] = {"backbone": backbone, "family": backbone_family(backbone), "n runs": len(frame),
+                               "teacher weights": distinct_values(frame, "teacher_weights"),
+                               "teacher ImageNet top-1 (%)": ", ".join(f"{v:.2f}" for v in sorted(top1)) or NOT_AVAILABLE}
+        for key, (label, scale, decimals) in EFFICIENCY.items():
+            mean = frame[key].mean()
+            row[label] = NOT_AVAILABLE if np.isnan(mean) else f"{mean * scale:.{decimals}f}"
+        row["flags"] = unfinished_flags(frame)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+
+def fmt(value: float, spec: str, scale: float = 1.0) -> str:
+    return NOT_AVAILABLE if pd.isna(value) else format(value * scale, spec)
+
+
+P_FLOOR = 1e-10  # below this a p-value (DeLong's or a bootstrap z's normal tail) is not meaningful to print
+
+
+def format_p(value: float) -> str:
+    """A p-value for reading: 3 significant digits, ``< 1e-10`` below that, ``n/a`` when not tested."""
+    if pd.isna(value):
+        return NOT_AVAILABLE
+    return f"< {P_FLOOR:.0e}" if value < P_FLOOR else f"{value:.3g}"
+
+
+def p_is(value: float) -> str:
+    """"= 0.0354" or "< 1e-10", to follow "p" in a sentence."""
+    text = format_p(value)
+    return text if text.startswith("<") else f"= {text}"
+
+
+def interval_text(low: float, high: float, scale: float = 100.0, spec: str = "+.2f") -> str:
+    return NOT_AVAILABLE if pd.isna(low) else f"[{low * scale:{spec}}, {high * scale:{spec}}]"
+
+
+def aggregate_table(aggregate: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """The tests over categories, formatted: differences in percentage points; the exploratory ones with their
+    Benjamini-Hochberg p, the primary ones pointing to the primary table."""
+    rows = []
+    for row in aggregate.itertuples():
+        pair = tuple(row.pair.split(" vs "))
+        dataset = {"dataset": row.dataset} if multi_dataset(runs_frame) else {}
+        rows.append({
+            "pair (a − b)": f"{pair[0]} − {pair[1]}", **dataset, "group": row.group,
+            "metric": PAIRED_METRICS[row.metric], "family": row.family,
+            "n categories": row.n_categories, "n seeds": row.n_seeds,
+            "mean difference (points)": fmt(row.mean_diff, "+.2f", 100.0),
+            f"{CONFIDENCE:.0%} CI (hierarchical bootstrap)": interval_text(row.ci_low, row.ci_high),
+            "Wilcoxon p": format_p(row.p_wilcoxon),
+            "p (BH, exploratory)": format_p(row.p_bh) if row.family == "exploratory" else "primary: see above",
+            "categories a > b": row.wins_a, "categories b > a": row.wins_b, "note": row.note,
+            "flags": row.flags,
+        })
+    return pd.DataFrame(rows)
+
+
+def pairwise_table(tests: pd.DataFrame) -> pd.DataFrame:
+    """The per-category, per-seed paired tests of all three metrics, formatted (values in percent)."""
+    rows = []
+    for row in tests.itertuples():
+        rows.append({
+            "pair (a − b)": f"{row.backbone_a} − {row.backbone_b}", "category": row.category, "seed": row.seed,
+            "metric": PAIRED_METRICS[row.metric], "test": row.test,
+            "test images (defective)": f"{row.n_images} ({row.n_defective})",
+            "a (%)": fmt(row.value_a, ".1f", 100.0), "b (%)": fmt(row.value_b, ".1f", 100.0),
+            "difference (points)": fmt(row.difference, "+.2f", 100.0),
+            f"{CONFIDENCE:.0%} bootstrap CI": interval_text(row.ci_low, row.ci_high),
+            "p": format_p(row.p_value), "p (BH, exploratory)": format_p(row.p_bh), "note": row.note,
+            "flags": row.flags,
+        })
+    return pd.DataFrame(rows)
+
+
+def per_defect_table(per_defect: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Per category, defect type and backbone: image AUROC (that type vs the good images), pixel AUROC and AUPRO on
+    the good images plus that type's, mean over seeds in percent."""
+    rows = []
+    keys = ["dataset", "category", "defect_type", "backbone"]
+    for (dataset, category, defect_type, backbone), frame in per_defect.groupby(keys, sort=True):
+        by_metric = frame.set_index("metric")
+        runs_of = runs_frame[(runs_frame["category"] == category) & (runs_frame["backbone"] == backbone)]
+        row = {"dataset": dataset} if multi_dataset(runs_frame) else {}
+        rows.append({**row, "category": category, "defect type": defect_type, "backbone": backbone,
+                     "family": backbone_family(backbone), "n seeds": int(by_metric["n_seeds"].max()),
+                     "image AUROC vs good (%)": fmt(by_metric.at["image_auroc", "mean"], ".1f", 100.0),
+                     "pixel AUROC (%)": fmt(by_metric.at["pixel_auroc", "mean"], ".1f", 100.0),
+                     "AUPRO (%)": fmt(by_metric.at["aupro", "mean"], ".1f", 100.0),
+                     "flags": unfinished_flags(runs_of, with_name=False)})
+    return pd.DataFrame(rows)
+
+
+def primary_table(primary: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """The primary questions, formatted: both answers beside the interval, Holm within the primary family."""
+    rows = []
+    for row in primary.itertuples():
+        a, b = row.pair.split(" vs ")
+        dataset = {"dataset": row.dataset} if multi_dataset(runs_frame) else {}
+        rows.append({
+            "pair (a − b)": f"{a} − {b}", **dataset, "group": row.group, "metric": PAIRED_METRICS[row.metric],
+            "n categories": row.n_categories, "n seeds": row.n_seeds,
+            "mean difference (points)": fmt(row.mean_diff, "+.2f", 100.0),
+            f"{CONFIDENCE:.0%} CI (hierarchical bootstrap)": interval_text(row.ci_low, row.ci_high),
+            "on these categories: sign-flip p": format_p(row.p_fixed), "p (Holm)": format_p(row.p_fixed_holm),
+            "to new categories: Wilcoxon p": format_p(row.p_wilcoxon), "Wilcoxon p (Holm)": format_p(row.p_wilcoxon_holm),
+            "smallest reachable Wilcoxon p": format_p(row.min_reachable_p_wilcoxon),
+            "claim basis": row.claim_basis, "Holm p < 0.05 on the claim basis": "yes" if row.significant else "no",
+            "flags": row.flags,
+        })
+    return pd.DataFrame(rows)
+
+
+def planning_display(planning: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """How many seeds? per primary question and answer: the spreads the plan rests on and the smallest detectable
+    difference for 1, 3 and 5 seeds, in points; n/a where the test cannot reach the level or a variance is unknown."""
+    rows = []
+    for row in planning.itertuples():
+        a, b = row.pair.split(" vs ")
+        dataset = {"dataset": row.dataset} if multi_dataset(runs_frame) else {}
+        detectable = {f"detectable with {column.split('_')[1]} seed{'s' if column.endswith('s') else ''} (points)":
+                      fmt(getattr(row, column), ".2f", 100.0) for column in planning.columns
+                      if column.startswith("detectable_")}
+        rows.append({"pair (a − b)": f"{a} − {b}", **dataset, "group": row.group, "metric": PAIRED_METRICS[row.metric],
+                     "answer": row.answer, "n categories": row.n_categories, "n seeds now": row.n_seeds,
+                     "seed sd (points)": fmt(row.seed_sd, ".2f", 100.0),
+                     "image sd (points)": fmt(row.image_sd, ".2f", 100.0),
+                     "category sd (points)": fmt(row.category_sd, ".2f", 100.0) if row.answer == "to new categories"
+                     else "not used", **detectable,
+                     "observed |mean difference| (points)": fmt(abs(row.observed_diff), ".2f", 100.0),
+                     "note": row.note, "flags": unfinished_flags(runs_frame[runs_frame["backbone"].isin((a, b))
+                                                                            & (runs_frame["dataset"] == row.dataset)])})
+    return pd.DataFrame(rows)
+
+
+def count_text(number: int, noun: str) -> str:
+    """"1 category", "2 categories", "3 seeds"."""
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{number} {noun if number == 1 else plural}"
+
+
