@@ -77,7 +77,7 @@ def differences(frame: pd.DataFrame, pair: tuple[str, str], n_boot: int = N_BOOT
         weights = multiplicities(len(diff), n_boot, rng("why", KEY, *pair, index))
         replicates = weights @ diff / len(diff)
         row = {"bin": index, "size": label, "n_regions": len(diff)}
-        for column, name in enumerate(VALUES):
+        for column, name in enumerate(VALUES.values()):
             low, high = percentile_interval(replicates[:, column], CONFIDENCE)
             row |= {f"{name}_diff": diff[:, column].mean(), f"{name}_ci_low": low, f"{name}_ci_high": high,
                     f"_replicates_{name}": replicates[:, column]}

@@ -141,6 +141,8 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
         diff_table = diff_table.assign(metric=diff_table["metric"].map(METRICS),
                                        **{c: (100 * diff_table[c]).round(2) for c in ("mean_diff", "ci_low", "ci_high")})
         diff_table = diff_table[["pair", "map", "metric", "n_categories", "n_seeds", "mean_diff", "ci_low", "ci_high"]]
+        diff_table = diff_table.rename(columns={"mean_diff": "a − b (points)", "ci_low": "95 % CI low",
+                                                "ci_high": "95 % CI high"})
     text = (f"Each run's {SCALES_FILE} (written by `main.py test` from its scoring pass; `--no-scale-ablation` skips "
             "it) holds the metrics of the anomaly map built from each scale alone and from all scales but one: the "
             "map is the sum over the teacher's taps (scale 1 = the shallowest, highest resolution) of their "
