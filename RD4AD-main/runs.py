@@ -54,7 +54,8 @@ __all__ = [
     "SCALES_COLUMNS", "SCALES_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "SYNTH_VAL_COLUMNS",
     "VAL_SCORES_FILE", "RunKey", "atomic_write", "atomic_write_json", "atomic_write_text", "best_checkpoint_path",
     "checkpoint_path", "find_runs", "key_of",
-    "load_maps", "load_regions", "load_runs", "load_scales", "load_scores", "read_history", "read_json", "read_run_config", "run_dir",
+    "load_maps", "load_regions", "load_runs", "load_scales", "load_scores", "read_history", "read_json",
+    "read_run_config", "run_dir",
     "save_maps", "steady_images_per_s", "untested_runs", "write_csv", "write_history", "write_summary",
 ]
 

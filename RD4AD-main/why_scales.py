@@ -138,8 +138,8 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
                  for pair, table in diffs.items()]
     diff_table = pd.concat(diff_rows, ignore_index=True) if diff_rows else pd.DataFrame()
     if not diff_table.empty:
-        diff_table = diff_table.assign(metric=diff_table["metric"].map(METRICS),
-                                       **{c: (100 * diff_table[c]).round(2) for c in ("mean_diff", "ci_low", "ci_high")})
+        in_points = {c: (100 * diff_table[c]).round(2) for c in ("mean_diff", "ci_low", "ci_high")}
+        diff_table = diff_table.assign(metric=diff_table["metric"].map(METRICS), **in_points)
         diff_table = diff_table[["pair", "map", "metric", "n_categories", "n_seeds", "mean_diff", "ci_low", "ci_high"]]
         diff_table = diff_table.rename(columns={"mean_diff": "a − b (points)", "ci_low": "95 % CI low",
                                                 "ci_high": "95 % CI high"})

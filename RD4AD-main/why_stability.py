@@ -79,10 +79,10 @@ def _figure(histories: dict[str, pd.DataFrame], runs_frame: pd.DataFrame, backbo
     seeds = sorted(set(runs_frame["seed"]))
     palette = [f"C{i % 10}" for i in range(len(seeds))]
     for column, backbone in enumerate(backbones):
-        runs = runs_frame[runs_frame["backbone"] == backbone]
+        members = runs_frame[runs_frame["backbone"] == backbone]
         for row, curve in enumerate(curves):
             ax = axes[row, column]
-            for run in runs.itertuples(index=False):
+            for run in members.itertuples(index=False):
                 history = histories.get(run.run_dir)
                 if history is not None and curve in history:
                     ax.plot(history["epoch"], history[curve], color=palette[seeds.index(run.seed)], linewidth=1,

@@ -39,7 +39,8 @@ def study(tmp_path_factory):
         # ones (max above the run's threshold), convnext_tiny misses the first tiny one
         threshold = row.threshold
         found = {"resnet50": [1, 1, 1, 1], "convnext_tiny": [0, 1, 1, 1]}[row.backbone]
-        regions = [(f"{row.category}/a.png", 1, 1, 1 / 1024, threshold + (0.1 if found[0] else -0.1), 0.2 + 0.01 * row.seed),
+        tiny = 0.2 + 0.01 * row.seed
+        regions = [(f"{row.category}/a.png", 1, 1, 1 / 1024, threshold + (0.1 if found[0] else -0.1), tiny),
                    (f"{row.category}/a.png", 2, 1, 1 / 1024, threshold + (0.1 if found[1] else -0.1), 0.4),
                    (f"{row.category}/b.png", 1, 5, 5 / 1024, threshold + 0.2, 0.6),
                    (f"{row.category}/c.png", 1, 100, 100 / 1024, threshold + 0.3, 0.9 if row.backbone == "resnet50"
