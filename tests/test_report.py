@@ -444,7 +444,7 @@ def test_three_families_get_every_table_and_figure(tmp_path: Path) -> None:
     for name in TABLES:
         assert not table(out, name).empty, name
     figures = {path.stem.split("_")[0] for path in (out / "figures").glob("*.png")}
-    assert figures == {"forest", "bars", "roc", "pro", "hist", "gallery", "extremes"}
+    assert figures == {"forest", "bars", "roc", "pro", "hist", "gallery", "extremes", "why"}
     assert len(list((out / "figures").glob("forest_*.png"))) == 2 * 3
     assert set(table(out, "aggregate_tests")["group"]) == {"object", "overall"}
 
