@@ -22,7 +22,6 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import ndimage
 from torch import Tensor
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from significance import multiplicities, percentile_interval
 
-__all__ = ["CONFIDENCE", "N_BOOT", "interval", "points", "rng", "seed_bootstrap"]
+__all__ = ["CONFIDENCE", "N_BOOT", "interval", "rng", "seed_bootstrap"]
 
 N_BOOT = 2000  # as the comparison's intervals (comparison.N_BOOT)
 CONFIDENCE = 0.95
@@ -32,11 +32,6 @@ def seed_bootstrap(per_category: list[np.ndarray], n_boot: int, generator: np.ra
         weights = multiplicities(len(values), n_boot, generator)
         replicates += weights @ values / len(values)
     return estimate, replicates / len(per_category)
-
-
-def points(value: float, digits: int = 1) -> str:
-    """A fraction in percentage points, signed (``+1.2``), or n/a."""
-    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:+.{digits}f}"
 
 
 def interval(estimate: float, replicates: np.ndarray | None, scale: float = 100.0, signed: bool = True,
