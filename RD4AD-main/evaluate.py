@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+import instruments
 import metrics
 import runs
 from capacity import count_parameters, forward_gflops
@@ -38,12 +39,14 @@ __all__ = ["add_arguments", "evaluate_run", "metrics_table", "rethreshold", "run
 
 @torch.no_grad()
 def score_images(model: ReverseDistillation, images: torch.Tensor, fast: FastPath, device: torch.device,
-                 batch_size: int = 16, desc: str = "scoring") -> torch.Tensor:
+                 batch_size: int = 16, desc: str = "scoring", scales: list[list[torch.Tensor]] | None = None
+                 ) -> torch.Tensor:
     """Smoothed anomaly maps (N, H, W), float32 on ``device``, of uint8 images (N, 3, H, W).
 
     The network runs at the scoring precision of ``fast`` (``fast.scoring()``: float32 unless --eval-amp
     bf16), whichever training settings ``fast`` holds, so that test, predict and the validation done while
-    training score alike. Leaves ``model`` in eval mode.
+    training score alike. Leaves ``model`` in eval mode. With a list ``scales``, each batch's unsmoothed
+    per-scale maps (whose blurred sum is its map) are appended to it (the scale ablation, instruments.py).
     """
     model.eval()
     scoring = fast.scoring()
@@ -52,7 +55,11 @@ def score_images(model: ReverseDistillation, images: torch.Tensor, fast: FastPat
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
         batch = scoring.prepare(source[start:start + batch_size].to(device, non_blocking=True))
         with scoring.autocast(device):
-            maps[start:start + len(batch)] = model.anomaly_map(batch)
+            if scales is None:
+                maps[start:start + len(batch)] = model.anomaly_map(batch)
+            else:
+                maps[start:start + len(batch)], per_scale = model.anomaly_map_and_scales(batch)
+                scales.append(per_scale)
     return maps
 
 
@@ -72,8 +79,9 @@ def _history_stats(run_directory: Path) -> dict[str, float | None]:
 
 def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: bool = True,
                  threshold_rule: str = "max", batch_size: int = 16, image_size: int | None = None,
-                 eval_amp: str = EvalAmp.OFF.value) -> dict[str, Any]:
-    """Evaluate one run directory; writes metrics.json, scores.csv, val_scores.csv (and maps.npz).
+                 eval_amp: str = EvalAmp.OFF.value, scale_ablation: bool = True) -> dict[str, Any]:
+    """Evaluate one run directory; writes metrics.json, scores.csv, val_scores.csv (and maps.npz), and the
+    instruments' regions.csv (with masks) and scales.csv (``scale_ablation``; instruments.py).
 
     ``eval_amp`` is the network's precision here (float32 unless "bf16"), whatever the run trained with.
     """
@@ -103,7 +111,8 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
                                            "validation")).cpu()
     synchronize(torch_device)
     started = time.perf_counter()
-    maps = score_images(model, test_images, fast, torch_device, batch_size, f"test {config.key}")
+    per_scale: list[list[torch.Tensor]] | None = [] if scale_ablation else None
+    maps = score_images(model, test_images, fast, torch_device, batch_size, f"test {config.key}", per_scale)
     scores = image_scores(maps)
     synchronize(torch_device)
     inference_ms = (time.perf_counter() - started) * 1000 / len(test_images)
@@ -150,6 +159,9 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
     if save_maps:
         runs.save_maps(run_directory / runs.MAPS_FILE, maps.cpu().to(torch.float16).numpy(), masks.cpu().numpy(),
                        test_set.paths)
+    scale_maps = None if per_scale is None else [torch.cat(scale) for scale in zip(*per_scale, strict=True)]
+    instruments.write_instruments(run_directory, maps, scale_maps, labels,
+                                  masks.to(torch_device) if test_set.has_masks else None, test_set.paths, model.blur)
     runs.atomic_write_json(run_directory / runs.METRICS_FILE, result)
     return result
 
@@ -196,14 +208,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--image-size", type=int, help="must equal the training size if given")
     parser.add_argument("--force", action="store_true", help="re-evaluate runs whose metrics are up to date")
+    parser.add_argument("--scale-ablation", action=argparse.BooleanOptionalAction, default=True,
+                        help="write scales.csv: the metrics of each scale's map alone and of the map without each "
+                             "scale (6 more metric passes per run: see README)")
     parser.add_argument("--eval-amp", choices=[m.value for m in EvalAmp], default=EvalAmp.OFF.value,
                         help="precision of the network: off = float32 (TF32 convolutions allowed on CUDA), "
                              "bf16 = bf16 autocast (faster, moves the maps: see main.py bench)")
 
 
-def _up_to_date(run_directory: Path, save_maps: bool, eval_amp: str = EvalAmp.OFF.value) -> bool:
+def _up_to_date(run_directory: Path, save_maps: bool, eval_amp: str = EvalAmp.OFF.value,
+               scale_ablation: bool = False) -> bool:
     metrics_file = run_directory / runs.METRICS_FILE
     if not metrics_file.is_file() or (save_maps and not (run_directory / runs.MAPS_FILE).is_file()):
+        return False
+    masks_available = bool(runs.read_json(metrics_file).get("masks_available"))
+    if instruments.missing_files(run_directory, scale_ablation, masks_available):
         return False
     precision = "float32" if eval_amp == EvalAmp.OFF.value else "bfloat16"
     if runs.read_json(metrics_file).get("eval_precision") != precision:  # older files: the training precision
@@ -232,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for directory in directories:
         with runs.RunLock(directory):
-            if not args.force and _up_to_date(directory, args.save_maps, args.eval_amp):
+            if not args.force and _up_to_date(directory, args.save_maps, args.eval_amp, args.scale_ablation):
                 result = runs.read_json(directory / runs.METRICS_FILE)
                 if result.get("threshold_rule") == args.threshold_rule:
                     print(f"{directory}: metrics up to date, skipped (--force to redo)")
@@ -242,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
                           f"scores")
             else:
                 result = evaluate_run(directory, args.device, args.save_maps, args.threshold_rule, args.batch_size,
-                                      args.image_size, args.eval_amp)
+                                      args.image_size, args.eval_amp, args.scale_ablation)
         results.append(result)
     print(metrics_table(results))
     results_roots = {Path(args.results)} if not args.run_dir else {d.parents[2] for d in directories}

@@ -17,7 +17,7 @@ from errors import RDError
 
 __all__ = ["ANOMALY_MAP_SIGMA", "MIN_IMAGE_SIZE", "SIZE_MULTIPLE", "GaussianBlur", "ReverseDistillation",
            "anomaly_map", "autocast_dtype", "channel_cosine", "distillation_loss", "full_precision", "image_scores",
-           "validate_image_size"]
+           "scale_maps", "sum_scales", "validate_image_size"]
 
 ANOMALY_MAP_SIGMA = 4.0
 SIZE_MULTIPLE = 32  # the OCBE embeds the teacher's features at 1/32 of the input (docs/reproduction.md#1-architecture)
@@ -75,8 +75,15 @@ class ReverseDistillation(nn.Module):
     @torch.no_grad()
     def anomaly_map(self, images: Tensor) -> Tensor:
         """Smoothed anomaly maps (N, H, W) at the input size, float32 (also when called under autocast)."""
+        return self.anomaly_map_and_scales(images)[0]
+
+    @torch.no_grad()
+    def anomaly_map_and_scales(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The smoothed anomaly maps and the unsmoothed per-scale maps they are the blurred sum of, from one
+        forward pass (the scale ablation of ``main.py test``: instruments.py)."""
         teacher_features, student_features = self(images)
-        return self.blur(anomaly_map(teacher_features, student_features, images.shape[-2:]))
+        per_scale = scale_maps(teacher_features, student_features, images.shape[-2:])
+        return self.blur(sum_scales(per_scale)), per_scale
 
     def _apply(self, fn, recurse: bool = True) -> "ReverseDistillation":  # noqa: ANN001 (torch's signature)
         """``.to(device)``, ``.to(memory_format=...)`` and the like move the teacher's dtype copies too."""
@@ -137,18 +144,30 @@ def distillation_loss(teacher_features: list[Tensor], student_features: list[Ten
 
 
 def anomaly_map(teacher_features: list[Tensor], student_features: list[Tensor], size: tuple[int, int] | torch.Size) -> Tensor:
-    """Unsmoothed map (N, H, W): per scale ``1 - cos`` over channels, bilinearly upsampled, summed.
+    """Unsmoothed map (N, H, W): per scale ``1 - cos`` over channels, bilinearly upsampled, summed."""
+    return sum_scales(scale_maps(teacher_features, student_features, size))
+
+
+def scale_maps(teacher_features: list[Tensor], student_features: list[Tensor],
+               size: tuple[int, int] | torch.Size) -> list[Tensor]:
+    """Per scale (the teacher's taps, shallowest first) the unsmoothed map (N, H, W): ``1 - cos`` over channels,
+    bilinearly upsampled to ``size``.
 
     Always float32 with autocast off: under autocast the channel cosine's einsum would otherwise run as a
     bf16 matrix product, whose error (up to ~4e-3) is the size of a normal pixel's ``1 - cos`` (~5e-3).
     """
     with torch.autocast(teacher_features[0].device.type, enabled=False):
-        total = None
-        for t, s in zip(teacher_features, student_features, strict=True):
-            distance = 1 - channel_cosine(t.float(), s.float()).unsqueeze(1)
-            distance = F.interpolate(distance, size=tuple(size), mode="bilinear", align_corners=True)
-            total = distance if total is None else total + distance
-        return total.squeeze(1)
+        return [F.interpolate(1 - channel_cosine(t.float(), s.float()).unsqueeze(1), size=tuple(size),
+                              mode="bilinear", align_corners=True).squeeze(1)
+                for t, s in zip(teacher_features, student_features, strict=True)]
+
+
+def sum_scales(maps: list[Tensor]) -> Tensor:
+    """The per-scale maps added in their order, first to last (the anomaly map's order: bit-identical sums)."""
+    total = maps[0]
+    for distance in maps[1:]:
+        total = total + distance
+    return total
 
 
 def channel_cosine(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:

@@ -15,6 +15,9 @@ One run = one (backbone, category, seed). Its directory ``<results>/<backbone>/<
 - ``scores.csv``    one row per test image: ``path, defect_type, label, score``.
 - ``val_scores.csv`` one row per validation normal: ``path, score`` (the threshold's source).
 - ``maps.npz``      optional: ``maps`` float16 (N, H, W), ``masks`` uint8 (N, H, W), ``paths``.
+- ``scales.csv``    the scale ablation (instruments.py): ``SCALES_COLUMNS``, one row per map (all scales, each
+                    scale alone, each scale left out); skipped with ``test --no-scale-ablation``.
+- ``regions.csv``   one row per ground-truth region of the test masks (instruments.py): ``REGIONS_COLUMNS``.
 
 Checkpoints live apart, under ``<checkpoints>/<backbone>/<category>/seed<k>/last.pth`` (and ``best.pth``,
 the epoch kept by ``--selection synthetic-val``; see synthval.py).
@@ -47,10 +50,12 @@ from errors import CheckpointError, RDError
 __all__ = [
     "LOCK_FILE", "TEMPORARY_SUFFIX", "RunLock", "RunLocked", "remove_stale_temporaries", "strict_json",
     "BEST_CHECKPOINT_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "EFFICIENCY", "HISTORY_COLUMNS", "HISTORY_FILE",
-    "MAPS_FILE", "METRICS", "METRICS_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "SYNTH_VAL_COLUMNS",
+    "GRAD_NORM_COLUMNS", "MAPS_FILE", "METRICS", "METRICS_FILE", "REGIONS_COLUMNS", "REGIONS_FILE",
+    "SCALES_COLUMNS", "SCALES_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "SYNTH_VAL_COLUMNS",
     "VAL_SCORES_FILE", "RunKey", "atomic_write", "atomic_write_json", "atomic_write_text", "best_checkpoint_path",
     "checkpoint_path", "find_runs", "key_of",
-    "load_maps", "load_runs", "load_scores", "read_history", "read_json", "read_run_config", "run_dir",
+    "load_maps", "load_regions", "load_runs", "load_scales", "load_scores", "read_history", "read_json",
+    "read_run_config", "run_dir",
     "save_maps", "steady_images_per_s", "untested_runs", "write_csv", "write_history", "write_summary",
 ]
 
@@ -60,6 +65,8 @@ METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.csv"
 VAL_SCORES_FILE = "val_scores.csv"
 MAPS_FILE = "maps.npz"
+SCALES_FILE = "scales.csv"
+REGIONS_FILE = "regions.csv"
 CHECKPOINT_FILE = "last.pth"
 BEST_CHECKPOINT_FILE = "best.pth"
 SUMMARY_FILE = "summary.csv"
@@ -68,8 +75,11 @@ TEMPORARY_SUFFIX = ".tmp"
 
 # the synthetic-validation scores (synthval.py): filled every --val-every epochs and at the last, empty otherwise
 SYNTH_VAL_COLUMNS = ("synth_image_auroc", "synth_pixel_auroc", "synth_aupro")
+# the mean over the epoch's steps of the L2 norm of all the part's parameter gradients (empty in older runs)
+GRAD_NORM_COLUMNS = ("grad_norm_bottleneck", "grad_norm_student")
 HISTORY_COLUMNS = ("epoch", "loss", "loss_scale1", "loss_scale2", "loss_scale3", "val_loss",
-                   "epoch_time_s", "images_per_s", "peak_memory_mb", *SYNTH_VAL_COLUMNS)
+                   "epoch_time_s", "images_per_s", "peak_memory_mb", *SYNTH_VAL_COLUMNS, *GRAD_NORM_COLUMNS)
+_OPTIONAL_HISTORY = (*SYNTH_VAL_COLUMNS, *GRAD_NORM_COLUMNS)
 # metrics.json key -> label; all are fractions in [0, 1], shown in percent.
 METRICS: dict[str, str] = {
     "image_auroc": "image AUROC",
@@ -286,8 +296,8 @@ def _format_number(value: float | None) -> str:
 def write_history(path: str | os.PathLike, history: list[dict[str, float]]) -> None:
     """history.csv: one row per epoch, ``HISTORY_COLUMNS`` (6 significant digits; empty when not measured)."""
     lines = [",".join(HISTORY_COLUMNS)]
-    # rows of a run resumed from before the synthetic validation existed lack its columns
-    lines += [",".join(_format_number(row.get(c) if c in SYNTH_VAL_COLUMNS else row[c]) for c in HISTORY_COLUMNS)
+    # rows of a run resumed from before the synthetic validation (or the gradient norms) existed lack their columns
+    lines += [",".join(_format_number(row.get(c) if c in _OPTIONAL_HISTORY else row[c]) for c in HISTORY_COLUMNS)
               for row in history]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -407,6 +417,46 @@ def load_maps(directory: str | os.PathLike) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
     return _read_maps(str(path), path.stat().st_mtime_ns)
+
+
+# ---------------------------------------------------------------------------------------------- instrument files
+
+SCALES_COLUMNS = ("map", "kind", "scale", "image_auroc", "pixel_auroc", "aupro")
+REGIONS_COLUMNS = ("path", "region", "area_px", "area_fraction", "max_score", "overlap_auc")
+
+
+@lru_cache(maxsize=64)
+def _read_table(path: str, mtime_ns: int, columns: tuple[str, ...], numeric: tuple[str, ...]) -> pd.DataFrame:
+    expected = f"a CSV file with the columns {', '.join(columns)} ({', '.join(numeric)} numbers)"
+    try:
+        frame = pd.read_csv(path, dtype={"path": str, "map": str, "kind": str})
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as error:
+        raise _results_file_error(path, expected, error) from None
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise _results_file_error(path, expected + f"; missing column(s) {', '.join(missing)}")
+    values = frame[list(numeric)].apply(pd.to_numeric, errors="coerce")
+    if (values.isna() & frame[list(numeric)].notna()).any().any():
+        raise _results_file_error(path, expected + "; found a value that is not a number")
+    return frame[list(columns)].assign(**{column: values[column].astype(float) for column in numeric})
+
+
+def _load_table(directory: str | os.PathLike, name: str, columns: tuple[str, ...],
+                numeric: tuple[str, ...]) -> pd.DataFrame | None:
+    path = Path(directory) / name
+    if not path.is_file():
+        return None
+    return _read_table(str(path), path.stat().st_mtime_ns, columns, numeric).copy()
+
+
+def load_scales(directory: str | os.PathLike) -> pd.DataFrame | None:
+    """A run's scales.csv (the scale ablation; metrics NaN where not measured), or None when it has none."""
+    return _load_table(directory, SCALES_FILE, SCALES_COLUMNS, SCALES_COLUMNS[2:])
+
+
+def load_regions(directory: str | os.PathLike) -> pd.DataFrame | None:
+    """A run's regions.csv (one row per ground-truth region), or None when it has none."""
+    return _load_table(directory, REGIONS_FILE, REGIONS_COLUMNS, REGIONS_COLUMNS[1:])
 
 
 # ---------------------------------------------------------------------------------------------- all runs

@@ -35,7 +35,19 @@ from recipe import (FastPath, NonFiniteLoss, TrainConfig, build_run_model, check
                     make_optimizer, open_split, seed_everything)
 from system_info import describe_hardware, library_versions, peak_memory_mb, reset_peak_memory
 
-__all__ = ["add_arguments", "run", "run_locks", "train_run", "training_summary", "validation_loss"]
+__all__ = ["add_arguments", "gradient_norms", "run", "run_locks", "train_run", "training_summary", "validation_loss"]
+
+
+@torch.no_grad()
+def gradient_norms(model: ReverseDistillation) -> torch.Tensor:
+    """The L2 norm of all the gradients of the bottleneck's and of the student's parameters, (2,) on their device
+    (no synchronisation); only reads ``.grad``, so training is unchanged. A part without gradients gives 0."""
+    norms = []
+    for part in (model.bottleneck, model.student):
+        grads = [p.grad for p in part.parameters() if p.grad is not None]
+        norms.append(torch.nn.utils.get_total_norm(grads, 2.0).float() if grads
+                     else torch.zeros((), device=next(part.parameters()).device))
+    return torch.stack(norms)
 
 
 @torch.no_grad()
@@ -173,12 +185,15 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
         reset_peak_memory(device)
         started, shown, seen = time.perf_counter(), 0.0, 0
         sums = torch.zeros(4, device=device)  # loss and the 3 scales, image-weighted
+        grad_sums, steps = torch.zeros(2, device=device), 0  # gradient norms of bottleneck and student, per step
         for indices, global_size in recipe.device_batches(len(train_images), config.batch_size, config.seed, epoch,
                                                           device, world.rank, world.size):
             batch = fast.prepare(train_images[indices])
             loss, per_scale = step(net, optimizer, batch, fast, device,
                                    loss_scale=world.size * len(indices) / global_size)
             sums += torch.stack([loss, *per_scale]) * len(indices)
+            grad_sums += gradient_norms(model)  # read after the step: the gradients stay until the next zero_grad
+            steps += 1
             seen += len(indices)
             progress.update()
             if not quiet and time.perf_counter() - shown > 0.5:  # .item() waits for the device: not every step
@@ -200,6 +215,7 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
             "loss_scale3": means[3], "epoch_time_s": elapsed, "images_per_s": seen / elapsed,
             "val_loss": validation_loss(model, val_images, fast, device, config.batch_size),
             "peak_memory_mb": peak_memory_mb(device),
+            **dict(zip(runs.GRAD_NORM_COLUMNS, (grad_sums / max(steps, 1)).tolist())),
             **validation.columns(epoch, model, fast, device),
         })
         runs.write_history(config.run_dir / runs.HISTORY_FILE, history)

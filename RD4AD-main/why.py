@@ -7,12 +7,15 @@ interval; ``None`` when no run has what the instrument needs. This module only c
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
+import why_regions
+import why_scales
+import why_stability
 from documents import markdown_table
+from why_part import WhyPart
 
 if TYPE_CHECKING:
     from plots import FigureItem
@@ -20,22 +23,10 @@ if TYPE_CHECKING:
 __all__ = ["BUILDERS", "WhyPart", "findings_markdown", "render_why", "why_parts", "why_tables"]
 
 
-@dataclass
-class WhyPart:
-    """One instrument's share of the Why section."""
-
-    key: str  # short file-name-safe id: tables are written as tables/why_<key>_<name>.csv
-    title: str  # its subsection heading
-    text: str  # markdown: what was measured and how, then the templated sentences
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # shown in this order below the text
-    figures: list["FigureItem"] = field(default_factory=list)  # FigureItem(kind="why", ...)
-    finding: str | None = None  # one templated line for the findings list, with its interval
-
-
 Builder = Callable[[pd.DataFrame, str, list[tuple[str, str]]], "WhyPart | None"]
 
 # The instruments in the order the section shows them; each entry is an instrument module's ``part``.
-BUILDERS: list[Builder] = []
+BUILDERS: list[Builder] = [why_scales.part, why_regions.part, why_stability.part]
 
 
 def why_parts(runs_frame: pd.DataFrame, results: str | os.PathLike, pairs: list[tuple[str, str]]) -> list[WhyPart]:

@@ -110,7 +110,7 @@ def test_report_has_every_section_table_and_figure(reports: tuple[Path, Path]) -
                                                            for m in comparison.PAIRED_METRICS}
     links = re.findall(r"\]\((figures/[^)]+\.png)\)", text)
     kinds = {Path(link).stem.split("_")[0] for link in links}
-    assert kinds == {"forest", "bars", "roc", "pro", "hist", "gallery", "extremes"}
+    assert kinds == {"forest", "bars", "roc", "pro", "hist", "gallery", "extremes", "why"}  # why: the histories
     assert sum(Path(link).stem.startswith("forest_") for link in links) == 2 * 3  # per pair and metric
     assert all((out / link).is_file() for link in links)
     assert text.index("figures/forest_") < text.index("| pair (a − b) | group |")  # forest plots before any table
@@ -482,7 +482,7 @@ def test_three_families_get_every_table_and_figure(tmp_path: Path) -> None:
     for name in TABLES:
         assert not table(out, name).empty, name
     figures = {path.stem.split("_")[0] for path in (out / "figures").glob("*.png")}
-    assert figures == {"forest", "bars", "roc", "pro", "hist", "gallery", "extremes"}
+    assert figures == {"forest", "bars", "roc", "pro", "hist", "gallery", "extremes", "why"}
     assert len(list((out / "figures").glob("forest_*.png"))) == 2 * 3
     assert set(table(out, "aggregate_tests")["group"]) == {"object", "overall"}
 
