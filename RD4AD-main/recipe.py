@@ -97,6 +97,7 @@ class TrainConfig:
     model_knobs: dict[str, Any] = field(default_factory=dict)
     selection: str = SELECT_LAST  # a SELECTIONS value: which epoch's weights `main.py test` evaluates
     val_every: int = 10  # epochs between synthetic-validation passes (synthval.py); the last epoch always has one
+    tuned_by: str | None = None  # the tune.csv whose choice this recipe is (set by `main.py tune`'s config files)
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "TrainConfig":

@@ -165,7 +165,7 @@ def _write_config_files(table: pd.DataFrame, planned: list[tuple[Setting, TrainC
                     and (row.category == POOLED or c.category == row.category)]
         categories = sorted({c.category for c in matching})
         path = _config_path(out, row.backbone, row.category)
-        runs.atomic_write_json(path, config_file_values(matching[0], categories))
+        runs.atomic_write_json(path, config_file_values(matching[0], categories) | {"tuned_by": str(out / "tune.csv")})
         written.append(path)
     return written
 
