@@ -147,3 +147,18 @@ def test_a_trained_run_records_every_setting(synthetic_root, tmp_path):
     assert settings["tuned_by"] == "tune/tune.csv" and settings["lr"] == "0.005"
     assert settings["val_names_sha256"] == protocol.names_digest(record["val_names"])
     assert settings["float_precision"] == "training float32, scoring float32"
+
+
+def test_a_tuned_config_file_carries_its_tune_csv_into_the_runs(synthetic_root, tmp_path):
+    import argparse
+
+    import sweep
+    import tune
+
+    chosen = TrainConfig(data_root=str(synthetic_root), category="synth_texture", backbone="convnext_tiny", lr=0.001)
+    path = tmp_path / "convnext_tiny.json"
+    path.write_text(json.dumps(tune.config_file_values(chosen, ["synth_texture"], "tune/tune.csv")))
+    parser = argparse.ArgumentParser()
+    sweep.add_train_arguments(parser)
+    configs = sweep.configs_from_args(parser.parse_args(["--config", str(path), "--seeds", "0,1"]))
+    assert [(c.backbone, c.lr, c.tuned_by) for c in configs] == [("convnext_tiny", 0.001, "tune/tune.csv")] * 2
