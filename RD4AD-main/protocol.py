@@ -144,7 +144,7 @@ def _column_differences(runs_frame: pd.DataFrame, column: str, family: FamilyOf)
     whether any run did not record it."""
     frame = runs_frame.assign(_value=runs_frame[column].astype(str))
     missing = frame["_value"].isin(_MISSING)
-    keys = ["dataset", "category"] + (["_family"] if column == KNOBS else [])
+    keys = ["category"] + (["_family"] if column == KNOBS else [])  # a run is named by backbone, category, seed
     if column == KNOBS:
         frame = frame.assign(_family=[family(name) for name in frame["backbone"]])
     differences = []
@@ -152,7 +152,7 @@ def _column_differences(runs_frame: pd.DataFrame, column: str, family: FamilyOf)
         if group["_value"].nunique() > 1:
             values = tuple((backbone, " / ".join(sorted(set(rows["_value"]))))
                            for backbone, rows in group.groupby("backbone", sort=True))
-            differences.append(Difference(column, str(key[1]), values))
+            differences.append(Difference(column, str(key[0]), values))
     return differences, bool(missing.any())
 
 

@@ -111,6 +111,12 @@ def test_model_knobs_are_compared_within_a_family_only():
     assert protocol.check_protocol(runs_frame, pair, backbone_family).kind == "differing recipes: model knobs"
 
 
+def test_a_data_format_or_root_that_differs_is_found():
+    rows = [{"backbone": b, "category": "candle", "seed": 0, "dataset": d, "data_root": r}
+            for b, d, r in (("resnet50", "visa", "data/visa"), ("convnext_tiny", "csv", "data/own"))]
+    assert protocol.check_protocol(frame(rows), FAIR_PAIR).kind == "differing recipes: data root, data format"
+
+
 def test_runs_that_did_not_record_a_setting_leave_it_unchecked():
     runs_frame = frame([{"backbone": b, "category": "carpet", "seed": 0, "val_names_sha256": "not recorded"}
                         for b in FAIR_PAIR])
