@@ -10,6 +10,13 @@ Design choices:
   kept in eval mode, so drop path can never make the distillation targets random; as ``swin_t()``
   fixes that rate and refuses the keyword, the model is built from ``SwinTransformer`` with
   ``swin_t``'s configuration (a test checks it is the same architecture).
+- Teacher padding: window-7 attention needs maps in whole windows, and torchvision pads the others
+  with zero tokens that every real token of the window attends to (at 256 px the 64, 32 and 16 px
+  maps become 70, 35 and 21: about a quarter of the stage-3 positions, a band along the bottom and
+  right edges, attend partly to padding; a handicap only this family would carry). The teacher's
+  attention (``PaddingMaskedAttention``) masks padded tokens out as keys, so no real token's output
+  depends on what the padding holds; a map already in whole windows (every map at 224 px, Swin's
+  pretraining size) runs torchvision's own code, bit for bit.
 - OCBE (RD4AD's MFF + OCE): Swin's own downsampling, patch merging (2x2 space-to-depth, LayerNorm,
   linear), takes the place of RD4AD's strided 3x3 convs and of ConvNeXt's 2x2 strided convs: it
   brings scales 1 and 2 to 1/16 at the teacher's widths; the three are concatenated (1152 channels),
@@ -29,11 +36,12 @@ Design choices:
   block holds 12.6 M parameters, so 3 would overshoot the capacity match), there is no layer scale
   (Swin v1 blocks have none), and everything between the taps runs channels-last.
 - Window: the student's attention window is 8, not the teacher's 7. At the standard 256 px every
-  student map (64, 32, 16, 8 px) is then a whole number of windows, so no padded token enters its
-  attention and the 8x8 embedding attends globally in one window; with 7 the 8x8 embedding would be
-  padded to 14x14 (4 windows, 3x the attention slots for the same 64 tokens). torchvision pads maps
-  smaller than a window (the 2x2 embedding at 64 px) and turns the shift off there, so any multiple
-  of 32 px works. Heads follow Swin's head width of 32 channels.
+  student map (64, 32, 16, 8 px) is then a whole number of windows, so no padded token enters the
+  student's attention and the 8x8 embedding attends globally in one window; with 7 the 8x8 embedding
+  would be padded to 14x14 (4 windows, 3x the attention slots for the same 64 tokens). torchvision
+  pads maps smaller than a window (the 2x2 embedding at 64 px) and turns the shift off there, so any
+  multiple of 32 px works; at such sizes the trainable student does attend to zero padding (the
+  teacher never does, see above). Heads follow Swin's head width of 32 channels.
 - Capacity: ``embed_dim=1024``, ``oce_depth=2`` puts the trainable parameters within a few percent
   of the ResNet-50 RD's (``main.py summary`` prints both once the family is registered; a test holds
   them within 15 %); the knobs are ``embed_dim``, ``oce_depth``, ``decoder_depths``, ``window_size``
@@ -45,14 +53,15 @@ from functools import partial
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import SwinTransformer, Swin_T_Weights
-from torchvision.models.swin_transformer import PatchMerging, SwinTransformerBlock
+from torchvision.models.swin_transformer import PatchMerging, ShiftedWindowAttention, SwinTransformerBlock
 
 from weights import apply_state_dict
 
-__all__ = ["SwinTeacher", "SwinOCBE", "SwinDecoder", "PatchExpanding", "swin_t_teacher_model", "swin_t_rd",
-           "DEFAULT_WEIGHTS"]
+__all__ = ["SwinTeacher", "SwinOCBE", "SwinDecoder", "PatchExpanding", "PaddingMaskedAttention", "swin_t_teacher_model",
+           "swin_t_rd", "DEFAULT_WEIGHTS"]
 
 TAP_INDICES = (1, 3, 5)  # outputs of stages 1, 2, 3 in SwinTransformer.features
 # torchvision's swin_t() configuration; its stochastic depth (0.2) is turned off in swin_t_teacher_model
@@ -70,13 +79,88 @@ def to_channels_last(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1)
 
 
+class PaddingMaskedAttention(ShiftedWindowAttention):
+    """torchvision's (shifted) window attention, with the tokens that pad a map to whole windows masked out as
+    keys (-inf before the softmax: weight exactly 0), so a real token's output never depends on the padding.
+
+    Same parameters and state-dict keys as ``ShiftedWindowAttention`` (an instance is converted in place); a map
+    already in whole windows goes through torchvision's own forward unchanged.
+    """
+
+    @classmethod
+    def convert(cls, attention: ShiftedWindowAttention) -> "PaddingMaskedAttention":
+        attention.__class__ = cls
+        return attention  # type: ignore[return-value]
+
+    def pad(self, x: Tensor, bottom: int, right: int) -> Tensor:
+        """The map padded to whole windows (zeros, as torchvision pads; masked out below whatever it holds)."""
+        return F.pad(x, (0, 0, 0, right, 0, bottom))
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, height, width, channels = x.shape
+        wh, ww = self.window_size
+        bottom, right = (wh - height % wh) % wh, (ww - width % ww) % ww
+        if not bottom and not right:
+            return super().forward(x)
+        x = self.pad(x, bottom, right)
+        n, ph, pw, _ = x.shape
+        # as torchvision: no shift along a side that one window covers
+        shift = [self.shift_size[0] if wh < ph else 0, self.shift_size[1] if ww < pw else 0]
+        real = torch.zeros(ph, pw, dtype=torch.bool, device=x.device)
+        real[:height, :width] = True
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+            real = torch.roll(real, shifts=(-shift[0], -shift[1]), dims=(0, 1))
+        windows = (ph // wh) * (pw // ww)
+        tokens = wh * ww
+        x = x.view(n, ph // wh, wh, pw // ww, ww, channels).permute(0, 1, 3, 2, 4, 5).reshape(n * windows, tokens,
+                                                                                              channels)
+        heads = self.num_heads
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.reshape(x.size(0), tokens, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
+        attn = (q * (channels // heads) ** -0.5).matmul(k.transpose(-2, -1)) + self.get_relative_position_bias()
+        mask = self._window_mask(ph, pw, shift, windows, attn.dtype, x.device)
+        key_is_real = real.view(ph // wh, wh, pw // ww, ww).permute(0, 2, 1, 3).reshape(windows, 1, tokens)
+        mask = mask.masked_fill(~key_is_real, float("-inf"))  # every window holds real keys: no row is all -inf
+        attn = (attn.view(n, windows, heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)).view(-1, heads, tokens,
+                                                                                                    tokens)
+        attn = F.dropout(F.softmax(attn, dim=-1), p=self.attention_dropout, training=self.training)
+        x = attn.matmul(v).transpose(1, 2).reshape(x.size(0), tokens, channels)
+        x = F.dropout(F.linear(x, self.proj.weight, self.proj.bias), p=self.dropout, training=self.training)
+        x = x.view(n, ph // wh, pw // ww, wh, ww, channels).permute(0, 1, 3, 2, 4, 5).reshape(n, ph, pw, channels)
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+        return x[:, :height, :width, :].contiguous()
+
+    def _window_mask(self, ph: int, pw: int, shift: list[int], windows: int, dtype: torch.dtype,
+                     device: torch.device) -> Tensor:
+        """torchvision's shifted-window mask (-100 between tokens of different regions; zeros without a shift)."""
+        wh, ww = self.window_size
+        tokens = wh * ww
+        if sum(shift) == 0:
+            return torch.zeros(windows, tokens, tokens, dtype=dtype, device=device)
+        region = torch.zeros(ph, pw, device=device)
+        count = 0
+        for h in ((0, -wh), (-wh, -shift[0]), (-shift[0], None)):
+            for w in ((0, -ww), (-ww, -shift[1]), (-shift[1], None)):
+                region[h[0]:h[1], w[0]:w[1]] = count
+                count += 1
+        region = region.view(ph // wh, wh, pw // ww, ww).permute(0, 2, 1, 3).reshape(windows, tokens)
+        differs = region.unsqueeze(1) - region.unsqueeze(2)
+        return differs.masked_fill(differs != 0, -100.0).masked_fill(differs == 0, 0.0).to(dtype)
+
+
 class SwinTeacher(nn.Module):
-    """``features[0..5]`` of a torchvision Swin Transformer; returns stages 1-3 as (N, C, H, W)."""
+    """``features[0..5]`` of a torchvision Swin Transformer; returns stages 1-3 as (N, C, H, W). Its attention
+    masks the padding of maps that are not whole windows (``PaddingMaskedAttention``)."""
 
     def __init__(self, model: SwinTransformer) -> None:
         super().__init__()
         self.features = model.features[: TAP_INDICES[-1] + 1]
         self.channels = tuple(self.features[i][-1].norm1.normalized_shape[0] for i in TAP_INDICES)
+        for module in self.features.modules():
+            if type(module) is ShiftedWindowAttention:
+                PaddingMaskedAttention.convert(module)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         taps = []

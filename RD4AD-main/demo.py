@@ -19,6 +19,7 @@ from backbones import FAIR_PAIR, check_teacher_weights
 from evaluate import evaluate_run
 from runs import write_summary
 from train import train_run
+from weights import each_download_once
 from workflow import generate_demo_data, sweep_configs
 
 __all__ = ["add_arguments", "run", "run_demo"]
@@ -37,7 +38,14 @@ def _unavailable_teachers(backbones: tuple[str, ...]) -> list[str]:
 
 def run_demo(data: Path, results: Path, checkpoints: Path, out: Path, epochs: int, seeds: str,
              image_size: int, device: str, portfolio: str | None) -> Path:
-    """Every step of the demo; returns the path of report.md."""
+    """Every step of the demo; returns the path of report.md. Each missing weights file is tried once (the
+    preflight's try), not again by every run."""
+    with each_download_once():
+        return _run_demo(data, results, checkpoints, out, epochs, seeds, image_size, device, portfolio)
+
+
+def _run_demo(data: Path, results: Path, checkpoints: Path, out: Path, epochs: int, seeds: str,
+              image_size: int, device: str, portfolio: str | None) -> Path:
     started = time.perf_counter()
     categories = generate_demo_data(data, image_size)
     configs = [config for backbone in FAIR_PAIR

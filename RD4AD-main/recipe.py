@@ -97,6 +97,7 @@ class TrainConfig:
     model_knobs: dict[str, Any] = field(default_factory=dict)
     selection: str = SELECT_LAST  # a SELECTIONS value: which epoch's weights `main.py test` evaluates
     val_every: int = 10  # epochs between synthetic-validation passes (synthval.py); the last epoch always has one
+    tuned_by: str | None = None  # the tune.csv whose choice this recipe is (set by `main.py tune`'s config files)
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "TrainConfig":
@@ -128,7 +129,8 @@ class TrainConfig:
 
 # field -> (whether a value is allowed, what is allowed)
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (lambda v: v >= 0, "at least 0"),
+    # NumPy's seed range; torch's 64-bit generators then also take the batch order's seed * 1_000_003 + epoch
+    "seed": (lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295 (2**32 - 1)"),
     "split_seed": (lambda v: v >= 0, "at least 0"),
     "epochs": (lambda v: v >= 1, "at least 1"),
     "batch_size": (lambda v: v >= 2, "at least 2 (BatchNorm students cannot train on one image)"),

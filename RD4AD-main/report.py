@@ -21,6 +21,7 @@ from claims import (DEFINITIONS, NOTHING_TO_COMPARE, aggregate_sentence, categor
                     conclusions_text, primary_console_line)
 from comparison import (ALPHA, CONFIDENCE, N_BOOT, POWER, Comparison, compare_runs, epoch_text, parse_pairs,
                         resolve_pairs, run_name)
+from backbone_facts import backbone_family
 from decision import (CLAIM_BASES, N_PERMUTATIONS, PLANNED_SEEDS, Decision, StudyPlan, check_primary, decide,
                       default_primary, read_study_plan)
 from documents import generated_markers, markdown_table, replace_marked_block
@@ -30,6 +31,7 @@ from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, ca
                            per_defect_table, planning_display, primary_table, reference_table, values_list)
 from runs import load_runs, untested_runs
 from significance import EXACT_FLIP_CELLS, MAX_EDGES
+from protocol import differences_text, headline_sentence, refuse_same_recipe
 from why import WhyPart, render_why, why_parts, why_tables
 
 if TYPE_CHECKING:
@@ -82,7 +84,8 @@ def provenance(runs_frame: pd.DataFrame) -> str:
         f"Provenance: data {data} (format {distinct_values(runs_frame, 'dataset')}); categories "
         f"{values_list(runs_frame['category'])}; image size {distinct_values(runs_frame, 'image_size')} px; "
         f"{_epochs_text(runs_frame)}; {protocol_text(runs_frame)}; seeds {seeds}; teacher weights {teachers}; "
-        f"hardware {distinct_values(runs_frame, 'hardware')}; {len(runs_frame)} runs."
+        f"{differences_text(runs_frame, backbone_family)}; hardware {distinct_values(runs_frame, 'hardware')}; "
+        f"{len(runs_frame)} runs."
     )
 
 
@@ -305,6 +308,7 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         f"Compared pairs (a − b): {pairs}.",
         claim_basis_text(report.decision),
         f"{h} Primary questions",
+        headline_sentence(runs_frame, report.pairs, backbone_family),
         primary_text(report),
         *_figure_markdown(forest, None, link_prefix),
         markdown_table(report.tables["primary_tests_table"]), prov,
@@ -441,6 +445,7 @@ def write_report(report: Report, out: str | os.PathLike, figures: list[FigureIte
     if figures is None:
         figures = plots.make_figures(report.runs, report.comparison, report.results)
     text = render_report(report, figures)
+    refuse_same_recipe(text, report.runs, str(out / "report.md"), backbone_family)
     tables = _table_texts(report)
     updated = None
     if portfolio is not None:

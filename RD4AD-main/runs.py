@@ -46,6 +46,7 @@ import pandas as pd
 
 from categories import category_group
 from errors import CheckpointError, RDError
+from protocol import recorded_settings
 
 __all__ = [
     "LOCK_FILE", "TEMPORARY_SUFFIX", "RunLock", "RunLocked", "remove_stale_temporaries", "strict_json",
@@ -553,6 +554,7 @@ def _run_row(directory: Path) -> dict[str, Any]:
         "trained_epochs": trained,
         "unfinished": bool(trained < requested_epochs),  # NaN compares False: unknown is not flagged
         "selection": selection,
+        **recorded_settings(config),  # the rest of the recipe, for compare's shared-protocol check (protocol.py)
         "selected_epoch": _number(metrics.get("selected_epoch"), metrics_path, "selected_epoch"),
         "teacher_weights": _text(config, "teacher_weights"),
         "teacher_imagenet_top1": _number(config.get("teacher_imagenet_top1"), directory / CONFIG_FILE,
@@ -570,7 +572,9 @@ def load_runs(results: str | os.PathLike) -> pd.DataFrame:
 
     Columns: identity, ``kind`` (the category's report group), ``dataset`` (data format), provenance,
     ``requested_epochs`` / ``trained_epochs`` / ``unfinished`` (checkpoint short of the requested epochs),
-    ``selection`` ("last" or "synthetic-val") and every metric (NaN when not measured).
+    ``selection`` ("last" or "synthetic-val"), the rest of the recipe as recorded (``protocol.recorded_settings``:
+    split file hash, validation fraction, split seed, held-out names' hash, batch size, lr, betas, precision, model
+    knobs, tuned_by) and every metric (NaN when not measured).
     """
     results = Path(results)
     if not results.is_dir():

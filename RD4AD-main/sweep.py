@@ -30,7 +30,7 @@ from system_info import describe_hardware, synchronize
 __all__ = ["CONFIG_ONLY_KEYS", "SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments",
            "add_data_format_arguments", "add_fast_path_arguments", "add_train_arguments", "checkpoint_epoch",
            "configs_from_args", "estimate_sweep", "flag_of", "format_duration", "json_object", "measure_throughput",
-           "official_train_images", "parse_list", "preflight_teacher_weights", "read_config_file",
+           "official_train_images", "parse_list", "preflight_runs", "preflight_teacher_weights", "read_config_file",
            "resolve_categories", "select_runs", "teacher_weights_per_backbone"]
 
 SWEEP_DEFAULTS = {"backbones": "wide_resnet50_2", "categories": "all", "seeds": "0"}
@@ -187,7 +187,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, grid_lrs: str | None = 
 
 # ---------------------------------------------------------------------------------------------- config files
 
-FLAG_OF_FIELD = {"data_format": "--format", "teacher_weights_path": "--teacher-weights"}
+FLAG_OF_FIELD = {"data_format": "--format", "teacher_weights_path": "--teacher-weights", "seed": "--seeds"}
 
 
 def flag_of(name: str) -> str:
@@ -280,6 +280,20 @@ def teacher_weights_per_backbone(text: str | None, backbones: list[str]) -> dict
                           f"({', '.join(backbones)})")
         mapping[name.strip()] = path.strip()
     return mapping
+
+
+def preflight_runs(configs: list[TrainConfig]) -> None:
+    """The checks of each run that can fail before it trains (device, data root, category, split), done before any
+    run's folder or lock file is made: a bad --device or --data-root leaves nothing behind."""
+    for name in sorted({config.device for config in configs}):
+        distributed.device_for(name)
+    opened: set[tuple] = set()
+    for config in configs:
+        key = (config.data_root, config.category, config.data_format, config.split_csv, config.val_fraction,
+               config.split_seed)
+        if key not in opened:
+            opened.add(key)
+            open_split(config, "train")  # lists the files and splits off validation (no image is decoded)
 
 
 def preflight_teacher_weights(configs: list[TrainConfig]) -> list[str]:

@@ -75,6 +75,7 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False, a
     validate_image_size(config.image_size)
     get_backbone(config.backbone)
     synthval.check_settings(config)
+    sweep.preflight_runs([config])  # device and data: checked before the run's folders and locks are made
     world = distributed.current()
     quiet = quiet or not world.is_main
     if world.enabled and config.batch_size % world.size:
@@ -272,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
         missing = [str(c.checkpoint_path) for c in configs if not c.checkpoint_path.is_file()]
         if missing:
             raise CheckpointError(f"--resume: no checkpoint to resume at {', '.join(missing[:3])}")
+    sweep.preflight_runs(configs)  # every run's device and data before any folder exists
     weights_status = sweep.preflight_teacher_weights(configs)  # every rank: a failure stops all before they join
     with distributed.process_group(configs[0].device) as world:
         if world.is_main:

@@ -146,11 +146,12 @@ def choose(run_scores: pd.DataFrame, grid: list[Setting], pooled: bool) -> pd.Da
     return table[columns]
 
 
-def config_file_values(config: TrainConfig, categories: list[str]) -> dict[str, Any]:
-    """A ``--config`` file's content: the tuned run's settings, its backbone and categories; seeds and folders
-    are left to the study's flags."""
+def config_file_values(config: TrainConfig, categories: list[str], tuned_by: str | None = None) -> dict[str, Any]:
+    """A ``--config`` file's content: the tuned run's settings, its backbone and categories, and the tune.csv that
+    chose them (``tuned_by``: recorded by the runs, named by compare); seeds and folders are left to the study's
+    flags."""
     values = {f.name: getattr(config, f.name) for f in fields(TrainConfig) if f.name not in _NOT_IN_CONFIG_FILES}
-    return values | {"backbones": [config.backbone], "categories": categories}
+    return values | {"backbones": [config.backbone], "categories": categories, "tuned_by": tuned_by}
 
 
 def _config_path(out: Path, backbone: str, category: str) -> Path:
@@ -165,7 +166,7 @@ def _write_config_files(table: pd.DataFrame, planned: list[tuple[Setting, TrainC
                     and (row.category == POOLED or c.category == row.category)]
         categories = sorted({c.category for c in matching})
         path = _config_path(out, row.backbone, row.category)
-        runs.atomic_write_json(path, config_file_values(matching[0], categories))
+        runs.atomic_write_json(path, config_file_values(matching[0], categories, str(out / "tune.csv")))
         written.append(path)
     return written
 

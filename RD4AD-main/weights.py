@@ -19,7 +19,8 @@ from torchvision.models import WeightsEnum
 
 from errors import WeightsError
 
-__all__ = ["apply_state_dict", "mismatched_keys", "hub_checkpoint_dir", "load_weights_enum", "load_weights_file", "weights_file_name"]
+__all__ = ["apply_state_dict", "each_download_once", "mismatched_keys", "hub_checkpoint_dir", "load_weights_enum",
+           "load_weights_file", "weights_file_name"]
 
 # A download that cannot connect must fail within seconds, not hang on a dead network.
 DOWNLOAD_CONNECT_TIMEOUT_S = 5.0
@@ -44,6 +45,22 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
+# url -> the error message of its failed download, while an ``each_download_once`` block is open (None: no block)
+_failed_downloads: dict[str, str] | None = None
+
+
+@contextmanager
+def each_download_once() -> Iterator[None]:
+    """Within the block, a weights file whose download failed is not tried again: the same error comes back at
+    once (the demo: one try per missing file per command, not one per run, each a timeout behind some proxies)."""
+    global _failed_downloads
+    outer, _failed_downloads = _failed_downloads, ({} if _failed_downloads is None else _failed_downloads)
+    try:
+        yield
+    finally:
+        _failed_downloads = outer
+
+
 def _advice(weights: WeightsEnum) -> str:
     target = hub_checkpoint_dir() / weights_file_name(weights)
     return (
@@ -57,6 +74,8 @@ def _advice(weights: WeightsEnum) -> str:
 def load_weights_enum(weights: WeightsEnum) -> dict[str, torch.Tensor]:
     """State dict of a torchvision weights enum, from the hub cache or a (time-limited) download."""
     cached = hub_checkpoint_dir() / weights_file_name(weights)
+    if not cached.is_file() and _failed_downloads is not None and weights.url in _failed_downloads:
+        raise WeightsError(_failed_downloads[weights.url])
     try:
         if cached.is_file():
             return torch.load(cached, map_location="cpu", weights_only=True)
@@ -66,7 +85,10 @@ def load_weights_enum(weights: WeightsEnum) -> dict[str, torch.Tensor]:
         reason = f"{type(error).__name__}: {error}".strip()
         where = f"the cached file {cached} is unreadable or corrupt ({reason}); delete it. " if cached.is_file() \
             else f"{weights.url} could not be downloaded ({reason}). "
-        raise WeightsError(f"Pretrained teacher weights {weights} are not available: {where}{_advice(weights)}") from error
+        failure = WeightsError(f"Pretrained teacher weights {weights} are not available: {where}{_advice(weights)}")
+        if not cached.is_file() and _failed_downloads is not None:
+            _failed_downloads[weights.url] = str(failure)
+        raise failure from error
 
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -322,3 +322,37 @@ def test_mask_with_other_defect_values_is_read_and_reported(capsys, workdir, syn
 
     masks = MVTecDataset(data, "synth_object", "test", 64).uint8_masks()
     assert masks.sum() > 0 and int(masks.max()) == 1
+
+
+# ------------------------------------------------------------------------------------------ checks before any folder (issue 20)
+
+def paths_under(folder: Path) -> list[str]:
+    """Every file and folder under ``folder`` (an empty folder or a lone .lock counts)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@pytest.mark.parametrize("flags, culprit", [
+    (["--seeds", "99999999999999999999999"], "--seeds 99999999999999999999999: expected a whole number from 0 to "
+                                             "4294967295"),
+    (["--seeds", "0,4294967296"], "--seeds 4294967296: expected a whole number from 0 to 4294967295"),
+    (["--data-root", "/no/such/dir"], "data root /no/such/dir does not exist"),
+    pytest.param(["--device", "cuda"], "--device cuda: CUDA is not available", marks=NO_GPU),
+])
+def test_failing_checks_leave_no_file_or_folder(capsys, workdir, synthetic_root, flags, culprit):
+    """Seeds, data root (a named category) and device are checked before any run's folder or lock exists."""
+    before = paths_under(workdir)
+    err = expect_refusal(capsys, culprit, "train", "--data-root", str(synthetic_root), *TINY, *flags)
+    assert len(err.strip().splitlines()) == 1  # one paragraph
+    assert paths_under(workdir) == before
+
+
+def test_the_largest_seed_seeds_everything():
+    from recipe import check_config, epoch_batches, seed_everything
+
+    largest = 2**32 - 1
+    check_config(TrainConfig(data_root="data", category="synth_texture", backbone="resnet50", seed=largest))
+    seed_everything(largest)
+    assert sorted(i for batch in epoch_batches(10, 4, largest, 200) for i in batch) == list(range(10))

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.models import resnet50, swin_t
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 from torchvision.ops import StochasticDepth
 
 from errors import WeightsError
 from rd_model import ReverseDistillation
-from RD_Swin_Model import DEFAULT_WEIGHTS, PatchExpanding, patch_merging, swin_t_rd, swin_t_teacher_model
+from RD_Swin_Model import (DEFAULT_WEIGHTS, PaddingMaskedAttention, PatchExpanding, SwinTeacher, patch_merging,
+                           swin_t_rd, swin_t_teacher_model)
 from capacity import RESNET50_TRAINABLE, count_parameters
 
 
@@ -54,12 +57,14 @@ def test_student_and_teacher_shapes_match(model, size):
 
 
 def test_taps_are_stage_outputs_in_channels_first(model):
+    """At 224 px (Swin's size: 56, 28, 14 px maps, whole windows of 7) the taps are torchvision's, bit for bit."""
     torch.manual_seed(2)
     reference = swin_t_teacher_model().eval()
     result = reference.load_state_dict(model.teacher.state_dict(), strict=False)  # the teacher is features[:6]
     assert not result.unexpected_keys
     assert all(k.startswith(("features.6.", "features.7.", "norm.", "head.")) for k in result.missing_keys)
-    images = torch.randn(1, 3, 64, 64)
+    assert not any(isinstance(m, PaddingMaskedAttention) for m in reference.modules())  # torchvision's own code
+    images = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         taps = model.teacher(images)
         x, expected = images, []
@@ -97,3 +102,71 @@ def test_swin_weights_are_loaded_into_the_teacher():
 def test_resnet50_state_dict_is_refused_naming_the_source():
     with pytest.raises(WeightsError, match="resnet50_wrong.pth"):
         swin_t_rd(state_dict=resnet50(weights=None).state_dict(), source="resnet50_wrong.pth")
+
+
+# ---------------------------------------------------------------------------------------------- padding (issue 20)
+
+def _noisy_pad(self, x, bottom, right):
+    """Padding that holds large random values instead of zeros (the real tokens are kept)."""
+    padded = F.pad(x, (0, 0, 0, right, 0, bottom))
+    real = torch.zeros(padded.shape[1:3], dtype=torch.bool)
+    real[: x.shape[1], : x.shape[2]] = True
+    return torch.where(real[None, :, :, None], padded, 10 * torch.randn_like(padded))
+
+
+def test_teacher_output_does_not_depend_on_what_the_padding_holds(model, monkeypatch):
+    """96 px: 24, 12 and 6 px maps, none a whole number of 7-windows (the 6 px one is smaller than a window)."""
+    torch.manual_seed(4)
+    images = torch.randn(2, 3, 96, 96)
+    reference = swin_t_teacher_model().eval()
+    reference.load_state_dict(model.teacher.state_dict(), strict=False)
+    with torch.no_grad():
+        masked = model.teacher(images)
+        unmasked = SwinTeacher.forward(_TorchvisionTeacher(reference), images)
+        monkeypatch.setattr(PaddingMaskedAttention, "pad", _noisy_pad)
+        noisy = model.teacher(images)
+    for tap, with_noise in zip(masked, noisy):
+        assert torch.equal(tap, with_noise)
+    # torchvision's zero padding did change the taps: most along the bottom and right edges (stage 1: rows and
+    # columns 21-23 are in the last, padded window), least far from them
+    edge = (masked[0] - unmasked[0])[..., 21:, :].abs().max()
+    assert edge > 1e-3 and (masked[2] - unmasked[2]).abs().max() > 1e-3
+
+
+class _TorchvisionTeacher(torch.nn.Module):
+    """torchvision's unmodified stages 1-3, for SwinTeacher.forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.features = model.features[:6]
+
+
+@pytest.mark.parametrize("height, width", [(9, 10), (4, 5)])
+def test_masked_window_attention_matches_attention_over_the_real_tokens_of_each_window(height, width):
+    """Brute force, token by token: softmax over the real keys of the query's window only, no shift."""
+    torch.manual_seed(5)
+    dim, heads, window = 8, 2, 7
+    attention = PaddingMaskedAttention.convert(ShiftedWindowAttention(dim, [window, window], [0, 0], heads)).eval()
+    with torch.no_grad():
+        attention.qkv.bias.normal_()  # padded keys are then not zero vectors
+        x = torch.randn(1, height, width, dim)
+        got = attention(x)
+        q, k, v = F.linear(x[0], attention.qkv.weight, attention.qkv.bias).reshape(height, width, 3, heads,
+                                                                                  dim // heads).unbind(2)
+        bias = attention.relative_position_bias_table[attention.relative_position_index].view(
+            window * window, window * window, heads)
+        expected = torch.zeros(height, width, dim)
+        for i in range(height):
+            for j in range(width):
+                keys = [(a, b) for a in range(height) for b in range(width)
+                        if (a // window, b // window) == (i // window, j // window)]
+                out = []
+                for h in range(heads):
+                    logits = torch.stack([
+                        q[i, j, h] @ k[a, b, h] * (dim // heads) ** -0.5
+                        + bias[(i % window) * window + j % window, (a % window) * window + b % window, h]
+                        for a, b in keys])
+                    weights = torch.softmax(logits, 0)
+                    out.append(sum(w * v[a, b, h] for w, (a, b) in zip(weights, keys)))
+                expected[i, j] = F.linear(torch.cat(out), attention.proj.weight, attention.proj.bias)
+    assert torch.allclose(got[0], expected, atol=1e-5)
