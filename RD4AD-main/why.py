@@ -6,6 +6,7 @@ interval; ``None`` when no run has what the instrument needs. This module only c
 """
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -34,8 +35,19 @@ class WhyPart:
 
 Builder = Callable[[pd.DataFrame, str, list[tuple[str, str]]], "WhyPart | None"]
 
+
+def _instrument(module: str) -> Builder:
+    """The ``part`` of instrument module ``module``, imported when the section is built: the instrument modules
+    import WhyPart from here, so importing them at the top would make a circle."""
+    def build(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -> "WhyPart | None":
+        return importlib.import_module(module).part(runs_frame, results, pairs)
+
+    build.__name__ = f"{module}.part"
+    return build
+
+
 # The instruments in the order the section shows them; each entry is an instrument module's ``part``.
-BUILDERS: list[Builder] = []
+BUILDERS: list[Builder] = [_instrument("why_locality"), _instrument("why_audit")]
 
 
 def why_parts(runs_frame: pd.DataFrame, results: str | os.PathLike, pairs: list[tuple[str, str]]) -> list[WhyPart]:
