@@ -152,7 +152,7 @@ def _locality_record(teacher: Teacher, shapes: list[tuple[int, int, int]], mean_
 
 def _analyse_category(settings: AnalyseSettings, category: str, sources: dict[str, Path],
                       device: torch.device) -> list[dict[str, Any]]:
-    """Measure and write one category's teachers and pairs; one summary row per (backbone, tap)."""
+    """Measure and write one category's teachers and pairs; one summary row per (backbone or pair, tap)."""
     teachers = [_load_teacher(backbone, run_dir, settings.max_images, device) for backbone, run_dir in sources.items()]
     groups: dict[tuple, list[Teacher]] = {}  # teachers with the same normals are measured together (CKA pairs)
     for teacher in teachers:
@@ -177,17 +177,15 @@ def _analyse_category(settings: AnalyseSettings, category: str, sources: dict[st
                       "taps": [{"tap": tap + 1, "cka": accumulator.value(), "rows": accumulator.rows}
                                for tap, accumulator in enumerate(per_tap)]}
             why_files.write_cka(settings.results, category, a, b, record)
-            for row in rows:
-                if row["backbone"] in (a, b) and row["category"] == category:
-                    other = b if row["backbone"] == a else a
-                    row[f"cka vs {other}"] = record["taps"][row["tap"] - 1]["cka"] if row["tap"] <= len(per_tap) else None
+            rows += [{"backbone": f"{a} vs {b}", "category": category, "tap": tap["tap"], "cka": tap["cka"]}
+                     for tap in record["taps"]]
     for teacher in teachers:
         teacher.module = None  # free the teachers before the next category
     return rows
 
 
 def analyse(settings: AnalyseSettings) -> pd.DataFrame:
-    """Measure every selected (backbone, category) not yet measured; one row per (backbone, category, tap) written."""
+    """Measure every selected (backbone, category) not yet measured; a row per (backbone or pair, category, tap)."""
     if settings.batch_size < 1:
         raise RDError(f"--batch-size {settings.batch_size}: expected at least 1")
     if settings.max_images < 0:

@@ -50,11 +50,15 @@ def run_table(runs_frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.Data
         rows.append({"backbone": run["backbone"], "category": run["category"], "seed": int(run["seed"]),
                      "selection": run["selection"], "audited epochs": len(audit),
                      "spearman": spearman(audit["synth_aupro"], audit["test_aupro"]),
-                     "selected epoch": run["selected_epoch"], "test AUPRO at selected": at_selected,
+                     "selected epoch": _epoch(run["selected_epoch"]), "test AUPRO at selected": at_selected,
                      "best audited epoch": np.nan if best is None else int(best["epoch"]),
                      "best audited test AUPRO": np.nan if best is None else float(best["test_aupro"]),
                      "AUPRO given up": np.nan if best is None else float(best["test_aupro"]) - at_selected})
     return pd.DataFrame(rows), audits
+
+
+def _epoch(value: float) -> int | None:
+    return None if pd.isna(value) else int(value)
 
 
 def _rng(*parts: object) -> np.random.Generator:

@@ -139,6 +139,10 @@ def erf_figure(records: Records, backbones: list[str]):  # noqa: ANN201  (a matp
     return fig
 
 
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
+
+
 def _finding(table: pd.DataFrame) -> str | None:
     sentences = []
     for _, row in table[table["tap"] == 1].iterrows():
@@ -147,7 +151,7 @@ def _finding(table: pd.DataFrame) -> str | None:
             f"at tap 1 (the finest) {row['a']}'s teacher draws 50 % of its centre feature's input gradient from within "
             f"{row['r50 a (px)']:.1f} px and {row['b']}'s from within {row['r50 b (px)']:.1f} px, a difference of "
             f"{row['r50 a-b (px)']:+.1f} px ({100 * CONFIDENCE:.0f} % bootstrap interval over validation normals "
-            f"[{row['r50 ci_low']:+.1f}, {row['r50 ci_high']:+.1f}], {row['categories']} categories, "
+            f"[{row['r50 ci_low']:+.1f}, {row['r50 ci_high']:+.1f}], {_count(row['categories'], 'category', 'categories')}, "
             f"{row['normals']} normals); linear CKA between the two at this tap {cka}")
     return ("; ".join(sentences) + ".") if sentences else None
 
