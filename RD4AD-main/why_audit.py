@@ -72,15 +72,21 @@ def pooled_table(per_run: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     groups = [(name, group) for name, group in per_run.groupby("backbone", sort=False)] + [("all runs", per_run)]
     for name, group in groups:
         rho = group["spearman"].dropna().to_numpy()
-        if rho.size:
-            replicates = multiplicities(rho.size, n_boot, _rng(KEY, name)) @ rho / rho.size
-            low, high = percentile_interval(replicates, CONFIDENCE)
-        else:
-            low = high = np.nan
+        given_up = group["AUPRO given up"].dropna().to_numpy()
         rows.append({"backbone": name, "runs": len(group), "runs with rho": int(rho.size),
-                     "mean spearman": float(rho.mean()) if rho.size else np.nan, "ci_low": low, "ci_high": high,
-                     "mean AUPRO given up": float(group["AUPRO given up"].mean())})
+                     "mean spearman": float(rho.mean()) if rho.size else np.nan,
+                     **dict(zip(("ci_low", "ci_high"), _mean_interval(rho, n_boot, _rng(KEY, name)))),
+                     "mean AUPRO given up": float(given_up.mean()) if given_up.size else np.nan,
+                     **dict(zip(("given_up_ci_low", "given_up_ci_high"),
+                                _mean_interval(given_up, n_boot, _rng(KEY, name, "given up"))))})
     return pd.DataFrame(rows)
+
+
+def _mean_interval(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` over resampled runs (NaN when there are none)."""
+    if not values.size:
+        return float("nan"), float("nan")
+    return percentile_interval(multiplicities(values.size, n_boot, rng) @ values / values.size, CONFIDENCE)
 
 
 def audit_figure(per_run: pd.DataFrame, audits: dict[str, pd.DataFrame], runs_frame: pd.DataFrame):  # noqa: ANN201
@@ -114,16 +120,22 @@ def audit_figure(per_run: pd.DataFrame, audits: dict[str, pd.DataFrame], runs_fr
     return fig
 
 
-def _finding(pooled: pd.DataFrame) -> str | None:
+def _finding(pooled: pd.DataFrame) -> str:
     overall = pooled[pooled["backbone"] == "all runs"].iloc[0]
+    head = "audit only (the test set scored at the synthetic-validation epochs, never used to select): "
     if overall["runs with rho"] == 0:
-        return None
-    return (f"audit only (the test set scored at the synthetic-validation epochs, never used to select): the "
-            f"synthetic-validation AUPRO ranked the epochs like the test AUPRO with a mean Spearman rho of "
-            f"{overall['mean spearman']:+.2f} over {int(overall['runs with rho'])} runs ({100 * CONFIDENCE:.0f} % "
-            f"bootstrap interval over runs [{overall['ci_low']:+.2f}, {overall['ci_high']:+.2f}]); the selected "
-            f"epoch's test AUPRO was {100 * overall['mean AUPRO given up']:.2f} points below the best audited "
-            f"epoch's on average.")
+        ranked = (f"no run has {MIN_EPOCHS} audited epochs with varying scores, so there is no rank correlation "
+                  f"(train with a smaller --val-every)")
+    else:
+        ranked = (f"the synthetic-validation AUPRO ranked the epochs like the test AUPRO with a mean Spearman rho of "
+                  f"{overall['mean spearman']:+.2f} over {int(overall['runs with rho'])} runs "
+                  f"({100 * CONFIDENCE:.0f} % bootstrap interval over runs [{overall['ci_low']:+.2f}, "
+                  f"{overall['ci_high']:+.2f}])")
+    if np.isnan(overall["mean AUPRO given up"]):
+        return head + ranked + "."
+    return (head + ranked + f"; the selected epoch's test AUPRO was {100 * overall['mean AUPRO given up']:.2f} points "
+            f"below the best audited epoch's on average (interval [{100 * overall['given_up_ci_low']:.2f}, "
+            f"{100 * overall['given_up_ci_high']:.2f}]).")
 
 
 def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -> WhyPart | None:

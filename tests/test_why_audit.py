@@ -58,8 +58,12 @@ def test_rank_correlation_on_runs_whose_numbers_are_set(tmp_path):
     assert overall["runs with rho"] == 3 and overall["mean spearman"] == pytest.approx(0.2)
     assert -1.0 <= overall["ci_low"] < 0.2 < overall["ci_high"] <= 1.0
     assert "audit only" in part.finding and "+0.20 over 3 runs" in part.finding
+    assert overall["mean AUPRO given up"] == pytest.approx(0.1) and "10.00 points below" in part.finding
+    assert overall["given_up_ci_low"] <= 0.1 <= overall["given_up_ci_high"]
     assert part.figures[0].figure is not None
     assert why_audit.part(frame.iloc[[4]], str(tmp_path), [("a", "b")]) is None
+    short = why_audit.part(frame.iloc[[3]], str(tmp_path), [("a", "b")])  # two epochs: said, not computed
+    assert f"no run has {why_audit.MIN_EPOCHS} audited epochs" in short.finding
 
 
 def test_a_damaged_audit_file_is_named(tmp_path):
