@@ -142,7 +142,8 @@ def _locality_record(teacher: Teacher, shapes: list[tuple[int, int, int]], mean_
     taps = []
     for tap, (channels, height, width) in enumerate(shapes):
         taps.append({"tap": tap + 1, "channels": channels, "height": height, "width": width,
-                     "stride_px": size / height, "centre_y": centre_of(height, size), "centre_x": centre_of(width, size),
+                     "stride_px": size / height, "centre_y": centre_of(height, size),
+                     "centre_x": centre_of(width, size),
                      **{key: float(mass_radius(mean_profiles[tap], fraction)) for key, fraction in FRACTIONS.items()}})
     return {"backbone": teacher.backbone, "category": teacher.config.category, "image_size": size,
             "source_run": str(teacher.run_dir), "seed": teacher.config.seed, "teacher_weights": teacher.weights,
@@ -172,7 +173,8 @@ def _analyse_category(settings: AnalyseSettings, category: str, sources: dict[st
                       **{key: tap[key] for key in FRACTIONS}} for tap in record["taps"]]
         by_name = {teacher.backbone: teacher for teacher in group}
         for (a, b), per_tap in cka.items():
-            record = {"category": category, "image_size": by_name[a].config.image_size, "n_images": len(by_name[a].images),
+            record = {"category": category, "image_size": by_name[a].config.image_size,
+                      "n_images": len(by_name[a].images),
                       "source_runs": {a: str(by_name[a].run_dir), b: str(by_name[b].run_dir)},
                       "taps": [{"tap": tap + 1, "cka": accumulator.value(), "rows": accumulator.rows}
                                for tap, accumulator in enumerate(per_tap)]}

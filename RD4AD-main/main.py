@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyse": ("analyse", "how local each teacher is: receptive fields and CKA on validation normals (report: Why)"),
     "predict": ("predict", "score new images with a trained model: scores.csv, map overlays, masks"),
     "bench": ("bench", "speed and memory benchmark, fast path vs naive path"),
-    "demo": ("demo", "synthetic data -> train the fair pair -> test -> compare"),
+    "demo": ("demo", "synthetic data -> train the fair pair -> test -> analyse -> compare"),
 }
 
 

@@ -155,5 +155,6 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
         "against the best audited epoch. Pooled: the mean rho of the runs, with a percentile bootstrap interval from "
         f"{N_BOOT} resamples of the runs. A rho near 1 says the synthetic anomalies rank epochs as real defects do.")
     figures = [FigureItem("why", "why_audit_selection", "AUDIT: synthetic-validation AUPRO against test AUPRO over "
-                          "the audited epochs, and each run's rank correlation", audit_figure(per_run, audits, runs_frame))]
+                          "the audited epochs, and each run's rank correlation",
+                          audit_figure(per_run, audits, runs_frame))]
     return WhyPart(KEY, TITLE, text, {"runs": per_run.round(4), "pooled": pooled.round(4)}, figures, _finding(pooled))

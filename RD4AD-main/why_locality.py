@@ -38,7 +38,8 @@ def read_records(runs_frame: pd.DataFrame, results: str) -> Records:
 
 def radius_table(records: Records) -> pd.DataFrame:
     """One row per (backbone, tap): the radii of the mean ERF (px), mean and range over categories."""
-    rows = [{"backbone": b, "category": c, "tap": tap["tap"], "stride_px": tap["stride_px"], "image_size": r["image_size"],
+    rows = [{"backbone": b, "category": c, "tap": tap["tap"], "stride_px": tap["stride_px"],
+             "image_size": r["image_size"],
              "r50": tap["erf_r50_px"], "r90": tap["erf_r90_px"]} for (b, c), r in records.items() for tap in r["taps"]]
     frame = pd.DataFrame(rows)
     out = []
@@ -50,7 +51,8 @@ def radius_table(records: Records) -> pd.DataFrame:
 
 
 def _mean_range(values: pd.Series) -> str:
-    return f"{values.mean():.2f}" if len(values) == 1 else f"{values.mean():.2f} [{values.min():.2f}, {values.max():.2f}]"
+    mean = f"{values.mean():.2f}"
+    return mean if len(values) == 1 else f"{mean} [{values.min():.2f}, {values.max():.2f}]"
 
 
 def _rng(*parts: object) -> np.random.Generator:
@@ -151,7 +153,8 @@ def _finding(table: pd.DataFrame) -> str | None:
             f"at tap 1 (the finest) {row['a']}'s teacher draws 50 % of its centre feature's input gradient from within "
             f"{row['r50 a (px)']:.1f} px and {row['b']}'s from within {row['r50 b (px)']:.1f} px, a difference of "
             f"{row['r50 a-b (px)']:+.1f} px ({100 * CONFIDENCE:.0f} % bootstrap interval over validation normals "
-            f"[{row['r50 ci_low']:+.1f}, {row['r50 ci_high']:+.1f}], {_count(row['categories'], 'category', 'categories')}, "
+            f"[{row['r50 ci_low']:+.1f}, {row['r50 ci_high']:+.1f}], "
+            f"{_count(row['categories'], 'category', 'categories')}, "
             f"{row['normals']} normals); linear CKA between the two at this tap {cka}")
     return ("; ".join(sentences) + ".") if sentences else None
 
