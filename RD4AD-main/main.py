@@ -1,6 +1,6 @@
 """Command line of the RD4AD swappable-backbone repository.
 
-    python RD4AD-main/main.py {summary,synth,check-data,download,train,test,compare,bench,demo} --help
+    python RD4AD-main/main.py {summary,synth,check-data,download,train,test,compare,analyse,bench,demo} --help
 
 Each sub-command lives in a module of its own that defines ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their command runs (``import torch`` is slow).
@@ -32,9 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("tune", "pick each backbone's lr/epochs/beta1 by synthetic-anomaly validation (no test image)"),
     "test": ("evaluate", "evaluate trained runs: metrics.json and scores.csv"),
     "compare": ("report", "fair-comparison report from results files"),
+    "analyse": ("analyse", "how local each teacher is: receptive fields and CKA on validation normals (report: Why)"),
     "predict": ("predict", "score new images with a trained model: scores.csv, map overlays, masks"),
     "bench": ("bench", "speed and memory benchmark, fast path vs naive path"),
-    "demo": ("demo", "synthetic data -> train the fair pair -> test -> compare"),
+    "demo": ("demo", "synthetic data -> train the fair pair -> test -> analyse -> compare"),
 }
 
 

@@ -98,6 +98,9 @@ class TrainConfig:
     selection: str = SELECT_LAST  # a SELECTIONS value: which epoch's weights `main.py test` evaluates
     val_every: int = 10  # epochs between synthetic-validation passes (synthval.py); the last epoch always has one
     tuned_by: str | None = None  # the tune.csv whose choice this recipe is (set by `main.py tune`'s config files)
+    # score the TEST set at every synthetic-validation epoch into selection_audit.csv (selection_audit.py): an
+    # audit of the selector that nothing else reads; training, selection and tuning are the same without it
+    audit_test: bool = False
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "TrainConfig":

@@ -171,6 +171,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, grid_lrs: str | None = 
     parser.add_argument("--val-every", type=int,
                         help=f"epochs between synthetic-validation passes into history.csv; the last epoch always has "
                              f"one (default {d.val_every})")
+    parser.add_argument("--audit-test", action="store_true", default=None,
+                        help="audit the selector: score the TEST set at every synthetic-validation epoch into "
+                             "selection_audit.csv (read by the report's audit only; never by selection or tune)")
     parser.add_argument("--model-knobs", type=json_object,
                         help='JSON object of builder knobs, e.g. \'{"embed_dim": 768}\' for ConvNeXt (main.py summary '
                              'and the guide list each backbone\'s)')

@@ -24,6 +24,7 @@ from tqdm import tqdm
 import distributed
 import recipe
 import runs
+import selection_audit
 import sweep
 import synthval
 from backbones import get_backbone, teacher_imagenet_top1
@@ -113,6 +114,7 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
         config.checkpoint_path.unlink(missing_ok=True)
         config.best_checkpoint_path.unlink(missing_ok=True)
         (config.run_dir / runs.CONFIG_FILE).unlink(missing_ok=True)
+        selection_audit.discard(config)  # an audit of the discarded training
     distributed.barrier()
     check_resumable(config)
     if world.is_main:
@@ -176,6 +178,7 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
 
     # --- synthetic validation (synthval.py): rank 0 scores it; it never touches the training RNG or weights
     validation = synthval.SyntheticValidation(config, train_set, val_set) if world.is_main else None
+    audit = selection_audit.TestSetAudit(config, start_epoch) if world.is_main and config.audit_test else None
     step = recipe.compiled_train_step() if fast.compile else recipe.train_step  # compiled once per run
     batches_per_epoch = sum(1 for _ in epoch_batches(len(train_images), config.batch_size, config.seed, 0,
                                                      world.rank, world.size))
@@ -220,6 +223,8 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
             **validation.columns(epoch, model, fast, device),
         })
         runs.write_history(config.run_dir / runs.HISTORY_FILE, history)
+        if audit is not None and validation.due(epoch):  # --audit-test: after the row, into its own file
+            audit.record(epoch, model, fast, device, history[-1])
         best = synthval.select_epoch(history)
         # a new best epoch is checkpointed at once (last.pth first: a kill in between is repaired on resume)
         new_best = config.selection == recipe.SELECT_SYNTHETIC_VAL and best is not None and best["epoch"] == epoch

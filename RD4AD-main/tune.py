@@ -39,8 +39,8 @@ __all__ = ["DEFAULT_LRS", "POOLED", "Setting", "add_arguments", "choose", "confi
 
 DEFAULT_LRS = "0.001,0.0025,0.005"
 POOLED = "pooled"  # the category column of a choice made over all categories
-# TrainConfig fields a chosen config file leaves to the study's flags: the run's identity and where it writes
-_NOT_IN_CONFIG_FILES = ("backbone", "category", "seed", "results", "checkpoints", "device")
+# TrainConfig fields a chosen config file leaves to the study's flags: the run's identity, where it writes, the audit
+_NOT_IN_CONFIG_FILES = ("backbone", "category", "seed", "results", "checkpoints", "device", "audit_test")
 _SCORES = list(runs.SYNTH_VAL_COLUMNS)
 
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
+import why_audit
+import why_locality
 import why_regions
 import why_scales
 import why_stability
@@ -25,8 +27,9 @@ __all__ = ["BUILDERS", "WhyPart", "findings_markdown", "render_why", "why_parts"
 
 Builder = Callable[[pd.DataFrame, str, list[tuple[str, str]]], "WhyPart | None"]
 
+
 # The instruments in the order the section shows them; each entry is an instrument module's ``part``.
-BUILDERS: list[Builder] = [why_scales.part, why_regions.part, why_stability.part]
+BUILDERS: list[Builder] = [why_scales.part, why_regions.part, why_stability.part, why_locality.part, why_audit.part]
 
 
 def why_parts(runs_frame: pd.DataFrame, results: str | os.PathLike, pairs: list[tuple[str, str]]) -> list[WhyPart]:

@@ -13,7 +13,7 @@ import pytest
 CODE_DIR = Path(__file__).resolve().parents[1] / "RD4AD-main"
 REPO_ROOT = CODE_DIR.parent
 MODULES = {path.stem: path for path in CODE_DIR.glob("*.py")}
-COMMANDS = {"main", "summary", "bench", "demo", "workflow", "launch", "predict", "tune"}
+COMMANDS = {"main", "summary", "bench", "demo", "workflow", "launch", "predict", "tune", "analyse"}
 MODEL_MODULES = {"resnet", "de_resnet", "RD_ConvNeXt_Model", "rd_model", "backbones", "weights", "capacity"}
 TRAINING_AND_REPORTING = {"train", "recipe", "sweep", "evaluate", "report", "report_tables", "claims", "decision",
                           "comparison", "plots", "runs", "checkpoint", "distributed", "metrics", "significance",
@@ -124,7 +124,8 @@ def test_no_reference_to_a_document_outside_the_repository():
 
 # The modules that read results files (and render them): none may reach model code, even through another module.
 RESULTS_READERS = {"runs", "comparison", "decision", "significance", "report", "report_tables", "claims", "plots",
-                   "documents", "why", "backbone_facts"}
+                   "documents", "why", "backbone_facts", "why_part", "why_stats", "why_scales", "why_regions",
+                   "why_stability", "why_locality", "why_audit", "why_files", "protocol"}
 
 
 def _reachable(name: str) -> set[str]:
