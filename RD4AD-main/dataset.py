@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,9 +38,9 @@ from split_files import ANOMALY, NORMAL, SplitRow, read_split_csv
 __all__ = [
     "ANOMALY", "DATA_FORMATS", "GOOD", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "MASK_SUFFIX",
     "MVTEC_MARKER", "NORMAL", "SIXTEEN_BIT_MODES", "SPLITS", "VISA_MARKER", "VISA_SPLIT_FILE",
-    "AnomalyDataset", "DataWarning", "MVTecDataset", "SplitRow", "data_provenance", "denormalize",
+    "HOLDOUT_RULE", "AnomalyDataset", "DataWarning", "MVTecDataset", "SplitRow", "data_provenance", "denormalize",
     "detect_format", "list_categories", "mask_values", "read_images", "normalize", "read_split_csv", "resolve_format",
-    "split_file_for", "split_train_val",
+    "holdout_draw", "split_file_for", "split_train_val",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,28 +51,42 @@ SPLITS = ("train", "val", "test")
 # ---------------------------------------------------------------------------------------------- splits
 
 
-def split_train_val(
-    names: list[str], fraction: float = 0.1, seed: int = 0, min_val: int = 4
-) -> tuple[list[str], list[str]]:
-    """Split file names into (train, validation), both sorted; ``max(min_val, round(fraction * n))`` held out.
+HOLDOUT_RULE = "sha256-draw-below-fraction"  # recorded in config.json: runs of another rule keep their own hold-out
 
-    The order comes from a SHA-256 of ``seed`` and each name, so the split depends only on the names and
-    the seed (not on listing order, library versions or other files), and adding an image moves no other.
+
+def holdout_draw(name: str, seed: int = 0) -> float:
+    """A number in [0, 1) that depends on ``name`` and ``seed`` alone: the first 64 bits of SHA-256("seed/name")."""
+    return int(hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()[:16], 16) / 2.0**64
+
+
+def split_train_val(
+    names: Sequence[str], fraction: float = 0.1, seed: int = 0, min_val: int = 4
+) -> tuple[list[str], list[str]]:
+    """Split file names into (train, validation), both sorted, by a stable rule (``HOLDOUT_RULE``).
+
+    A name is held out when its ``holdout_draw(name, seed)`` is below ``fraction``, so its membership depends
+    on its own name and the seed only: adding or removing other images moves none (nor do listing order or
+    library versions). About ``fraction`` of the names are held out, not exactly. Small categories: when fewer
+    than ``min_val`` names draw below ``fraction``, the ``min_val`` names of lowest draw are held out (only then
+    does membership depend on the other names), and when every name draws below it, the one of highest draw
+    trains; so there are always at least ``min_val`` validation images and one training image, and fewer than
+    ``min_val + 1`` names is an error.
     """
     if not 0.0 < fraction < 1.0:
         raise DataError(f"--val-fraction {fraction}: expected a fraction between 0 and 1, e.g. 0.1")
     unique = sorted(set(names))
-    n_val = max(min_val, round(fraction * len(unique)))
-    if len(unique) <= n_val:
+    if len(unique) <= min_val:
         raise DataError(
-            f"{len(unique)} training images are too few to hold out {n_val} for validation and train "
-            f"on the rest; expected at least {n_val + 1}"
+            f"{len(unique)} training images are too few to hold out {min_val} for validation and train "
+            f"on the rest; expected at least {min_val + 1}"
         )
-
-    def rank(name: str) -> str:
-        return hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()
-
-    held_out = set(sorted(unique, key=rank)[:n_val])
+    by_draw = sorted(unique, key=lambda name: (holdout_draw(name, seed), name))
+    held = [name for name in by_draw if holdout_draw(name, seed) < fraction]
+    if len(held) < min_val:
+        held = by_draw[:min_val]
+    elif len(held) == len(unique):
+        held = by_draw[:-1]
+    held_out = set(held)
     return [n for n in unique if n not in held_out], [n for n in unique if n in held_out]
 
 
@@ -116,7 +131,8 @@ class AnomalyDataset(Dataset):
 
     ``data_format`` is ``"auto"``, ``"mvtec"``, ``"visa"`` or ``"csv"``; ``split_csv`` is the split file
     of ``"csv"`` (and replaces VisA's ``split_csv/1cls.csv`` under ``"visa"``). ``data_format`` is the
-    resolved format afterwards.
+    resolved format afterwards. ``val_names`` replaces the rule's hold-out by a recorded one (a run's
+    config.json, for runs made under an older rule); each must be one of the training images.
     """
 
     def __init__(
@@ -131,6 +147,7 @@ class AnomalyDataset(Dataset):
         *,
         data_format: str = "auto",
         split_csv: str | os.PathLike | None = None,
+        val_names: Sequence[str] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise DataError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
@@ -146,7 +163,7 @@ class AnomalyDataset(Dataset):
         with readable():
             self.data_format = resolve_format(self.root, data_format, split_csv, category)
             source = open_source(self.root, category, self.data_format, split_csv)
-            items, self.val_names = _split_items(source, split, val_fraction, split_seed)
+            items, self.val_names = _split_items(source, split, val_fraction, split_seed, val_names)
             check_headers((item.image, item.mask) for item in items)
         self.folder = source.folder
         self.has_masks = source.has_masks
@@ -218,15 +235,26 @@ MVTecDataset = AnomalyDataset  # the name used before VisA and split files were 
 
 
 def _split_items(
-    source: Source, split: str, val_fraction: float, split_seed: int
+    source: Source, split: str, val_fraction: float, split_seed: int, recorded: Sequence[str] | None = None
 ) -> tuple[list[Item], list[str]]:
-    """The items of ``split``, and the names of the train normals held out for validation."""
+    """The items of ``split``, and the names of the train normals held out for validation (``recorded``, when
+    given, else ``split_train_val``'s)."""
     train_images = source.train_images()
-    try:
-        train_names, val_names = split_train_val([name for name, _ in train_images], val_fraction, split_seed)
-    except DataError as error:
-        raise DataError(f"{source.train_origin}: {error}") from None
+    names = [name for name, _ in train_images]
+    if recorded is not None:
+        missing = sorted(set(recorded) - set(names))
+        if missing:
+            raise DataError(
+                f"{source.train_origin}: {len(missing)} recorded validation image(s) are not among the training "
+                f"images: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            )
+        val_names = sorted(set(recorded))
+    else:
+        try:
+            val_names = split_train_val(names, val_fraction, split_seed)[1]
+        except DataError as error:
+            raise DataError(f"{source.train_origin}: {error}") from None
     if split == "test":
         return source.test_items(), val_names
-    chosen = set(train_names if split == "train" else val_names)
-    return [Item(path, GOOD, None) for name, path in train_images if name in chosen], val_names
+    held_out = set(val_names)
+    return [Item(path, GOOD, None) for name, path in train_images if (name in held_out) == (split == "val")], val_names
