@@ -24,7 +24,7 @@ from comparison import (ALPHA, CONFIDENCE, N_BOOT, NOT_AVAILABLE, OVERALL, PAIRE
                         parse_pairs, read_pairs_config, resolve_pairs, run_name, unfinished_flags)
 from documents import generated_markers, markdown_table, replace_marked_block
 from errors import RDError
-from runs import EFFICIENCY, METRICS, load_runs, untested_runs
+from runs import EFFICIENCY, METRICS, load_runs, synthetic_saturation_note, untested_runs
 from significance import MAX_EDGES
 from why import WhyPart, render_why, why_parts, why_tables
 
@@ -600,7 +600,10 @@ def tests_method(report: Report) -> str:
         "draws for both backbones), p from its standard error (normal approximation). Every interval is the "
         f"bootstrap's {CONFIDENCE:.0%} percentile interval. A category where both models are perfect, or identical on "
         "every resample, is not tested and says so. Seeds are tested one by one: each is one trained model per "
-        "backbone. " + _binning_note(report)
+        "backbone. " + _binning_note(report) + f" Pixel metrics are computed at the training image size "
+        f"({', '.join(sorted(set(report.runs['image_size'].astype(str))))} px): maps and masks at that size, the masks "
+        "resized from the original images (700-1024 px in MVTec AD), so thin defects can shrink or vanish; the same "
+        "for every backbone, but not MVTec AD's official full resolution (docs/reproduction.md, section 4)."
     )
 
 
@@ -637,7 +640,8 @@ def report_notes(report: Report) -> list[str]:
     """The warnings and notes that head the report (random teachers, unfinished runs, synthetic data, ...)."""
     runs_frame = report.runs
     return [note for note in (teacher_warning(runs_frame), unfinished_warning(runs_frame), synthetic_note(runs_frame),
-                              untested_note(report), not_compared_note(report)) if note]
+                              untested_note(report), not_compared_note(report),
+                              synthetic_saturation_note(runs_frame)) if note]
 
 
 def render_body(report: Report, figures: list[FigureItem], level: int, link_prefix: str) -> str:
