@@ -19,8 +19,8 @@ from tqdm import tqdm
 from errors import DataError
 
 __all__ = ["ACCEPTED_MODES", "ACCEPTED_MODES_TEXT", "EIGHT_BIT_MODES", "FLOAT_MODE", "IMAGE_EXTENSIONS",
-           "MAX_LISTED_VALUES", "RAW_MASK_MODES", "SIXTEEN_BIT_MODES", "check_headers", "mask_values", "read_images",
-           "read_mask", "read_rgb", "readable"]
+           "MAX_LISTED_VALUES", "RAW_MASK_MODES", "SIXTEEN_BIT_MODES", "check_headers", "decode_rgb", "mask_values",
+           "read_images", "read_mask", "read_rgb", "readable", "resize_rgb"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
@@ -151,6 +151,20 @@ def read_rgb(path: Path, size: int) -> np.ndarray:
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
         return np.array(rgb, dtype=np.uint8)
+
+
+def decode_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode ``path`` to uint8 RGB (H, W, 3) at its own size (``read_rgb`` before its resize)."""
+    path = Path(path)
+    with readable(), _decoding(path, "image") as image:
+        return np.array(_to_rgb(image, path), dtype=np.uint8)
+
+
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> (size, size, 3) as ``read_rgb`` resizes a decoded file (PIL bilinear)."""
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    return np.array(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def _mask_levels(image: Image.Image, path: Path) -> np.ndarray:

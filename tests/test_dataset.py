@@ -764,3 +764,17 @@ def test_split_file_accepts_visa_header_windows_separators_and_a_bom(tmp_path):
     assert (row.category, row.split, row.label, row.image, row.mask, row.line) == (
         "candle", "train", "normal", "candle/Data/a.JPG", "", 2)
     assert VISA_HEADER[0] == "object"
+
+
+def test_source_resolution_decoding_then_resizing_is_what_the_dataset_reads(synthetic_root):
+    """synthval makes anomalies on image_io.decode_rgb's source-resolution pixels and resizes them with resize_rgb:
+    on an unchanged image that gives exactly the dataset's pixels, at any working size."""
+    from image_io import decode_rgb, resize_rgb
+
+    for category in ("synth_object", "synth_texture"):  # RGB and grayscale sources
+        val = MVTecDataset(synthetic_root, category, "val", image_size=32)
+        source = [decode_rgb(path) for path in val.paths]
+        assert all(image.shape == (64, 64, 3) for image in source)  # the files' own size, not the working one
+        resized = torch.from_numpy(np.stack([resize_rgb(image, 32) for image in source])).permute(0, 3, 1, 2)
+        assert torch.equal(resized, val.uint8_images())
+        assert resize_rgb(source[0], 64) is source[0]
