@@ -32,7 +32,7 @@ from typing import NamedTuple, Protocol
 from categories import validate_category
 from errors import DataError
 from image_io import IMAGE_EXTENSIONS, readable
-from split_files import ANOMALY, MASK_COLUMN, NORMAL, SplitRow, existing_split_file, read_split_csv, row_location
+from split_files import ANOMALY, MASK_COLUMN, NORMAL, SplitRow, existing_split_file, read_split_csv, cell
 
 __all__ = ["DATA_FORMATS", "GOOD", "MASK_SUFFIX", "MVTEC_MARKER", "VISA_MARKER", "VISA_SPLIT_FILE", "DataWarning",
            "Item", "Source", "data_provenance", "detect_format", "list_categories", "open_source", "resolve_format",
@@ -337,7 +337,7 @@ class _SplitFileSource:
         unmasked = [row for row in anomalies if not row.mask]
         if masked and unmasked:
             raise DataError(
-                f"{row_location(split_file, unmasked[0].line, MASK_COLUMN)}: an anomaly without a mask while "
+                f"{cell(split_file, unmasked[0].line, MASK_COLUMN)}: an anomaly without a mask while "
                 f"{len(masked)} other anomalies of {category!r} have one ({len(unmasked)} without); expected a "
                 f"mask for every anomaly, or for none (then pixel metrics are not available)"
             )
@@ -372,7 +372,7 @@ class _SplitFileSource:
         path = self.root / (row.image if column == "image" else row.mask)
         if not path.is_file():
             raise DataError(
-                f"{row_location(self.split_file, row.line, column)}: {path} not found; expected the {column} file at that "
+                f"{cell(self.split_file, row.line, column)}: {path} not found; expected the {column} file at that "
                 f"path under the data root {self.root}"
             )
         return path

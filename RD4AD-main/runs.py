@@ -47,11 +47,12 @@ from errors import CheckpointError, RDError
 __all__ = [
     "LOCK_FILE", "TEMPORARY_SUFFIX", "RunLock", "RunLocked", "remove_stale_temporaries", "strict_json",
     "BEST_CHECKPOINT_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "EFFICIENCY", "HISTORY_COLUMNS", "HISTORY_FILE",
-    "MAPS_FILE", "METRICS", "METRICS_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "SYNTH_SATURATION", "SYNTH_VAL_COLUMNS",
+    "MAPS_FILE", "METRICS", "METRICS_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "SYNTH_VAL_COLUMNS",
     "VAL_SCORES_FILE", "RunKey", "atomic_write", "atomic_write_json", "atomic_write_text", "best_checkpoint_path",
     "checkpoint_path", "find_runs", "key_of",
     "load_maps", "load_runs", "load_scores", "read_history", "read_json", "read_run_config", "run_dir",
-    "save_maps", "steady_images_per_s", "synthetic_saturation_note", "untested_runs", "write_csv", "write_history", "write_summary",
+    "SYNTH_SATURATION", "synthetic_saturation_note",
+    "save_maps", "steady_images_per_s", "untested_runs", "write_csv", "write_history", "write_summary",
 ]
 
 CONFIG_FILE = "config.json"
@@ -486,9 +487,10 @@ def synthetic_saturation_note(frame: pd.DataFrame) -> str | None:
     if scores.empty:
         return None
     saturated = int((scores > SYNTH_SATURATION).sum())
-    return (f"**Synthetic validation:** {saturated} of {len(scores)} runs scored synthetic AUPRO > {SYNTH_SATURATION} at "
-            f"their selected epoch" + (" (saturated: there the synthetic set no longer tells epochs or settings apart; "
-                                       "ties go to the earlier epoch and the shorter schedule)." if saturated else "."))
+    ending = (" (saturated: there the synthetic set no longer tells epochs or settings apart; ties go to the "
+              "earlier epoch and the shorter schedule)." if saturated else ".")
+    return (f"**Synthetic validation:** {saturated} of {len(scores)} runs scored synthetic AUPRO > "
+            f"{SYNTH_SATURATION} at their selected epoch{ending}")
 
 
 def _trained_epochs(directory: Path, selection: str, metrics: dict, metrics_path: Path) -> float:

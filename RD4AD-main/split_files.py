@@ -20,7 +20,7 @@ from errors import DataError
 from image_io import readable
 
 __all__ = ["ANOMALY", "CATEGORY_COLUMNS", "MASK_COLUMN", "NORMAL", "SPLIT_FILE_COLUMNS", "SPLIT_FILE_LABELS",
-           "SPLIT_FILE_SPLITS", "SplitRow", "existing_split_file", "read_split_csv", "row_location"]
+           "SPLIT_FILE_SPLITS", "SplitRow", "existing_split_file", "read_split_csv", "cell"]
 
 NORMAL = "normal"
 ANOMALY = "anomaly"  # the defect type of every anomalous image of a split file (VisA's 1cls split has none)
@@ -71,7 +71,7 @@ def read_split_csv(path: str | os.PathLike) -> list[SplitRow]:
         row = _split_row(path, reader.line_num, values, columns, len(header))
         if row.image in first_line:
             raise DataError(
-                f"{row_location(path, row.line, 'image')}: {row.image} is listed again (first on line "
+                f"{cell(path, row.line, 'image')}: {row.image} is listed again (first on line "
                 f"{first_line[row.image]}); expected each image once"
             )
         first_line[row.image] = row.line
@@ -99,7 +99,7 @@ def _split_file_columns(path: Path, header: list[str]) -> dict[str, int]:
     return columns
 
 
-def row_location(path: Path, line: int, column: str) -> str:
+def cell(path: Path, line: int, column: str) -> str:
     """``FILE, line N, column 'C'``: where a value of a split file is, for messages."""
     return f"{path}, line {line}, column {column!r}"
 
@@ -112,26 +112,26 @@ def _split_row(path: Path, line: int, values: list[str], columns: dict[str, int]
     try:
         validate_category(value["category"])
     except DataError as error:
-        raise DataError(f"{row_location(path, line, 'category')}: {error}") from None
+        raise DataError(f"{cell(path, line, 'category')}: {error}") from None
     if value["split"] not in SPLIT_FILE_SPLITS:
         raise DataError(
-            f"{row_location(path, line, 'split')}: {value['split']!r}; expected train or test (the validation images are "
+            f"{cell(path, line, 'split')}: {value['split']!r}; expected train or test (the validation images are "
             f"held out from the train normals by --val-fraction and --split-seed)"
         )
     if value["label"] not in SPLIT_FILE_LABELS:
-        raise DataError(f"{row_location(path, line, 'label')}: {value['label']!r}; expected normal or anomaly")
+        raise DataError(f"{cell(path, line, 'label')}: {value['label']!r}; expected normal or anomaly")
     if value["split"] == "train" and value["label"] == ANOMALY:
         raise DataError(
-            f"{row_location(path, line, 'label')}: an anomaly in the train split; expected only normal images there "
+            f"{cell(path, line, 'label')}: an anomaly in the train split; expected only normal images there "
             f"(the model learns from normal images only)"
         )
     image = _relative_path(path, line, "image", value["image"])
     if not image:
-        raise DataError(f"{row_location(path, line, 'image')}: empty; expected the image's path relative to the data root")
+        raise DataError(f"{cell(path, line, 'image')}: empty; expected the image's path relative to the data root")
     mask = _relative_path(path, line, MASK_COLUMN, value.get(MASK_COLUMN, ""))
     if mask and value["label"] == NORMAL:
         raise DataError(
-            f"{row_location(path, line, MASK_COLUMN)}: a mask for a normal image; expected it empty (a normal image has no "
+            f"{cell(path, line, MASK_COLUMN)}: a mask for a normal image; expected it empty (a normal image has no "
             f"defect pixels)"
         )
     return SplitRow(line, value["category"], value["split"], value["label"], image, mask)
@@ -145,7 +145,7 @@ def _relative_path(path: Path, line: int, column: str, text: str) -> str:
     normal = posixpath.normpath(posix)
     if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":") or normal == ".." or normal.startswith("../"):
         raise DataError(
-            f"{row_location(path, line, column)}: {text!r} leaves the data root; expected a path relative to the data root, "
+            f"{cell(path, line, column)}: {text!r} leaves the data root; expected a path relative to the data root, "
             f"e.g. candle/Data/Images/Normal/0000.JPG"
         )
     return normal

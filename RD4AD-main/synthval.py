@@ -37,9 +37,9 @@ from image_io import decode_rgb, resize_rgb
 from rd_model import ReverseDistillation, image_scores
 from recipe import SELECT_LAST, SELECTIONS, FastPath, TrainConfig, open_split
 
-__all__ = ["CACHE_FOLDER", "GENERATOR_VERSION", "KINDS", "MIN_VALIDATION_NORMALS", "SyntheticSet", "SyntheticValidation",
-           "build_synthetic_set", "cache_key", "check_settings", "draw_anomaly", "load_synthetic_set", "run_selection",
-           "score_synthetic", "select_epoch", "selection_key"]
+__all__ = ["CACHE_FOLDER", "GENERATOR_VERSION", "KINDS", "MIN_VALIDATION_NORMALS", "SyntheticSet",
+           "SyntheticValidation", "build_synthetic_set", "cache_key", "check_settings", "draw_anomaly",
+           "load_synthetic_set", "run_selection", "score_synthetic", "select_epoch", "selection_key"]
 
 GENERATOR_VERSION = 2  # bump when the generator changes: old cache files are then not used (2: blended, soft)
 CACHE_FOLDER = Path(".cache") / "synthval"  # under the results folder
@@ -82,8 +82,8 @@ def _blob_alpha(height: int, width: int, area: float, rng: np.random.Generator) 
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     dy, dx = ys + 0.5 - centre_y, xs + 0.5 - centre_x
     theta = np.arctan2(dy, dx)
-    boundary = radius * (1.0 + (amplitudes[:, None, None] * np.cos(orders[:, None, None] * theta + phases[:, None, None])
-                                ).sum(axis=0))
+    harmonics = amplitudes[:, None, None] * np.cos(orders[:, None, None] * theta + phases[:, None, None])
+    boundary = radius * (1.0 + harmonics.sum(axis=0))
     edge = max(_EDGE_PX, 0.35 * radius)
     return _smoothstep((boundary - np.hypot(dy, dx)) / edge + 0.5).astype(np.float32)
 
@@ -160,7 +160,8 @@ def _anomaly(normal: np.ndarray, donor_of: Callable[[], np.ndarray], kind: str, 
         mask = _working_mask(shape, size)
         image = resize_rgb(anomalous, size)
         inside = mask.astype(bool)
-        if inside.any() and np.abs(image[inside].astype(np.int16) - working[inside]).max(axis=-1).mean() >= _MIN_CONTRAST:
+        change = np.abs(image[inside].astype(np.int16) - working[inside]).max(axis=-1)
+        if inside.any() and change.mean() >= _MIN_CONTRAST:
             return image, mask
     raise RDError(f"{name}: no {kind} anomaly was visible at {size} px (a non-empty mask and a mean change of at least "
                   f"{_MIN_CONTRAST:g} grey levels) in {_MAX_ATTEMPTS} draws; expected a validation image with some "
@@ -264,8 +265,8 @@ def load_synthetic_set(config: TrainConfig, train_set: AnomalyDataset | None = N
     if cached is not None:
         return cached
     if len(val_set) < MIN_VALIDATION_NORMALS:
-        warnings.warn(f"{config.category}: {len(val_set)} validation normals (fewer than {MIN_VALIDATION_NORMALS}) pick "
-                      f"the epoch on the synthetic set and then set the threshold; their scores are noisy (raise "
+        warnings.warn(f"{config.category}: {len(val_set)} validation normals (fewer than {MIN_VALIDATION_NORMALS}) "
+                      f"pick the epoch on the synthetic set and then set the threshold; their scores are noisy (raise "
                       f"--val-fraction, or add training images)", DataWarning, stacklevel=2)
     made = build_synthetic_set(val_set.paths, train_set.paths, config.split_seed, config.image_size,
                                val_set.uint8_images())

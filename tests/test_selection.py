@@ -112,7 +112,8 @@ def test_no_synthetic_anomaly_has_a_hard_edge():
     areas = []
     for kind in ("texture", "scratch", "stain"):
         for draw in range(90):
-            anomalous, alpha, weight = synthval.draw_anomaly(normal, donor, kind, np.random.default_rng([len(kind), draw]))
+            anomalous, alpha, weight = synthval.draw_anomaly(normal, donor, kind,
+                                                             np.random.default_rng([len(kind), draw]))
             assert alpha.shape == weight.shape == normal.shape[:2] and alpha.max() > 0
             for a, b in _neighbours(alpha):
                 assert not ((a == 1) & (b == 0)).any() and not ((a == 0) & (b == 1)).any(), (kind, draw)
