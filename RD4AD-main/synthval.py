@@ -70,6 +70,16 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
+def _window(height: int, width: int, rows: tuple[float, float], columns: tuple[float, float]
+            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[slice, slice]]:
+    """A zero alpha (H, W) float32, the pixel-centre coordinates (y, x) of the part of it within ``rows`` x ``columns``
+    (clipped to the image), and that part's slices: a shape is computed only where it can reach."""
+    top, bottom = max(0, math.floor(rows[0])), min(height, math.ceil(rows[1]) + 1)
+    left, right = max(0, math.floor(columns[0])), min(width, math.ceil(columns[1]) + 1)
+    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float64) + 0.5
+    return np.zeros((height, width), np.float32), (ys, xs), (slice(top, bottom), slice(left, right))
+
+
 def _blob_alpha(height: int, width: int, area: float, rng: np.random.Generator) -> np.ndarray:
     """An irregular blob (a circle whose radius varies with the angle by harmonics 2-5) covering about ``area``
     pixels, with a soft edge at least ``_EDGE_PX`` wide: alpha (H, W) float32 in [0, 1]."""
@@ -79,13 +89,16 @@ def _blob_alpha(height: int, width: int, area: float, rng: np.random.Generator) 
     orders = np.arange(2, 6)
     amplitudes = rng.uniform(0.0, 0.3, size=4) / orders  # |dr/dtheta| <= 1.2 radius: neighbours stay close
     phases = rng.uniform(0.0, 2 * math.pi, size=4)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    dy, dx = ys + 0.5 - centre_y, xs + 0.5 - centre_x
+    edge = max(_EDGE_PX, 0.35 * radius)
+    reach = radius * (1.0 + amplitudes.sum()) + edge / 2 + 1  # no pixel farther from the centre is touched
+    alpha, (ys, xs), box = _window(height, width, (centre_y - reach, centre_y + reach),
+                                   (centre_x - reach, centre_x + reach))
+    dy, dx = ys - centre_y, xs - centre_x
     theta = np.arctan2(dy, dx)
     harmonics = amplitudes[:, None, None] * np.cos(orders[:, None, None] * theta + phases[:, None, None])
     boundary = radius * (1.0 + harmonics.sum(axis=0))
-    edge = max(_EDGE_PX, 0.35 * radius)
-    return _smoothstep((boundary - np.hypot(dy, dx)) / edge + 0.5).astype(np.float32)
+    alpha[box] = _smoothstep((boundary - np.hypot(dy, dx)) / edge + 0.5)
+    return alpha
 
 
 def _scratch_alpha(height: int, width: int, area: float, rng: np.random.Generator) -> np.ndarray:
@@ -100,15 +113,19 @@ def _scratch_alpha(height: int, width: int, area: float, rng: np.random.Generato
     for _ in range(segments):
         angle += rng.normal(0.0, 0.6)
         points.append(points[-1] + length / segments * np.array([math.sin(angle), math.cos(angle)]))
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    pixel = np.stack([ys + 0.5, xs + 0.5], axis=-1)
-    distance = np.full((height, width), np.inf)
+    edge = max(_EDGE_PX, half_width)
+    corners = np.array(points)
+    reach = half_width + edge / 2 + 1  # no pixel farther from the polyline is touched
+    alpha, (ys, xs), box = _window(height, width, (corners[:, 0].min() - reach, corners[:, 0].max() + reach),
+                                   (corners[:, 1].min() - reach, corners[:, 1].max() + reach))
+    pixel = np.stack([ys, xs], axis=-1)
+    distance = np.full(ys.shape, np.inf)
     for start, stop in zip(points[:-1], points[1:]):
         direction = stop - start
         t = np.clip(((pixel - start) @ direction) / max(float(direction @ direction), 1e-12), 0.0, 1.0)
         distance = np.minimum(distance, np.linalg.norm(pixel - (start + t[..., None] * direction), axis=-1))
-    edge = max(_EDGE_PX, half_width)
-    return _smoothstep((half_width - distance) / edge + 0.5).astype(np.float32)
+    alpha[box] = _smoothstep((half_width - distance) / edge + 0.5)
+    return alpha
 
 
 def draw_anomaly(normal: np.ndarray, donor: np.ndarray, kind: str, rng: np.random.Generator
@@ -125,7 +142,9 @@ def draw_anomaly(normal: np.ndarray, donor: np.ndarray, kind: str, rng: np.rando
     height, width = normal.shape[:2]
     area = math.exp(rng.uniform(*np.log(_AREA_RANGE))) * height * width
     shape = (_scratch_alpha if kind == "scratch" else _blob_alpha)(height, width, area, rng)
-    base = normal.astype(np.float64)
+    rows, columns = np.flatnonzero(shape.any(axis=1)), np.flatnonzero(shape.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))  # where the shape is: the rest stays
+    base = normal[box].astype(np.float64)
     if kind == "stain":
         gain = rng.choice([rng.uniform(0.55, 0.8), rng.uniform(1.25, 1.6)])
         fill = base * gain + rng.uniform(-15, 15, size=3)
@@ -134,13 +153,16 @@ def draw_anomaly(normal: np.ndarray, donor: np.ndarray, kind: str, rng: np.rando
             Image.fromarray(donor).resize((width, height), Image.Resampling.BILINEAR))
         texture = texture[::-1] if rng.random() < 0.5 else texture
         texture = texture[:, ::-1] if rng.random() < 0.5 else texture
-        texture = np.roll(texture, (int(rng.integers(height)), int(rng.integers(width))), axis=(0, 1))
+        texture = np.roll(texture, (int(rng.integers(height)), int(rng.integers(width))), axis=(0, 1))[box]
         fill = texture.astype(np.float64) * rng.uniform(0.8, 1.2, size=3) + rng.uniform(-20, 20, size=3)
         if kind == "scratch":
             fill = fill * rng.choice([rng.uniform(0.4, 0.7), rng.uniform(1.3, 1.6)])
-    weight = (rng.uniform(0.6, 1.0) * shape)[..., None]
-    anomalous = np.clip(np.rint((1.0 - weight) * base + weight * np.clip(fill, 0, 255)), 0, 255).astype(np.uint8)
-    return anomalous, shape, weight[..., 0].astype(np.float32)
+    weight = np.zeros_like(shape)
+    weight[box] = rng.uniform(0.6, 1.0) * shape[box]
+    anomalous = normal.copy()
+    within = weight[box][..., None].astype(np.float64)
+    anomalous[box] = np.clip(np.rint((1.0 - within) * base + within * np.clip(fill, 0, 255)), 0, 255).astype(np.uint8)
+    return anomalous, shape, weight
 
 
 def _working_mask(shape: np.ndarray, size: int) -> np.ndarray:
