@@ -28,13 +28,15 @@ import metrics
 import runs
 from capacity import count_parameters, forward_gflops
 from checkpoint import model_from_checkpoint
-from errors import CheckpointError
+from dataset import HOLDOUT_RULE, AnomalyDataset
+from errors import CheckpointError, DataError, RDError
 from rd_model import ReverseDistillation, image_scores
 from recipe import EvalAmp, FastPath, TrainConfig, open_split
 from sweep import add_common_arguments, checkpoint_epoch, select_runs
 from system_info import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
 
-__all__ = ["add_arguments", "evaluate_run", "metrics_table", "rethreshold", "run", "score_images", "threshold_rule"]
+__all__ = ["add_arguments", "evaluate_run", "metrics_table", "rethreshold", "run", "score_images", "threshold_rule",
+           "validation_split"]
 
 
 @torch.no_grad()
@@ -77,6 +79,38 @@ def _history_stats(run_directory: Path) -> dict[str, float | None]:
     return {"train_images_per_s": runs.steady_images_per_s(history), "peak_memory_mb": peak}
 
 
+def _listed(names: list[str]) -> str:
+    return f"{len(names)}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+
+
+def validation_split(run_directory: str | Path, record: dict[str, Any], config: TrainConfig) -> AnomalyDataset:
+    """The run's validation normals as its config.json records them (``val_names``): the images its threshold
+    may come from, never trained on. Under the current hold-out rule the data's hold-out must still be that
+    record (an RDError names config.json and the missing and extra images otherwise); a run of an older rule
+    (no ``holdout_rule`` recorded) keeps its recorded names, each of which must still be a training image."""
+    config_file = Path(run_directory) / runs.CONFIG_FILE
+    recorded = record.get("val_names")
+    if not isinstance(recorded, list) or not recorded:
+        raise RDError(f"{config_file} records no validation images (val_names); expected a run trained by "
+                      f"`main.py train` (train it again with --restart)")
+    if record.get("holdout_rule") != HOLDOUT_RULE:
+        try:
+            return open_split(config, "val", recorded)
+        except DataError as error:
+            raise RDError(f"{config_file}: its validation images no longer match the data: {error}; restore them, "
+                          f"or train the run again with --restart") from None
+    current = open_split(config, "val")
+    missing = sorted(set(recorded) - set(current.val_names))
+    extra = sorted(set(current.val_names) - set(recorded))
+    if missing or extra:
+        raise RDError(
+            f"{config_file}: the validation images it records no longer match the data in {config.data_root} "
+            f"({config.category}): missing (recorded, not held out now) {_listed(missing)}; extra (held out now, "
+            f"not recorded: added, or trained on) {_listed(extra)}. Its threshold would come from other images than "
+            f"the ones it held out; restore the data as it was, or train the run again with --restart")
+    return current
+
+
 def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: bool = True,
                  threshold_rule: str = "max", batch_size: int = 16, image_size: int | None = None,
                  eval_amp: str = EvalAmp.OFF.value, scale_ablation: bool = True) -> dict[str, Any]:
@@ -103,7 +137,7 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
     fast = FastPath.resolve(replace(config, eval_amp=eval_amp), torch_device).scoring()
     fast.place(model, torch_device)
 
-    test_set, val_set = open_split(config, "test"), open_split(config, "val")
+    test_set, val_set = open_split(config, "test"), validation_split(run_directory, record, config)
     test_images, masks = test_set.uint8_images(), test_set.uint8_masks()[:, 0]
 
     reset_peak_memory(torch_device)

@@ -5,7 +5,8 @@
 The model is the run's (the checkpoint ``main.py test`` evaluates, with its teacher verified) or any
 ``--checkpoint``. Images are decoded and resized exactly as in training and testing. The decision
 threshold is the run's, set on its held-out validation normals (``val_scores.csv`` and the rule in
-``metrics.json``), or ``--threshold``; without either, scores are written without decisions.
+``metrics.json``; for a run not tested yet, the normals its config.json records, scored here as ``main.py test``
+would), or ``--threshold``; without either, scores are written without decisions.
 
 Writes ``scores.csv`` (image, score, decision), one PNG per image (the image with its anomaly map on one
 colour scale shared by all images, with a colour bar), and on request the maps as ``.npy`` and binary
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,13 @@ import runs
 from checkpoint import model_from_checkpoint
 from dataset import IMAGE_EXTENSIONS, read_images
 from errors import DataError, RDError
-from evaluate import score_images
+from evaluate import score_images, validation_split
 from rd_model import ReverseDistillation, image_scores
-from recipe import FastPath, TrainConfig
+from recipe import EvalAmp, FastPath, TrainConfig
 from system_info import resolve_device
 
-__all__ = ["Prediction", "add_arguments", "find_images", "predict", "run", "run_threshold", "write_outputs"]
+__all__ = ["Prediction", "add_arguments", "find_images", "predict", "run", "run_threshold", "validation_threshold",
+           "write_outputs"]
 
 MAP_COLORMAP = "jet"  # blue = normal, red = anomalous, as in the report
 
@@ -75,14 +77,32 @@ def find_images(sources: list[str]) -> list[Path]:
     return found
 
 
-def run_threshold(run_directory: Path) -> float:
-    """The run's decision threshold: its rule (metrics.json, else ``max``) on its validation normals' scores."""
+def run_threshold(run_directory: Path, model: ReverseDistillation | None = None, device: torch.device | None = None,
+                  batch_size: int = 16) -> float:
+    """The run's decision threshold: its rule (metrics.json, else ``max``) on its validation normals' scores,
+    read from val_scores.csv when the run is tested, else (given ``model``) scored here as ``main.py test``
+    scores them (``validation_threshold``)."""
     scores_file = run_directory / runs.VAL_SCORES_FILE
-    if not scores_file.is_file():
-        raise RDError(f"{scores_file} is missing: run `main.py test` for this run first, or pass --threshold")
     metrics_file = run_directory / runs.METRICS_FILE
     rule = runs.read_json(metrics_file).get("threshold_rule", "max") if metrics_file.is_file() else "max"
-    return metrics.threshold_from_normals(pd.read_csv(scores_file)["score"].to_numpy(copy=True), rule)
+    if scores_file.is_file():
+        return metrics.threshold_from_normals(pd.read_csv(scores_file)["score"].to_numpy(copy=True), rule)
+    if model is None or device is None:
+        raise RDError(f"{scores_file} is missing: run `main.py test` for this run first, or pass --threshold")
+    return validation_threshold(model, run_directory, device, batch_size, rule)
+
+
+def validation_threshold(model: ReverseDistillation, run_directory: Path, device: torch.device, batch_size: int = 16,
+                         rule: str = "max") -> float:
+    """The threshold ``main.py test`` writes for an untested run: ``rule`` on the scores of the validation normals
+    its config.json records, scored with the run's settings in float32 (test's default)."""
+    record = runs.read_run_config(run_directory)
+    config = TrainConfig.from_record(record)
+    val_set = validation_split(run_directory, record, config)
+    fast = FastPath.resolve(replace(config, eval_amp=EvalAmp.OFF.value), device).scoring()
+    fast.place(model, device)
+    scores = image_scores(score_images(model, val_set.uint8_images(), fast, device, batch_size, "validation")).cpu()
+    return metrics.threshold_from_normals(scores, rule)
 
 
 def predict(model: ReverseDistillation, config: TrainConfig, images: list[Path], device: torch.device,
@@ -145,7 +165,7 @@ def _unique_names(paths: list[str]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", type=Path, help="a trained (and tested) run: its model and threshold")
+    source.add_argument("--run-dir", type=Path, help="a trained run: its model and threshold")
     source.add_argument("--checkpoint", type=Path, help="a checkpoint file (no threshold unless --threshold)")
     parser.add_argument("--images", nargs="+", required=True, help="image files and/or folders (searched recursively)")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
@@ -162,19 +182,19 @@ def run(args: argparse.Namespace) -> int:
     images = find_images(args.images)
     device = resolve_device(args.device)
     if args.run_dir is not None:
-        config = TrainConfig.from_record(runs.read_run_config(args.run_dir))
-        checkpoint, threshold = config.selected_checkpoint_path, args.threshold
-        if threshold is None:
-            threshold = run_threshold(args.run_dir)
+        checkpoint = TrainConfig.from_record(runs.read_run_config(args.run_dir)).selected_checkpoint_path
     else:
-        checkpoint, threshold = args.checkpoint, args.threshold
+        checkpoint = args.checkpoint
     model, payload = model_from_checkpoint(checkpoint)
+    threshold = args.threshold
+    if threshold is None and args.run_dir is not None:
+        threshold = run_threshold(args.run_dir, model, device, args.batch_size)
     config = TrainConfig(data_root="", category="", backbone=payload["backbone"], image_size=payload["image_size"],
                          model_knobs=payload["model_knobs"], device=args.device)
     prediction = predict(model, config, images, device, args.batch_size, threshold)
     path = write_outputs(prediction, args.out, args.save_maps, args.save_masks)
     flagged = sum(decision == "anomalous" for decision in prediction.decisions)
     summary = f"{flagged} of {len(images)} flagged as anomalous at threshold {threshold:.4g}" if threshold is not None \
-        else f"{len(images)} image(s) scored (no threshold: pass --threshold or use a tested --run-dir)"
+        else f"{len(images)} image(s) scored (no threshold: pass --threshold or use a --run-dir)"
     print(f"{summary}; wrote {path} and {args.out / 'overlays'}/")
     return 0

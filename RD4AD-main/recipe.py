@@ -181,10 +181,12 @@ def check_config(config: TrainConfig, origin: Callable[[str], str] = lambda name
     check_knobs(config.backbone, config.model_knobs)
 
 
-def open_split(config: TrainConfig, split: str) -> AnomalyDataset:
-    """The run's ``train``, ``val`` or ``test`` split: same data, validation hold-out and size for every backbone."""
+def open_split(config: TrainConfig, split: str, val_names: list[str] | None = None) -> AnomalyDataset:
+    """The run's ``train``, ``val`` or ``test`` split: same data, validation hold-out and size for every backbone
+    (``val_names``: a hold-out recorded by the run instead of the rule's)."""
     return AnomalyDataset(config.data_root, config.category, split, config.image_size, config.val_fraction,
-                          config.split_seed, data_format=config.data_format, split_csv=config.split_csv)
+                          config.split_seed, data_format=config.data_format, split_csv=config.split_csv,
+                          val_names=val_names)
 
 
 @dataclass

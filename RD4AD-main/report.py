@@ -29,7 +29,7 @@ from errors import RDError
 from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, category_stats, category_table, distinct_values,
                            efficiency_table, format_p, group_stats, group_table, is_synthetic, pairwise_table,
                            per_defect_table, planning_display, primary_table, reference_table, values_list)
-from runs import load_runs, untested_runs
+from runs import load_runs, synthetic_saturation_note, untested_runs
 from significance import EXACT_FLIP_CELLS, MAX_EDGES
 from protocol import differences_text, headline_sentence, refuse_same_recipe
 from why import WhyPart, render_why, why_parts, why_tables
@@ -232,7 +232,10 @@ def tests_method(report: Report) -> str:
         "draws for both backbones), p from its standard error (normal approximation). Every interval is the "
         f"bootstrap's {CONFIDENCE:.0%} percentile interval. A category where both models are perfect, or identical on "
         "every resample, is not tested and says so. Seeds are tested one by one: each is one trained model per "
-        "backbone. " + _binning_note(report)
+        "backbone. " + _binning_note(report) + f" Pixel metrics are computed at the training image size "
+        f"({', '.join(sorted(set(report.runs['image_size'].astype(str))))} px): maps and masks at that size, the masks "
+        "resized from the original images (700-1024 px in MVTec AD), so thin defects can shrink or vanish; the same "
+        "for every backbone, but not MVTec AD's official full resolution (docs/reproduction.md, section 4)."
     )
 
 
@@ -293,7 +296,8 @@ def report_notes(report: Report) -> list[str]:
     """The warnings and notes that head the report (random teachers, unfinished runs, synthetic data, ...)."""
     runs_frame = report.runs
     return [note for note in (teacher_warning(runs_frame), unfinished_warning(runs_frame), synthetic_note(runs_frame),
-                              untested_note(report), not_compared_note(report)) if note]
+                              untested_note(report), not_compared_note(report),
+                              synthetic_saturation_note(runs_frame)) if note]
 
 
 def render_body(report: Report, figures: list[FigureItem], level: int, link_prefix: str) -> str:

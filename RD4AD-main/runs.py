@@ -57,6 +57,7 @@ __all__ = [
     "checkpoint_path", "find_runs", "key_of",
     "load_maps", "load_regions", "load_runs", "load_scales", "load_scores", "read_history", "read_json",
     "read_run_config", "run_dir",
+    "SYNTH_SATURATION", "synthetic_saturation_note",
     "save_maps", "steady_images_per_s", "untested_runs", "write_csv", "write_history", "write_summary",
 ]
 
@@ -78,6 +79,7 @@ TEMPORARY_SUFFIX = ".tmp"
 SYNTH_VAL_COLUMNS = ("synth_image_auroc", "synth_pixel_auroc", "synth_aupro")
 # the mean over the epoch's steps of the L2 norm of all the part's parameter gradients (empty in older runs)
 GRAD_NORM_COLUMNS = ("grad_norm_bottleneck", "grad_norm_student")
+SYNTH_SATURATION = 0.99  # synthetic AUPRO above which the synthetic validation set counts as saturated
 HISTORY_COLUMNS = ("epoch", "loss", "loss_scale1", "loss_scale2", "loss_scale3", "val_loss",
                    "epoch_time_s", "images_per_s", "peak_memory_mb", *SYNTH_VAL_COLUMNS, *GRAD_NORM_COLUMNS)
 _OPTIONAL_HISTORY = (*SYNTH_VAL_COLUMNS, *GRAD_NORM_COLUMNS)
@@ -512,6 +514,36 @@ def _last_history_epoch(directory: Path) -> float:
     return float(pd.to_numeric(epochs, errors="coerce").max()) if len(epochs) else float("nan")
 
 
+def _selected_synth_aupro(directory: Path, selected_epoch: float) -> float:
+    """The synthetic-validation AUPRO (history.csv) of the epoch a run evaluates; NaN when not measured there."""
+    path = directory / HISTORY_FILE
+    if not path.is_file() or np.isnan(selected_epoch):
+        return float("nan")
+    try:
+        history = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise _results_file_error(path, f"a CSV file with the columns {', '.join(HISTORY_COLUMNS)}", error) from None
+    if "synth_aupro" not in history or "epoch" not in history:
+        return float("nan")
+    values = pd.to_numeric(history.loc[pd.to_numeric(history["epoch"], errors="coerce") == selected_epoch,
+                                       "synth_aupro"], errors="coerce").dropna()
+    return float(values.iloc[-1]) if len(values) else float("nan")
+
+
+def synthetic_saturation_note(frame: pd.DataFrame) -> str | None:
+    """One line for the report: how many runs scored synthetic AUPRO above ``SYNTH_SATURATION`` at their selected
+    epoch (``selected_synth_aupro``): a saturated synthetic set no longer tells epochs or settings apart. None when no
+    run has the score."""
+    scores = frame["selected_synth_aupro"].dropna() if "selected_synth_aupro" in frame else pd.Series(dtype=float)
+    if scores.empty:
+        return None
+    saturated = int((scores > SYNTH_SATURATION).sum())
+    ending = (" (saturated: there the synthetic set no longer tells epochs or settings apart; ties go to the "
+              "earlier epoch and the shorter schedule)." if saturated else ".")
+    return (f"**Synthetic validation:** {saturated} of {len(scores)} runs scored synthetic AUPRO > "
+            f"{SYNTH_SATURATION} at their selected epoch{ending}")
+
+
 def _trained_epochs(directory: Path, selection: str, metrics: dict, metrics_path: Path) -> float:
     """How many epochs the run trained: the evaluated checkpoint's (metrics.json "epochs"), or, for a run whose
     model was selected at an earlier epoch (synthetic-val), how far history.csv says training went."""
@@ -556,6 +588,8 @@ def _run_row(directory: Path) -> dict[str, Any]:
         "selection": selection,
         **recorded_settings(config),  # the rest of the recipe, for compare's shared-protocol check (protocol.py)
         "selected_epoch": _number(metrics.get("selected_epoch"), metrics_path, "selected_epoch"),
+        "selected_synth_aupro": _selected_synth_aupro(directory, _number(
+            metrics.get("selected_epoch", metrics.get("epochs")), metrics_path, "selected_epoch")),
         "teacher_weights": _text(config, "teacher_weights"),
         "teacher_imagenet_top1": _number(config.get("teacher_imagenet_top1"), directory / CONFIG_FILE,
                                          "teacher_imagenet_top1"),
@@ -574,7 +608,8 @@ def load_runs(results: str | os.PathLike) -> pd.DataFrame:
     ``requested_epochs`` / ``trained_epochs`` / ``unfinished`` (checkpoint short of the requested epochs),
     ``selection`` ("last" or "synthetic-val"), the rest of the recipe as recorded (``protocol.recorded_settings``:
     split file hash, validation fraction, split seed, held-out names' hash, batch size, lr, betas, precision, model
-    knobs, tuned_by) and every metric (NaN when not measured).
+    knobs, tuned_by), ``selected_synth_aupro`` (history.csv's synthetic AUPRO at the evaluated epoch) and every
+    metric (NaN when not measured).
     """
     results = Path(results)
     if not results.is_dir():

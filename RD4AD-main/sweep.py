@@ -349,7 +349,8 @@ def official_train_images(config: TrainConfig) -> int:
     if config.category not in OFFICIAL_COUNTS:
         raise RDError(f"{config.category!r} is not an MVTec AD category: its size is not known without the data")
     n_train_good = OFFICIAL_COUNTS[config.category][0]
-    return len(split_train_val([str(i) for i in range(n_train_good)], config.val_fraction, config.split_seed)[0])
+    names = [f"{i:03d}.png" for i in range(n_train_good)]  # MVTec AD names its training images 000.png, 001.png, ...
+    return len(split_train_val(names, config.val_fraction, config.split_seed)[0])
 
 
 def _train_images_on_disk(config: TrainConfig) -> int:

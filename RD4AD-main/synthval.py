@@ -1,10 +1,13 @@
 """Test-free validation: a synthetic-anomaly set made from a run's held-out validation normals, its scores, and
 the rule that picks an epoch (``--selection synthetic-val``) or a setting (``main.py tune``) by them.
 
-The only held-out data are normal images, so anomalies are made: each validation normal gets one copy with a
-patch cut from a training normal (a donor from the train split, flipped and colour-jittered as in CutPaste)
-pasted in, and one copy with a painted scratch or blob. Each mask is exactly the set of pixels that changed.
-The normals themselves are the set's normal part. The set depends on the data and the split seed alone
+The only held-out data are normal images, so anomalies are made: each validation normal gets one copy with an
+irregular blob of another training normal's texture (a donor from the train split, flipped, shifted and
+colour-jittered) blended in, and one copy with a thin scratch of donor texture or a stain (the image's own
+colours scaled and tinted). They are made at the image's source resolution, with soft edges (alpha-blended,
+no hard edge), sizes from 0.02 % to 3 % of the image, and then resized as the data loader resizes; the scoring
+mask is the blend's shape resized to the working size and binarised at 0.5. The normals themselves are the
+set's normal part. The set depends on the data and the split seed alone
 (never on the backbone or the run's seed), so every arm is validated on the same images; it is cached under
 ``<results>/.cache/synthval/``, keyed by everything it depends on. No test image is ever opened.
 """
@@ -15,32 +18,38 @@ import io
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
+from tqdm import tqdm
 
 import metrics
 import runs
-from dataset import AnomalyDataset, data_provenance
+from dataset import AnomalyDataset, DataWarning, data_provenance, read_images
 from errors import RDError
 from evaluate import score_images
+from image_io import decode_rgb, resize_rgb
 from rd_model import ReverseDistillation, image_scores
 from recipe import SELECT_LAST, SELECTIONS, FastPath, TrainConfig, open_split
 
-__all__ = ["CACHE_FOLDER", "GENERATOR_VERSION", "KINDS", "SyntheticSet", "SyntheticValidation", "build_synthetic_set",
-           "cache_key", "check_settings", "load_synthetic_set", "run_selection", "score_synthetic", "select_epoch",
-           "selection_key"]
+__all__ = ["CACHE_FOLDER", "GENERATOR_VERSION", "KINDS", "MIN_VALIDATION_NORMALS", "SyntheticSet",
+           "SyntheticValidation", "build_synthetic_set", "cache_key", "check_settings", "draw_anomaly",
+           "load_synthetic_set", "run_selection", "score_synthetic", "select_epoch", "selection_key"]
 
-GENERATOR_VERSION = 1  # bump when the generator changes: old cache files are then not used
+GENERATOR_VERSION = 2  # bump when the generator changes: old cache files are then not used (2: blended, soft)
 CACHE_FOLDER = Path(".cache") / "synthval"  # under the results folder
-KINDS = ("normal", "cut-paste", "scratch", "blob")
+KINDS = ("normal", "texture", "scratch", "stain")
+MIN_VALIDATION_NORMALS = 10  # fewer: a DataWarning (few images pick the epoch and set the threshold)
 _SEED_TAG = 0x5EED_5A1  # keeps this stream apart from any other seeded by the split seed
-_MAX_ATTEMPTS = 20  # draws before giving up on an anomaly that changes too few pixels
-_MIN_CHANGED_FRACTION = 1e-3  # of the image's pixels
+_MAX_ATTEMPTS = 20  # draws before giving up on an anomaly that is not visible at the working size
+_AREA_RANGE = (2e-4, 3e-2)  # an anomaly's area, a share of the image's, drawn log-uniformly (a third below 0.1 %)
+_EDGE_PX = 2.5  # the narrowest soft edge, in source pixels: no full-strength pixel touches an untouched one
+_MIN_CONTRAST = 8.0  # grey levels: the least mean change inside the mask (largest channel) at the working size
 
 
 @dataclass(frozen=True)
@@ -55,106 +64,162 @@ class SyntheticSet:
 
 # ---------------------------------------------------------------------------------------------- making anomalies
 
-def _cut_paste(normal: np.ndarray, donors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``normal`` (S, S, 3) with a patch of a random donor, flipped and colour-jittered, pasted at a random place."""
-    size = normal.shape[0]
-    low = max(2, size // 8)
-    high = max(low, size // 4)
-    height, width = (int(v) for v in rng.integers(low, high + 1, size=2))
-    donor = donors[int(rng.integers(len(donors)))]
-    top, left = int(rng.integers(0, size - height + 1)), int(rng.integers(0, size - width + 1))
-    patch = donor[top:top + height, left:left + width].astype(np.float64)
-    if rng.random() < 0.5:
-        patch = patch[:, ::-1]
-    if rng.random() < 0.5:
-        patch = patch[::-1]
-    patch = np.clip(np.rint(patch * rng.uniform(0.75, 1.25, size=3) + rng.uniform(-24, 24, size=3)), 0, 255)
-    top, left = int(rng.integers(0, size - height + 1)), int(rng.integers(0, size - width + 1))
-    anomalous = normal.copy()
-    anomalous[top:top + height, left:left + width] = patch.astype(np.uint8)
-    return anomalous
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    """A soft ramp: 0 below 0, 1 above 1, strictly between them inside."""
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
 
 
-def _scratch_shape(size: int, rng: np.random.Generator) -> Image.Image:
-    """A polyline of 1-3 segments, 1/8-1/4 of the image long each, a few pixels wide (mode L, 255 inside)."""
-    shape = Image.new("L", (size, size), 0)
-    x, y = rng.uniform(0.15 * size, 0.85 * size, size=2)
+def _window(height: int, width: int, rows: tuple[float, float], columns: tuple[float, float]
+            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[slice, slice]]:
+    """A zero alpha (H, W) float32, the pixel-centre coordinates (y, x) of the part of it within ``rows`` x ``columns``
+    (clipped to the image), and that part's slices: a shape is computed only where it can reach."""
+    top, bottom = max(0, math.floor(rows[0])), min(height, math.ceil(rows[1]) + 1)
+    left, right = max(0, math.floor(columns[0])), min(width, math.ceil(columns[1]) + 1)
+    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float64) + 0.5
+    return np.zeros((height, width), np.float32), (ys, xs), (slice(top, bottom), slice(left, right))
+
+
+def _blob_alpha(height: int, width: int, area: float, rng: np.random.Generator) -> np.ndarray:
+    """An irregular blob (a circle whose radius varies with the angle by harmonics 2-5) covering about ``area``
+    pixels, with a soft edge at least ``_EDGE_PX`` wide: alpha (H, W) float32 in [0, 1]."""
+    radius = math.sqrt(area / math.pi)
+    centre_y = rng.uniform(min(radius, height / 2), max(height - radius, height / 2))
+    centre_x = rng.uniform(min(radius, width / 2), max(width - radius, width / 2))
+    orders = np.arange(2, 6)
+    amplitudes = rng.uniform(0.0, 0.3, size=4) / orders  # |dr/dtheta| <= 1.2 radius: neighbours stay close
+    phases = rng.uniform(0.0, 2 * math.pi, size=4)
+    edge = max(_EDGE_PX, 0.35 * radius)
+    reach = radius * (1.0 + amplitudes.sum()) + edge / 2 + 1  # no pixel farther from the centre is touched
+    alpha, (ys, xs), box = _window(height, width, (centre_y - reach, centre_y + reach),
+                                   (centre_x - reach, centre_x + reach))
+    dy, dx = ys - centre_y, xs - centre_x
+    theta = np.arctan2(dy, dx)
+    harmonics = amplitudes[:, None, None] * np.cos(orders[:, None, None] * theta + phases[:, None, None])
+    boundary = radius * (1.0 + harmonics.sum(axis=0))
+    alpha[box] = _smoothstep((boundary - np.hypot(dy, dx)) / edge + 0.5)
+    return alpha
+
+
+def _scratch_alpha(height: int, width: int, area: float, rng: np.random.Generator) -> np.ndarray:
+    """A polyline of 1-3 segments (8-30 % of the shorter side long in all) about ``area`` pixels wide in all, with a
+    soft edge at least ``_EDGE_PX`` wide: alpha (H, W) float32 in [0, 1]."""
+    side = min(height, width)
+    length = rng.uniform(0.08, 0.3) * side
+    half_width = float(np.clip(area / (2 * length), 0.6, 0.02 * side + 0.6))
+    segments = int(rng.integers(1, 4))
+    points = [rng.uniform([0.15 * height, 0.15 * width], [0.85 * height, 0.85 * width])]
     angle = rng.uniform(0, 2 * math.pi)
-    points = [(x, y)]
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(segments):
         angle += rng.normal(0.0, 0.6)
-        length = rng.uniform(size / 8, size / 4)
-        x, y = x + length * math.cos(angle), y + length * math.sin(angle)
-        points.append((x, y))
-    width = int(rng.integers(max(1, size // 64), max(2, size // 24) + 1))
-    ImageDraw.Draw(shape).line([(float(px), float(py)) for px, py in points], fill=255, width=width)
-    return shape
+        points.append(points[-1] + length / segments * np.array([math.sin(angle), math.cos(angle)]))
+    edge = max(_EDGE_PX, half_width)
+    corners = np.array(points)
+    reach = half_width + edge / 2 + 1  # no pixel farther from the polyline is touched
+    alpha, (ys, xs), box = _window(height, width, (corners[:, 0].min() - reach, corners[:, 0].max() + reach),
+                                   (corners[:, 1].min() - reach, corners[:, 1].max() + reach))
+    pixel = np.stack([ys, xs], axis=-1)
+    distance = np.full(ys.shape, np.inf)
+    for start, stop in zip(points[:-1], points[1:]):
+        direction = stop - start
+        t = np.clip(((pixel - start) @ direction) / max(float(direction @ direction), 1e-12), 0.0, 1.0)
+        distance = np.minimum(distance, np.linalg.norm(pixel - (start + t[..., None] * direction), axis=-1))
+    alpha[box] = _smoothstep((half_width - distance) / edge + 0.5)
+    return alpha
 
 
-def _blob_shape(size: int, rng: np.random.Generator) -> Image.Image:
-    """2-3 overlapping ellipses of radius 1/20-1/10 of the image around one centre (mode L, 255 inside)."""
-    shape = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(shape)
-    centre = rng.uniform(0.2 * size, 0.8 * size, size=2)
-    for _ in range(int(rng.integers(2, 4))):
-        rx, ry = rng.uniform(max(1.5, size / 20), max(2.0, size / 10), size=2)
-        cx, cy = centre + rng.uniform(-0.5, 0.5, size=2) * (rx, ry)
-        draw.ellipse([float(cx - rx), float(cy - ry), float(cx + rx), float(cy + ry)], fill=255)
-    return shape
+def draw_anomaly(normal: np.ndarray, donor: np.ndarray, kind: str, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One anomaly on ``normal`` (H, W, 3) uint8 at its source resolution: (the anomalous image uint8, the shape's
+    alpha (H, W) in [0, 1], the blending weight actually used, opacity x alpha).
 
-
-def _paint(normal: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """``normal`` with a scratch or blob painted in one random colour at 60-100 % opacity."""
-    shape = (_scratch_shape if kind == "scratch" else _blob_shape)(normal.shape[0], rng)
-    inside = np.asarray(shape) > 0
-    colour = rng.integers(0, 256, size=3).astype(np.float64)
-    opacity = rng.uniform(0.6, 1.0)
-    anomalous = normal.copy()
-    blended = opacity * colour + (1.0 - opacity) * normal[inside].astype(np.float64)
-    anomalous[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return anomalous
-
-
-def _anomaly(normal: np.ndarray, kind: str, donors: np.ndarray, rng: np.random.Generator,
-             name: str) -> tuple[np.ndarray, np.ndarray]:
-    """An anomalous copy of ``normal`` and its exact mask (the changed pixels); redrawn while it changes too few."""
-    minimum = max(1, math.ceil(_MIN_CHANGED_FRACTION * normal.shape[0] * normal.shape[1]))
-    for _ in range(_MAX_ATTEMPTS):
-        anomalous = _cut_paste(normal, donors, rng) if kind == "cut-paste" else _paint(normal, kind, rng)
-        changed = (anomalous != normal).any(axis=-1)
-        if changed.sum() >= minimum:
-            return anomalous, changed.astype(np.uint8)
-    raise RDError(f"{name}: no {kind} anomaly changed at least {minimum} pixels in {_MAX_ATTEMPTS} draws; "
-                  f"expected a validation image with some texture or colour variation")
-
-
-def build_synthetic_set(normals: torch.Tensor, donors: torch.Tensor, split_seed: int,
-                        names: list[str] | None = None) -> SyntheticSet:
-    """The synthetic-anomaly set of uint8 ``normals`` (K, 3, S, S) with patches from ``donors`` (M, 3, S, S).
-
-    Order: the K normals, then one cut-paste copy of each, then one painted copy of each (scratch or blob).
-    Normal i's anomalies are drawn from a generator seeded by (split seed, i) alone.
+    ``texture``: an irregular blob of the ``donor`` training image's texture (resized to the normal's size,
+    flipped, shifted, its colours jittered); ``scratch``: a thin soft polyline of donor texture, darker or
+    brighter; ``stain``: an irregular blob where the image's own colours are scaled and tinted. The area is
+    drawn log-uniformly between ``_AREA_RANGE`` of the image; every edge is a soft ramp (no hard edge), and
+    the result is alpha-blended: ``(1 - w) normal + w fill``.
     """
-    if len(normals) == 0 or len(donors) == 0:
-        raise RDError(f"synthetic validation needs validation normals and training donors; got {len(normals)} "
-                      f"and {len(donors)}")
-    names = names or [f"validation image {i}" for i in range(len(normals))]
-    normal_hwc = normals.permute(0, 2, 3, 1).contiguous().numpy()
-    donor_hwc = donors.permute(0, 2, 3, 1).contiguous().numpy()
-    size = normal_hwc.shape[1]
-    cut, painted, kinds = [], [], []
-    for index, normal in enumerate(normal_hwc):
+    height, width = normal.shape[:2]
+    area = math.exp(rng.uniform(*np.log(_AREA_RANGE))) * height * width
+    shape = (_scratch_alpha if kind == "scratch" else _blob_alpha)(height, width, area, rng)
+    rows, columns = np.flatnonzero(shape.any(axis=1)), np.flatnonzero(shape.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))  # where the shape is: the rest stays
+    base = normal[box].astype(np.float64)
+    if kind == "stain":
+        gain = rng.choice([rng.uniform(0.55, 0.8), rng.uniform(1.25, 1.6)])
+        fill = base * gain + rng.uniform(-15, 15, size=3)
+    else:
+        texture = donor if donor.shape[:2] == (height, width) else np.array(
+            Image.fromarray(donor).resize((width, height), Image.Resampling.BILINEAR))
+        texture = texture[::-1] if rng.random() < 0.5 else texture
+        texture = texture[:, ::-1] if rng.random() < 0.5 else texture
+        texture = np.roll(texture, (int(rng.integers(height)), int(rng.integers(width))), axis=(0, 1))[box]
+        fill = texture.astype(np.float64) * rng.uniform(0.8, 1.2, size=3) + rng.uniform(-20, 20, size=3)
+        if kind == "scratch":
+            fill = fill * rng.choice([rng.uniform(0.4, 0.7), rng.uniform(1.3, 1.6)])
+    weight = np.zeros_like(shape)
+    weight[box] = rng.uniform(0.6, 1.0) * shape[box]
+    anomalous = normal.copy()
+    within = weight[box][..., None].astype(np.float64)
+    anomalous[box] = np.clip(np.rint((1.0 - within) * base + within * np.clip(fill, 0, 255)), 0, 255).astype(np.uint8)
+    return anomalous, shape, weight
+
+
+def _working_mask(shape: np.ndarray, size: int) -> np.ndarray:
+    """The scoring mask at the working size: the shape's alpha resized (bilinear), then >= 0.5 (uint8 {0, 1})."""
+    if shape.shape != (size, size):
+        shape = np.asarray(Image.fromarray(shape, mode="F").resize((size, size), Image.Resampling.BILINEAR))
+    return (shape >= 0.5).astype(np.uint8)
+
+
+def _anomaly(normal: np.ndarray, donor_of: Callable[[], np.ndarray], kind: str, size: int, rng: np.random.Generator,
+             name: str) -> tuple[np.ndarray, np.ndarray]:
+    """An anomalous copy of the source-resolution ``normal`` at the working size, and its mask there; redrawn while
+    the mask is empty or the anomaly changes the image too little (mean change under ``_MIN_CONTRAST``)."""
+    working = resize_rgb(normal, size)
+    for _ in range(_MAX_ATTEMPTS):
+        anomalous, shape, _ = draw_anomaly(normal, donor_of(), kind, rng)
+        mask = _working_mask(shape, size)
+        image = resize_rgb(anomalous, size)
+        inside = mask.astype(bool)
+        change = np.abs(image[inside].astype(np.int16) - working[inside]).max(axis=-1)
+        if inside.any() and change.mean() >= _MIN_CONTRAST:
+            return image, mask
+    raise RDError(f"{name}: no {kind} anomaly was visible at {size} px (a non-empty mask and a mean change of at least "
+                  f"{_MIN_CONTRAST:g} grey levels) in {_MAX_ATTEMPTS} draws; expected a validation image with some "
+                  f"texture or colour variation")
+
+
+def build_synthetic_set(normal_paths: Sequence[str], donor_paths: Sequence[str], split_seed: int, image_size: int,
+                        normals: torch.Tensor | None = None) -> SyntheticSet:
+    """The synthetic-anomaly set of the validation normals at ``normal_paths``, with texture from the training
+    normals at ``donor_paths``, at ``image_size`` px (``normals``: those images already decoded at that size).
+
+    Each anomaly is made on the image at its source resolution and then resized as the data loader resizes
+    images, so its edges are as soft as the blending made them. Order: the K normals, then one ``texture``
+    copy of each, then one ``scratch`` or ``stain`` copy of each. Normal i's anomalies and donors are drawn from
+    a generator seeded by (split seed, i) alone.
+    """
+    if len(normal_paths) == 0 or len(donor_paths) == 0:
+        raise RDError(f"synthetic validation needs validation normals and training donors; got {len(normal_paths)} "
+                      f"and {len(donor_paths)}")
+    normal_hwc = (read_images(normal_paths, image_size) if normals is None else normals).permute(0, 2, 3, 1).numpy()
+    textured, second, kinds = [], [], []
+    for index, path in enumerate(tqdm(normal_paths, desc="synthetic validation set", unit="img", leave=False,
+                                      disable=len(normal_paths) < 20)):
         rng = np.random.default_rng([_SEED_TAG, GENERATOR_VERSION, split_seed, index])
-        cut.append(_anomaly(normal, "cut-paste", donor_hwc, rng, names[index]))
-        kind = "scratch" if rng.random() < 0.5 else "blob"
-        painted.append(_anomaly(normal, kind, donor_hwc, rng, names[index]))
+        source = decode_rgb(path)
+        donor_of = lambda: decode_rgb(donor_paths[int(rng.integers(len(donor_paths)))])  # noqa: E731
+        textured.append(_anomaly(source, donor_of, "texture", image_size, rng, path))
+        kind = "scratch" if rng.random() < 0.5 else "stain"
+        second.append(_anomaly(source, donor_of, kind, image_size, rng, path))
         kinds.append(kind)
-    images = np.concatenate([normal_hwc, np.stack([a for a, _ in cut]), np.stack([a for a, _ in painted])])
-    masks = np.concatenate([np.zeros((len(normal_hwc), size, size), np.uint8),
-                            np.stack([m for _, m in cut]), np.stack([m for _, m in painted])])
     count = len(normal_hwc)
+    images = np.concatenate([normal_hwc, np.stack([a for a, _ in textured]), np.stack([a for a, _ in second])])
+    masks = np.concatenate([np.zeros((count, image_size, image_size), np.uint8),
+                            np.stack([m for _, m in textured]), np.stack([m for _, m in second])])
     return SyntheticSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks),
-                        torch.tensor([0] * count + [1] * 2 * count), ["normal"] * count + ["cut-paste"] * count + kinds)
+                        torch.tensor([0] * count + [1] * 2 * count), ["normal"] * count + ["texture"] * count + kinds)
 
 
 # ---------------------------------------------------------------------------------------------- the cached set
@@ -221,7 +286,12 @@ def load_synthetic_set(config: TrainConfig, train_set: AnomalyDataset | None = N
     cached = _read_cached(path, key)
     if cached is not None:
         return cached
-    made = build_synthetic_set(val_set.uint8_images(), train_set.uint8_images(), config.split_seed, val_set.paths)
+    if len(val_set) < MIN_VALIDATION_NORMALS:
+        warnings.warn(f"{config.category}: {len(val_set)} validation normals (fewer than {MIN_VALIDATION_NORMALS}) "
+                      f"pick the epoch on the synthetic set and then set the threshold; their scores are noisy (raise "
+                      f"--val-fraction, or add training images)", DataWarning, stacklevel=2)
+    made = build_synthetic_set(val_set.paths, train_set.paths, config.split_seed, config.image_size,
+                               val_set.uint8_images())
     payload = {"key": json.dumps(key, sort_keys=True), "images": made.images, "masks": made.masks,
                "labels": made.labels, "kinds": made.kinds}
     buffer = io.BytesIO()  # saved through a buffer: a file's name would be written into the archive
@@ -283,8 +353,9 @@ def _value(row: Mapping[str, Any], column: str) -> float | None:
 
 
 def selection_key(row: Mapping[str, Any]) -> tuple[float, float, int]:
-    """Higher is better: synthetic AUPRO, then synthetic image AUROC, then the later epoch."""
-    return (_value(row, "synth_aupro"), _value(row, "synth_image_auroc") or -math.inf, int(row["epoch"]))
+    """Higher is better: synthetic AUPRO, then synthetic image AUROC, then the earlier epoch (a saturated synthetic
+    set, e.g. AUPRO 1.0 at several epochs, then keeps the first: no tie favours longer training)."""
+    return (_value(row, "synth_aupro"), _value(row, "synth_image_auroc") or -math.inf, -int(row["epoch"]))
 
 
 def select_epoch(history: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:

@@ -7,7 +7,8 @@ and scores each run on its synthetic validation set (synthval.py: made from vali
 image): the AUPRO of the run's selected epoch (``--selection``: the last, or the best synthetic-validation
 epoch), averaged over seeds. Per backbone and category, or per backbone over all categories with
 ``--pooled`` (the mean over categories), the best setting wins: the highest AUPRO, ties broken by image AUROC,
-then by more epochs, then by the earlier grid entry. Written under ``--out``:
+then by fewer epochs (the shorter schedule: a saturated synthetic set favours no longer one), then by the earlier
+grid entry. Written under ``--out``:
 
 - ``tune.csv``        every (backbone, category or ``pooled``, setting) with its scores and ``chosen``;
 - ``tune_runs.csv``   every run with its selected epoch and scores;
@@ -119,7 +120,7 @@ def score_runs(planned: list[tuple[Setting, TrainConfig]]) -> pd.DataFrame:
 
 def choose(run_scores: pd.DataFrame, grid: list[Setting], pooled: bool) -> pd.DataFrame:
     """Every (backbone, category or ``pooled``, setting) with its mean scores (over seeds, then categories) and
-    ``chosen`` (1 for the best of its group: AUPRO, then image AUROC, then more epochs, then grid order)."""
+    ``chosen`` (1 for the best of its group: AUPRO, then image AUROC, then fewer epochs, then grid order)."""
     per_category = run_scores.groupby(["backbone", "category", "setting"], sort=False)[_SCORES].mean().reset_index()
     seeds = run_scores.groupby(["backbone", "category", "setting"], sort=False)["seed"].nunique().to_numpy()
     per_category["n_runs"] = seeds
@@ -138,7 +139,7 @@ def choose(run_scores: pd.DataFrame, grid: list[Setting], pooled: bool) -> pd.Da
     table["chosen"] = 0
     for _, group in table.groupby(["backbone", "category"], sort=False):
         best = max(group.index, key=lambda i: (table.at[i, "synth_aupro"], table.at[i, "synth_image_auroc"],
-                                               table.at[i, "epochs"], -order[table.at[i, "setting"]]))
+                                               -table.at[i, "epochs"], -order[table.at[i, "setting"]]))
         table.at[best, "chosen"] = 1
     table["grid_index"] = [order[name] for name in table["setting"]]
     table = table.sort_values(["backbone", "category", "grid_index"], kind="stable", ignore_index=True)

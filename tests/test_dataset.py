@@ -38,6 +38,7 @@ from dataset import (
     mask_values,
     normalize,
     read_split_csv,
+    holdout_draw,
     split_train_val,
 )
 from errors import DataError, RDError
@@ -131,16 +132,41 @@ def test_the_dataset_takes_any_size_the_model_checks_its_own(synthetic_root):
             MVTecDataset(synthetic_root, "synth_object", image_size=bad)
 
 
-def test_split_train_val_is_deterministic_disjoint_and_stable():
+def test_split_train_val_is_deterministic_disjoint_and_follows_the_rule():
     names = [f"{i:03d}.png" for i in range(100)]
     train, val = split_train_val(names)
-    assert len(val) == 10 and sorted(train + val) == names and not set(train) & set(val)
+    assert sorted(train + val) == names and not set(train) & set(val)
     assert train == sorted(train) and val == sorted(val)
     assert split_train_val(list(reversed(names))) == (train, val)  # listing order does not matter
     assert split_train_val(names, seed=1)[1] != val
-    assert len(split_train_val(names[:20])[1]) == 4  # at least 4
-    grown = split_train_val([*names, "100.png"])[1]
-    assert len(set(grown) ^ set(val)) <= 2  # one new file moves at most one other
+    # the rule, computed by hand: held out when the first 64 bits of SHA-256("seed/name") / 2^64 < fraction
+    by_hand = [n for n in names if int(hashlib.sha256(f"0/{n}".encode()).hexdigest()[:16], 16) / 2**64 < 0.1]
+    assert val == by_hand and 4 <= len(val) < 25
+
+
+def test_the_hold_out_moves_no_image_when_others_are_added_or_removed():
+    """The issue's case: adding zzz.png to 105 names used to move 047.png into validation."""
+    names = [f"{i:03d}.png" for i in range(105)]
+    train, val = split_train_val(names)
+    grown_train, grown_val = split_train_val([*names, "zzz.png"])
+    assert [n for n in grown_val if n != "zzz.png"] == val and [n for n in grown_train if n != "zzz.png"] == train
+    for removed in (val[0], train[0], train[-1]):  # one validation image, two training images
+        kept = [n for n in names if n != removed]
+        smaller_train, smaller_val = split_train_val(kept)
+        assert smaller_val == [n for n in val if n != removed] and smaller_train == [n for n in train if n != removed]
+    assert all((holdout_draw(n) < 0.1) == (n in val) for n in names)  # membership: the name's own draw only
+
+
+def test_small_categories_keep_validation_and_training_images():
+    names = [f"{i}.png" for i in range(6)]
+    by_draw = sorted(names, key=holdout_draw)
+    # too few draws below the fraction: the min_val names of lowest draw are held out
+    assert sum(holdout_draw(n) < 0.01 for n in names) == 0
+    assert split_train_val(names, 0.01, min_val=1) == (sorted(by_draw[1:]), [by_draw[0]])
+    assert split_train_val(names, 0.01) == (sorted(by_draw[4:]), sorted(by_draw[:4]))
+    # every draw below the fraction: the name of highest draw still trains
+    assert max(map(holdout_draw, names)) < 0.999
+    assert split_train_val(names, 0.999, min_val=1) == ([by_draw[-1]], sorted(by_draw[:-1]))
 
 
 def test_split_train_val_bad_input():
@@ -191,7 +217,8 @@ def test_splits_counts_and_validation_names(synthetic_root):
     train = MVTecDataset(synthetic_root, "synth_object", "train", image_size=64)
     val = MVTecDataset(synthetic_root, "synth_object", "val", image_size=64)
     test = MVTecDataset(synthetic_root, "synth_object", "test", image_size=32)
-    assert (len(train), len(val), len(test)) == (20, 4, 16)
+    assert (len(train) + len(val), len(test)) == (24, 16) and len(val) >= 4
+    assert val.val_names == split_train_val([f"{i:03d}.png" for i in range(24)])[1]  # the rule, on the file names
     assert train.val_names == val.val_names == test.val_names  # same split whatever the split or size
     assert [Path(p).name for p in val.paths] == val.val_names
     assert not {Path(p).name for p in train.paths} & set(val.val_names)
@@ -387,7 +414,7 @@ def test_junk_files_are_ignored_with_a_warning(tree):
     (tree / "synth_object" / "test" / ".DS_Store").write_bytes(b"\0")
     with pytest.warns(DataWarning, match=rf"{train_dir}: ignoring 2 non-image entries: .DS_Store, Thumbs.db"):
         dataset = MVTecDataset(tree, "synth_object", "train", image_size=64)
-    assert len(dataset) == 20
+    assert len(dataset) == 24 - len(dataset.val_names)
     with pytest.warns(DataWarning) as caught:
         assert len(MVTecDataset(tree, "synth_object", "test", image_size=64)) == 16
     assert any(str(w.message).endswith("test: ignoring 1 files: .DS_Store") for w in caught)
@@ -656,7 +683,7 @@ def test_split_file_reads_the_same_images_as_the_folders(tmp_path, synthetic_roo
     assert torch.equal(listed.uint8_images()[order], folders.uint8_images())
     assert torch.equal(listed.uint8_masks()[order], folders.uint8_masks())
     train = AnomalyDataset(synthetic_root, "synth_object", "train", 32, data_format="csv", split_csv=split_file)
-    assert len(train) == 20 and train.val_names[0].startswith("synth_object/train/good/")
+    assert len(train) == 24 - len(train.val_names) and train.val_names[0].startswith("synth_object/train/good/")
 
 
 def test_split_file_without_mask_column(tmp_path, synthetic_root):
@@ -737,3 +764,17 @@ def test_split_file_accepts_visa_header_windows_separators_and_a_bom(tmp_path):
     assert (row.category, row.split, row.label, row.image, row.mask, row.line) == (
         "candle", "train", "normal", "candle/Data/a.JPG", "", 2)
     assert VISA_HEADER[0] == "object"
+
+
+def test_source_resolution_decoding_then_resizing_is_what_the_dataset_reads(synthetic_root):
+    """synthval makes anomalies on image_io.decode_rgb's source-resolution pixels and resizes them with resize_rgb:
+    on an unchanged image that gives exactly the dataset's pixels, at any working size."""
+    from image_io import decode_rgb, resize_rgb
+
+    for category in ("synth_object", "synth_texture"):  # RGB and grayscale sources
+        val = MVTecDataset(synthetic_root, category, "val", image_size=32)
+        source = [decode_rgb(path) for path in val.paths]
+        assert all(image.shape == (64, 64, 3) for image in source)  # the files' own size, not the working one
+        resized = torch.from_numpy(np.stack([resize_rgb(image, 32) for image in source])).permute(0, 3, 1, 2)
+        assert torch.equal(resized, val.uint8_images())
+        assert resize_rgb(source[0], 64) is source[0]

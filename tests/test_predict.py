@@ -1,6 +1,8 @@
 """`main.py predict`: a trained run on new images gives the scores `main.py test` gives the same images."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +25,24 @@ def tested_run(synthetic_root, tmp_path_factory):
     evaluate_run(train_run(config, quiet=True), device="cpu")
     return config
 
+
+def test_predict_right_after_train_sets_the_threshold_test_sets(tested_run, synthetic_root, tmp_path, capsys):
+    """An untested run (no val_scores.csv, no metrics.json): predict scores the recorded validation normals itself
+    and decides at the very threshold `main.py test` wrote for the same run."""
+    untested = tmp_path / "run"
+    shutil.copytree(tested_run.run_dir, untested, ignore=shutil.ignore_patterns(
+        runs.VAL_SCORES_FILE, runs.METRICS_FILE, runs.SCORES_FILE, runs.MAPS_FILE))
+    images = synthetic_root / "synth_object" / "test" / "good"
+    out = tmp_path / "out"
+    assert run_main("predict", "--run-dir", str(untested), "--images", str(images), "--out", str(out),
+                    "--device", "cpu") == 0
+    assert "flagged as anomalous at threshold" in capsys.readouterr().out
+    predicted = pd.read_csv(out / runs.SCORES_FILE)
+    tested = runs.read_json(tested_run.run_dir / runs.METRICS_FILE)
+    assert tested["threshold_rule"] == "max"
+    assert (predicted["threshold"] == tested["threshold"]).all()  # the same number, not just close
+    assert len(list((out / "overlays").glob("*.png"))) == len(predicted) == len(list(images.glob("*.png")))
+    assert not (untested / runs.VAL_SCORES_FILE).exists()  # predict writes nothing into the run
 
 
 def test_predict_scores_equal_test_scores_and_write_overlays(tested_run, synthetic_root, tmp_path, capsys):
