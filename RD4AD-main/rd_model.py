@@ -62,6 +62,10 @@ class ReverseDistillation(nn.Module):
         if dtype not in copies and dtype != _module_dtype(self.teacher):
             copies[dtype] = copy.deepcopy(self.teacher, memo={id(copies): {}}).to(dtype)
 
+    def teacher_copies(self) -> list[nn.Module]:
+        """The teacher's dtype copies (``keep_teacher_in``): not submodules, so not in ``parameters()``."""
+        return list(_teacher_copies(self.teacher).values())
+
     def teacher_features(self, images: Tensor) -> list[Tensor]:
         """The frozen teacher's features, without gradients; under autocast in the autocast dtype."""
         dtype = autocast_dtype(images.device.type)

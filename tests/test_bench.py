@@ -191,3 +191,40 @@ def test_bad_evaluation_size_names_its_flag(tmp_path):
     with pytest.raises(bench.RDError, match=r"--eval-image-size 100 is not divisible by 32.*96"):
         bench.run(bench_args(tmp_path, eval_image_size=100))
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_the_timed_fast_evaluation_meets_no_first_call_of_a_batch_shape(tmp_path, monkeypatch):
+    """Issue 19: 39 test images in batches of 16 end with a batch of 7. A counting hook on every RD model's forward
+    records (batch shape, autocast dtype); each one met inside a timed fast evaluation (float32, then bf16)
+    was met before that evaluation began, so no cuDNN autotuning or first allocation is timed."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from rd_model import ReverseDistillation, autocast_dtype
+    seen: list[tuple] = []  # (key, inside a timed evaluation)
+    timed = []
+    fast_evaluation = bench.fast_evaluation
+
+    def timed_evaluation(*args, **kwargs):
+        timed.append(len(seen))
+        try:
+            return fast_evaluation(*args, **kwargs)
+        finally:
+            timed.append(len(seen))
+
+    def hook(module, inputs):
+        if isinstance(module, ReverseDistillation):
+            images = inputs[0]
+            seen.append((tuple(images.shape), autocast_dtype(images.device.type)))
+
+    monkeypatch.setattr(bench, "fast_evaluation", timed_evaluation)
+    handle = register_module_forward_pre_hook(hook)
+    try:
+        assert bench.run(bench_args(tmp_path, parts="eval", eval_images=39, backbones="resnet50")) == 0
+    finally:
+        handle.remove()
+    assert len(timed) == 4  # float32, then bf16
+    for begin, end in zip(timed[::2], timed[1::2]):
+        inside = seen[begin:end]
+        assert sorted({shape[0] for shape, _ in inside}) == [7, 16]
+        assert all(key in seen[:begin] for key in inside), (inside, seen[:begin])
+    assert {dtype for _, dtype in seen[timed[2]:timed[3]]} == {torch.bfloat16}
