@@ -137,7 +137,7 @@ def train_section(model: ReverseDistillation, naive: ReverseDistillation, config
     step = recipe.compiled_train_step() if fast.compile else recipe.train_step
     # whole batches only (as most steps of a real epoch): every step then does the same work; several per epoch,
     # so that, as in train.py, the epoch's indices go to the device once for several steps
-    usable = len(data.train_images) // config.batch_size * config.batch_size
+    usable = min(len(data.train_images) // config.batch_size, TRAIN_STEPS_PER_EPOCH) * config.batch_size
     if not usable:
         raise RDError(f"--batch-size {config.batch_size}: larger than the {len(data.train_images)} training images")
     feed = EpochFeed(data.train_images[:usable].to(device), config.batch_size, config.seed, device)
@@ -559,7 +559,7 @@ def run(args: argparse.Namespace) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="rd4ad_bench_") as root:
         generate(root, categories=2, image_size=max(size, args.eval_image_size),
-                 n_train=TRAIN_STEPS_PER_EPOCH * args.batch_size,
+                 n_train=TRAIN_STEPS_PER_EPOCH * args.batch_size * 10 // 9 + 8,  # 10 % are held out for validation
                  n_test=args.eval_images, seed=0)
         data = load_data(root, size)
         eval_data = data if args.eval_image_size == size else load_data(root, args.eval_image_size)
