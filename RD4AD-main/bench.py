@@ -9,7 +9,8 @@ Per backbone, on random teachers (speed does not depend on the weights; no downl
 - training images/s. Fast: ``recipe.train_step`` exactly as train.py runs it (``FastPath`` as resolved
   for the device, the frozen teacher cast once to the autocast dtype, fused Adam, cuDNN autotuning set by
   ``recipe.seed_everything``, the uint8 training set on the device, normalised there, each epoch's batch
-  indices copied to the device once by ``recipe.device_batches``, ``recipe.compiled_train_step`` under
+  indices copied to the device once by ``recipe.device_batches`` (8 whole batches per epoch, so several
+  steps share each copy, as in train.py), ``recipe.compiled_train_step`` under
   ``--compile``), and the ops it dispatches per step with the casts among them (torch.profiler): at batch
   16 the host's dispatch time, not the device, can bound a step. Naive: the original RD4AD loop: the
   teacher run with autograd (its weights require gradients but are not optimised), contiguous NCHW
@@ -17,7 +18,9 @@ Per backbone, on random teachers (speed does not depend on the weights; no downl
 - inference ms/image at batch 1 and images/s at batch 32 (anomaly maps). Fast: the scoring path (no
   autograd, blur on the device). Naive: autograd recording, host normalisation, maps per image on
   the CPU blurred with ``scipy.ndimage.gaussian_filter``.
-- peak memory of each path: process RSS on CPU (sampled), max allocated on CUDA.
+- peak memory of each path, measured around that path's own rounds (on CUDA the peak is reset there: max
+  allocated; on CPU process RSS, sampled), less what the other path keeps resident meanwhile (its models,
+  the teacher's dtype copies, its optimiser state, its data on the device).
 - a whole evaluation of one synthetic category (167 test images at 256 px by default, whatever the
   training size). Fast: what ``main.py
   test`` does (``evaluate.score_images`` on the device, ``metrics.pixel_metrics``, image AUROC).
@@ -29,7 +32,10 @@ Per backbone, on random teachers (speed does not depend on the weights; no downl
   speed bf16 evaluation buys and the metric change it causes (image AUROC, pixel AUROC, AUPRO, largest
   map difference). ``--no-tf32`` turns TF32 off on CUDA (exact float32: the equality check).
 
-Fast and naive rounds alternate and each figure is the best round, so a load spike hits both alike.
+Fast and naive rounds alternate and each figure is the best round, so a load spike hits both alike. No
+timed region meets a batch shape for the first time (cuDNN autotunes every new shape on its first call):
+training and inference rounds repeat their shapes after ``--warmup`` untimed rounds, and each evaluation
+first scores, untimed, one batch of every size it will meet (16, and the last partial batch, e.g. 7 of 167).
 """
 from __future__ import annotations
 
@@ -61,7 +67,7 @@ from recipe import Amp, FastPath, TrainConfig
 from reference_pipeline import host_batch, naive_maps, naive_model, naive_train_step
 from synth import generate
 from system_info import describe_hardware, library_versions, resolve_device, synchronize
-from timing import ForwardTimer, Measure, PeakMemory, alternate, count_ops
+from timing import ForwardTimer, Measure, PeakMemory, alternate, count_ops, resident_mb, warm_up_batch_sizes
 
 __all__ = ["EVAL_CATEGORY", "BenchData", "EpochFeed", "add_arguments", "bench_backbone", "bf16_evaluation",
            "check_targets", "evaluation_section", "format_report", "load_data", "run", "set_tf32", "study_estimate"]
@@ -69,6 +75,8 @@ __all__ = ["EVAL_CATEGORY", "BenchData", "EpochFeed", "add_arguments", "bench_ba
 EVAL_CATEGORY = "synth_object"  # RGB, the second category synth writes
 NAIVE_AUPRO_THRESHOLDS = 200
 INFERENCE_BATCH = 32
+EVAL_BATCH = 16  # main.py test's default scoring batch
+TRAIN_STEPS_PER_EPOCH = 8  # training images generated: this many whole batches, so an epoch has several steps
 EQUAL_TOLERANCE = 1e-6
 # The project's speed targets (checked and recorded here, never asserted by a test).
 CPU_TRAIN_RATIO_TARGET, EVAL_RATIO_TARGET = 1.3, 10.0
@@ -127,8 +135,9 @@ def train_section(model: ReverseDistillation, naive: ReverseDistillation, config
     naive_optimizer = torch.optim.Adam(naive.trainable_modules().parameters(), lr=config.lr,
                                        betas=(config.beta1, config.beta2))
     step = recipe.compiled_train_step() if fast.compile else recipe.train_step
-    # whole batches only (as most steps of a real epoch): every step then does the same work
-    usable = len(data.train_images) // config.batch_size * config.batch_size
+    # whole batches only (as most steps of a real epoch): every step then does the same work; several per epoch,
+    # so that, as in train.py, the epoch's indices go to the device once for several steps
+    usable = min(len(data.train_images) // config.batch_size, TRAIN_STEPS_PER_EPOCH) * config.batch_size
     if not usable:
         raise RDError(f"--batch-size {config.batch_size}: larger than the {len(data.train_images)} training images")
     feed = EpochFeed(data.train_images[:usable].to(device), config.batch_size, config.seed, device)
@@ -146,10 +155,12 @@ def train_section(model: ReverseDistillation, naive: ReverseDistillation, config
             indices = torch.randperm(usable, generator=generator)[:config.batch_size]
             naive_train_step(naive, naive_optimizer, data.train_images, indices, device)
 
+    resident = {"fast": lambda: resident_mb([naive, naive_optimizer], device),
+                "naive": lambda: resident_mb([model, optimizer, feed.images], device)}
     measured = alternate({"fast": fast_round, "naive": naive_round}, args.rounds, args.warmup,
-                         args.steps * config.batch_size, device, "train")
+                         args.steps * config.batch_size, device, "train", resident)
     speeds = {name: _speed(m) for name, m in measured.items()}
-    return {"batch_size": config.batch_size,
+    return {"batch_size": config.batch_size, "steps_per_epoch": usable // config.batch_size,
             "fast": measured["fast"].as_dict() | {"images_per_s": speeds["fast"]} | count_ops(fast_step, device),
             "naive": measured["naive"].as_dict() | {"images_per_s": speeds["naive"]},
             "ratio": speeds["fast"] / speeds["naive"]}
@@ -186,10 +197,11 @@ def inference_section(model: ReverseDistillation, naive: ReverseDistillation, fa
         for _ in range(args.steps):
             naive_maps(naive, host_batch(images, range(big)), grad=True)
 
+    resident = {"fast": lambda: resident_mb([naive], device), "naive": lambda: resident_mb([model, on_device], device)}
     batch1 = alternate({"fast": fast_singles, "naive": naive_singles}, args.rounds, args.warmup, singles, device,
-                       "inference, batch 1")
+                       "inference, batch 1", resident)
     batch32 = alternate({"fast": fast_big, "naive": naive_big}, args.rounds, args.warmup, args.steps * big, device,
-                        f"inference, batch {big}")
+                        f"inference, batch {big}", resident)
     ms = {name: 1000 * m.best / m.work for name, m in batch1.items()}
     per_s = {name: _speed(m) for name, m in batch32.items()}
     return {
@@ -200,13 +212,14 @@ def inference_section(model: ReverseDistillation, naive: ReverseDistillation, fa
     }
 
 
-def fast_evaluation(model: ReverseDistillation, fast: FastPath, data: BenchData, device: torch.device
-                    ) -> tuple[dict[str, float], torch.Tensor, dict[str, float]]:
-    """What ``main.py test`` does: maps on the device in batches of 16, image AUROC, pixel metrics."""
+def fast_evaluation(model: ReverseDistillation, fast: FastPath, data: BenchData, device: torch.device,
+                    exclude_mb: float = 0.0) -> tuple[dict[str, float], torch.Tensor, dict[str, float]]:
+    """What ``main.py test`` does: maps on the device in batches of 16, image AUROC, pixel metrics. Every batch
+    size has been met before (``_warm_up_scoring``); ``exclude_mb``: the other path's resident memory."""
     model.eval()
-    with PeakMemory(device) as memory, ForwardTimer(model, device) as forward:
+    with PeakMemory(device, exclude_mb) as memory, ForwardTimer(model, device) as forward:
         started = time.perf_counter()
-        maps = score_images(model, data.test_images, fast, device, 16, "evaluation (fast)")
+        maps = score_images(model, data.test_images, fast, device, EVAL_BATCH, "evaluation (fast)")
         values = {"image_auroc": metrics.image_auroc(image_scores(maps).cpu(), data.labels),
                   **metrics.pixel_metrics(maps, data.test_masks.to(device))}
         synchronize(device)
@@ -216,12 +229,12 @@ def fast_evaluation(model: ReverseDistillation, fast: FastPath, data: BenchData,
     return values, maps.cpu(), times
 
 
-def naive_evaluation(model: ReverseDistillation, data: BenchData, device: torch.device
+def naive_evaluation(model: ReverseDistillation, data: BenchData, device: torch.device, exclude_mb: float = 0.0
                      ) -> tuple[dict[str, float], np.ndarray, dict[str, float]]:
     """The original RD4AD test loop: batch 1, CPU maps, scipy blur, scikit-learn on lists, 200 thresholds."""
     model.eval()
     masks = data.test_masks.numpy()
-    with PeakMemory(device) as memory:
+    with PeakMemory(device, exclude_mb) as memory:
         started, forward_s, maps = time.perf_counter(), 0.0, []
         for i in tqdm(range(len(data.test_images)), desc="evaluation (naive)", unit="img", leave=False):
             image_maps, seconds = naive_maps(model, host_batch(data.test_images, [i]), grad=False)
@@ -239,21 +252,21 @@ def naive_evaluation(model: ReverseDistillation, data: BenchData, device: torch.
 
 
 def _warm_up_scoring(model: ReverseDistillation, fast: FastPath, data: BenchData, device: torch.device) -> None:
-    """One untimed batch at the scoring precision of ``fast`` (kernel selection, first allocations)."""
-    scoring = fast.scoring()
-    with torch.no_grad(), scoring.autocast(device):
-        model.anomaly_map(scoring.prepare(data.test_images[:16].to(device)))
+    """Untimed: one batch of every size the timed evaluation meets (16 and the last, partial one), at the scoring
+    precision of ``fast``, so that no kernel selection or first allocation falls in the timed region."""
+    warm_up_batch_sizes(lambda size: score_images(model, data.test_images[:size], fast, device, EVAL_BATCH, "warm-up"),
+                        len(data.test_images), EVAL_BATCH)
 
 
 def bf16_evaluation(model: ReverseDistillation, fast: FastPath, data: BenchData, device: torch.device,
                     float32_values: dict[str, float], float32_maps: torch.Tensor,
-                    float32_times: dict[str, float]) -> dict[str, Any]:
+                    float32_times: dict[str, float], exclude_mb: float = 0.0) -> dict[str, Any]:
     """The same evaluation with ``--eval-amp bf16``: its time and speed-up over float32, and the change it
     causes in each metric and in the maps (largest difference, also relative to the float32 maps' range)."""
     bf16 = replace(fast, eval_autocast_dtype=torch.bfloat16)
     model.keep_teacher_in(torch.bfloat16)
     _warm_up_scoring(model, bf16, data, device)
-    values, maps, times = fast_evaluation(model, bf16, data, device)
+    values, maps, times = fast_evaluation(model, bf16, data, device, exclude_mb)
     largest = float((maps.double() - float32_maps.double()).abs().max())
     span = float(float32_maps.max() - float32_maps.min())
     change = {name: {"float32": float32_values[name], "bf16": values[name],
@@ -271,8 +284,8 @@ def evaluation_section(model: ReverseDistillation, naive: ReverseDistillation, f
     naive.eval()
     _warm_up_scoring(model, fast, data, device)  # untimed warm-up of both paths
     naive_maps(naive, host_batch(data.test_images, [0]), grad=False)
-    fast_values, fast_maps, fast_times = fast_evaluation(model, fast, data, device)
-    naive_values, naive_maps_, naive_times = naive_evaluation(naive, data, device)
+    fast_values, fast_maps, fast_times = fast_evaluation(model, fast, data, device, resident_mb([naive], device))
+    naive_values, naive_maps_, naive_times = naive_evaluation(naive, data, device, resident_mb([model], device))
     exact_of_naive = metrics.aupro(naive_maps_, data.test_masks.numpy())  # untimed: the equality check
     values = {
         "image_auroc": {"fast": fast_values["image_auroc"], "naive": naive_values["image_auroc"]},
@@ -298,7 +311,8 @@ def evaluation_section(model: ReverseDistillation, naive: ReverseDistillation, f
         "max_abs_map_diff": float(np.abs(fast_maps.double().numpy() - naive_maps_).max()),
     }
     if bf16 and fast.scoring().autocast_dtype is None:
-        result["bf16_eval"] = bf16_evaluation(model, fast, data, device, fast_values, fast_maps, fast_times)
+        result["bf16_eval"] = bf16_evaluation(model, fast, data, device, fast_values, fast_maps, fast_times,
+                                              resident_mb([naive], device))
     return result
 
 
@@ -532,12 +546,20 @@ def run(args: argparse.Namespace) -> int:
         "notes": ["random teachers: speed does not depend on the weights",
                   "ratios are speed-ups of the fast path (naive time / fast time); each figure is the best of "
                   "alternating rounds",
-                  "peak memory: process RSS sampled every 2 ms on CPU (both models resident), max allocated on CUDA",
+                  "peak memory: per path, measured around that path alone (CUDA: max allocated, its peak reset "
+                  "there; CPU: process RSS sampled every 2 ms), less the other path's models and optimiser "
+                  "state resident meanwhile; on CPU it includes the interpreter and libraries",
+                  f"timed regions meet no first call of a batch shape: the fast evaluation first scores one batch "
+                  f"of each size it meets ({EVAL_BATCH} and the last, partial one), untimed; training and inference "
+                  f"rounds repeat the same shapes after --warmup untimed rounds",
+                  f"training feed as train.py's: {TRAIN_STEPS_PER_EPOCH} whole batches per epoch, the epoch's "
+                  f"indices copied to the device once",
                   "ops per step: every aten op dispatched (nested ones included), casts = aten::_to_copy"],
         "backbones": results,
     }
     with tempfile.TemporaryDirectory(prefix="rd4ad_bench_") as root:
-        generate(root, categories=2, image_size=max(size, args.eval_image_size), n_train=args.batch_size + 8,
+        generate(root, categories=2, image_size=max(size, args.eval_image_size),
+                 n_train=TRAIN_STEPS_PER_EPOCH * args.batch_size * 10 // 9 + 8,  # 10 % are held out for validation
                  n_test=args.eval_images, seed=0)
         data = load_data(root, size)
         eval_data = data if args.eval_image_size == size else load_data(root, args.eval_image_size)

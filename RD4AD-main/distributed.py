@@ -12,13 +12,14 @@ BatchNorm: with plain BatchNorm each rank normalises with the statistics of its 
 batch, so the ResNet student would train differently from one process on the whole batch (16/N images
 per statistic). Under torchrun BatchNorm students therefore use statistics over the whole global batch
 by default (``--no-sync-bn`` opts out; the choice is recorded in config.json as ``sync_bn``):
-``GlobalBatchNorm``, two differentiable all-reduces per layer, on every device. It never waits for the
+``GlobalBatchNorm``, one all-reduce per layer forward and one backward, on every device. It never waits for the
 device (torch's ``SyncBatchNorm`` indexes its per-rank counts with a boolean mask, a host sync in every
 layer of every step, and refuses to run on CPU). With it, N processes give the loss curve of one process
 with the same global batch and seed. The ConvNeXt and Swin models use LayerNorm only and need nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from errors import RDError
@@ -117,54 +119,111 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return tensor
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """All-reduce (sum) whose gradient is the all-reduced gradient: every rank's loss reaches every input."""
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class _GlobalBatchNormFunction(torch.autograd.Function):
+    """Training-mode BatchNorm over the global batch with one all-reduce forward and one backward.
+
+    Forward: each rank's per-channel count, mean and squared deviations are combined by one all-reduce of
+    ``[n (m - K), n v + n (m - K)^2, n]`` (K: a per-channel shift equal on every rank, the running mean, so
+    that the one-pass combination does not cancel). Backward: one all-reduce of the rank's sums of ``dy`` and
+    ``dy * x_hat``, from which every rank gets the gradient of the global statistics, as torch's SyncBatchNorm.
+    The elementwise work runs in BatchNorm's own kernels with the float32 (at least) statistics as its
+    "running" statistics, so bf16 activations are read as bf16 and nothing float32 of their size is kept.
+    """
 
     @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # noqa: ANN001 (autograd context)
-        tensor = tensor.clone()
-        dist.all_reduce(tensor)
-        return tensor
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, shift: Tensor,  # noqa: ANN001
+                eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        with _autocast_off(x.device.type):
+            dims = [0, 2, 3]
+            local_n = x.numel() // x.shape[1]
+            if x.dtype in _LOW_PRECISION:
+                # one pass, accumulated in float32 (on CUDA straight from the bf16 values, no float32 copy); its
+                # cancellation, ~6e-8 (mean/std)^2 of the variance, is below bf16's own rounding unless |mean| > 250 std
+                local_mean = x.sum(dims, dtype=torch.float32) / local_n
+                squares = torch.linalg.vector_norm(x, 2, dims, dtype=torch.float32).square() / local_n
+                local_var = (squares - local_mean.square()).clamp_min(0)
+            else:  # float32/float64: the two-pass kernel, no copy
+                local_var, local_mean = torch.var_mean(x, dims, correction=0)
+            offset = local_mean - shift
+            count = local_mean.new_full((1,), local_n)  # a fill kernel: no host-to-device copy
+            totals = torch.cat([offset * local_n, (local_var + offset.square()) * local_n, count])
+            dist.all_reduce(totals)
+            channels = x.shape[1]
+            count = totals[-1:]
+            centred_mean = totals[:channels] / count
+            mean = shift + centred_mean
+            var = (totals[channels:2 * channels] / count - centred_mean.square()).clamp_min(0)
+            out = F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+        ctx.save_for_backward(x, weight, mean, var, count)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var, count)
+        return out, mean, var, count
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
-        return _SumOverRanks.apply(grad)
+    def backward(ctx, grad_out: Tensor, *_unused: Tensor  # noqa: ANN001
+                 ) -> tuple[Tensor, Tensor | None, Tensor | None, None, None]:
+        x, weight, mean, var, count = ctx.saved_tensors
+        with _autocast_off(x.device.type):
+            # local: dy * w / sqrt(var + eps), sum(dy * x_hat), sum(dy) (BatchNorm's backward kernel, eval mode)
+            direct, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                grad_out.contiguous(memory_format=_memory_format(x)), x, weight, mean, var, None, None, False,
+                ctx.eps, [True, True, True])
+            sums = torch.cat([grad_bias, grad_weight])
+            dist.all_reduce(sums)
+            channels = x.shape[1]
+            invstd = torch.rsqrt(var + ctx.eps)
+            scale = invstd / count if weight is None else weight.to(invstd.dtype) * invstd / count
+            # the statistics' share of the input gradient: scale * (sum dy + x_hat * sum(dy * x_hat)), an affine
+            # map of x per channel, computed by BatchNorm's kernel in its precision
+            through_stats = F.batch_norm(x, mean, var, scale * sums[channels:], scale * sums[:channels], False,
+                                         0.0, ctx.eps)
+            grad_input = direct - through_stats
+        return (grad_input, grad_weight if weight is not None and ctx.needs_input_grad[1] else None,
+                grad_bias if ctx.needs_input_grad[2] else None, None, None)
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off where it exists (CUDA's would run the norm in float32 on a float32 copy); a no-op elsewhere."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
 
 
 class GlobalBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics span the global batch of all ranks, on any device.
 
-    The per-channel sum and sum of squared deviations are all-reduced by an autograd-aware collective,
-    so gradients flow through the global statistics as in one process (two-pass variance, as torch's
-    CPU kernel). Statistics are computed in float32 at least (bf16 activations under autocast are
-    upcast, as BatchNorm's kernels do) and nothing is read back to the host, so no step waits for the
-    device. Outside training, or in a group of one, it is plain BatchNorm2d.
+    One all-reduce per layer in the forward (count, sum and squared deviations in one buffer) and one in the
+    backward (``_GlobalBatchNormFunction``); gradients flow through the global statistics as in one process.
+    Statistics are computed in float32 at least (bf16 activations under autocast are accumulated in float32,
+    as BatchNorm's kernels do) and nothing is read back to the host, so no step waits for the device.
+    Outside training, or in a group of one, it is plain BatchNorm2d.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and current().enabled):
             return super().forward(x)
         self._check_input_dim(x)
-        dims = [0, 2, 3]
-        values = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
-        local_count = values.new_full((1,), x.numel() / x.shape[1])  # a fill kernel: no host-to-device copy
-        totals = _SumOverRanks.apply(torch.cat([values.sum(dims), local_count]))
-        count = totals[-1].detach()
-        mean = totals[:-1] / count
-        centered = values - mean.view(1, -1, 1, 1)
-        var = _SumOverRanks.apply((centered * centered).sum(dims)) / count
-        out = centered * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
-        if self.affine:
-            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        stats_dtype = torch.promote_types(x.dtype, torch.float32)
+        shift = (self.running_mean.detach().to(stats_dtype) if self.running_mean is not None
+                 else x.new_zeros(x.shape[1], dtype=stats_dtype))
+        out, mean, var, count = _GlobalBatchNormFunction.apply(x, self.weight, self.bias, shift, self.eps)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 factor = self.momentum if self.momentum is not None else \
                     (1.0 / self.num_batches_tracked).to(self.running_mean.dtype)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
-                unbiased = var.detach() * count / (count - 1).clamp(min=1)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                unbiased = var * count / (count - 1).clamp(min=1)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
-        return out.to(x.dtype)
+        return out
 
 
 def has_batchnorm(module: nn.Module) -> bool:

@@ -34,6 +34,7 @@ from rd_model import ReverseDistillation, image_scores
 from recipe import EvalAmp, FastPath, TrainConfig, open_split
 from sweep import add_common_arguments, checkpoint_epoch, select_runs
 from system_info import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
+from timing import warm_up_batch_sizes
 
 __all__ = ["add_arguments", "evaluate_run", "metrics_table", "rethreshold", "run", "score_images", "threshold_rule",
            "validation_split"]
@@ -143,6 +144,9 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
     reset_peak_memory(torch_device)
     val_scores = image_scores(score_images(model, val_set.uint8_images(), fast, torch_device, batch_size,
                                            "validation")).cpu()
+    # untimed: one batch of each size the timed pass meets (cuDNN autotunes each new shape on its first call)
+    warm_up_batch_sizes(lambda size: score_images(model, test_images[:size], fast, torch_device, batch_size, "warm-up"),
+                        len(test_images), batch_size)
     synchronize(torch_device)
     started = time.perf_counter()
     per_scale: list[list[torch.Tensor]] | None = [] if scale_ablation else None

@@ -37,6 +37,9 @@ class ReverseDistillation(nn.Module):
     def __init__(self, teacher: nn.Module, bottleneck: nn.Module, student: nn.Module) -> None:
         super().__init__()
         self.teacher = teacher.eval().requires_grad_(False)
+        # the dtype copies' dict exists from here on: compiled code only reads it (dynamo 2.11 cannot trace
+        # vars(module).setdefault, and splitting the forward there made the last partial batch recompile)
+        vars(self.teacher).setdefault(_TEACHER_COPIES, {})
         self.bottleneck = bottleneck
         self.student = student
         self.blur = GaussianBlur(ANOMALY_MAP_SIGMA)
@@ -55,9 +58,13 @@ class ReverseDistillation(nn.Module):
         """Keep a copy of the frozen teacher cast to ``dtype`` (bf16 under amp), used whenever autocast runs
         in that dtype: its weights are cast once here rather than at every step. The float32 teacher stays
         (float32 scoring, checkpoints); the copy follows ``.to()`` and reloads of the teacher's weights."""
-        copies = _teacher_copies(self.teacher)
+        copies = vars(self.teacher).setdefault(_TEACHER_COPIES, {})  # not traced: the teacher may be new
         if dtype not in copies and dtype != _module_dtype(self.teacher):
             copies[dtype] = copy.deepcopy(self.teacher, memo={id(copies): {}}).to(dtype)
+
+    def teacher_copies(self) -> list[nn.Module]:
+        """The teacher's dtype copies (``keep_teacher_in``): not submodules, so not in ``parameters()``."""
+        return list(_teacher_copies(self.teacher).values())
 
     def teacher_features(self, images: Tensor) -> list[Tensor]:
         """The frozen teacher's features, without gradients; under autocast in the autocast dtype."""
@@ -98,7 +105,12 @@ _TEACHER_COPIES = "_rd_dtype_copies"  # a plain attribute of the teacher: not a 
 
 
 def _teacher_copies(teacher: nn.Module) -> dict[torch.dtype, nn.Module]:
-    return vars(teacher).setdefault(_TEACHER_COPIES, {})
+    """The teacher's dtype copies (the dict ``ReverseDistillation.__init__`` created; read with getattr only,
+    which every dynamo version traces)."""
+    return getattr(teacher, _TEACHER_COPIES, _NO_COPIES)
+
+
+_NO_COPIES: dict[torch.dtype, nn.Module] = {}  # never written: keep_teacher_in writes the teacher's own dict
 
 
 def _refresh_teacher_copies(teacher: nn.Module, _incompatible_keys: object) -> None:

@@ -363,7 +363,17 @@ COMPILE_BACKEND_ENV = "RD_COMPILE_BACKEND"
 
 def compiled_train_step() -> Callable[..., tuple[torch.Tensor, list[torch.Tensor]]]:
     """``train_step`` under torch.compile, compiled once per run: the batch dimension is marked dynamic, so the
-    smaller last batch of an epoch reuses the graph instead of compiling a second one."""
+    smaller last batch of an epoch reuses the graph instead of compiling a second one.
+
+    Call it once per run, before the run's first step: it empties dynamo's caches first. Dynamo keeps its
+    compiled entries on ``train_step``'s code object, shared by every ``torch.compile`` wrapper, and guards
+    them on the identity of the model and optimiser; each run of a sweep brings new ones, so without this
+    the previous runs' dead entries would count toward the recompile limit (8) and from the 9th run of a
+    process on the step would silently run eagerly. Emptying is sound here: a finished run's entries can
+    never match again (their model and optimiser are gone), nothing else in this program is compiled, and
+    runs are sequential. Inductor's on-disk caches survive it, so an identical graph is not rebuilt.
+    """
+    torch._dynamo.reset()
     compiled = torch.compile(train_step, backend=os.environ.get(COMPILE_BACKEND_ENV) or "inductor")
 
     def step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, fast: FastPath,

@@ -11,14 +11,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
 from system_info import synchronize
 
-__all__ = ["CAST_OP", "ForwardTimer", "Measure", "PeakMemory", "alternate", "count_ops"]
+__all__ = ["CAST_OP", "ForwardTimer", "Measure", "PeakMemory", "alternate", "batch_sizes", "count_ops", "resident_mb",
+           "warm_up_batch_sizes"]
 
 CAST_OP = "aten::_to_copy"  # every dtype (or device) conversion that copies goes through it, autocast's included
 
@@ -50,10 +51,12 @@ def _current_rss_mb() -> float:
 
 
 class PeakMemory:
-    """Peak memory inside a ``with`` block: max allocated on CUDA, RSS sampled every 2 ms on CPU."""
+    """Peak memory inside a ``with`` block: max allocated on CUDA (its peak reset on entry), RSS sampled every
+    2 ms on CPU; ``exclude_mb`` (e.g. another path's models, resident throughout) is subtracted."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, exclude_mb: float = 0.0) -> None:
         self.device = device
+        self.exclude_mb = exclude_mb
         self.peak_mb = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,11 +83,47 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak_mb = max(self.peak_mb, _current_rss_mb())
+        self.peak_mb -= self.exclude_mb
+
+
+def resident_mb(holders: Iterable[object], device: torch.device) -> float:
+    """MB of the tensors on ``device`` held by ``holders`` (tensors, modules with an RD model's teacher copies,
+    optimisers' states), each storage once: the memory a path keeps resident while another one is measured."""
+    storages: dict[int, int] = {}
+    for holder in holders:
+        if isinstance(holder, torch.Tensor):
+            tensors = [holder]
+        elif isinstance(holder, torch.optim.Optimizer):
+            tensors = [t for state in holder.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+        else:
+            modules = [holder, *getattr(holder, "teacher_copies", lambda: [])()]
+            tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+        for tensor in tensors:
+            if tensor.device.type == device.type and device.index in (None, tensor.device.index):
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values()) / 2**20
+
+
+def batch_sizes(n_images: int, batch_size: int) -> list[int]:
+    """The batch sizes a pass over ``n_images`` in batches of ``batch_size`` meets: the full one and the last."""
+    return sorted({min(batch_size, n_images), n_images % batch_size} - {0})
+
+
+def warm_up_batch_sizes(run_batch: Callable[[int], object], n_images: int, batch_size: int) -> list[int]:
+    """Call ``run_batch(size)`` once, untimed, for every batch size of such a pass, so that a timed pass meets
+    no first call of a shape (cuDNN autotuning, first allocations); returns the sizes."""
+    sizes = batch_sizes(n_images, batch_size)
+    for size in sizes:
+        run_batch(size)
+    return sizes
 
 
 def alternate(paths: dict[str, Callable[[], None]], rounds: int, warmup: int, work: int, device: torch.device,
-              desc: str) -> dict[str, Measure]:
-    """Run each path ``warmup`` times untimed, then ``rounds`` timed rounds, alternating the paths."""
+              desc: str, resident: dict[str, Callable[[], float]] | None = None) -> dict[str, Measure]:
+    """Run each path ``warmup`` times untimed, then ``rounds`` timed rounds, alternating the paths. A path's
+    peak memory is measured around its own round (peak reset there) less ``resident[name]()``: the MB that the
+    other paths keep on the device meanwhile (their models and optimiser states)."""
     for _ in range(warmup):
         for run_once in paths.values():
             run_once()
@@ -93,7 +132,7 @@ def alternate(paths: dict[str, Callable[[], None]], rounds: int, warmup: int, wo
     peaks = dict.fromkeys(paths, 0.0)
     for _ in tqdm(range(rounds), desc=desc, unit="round", leave=False):
         for name, run_once in paths.items():
-            with PeakMemory(device) as memory:
+            with PeakMemory(device, (resident or {}).get(name, lambda: 0.0)()) as memory:
                 started = time.perf_counter()
                 run_once()
                 synchronize(device)

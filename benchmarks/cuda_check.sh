@@ -16,6 +16,10 @@
 #   3. compile (if time is left) the training step under --compile: images/s and ops per step.
 # Outputs go to $OUT (the device runner's result folder) or ./cuda_check_out: bench_<section>.json, the
 # index cuda_check.json (status, seconds and figures of every finished section) and cuda_check.log.
+# Exit status: 0 when every section that ran exited 0; 1 when any failed or timed out (every finished
+# section's JSON is still written); 2 when the preflight failed. The compile section is skipped, with a line
+# saying why, when inductor would need a C compiler ($CC, else gcc or clang) or Python.h and one is missing
+# (triton builds its launcher with them); the CPU dry run traces with dynamo's eager backend, which needs neither.
 #
 # Python: $PYTHON if set, else .venv/bin/python when its torch sees a GPU, else the machine's python3 (GPU
 # machines often come with their own CUDA torch and no package index: nothing is installed here). Needs
@@ -29,7 +33,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --device=*) DEVICE="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "cuda_check.sh: unknown argument $1 (expected --device cuda|cpu)" >&2; exit 2 ;;
   esac
 done
@@ -83,8 +87,21 @@ section() {  # section NAME SECONDS_LIMIT BENCH_ARGS...: one `main.py bench` run
   echo "== $(date -u +%T) section $name (limit ${limit} s)"
   timeout --kill-after=10 "$limit" "$PY" RD4AD-main/main.py bench --device "$DEVICE" "${SIZES[@]}" "$@" --out "$file"
   local status=$?
-  echo "exit status $status after $(( $(date +%s) - begin )) s"
+  echo "exit status $status after $(( $(date +%s) - begin )) s$([ "$status" = 124 ] && echo ' (timed out)')"
   index "$name" "$status" "$(( $(date +%s) - begin ))" "$file"
+  [ "$status" = 0 ] || FAILED+=("$name (exit status $status)")
+}
+FAILED=()
+
+compile_toolchain() {  # prints what inductor lacks to build triton's launcher (nothing when all is there)
+  local compiler=${CC:-}
+  if [ -n "$compiler" ]; then
+    command -v "$compiler" >/dev/null 2>&1 || echo "no C compiler (CC=$compiler not found)"
+  elif ! command -v gcc >/dev/null 2>&1 && ! command -v clang >/dev/null 2>&1; then
+    echo "no C compiler (neither gcc nor clang on PATH, and CC unset)"
+  fi
+  "$PY" -c "import os, sys, sysconfig; h = os.path.join(sysconfig.get_paths()['include'], 'Python.h'); \
+sys.exit(0 if os.path.isfile(h) else h + ' missing (install the Python development headers)')" 2>&1 | tail -1
 }
 
 {
@@ -110,14 +127,25 @@ EOF
     exit 2
   fi
 
+  lacking=$(compile_toolchain)
+  echo "compile toolchain (C compiler, Python.h): ${lacking:-found}"
+
   backbones=resnet50,wide_resnet50_2,convnext_tiny
   section bench "$(( $(left) - 75 ))" --backbones "$backbones"
   section fp32 "$(( $(left) > 20 ? $(left) - 10 : 10 ))" --backbones resnet50 --parts eval --no-tf32
-  if [ "$(left)" -gt 100 ]; then
+  backend=${RD_COMPILE_BACKEND:-inductor}
+  if [ -n "$lacking" ] && [ "$backend" = inductor ]; then
+    echo "== compile section skipped: inductor needs a C compiler and Python.h: $lacking"
+  elif [ "$(left)" -gt 100 ]; then
+    [ -n "$lacking" ] && echo "== note: $lacking (not needed by the $backend backend)"
     section compile "$(( $(left) - 10 ))" --backbones resnet50 --parts train --compile
   else
     echo "== compile section skipped: $(left) s left"
   fi
   echo "== done in $(( $(date +%s) - started )) s; figures in $INDEX"
+  if [ "${#FAILED[@]}" -gt 0 ]; then
+    echo "== FAILED: ${FAILED[*]}; the finished sections' figures are in $INDEX"
+    exit 1
+  fi
 } 2>&1 | tee "$LOG"
 exit "${PIPESTATUS[0]}"

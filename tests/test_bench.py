@@ -62,6 +62,7 @@ def test_bench_writes_every_figure_with_its_naive_reference(tmp_path, capsys):
         assert figures["inference"]["batch_32"][path]["images_per_s"] > 0
         assert figures["evaluation"][path]["total_s"] > figures["evaluation"][path]["forward_s"] > 0
     assert figures["train"]["ratio"] > 0 and figures["inference"]["batch_32"]["ratio"] > 0
+    assert figures["train"]["steps_per_epoch"] == bench.TRAIN_STEPS_PER_EPOCH  # one index copy per 8 steps
     evaluation = figures["evaluation"]
     assert payload["settings"]["eval_image_size"] == 96 and evaluation["image_size"] == 96  # apart from training's
     assert evaluation["images"] == 32 and evaluation["ratio_total"] > 0 and evaluation["ratio_without_forward"] > 0
@@ -191,3 +192,62 @@ def test_bad_evaluation_size_names_its_flag(tmp_path):
     with pytest.raises(bench.RDError, match=r"--eval-image-size 100 is not divisible by 32.*96"):
         bench.run(bench_args(tmp_path, eval_image_size=100))
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_the_timed_fast_evaluation_meets_no_first_call_of_a_batch_shape(tmp_path, monkeypatch):
+    """Issue 19: 39 test images in batches of 16 end with a batch of 7. A counting hook on every RD model's forward
+    records (batch shape, autocast dtype); each one met inside a timed fast evaluation (float32, then bf16)
+    was met before that evaluation began, so no cuDNN autotuning or first allocation is timed."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from rd_model import ReverseDistillation, autocast_dtype
+    seen: list[tuple] = []  # (key, inside a timed evaluation)
+    timed = []
+    fast_evaluation = bench.fast_evaluation
+
+    def timed_evaluation(*args, **kwargs):
+        timed.append(len(seen))
+        try:
+            return fast_evaluation(*args, **kwargs)
+        finally:
+            timed.append(len(seen))
+
+    def hook(module, inputs):
+        if isinstance(module, ReverseDistillation):
+            images = inputs[0]
+            seen.append((tuple(images.shape), autocast_dtype(images.device.type)))
+
+    monkeypatch.setattr(bench, "fast_evaluation", timed_evaluation)
+    handle = register_module_forward_pre_hook(hook)
+    try:
+        assert bench.run(bench_args(tmp_path, parts="eval", eval_images=39, backbones="resnet50")) == 0
+    finally:
+        handle.remove()
+    assert len(timed) == 4  # float32, then bf16
+    for begin, end in zip(timed[::2], timed[1::2]):
+        inside = seen[begin:end]
+        assert sorted({shape[0] for shape, _ in inside}) == [7, 16]
+        assert all(key in seen[:begin] for key in inside), (inside, seen[:begin])
+    assert {dtype for _, dtype in seen[timed[2]:timed[3]]} == {torch.bfloat16}
+
+
+def test_resident_memory_counts_each_storage_once_with_teacher_copies_and_optimiser_state():
+    """What a path keeps resident (subtracted from the other path's peak): parameters and buffers, an RD model's
+    bf16 teacher copy (not a submodule), Adam's moments; a storage held twice counts once."""
+    from rd_model import ReverseDistillation
+    from timing import resident_mb
+
+    cpu = torch.device("cpu")
+    layer = torch.nn.Linear(1000, 1000)
+    weights_mb = 1001000 * 4 / 2**20
+    assert resident_mb([layer, layer], cpu) == pytest.approx(weights_mb, rel=1e-12)
+    optimizer = torch.optim.Adam(layer.parameters())
+    layer(torch.randn(2, 1000)).sum().backward()
+    optimizer.step()
+    assert resident_mb([layer, optimizer], cpu) == pytest.approx(3 * weights_mb + 2 * 4 / 2**20, rel=1e-12)
+    assert resident_mb([layer], torch.device("meta")) == 0
+
+    model = ReverseDistillation(torch.nn.Conv2d(3, 8, 3), torch.nn.Identity(), torch.nn.Conv2d(8, 8, 1))
+    before = resident_mb([model], cpu)
+    model.keep_teacher_in(torch.bfloat16)
+    assert resident_mb([model], cpu) - before == pytest.approx((8 * 3 * 9 + 8) * 2 / 2**20, rel=1e-12)

@@ -11,6 +11,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import recipe
+from rd_model import ReverseDistillation
 from recipe import TrainConfig
 from train import train_run
 
@@ -44,3 +45,58 @@ def test_compile_once_over_two_epochs_with_a_partial_batch(synthetic_root, tmp_p
     assert len(sizes) == 6 and min(sizes) < 8 == sizes[0]  # 2 epochs of 3 batches, each ending with a partial one
     graphs = [count for _, count in steps]
     assert graphs[0] > 0 and graphs == [graphs[0]] * len(graphs), steps  # everything compiled at the first step
+
+
+class _TinyTeacher(torch.nn.Module):
+    """Three feature scales from a few convolutions: a stand-in teacher that traces in a fraction of a second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(c, 4, 3, stride=2, padding=1) for c in (3, 4, 4))
+
+    def forward(self, x):
+        features = []
+        for conv in self.convs:
+            x = conv(x)
+            features.append(x)
+        return features
+
+
+class _TinyStudent(torch.nn.Module):
+    """Bottleneck and student in one: a BatchNorm (running statistics guarded like the real student's) per scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4))
+                                         for _ in range(3))
+
+    def forward(self, features):
+        return [head(f) for head, f in zip(self.heads, features)]
+
+
+def test_a_sweep_of_ten_runs_stays_compiled(monkeypatch, caplog):
+    """Issue 19: a sweep calls ``compiled_train_step`` once per run with a new model and optimiser. Every one of 10
+    runs (more than dynamo's recompile limit of 8) compiles at its first step and then reuses its graphs, the
+    partial batch included; a run that fell back to eager would compile nothing, and dynamo would warn."""
+    monkeypatch.setenv(recipe.COMPILE_BACKEND_ENV, "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    fast = recipe.FastPath(channels_last=False, autocast_dtype=None, compile=True)
+    device = torch.device("cpu")
+    new_graphs: list[list[int]] = []  # per run: graphs compiled at each of its steps
+    with caplog.at_level("WARNING", logger="torch._dynamo"):
+        for run in range(10):
+            torch.manual_seed(run)
+            model = ReverseDistillation(_TinyTeacher(), torch.nn.Identity(), _TinyStudent())
+            optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=1e-3, fused=True)
+            step = recipe.compiled_train_step()
+            per_step = []
+            for size in (8, 8, 5, 8, 5):
+                before = counters["stats"]["unique_graphs"]
+                loss, _ = step(model, optimizer, torch.randn(size, 3, 32, 32), fast, device)
+                per_step.append(counters["stats"]["unique_graphs"] - before)
+                assert torch.isfinite(loss)
+            new_graphs.append(per_step)
+    assert all(steps[0] > 0 and steps[1:] == [0] * 4 for steps in new_graphs), new_graphs
+    assert len({steps[0] for steps in new_graphs}) == 1, new_graphs  # each run compiles the same graph set
+    assert not [r.getMessage() for r in caplog.records if "limit" in r.getMessage()]

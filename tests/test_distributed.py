@@ -204,3 +204,43 @@ def test_global_batchnorm_reads_nothing_back_and_keeps_float32_statistics(monkey
     low = layer(images.to(torch.bfloat16))
     assert low.dtype == torch.bfloat16 and layer.running_mean.dtype == torch.float32
     torch.testing.assert_close(low.float(), reference(images.to(torch.bfloat16).float()), atol=2e-2, rtol=2e-2)
+
+
+def test_global_batchnorm_gradients_equal_batchnorm_in_a_group_of_one_rank(monkeypatch):
+    """The custom backward (one all-reduce of sum(dy) and sum(dy * x_hat)) against autograd through BatchNorm2d,
+    in float64, with the group's all-reduce standing in as the identity; channels_last as the students run."""
+    monkeypatch.setattr(distributed, "current", lambda: distributed.World(0, 2, 0))
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor, *args, **kwargs: tensor)
+    generator = torch.Generator().manual_seed(0)
+    images = (torch.randn(5, 3, 4, 6, dtype=torch.float64, generator=generator) * 3 + 7)
+    images = images.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(5, 3, 4, 6, dtype=torch.float64, generator=generator)
+    results = []
+    for layer in (distributed.GlobalBatchNorm(3), torch.nn.BatchNorm2d(3)):
+        layer = layer.double().train()
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor([0.5, -2.0, 1.5]))
+            layer.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+            layer.running_mean.fill_(6.0)  # the shift of the one-pass combination
+        x = images.clone().requires_grad_()
+        (layer(x) * upstream).sum().backward()
+        results.append([layer(images.clone()).detach(), x.grad, layer.weight.grad, layer.bias.grad,
+                        layer.running_mean.clone(), layer.running_var.clone()])
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_at_most_two_collectives_per_batchnorm_layer_in_a_resnet50_rd_step(tmp_path):
+    """benchmarks/batchnorm_collectives.py under 2-process gloo DDP: one all-reduce per BatchNorm layer in the
+    forward and one in the backward (previously four), besides DDP's own gradient buckets and broadcasts."""
+    import subprocess
+    import sys
+    out = tmp_path / "collectives.json"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "benchmarks" / "batchnorm_collectives.py"), "--image-size", "32",
+                    "--batch-size", "4", "--steps", "1", "--variants", "after", "--out", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    after = runs.read_json(out)["after"]
+    assert after["batchnorm_layers"] == 55  # ResNet-50 RD's bottleneck and student
+    assert after["batchnorm_collectives_per_step"] == 2 * after["batchnorm_layers"]
+    assert 0 < after["collectives_per_step"] - after["batchnorm_collectives_per_step"] < 20  # DDP's buckets, broadcasts
