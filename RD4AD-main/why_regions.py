@@ -11,7 +11,7 @@ from plots import FigureItem, backbone_colors
 from runs import REGIONS_FILE, load_regions
 from significance import multiplicities, percentile_interval
 from why_part import WhyPart
-from why_stats import CONFIDENCE, N_BOOT, interval, rng
+from why_stats import CONFIDENCE, N_BOOT, interval, per_pair, rng
 
 __all__ = ["BIN_EDGES", "BIN_LABELS", "by_bin", "differences", "part", "region_frame", "size_bin"]
 
@@ -122,9 +122,7 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
     if frame.empty:
         return None
     table = by_bin(frame)
-    diffs = {pair: differences(frame[frame["backbone"].isin(pair)], pair) for pair in pairs
-             if set(pair) <= set(frame["backbone"])}
-    diffs = {pair: t for pair, t in diffs.items() if not t.empty}
+    diffs = per_pair(frame, pairs, differences)
     shown = table.assign(**{"region recall (%)": (100 * table["recall"]).round(1),
                             "overlap to FPR 0.3 (%)": (100 * table["overlap"]).round(1)})
     shown = shown[["backbone", "size", "regions", "region recall (%)", "overlap to FPR 0.3 (%)"]]

@@ -10,7 +10,7 @@ from plots import FigureItem, backbone_colors
 from runs import METRICS, SCALES_FILE, load_scales
 from significance import percentile_interval
 from why_part import WhyPart
-from why_stats import CONFIDENCE, N_BOOT, interval, rng, seed_bootstrap
+from why_stats import CONFIDENCE, N_BOOT, interval, per_pair, rng, seed_bootstrap
 
 __all__ = ["METRIC_KEYS", "differences", "part", "scale_frame", "scale_means"]
 
@@ -129,9 +129,7 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
         return None
     means = scale_means(frame)
     metric = "aupro" if frame["aupro"].notna().any() else "image_auroc"
-    diffs = {pair: differences(frame[frame["backbone"].isin(pair)], pair) for pair in pairs
-             if set(pair) <= set(frame["backbone"])}
-    diffs = {pair: table for pair, table in diffs.items() if not table.empty}
+    diffs = per_pair(frame, pairs, differences)
     mean_table = means.assign(**{METRICS[k]: (100 * means[k]).round(2) for k in METRIC_KEYS})
     mean_table = mean_table[["backbone", "map", *[METRICS[k] for k in METRIC_KEYS], "categories", "runs"]]
     diff_rows = [table.drop(columns="_replicates").assign(pair=f"{pair[0]} − {pair[1]}")

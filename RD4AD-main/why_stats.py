@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import zlib
 
+from typing import Callable
+
 import numpy as np
+import pandas as pd
 
 from significance import multiplicities, percentile_interval
 
-__all__ = ["CONFIDENCE", "N_BOOT", "interval", "rng", "seed_bootstrap"]
+__all__ = ["CONFIDENCE", "N_BOOT", "interval", "per_pair", "rng", "seed_bootstrap"]
 
 N_BOOT = 2000  # as the comparison's intervals (comparison.N_BOOT)
 CONFIDENCE = 0.95
@@ -44,3 +47,12 @@ def interval(estimate: float, replicates: np.ndarray | None, scale: float = 100.
         return f"{text} ({missing})"
     low, high = percentile_interval(replicates, CONFIDENCE)
     return f"{text} [{scale * low:{sign}.2f}, {scale * high:{sign}.2f}]"
+
+
+def per_pair(frame: pd.DataFrame, pairs: list[tuple[str, str]],
+             differences: Callable[[pd.DataFrame, tuple[str, str]], pd.DataFrame]) -> dict[tuple[str, str], pd.DataFrame]:
+    """``differences(rows of the pair's backbones, pair)`` for each pair with both backbones in ``frame``; pairs
+    whose table is empty are left out."""
+    tables = {pair: differences(frame[frame["backbone"].isin(pair)], pair) for pair in pairs
+              if set(pair) <= set(frame["backbone"])}
+    return {pair: table for pair, table in tables.items() if not table.empty}
