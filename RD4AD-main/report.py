@@ -26,9 +26,10 @@ from decision import (CLAIM_BASES, N_PERMUTATIONS, PLANNED_SEEDS, Decision, Stud
                       default_primary, read_study_plan)
 from documents import generated_markers, markdown_table, replace_marked_block
 from errors import RDError
-from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, category_stats, category_table, distinct_values,
-                           efficiency_table, format_p, group_stats, group_table, is_synthetic, pairwise_table,
-                           per_defect_table, planning_display, primary_table, reference_table, values_list)
+from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, category_stats, category_table,
+                           distinct_values, efficiency_table, format_p, group_stats, group_table, is_synthetic,
+                           pairwise_table, per_defect_table, planning_display, primary_table, reference_table,
+                           values_list)
 from runs import load_runs, synthetic_saturation_note, untested_runs
 from significance import EXACT_FLIP_CELLS, MAX_EDGES
 from protocol import differences_text, headline_sentence, refuse_same_recipe

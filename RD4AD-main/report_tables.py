@@ -40,8 +40,8 @@ REFERENCES = (
               "full training set; keeps the best test epoch (selected on the test set), epochs set per category; "
               "AUPRO from RD4AD's per-image compute_pro (docs/reproduction.md, section 5)"),
 )
-OUR_PROTOCOL = ("this report: training set minus the validation hold-out (about 10 %, drawn per image name); {selection}; standard AUPRO "
-                "(MVTec, FPR up to 0.3)")
+OUR_PROTOCOL = ("this report: training set minus the validation hold-out (about 10 %, drawn per image name); "
+                "{selection}; standard AUPRO (MVTec, FPR up to 0.3)")
 
 def distinct_values(runs_frame: pd.DataFrame, column: str) -> str:
     """Distinct values of a column, flagged when the runs disagree."""

@@ -49,8 +49,11 @@ def interval(estimate: float, replicates: np.ndarray | None, scale: float = 100.
     return f"{text} [{scale * low:{sign}.2f}, {scale * high:{sign}.2f}]"
 
 
-def per_pair(frame: pd.DataFrame, pairs: list[tuple[str, str]],
-             differences: Callable[[pd.DataFrame, tuple[str, str]], pd.DataFrame]) -> dict[tuple[str, str], pd.DataFrame]:
+Pair = tuple[str, str]
+
+
+def per_pair(frame: pd.DataFrame, pairs: list[Pair],
+             differences: Callable[[pd.DataFrame, Pair], pd.DataFrame]) -> dict[Pair, pd.DataFrame]:
     """``differences(rows of the pair's backbones, pair)`` for each pair with both backbones in ``frame``; pairs
     whose table is empty are left out."""
     tables = {pair: differences(frame[frame["backbone"].isin(pair)], pair) for pair in pairs
