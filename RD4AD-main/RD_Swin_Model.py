@@ -154,6 +154,11 @@ class SwinTeacher(nn.Module):
     """``features[0..5]`` of a torchvision Swin Transformer; returns stages 1-3 as (N, C, H, W). Its attention
     masks the padding of maps that are not whole windows (``PaddingMaskedAttention``)."""
 
+    # What the teacher computes changed without its weights changing: 2 = padded tokens masked out of the attention
+    # (1 attended to unmasked zero padding). checkpoint.teacher_digest covers it, so a run trained on revision 1
+    # is refused, not resumed or tested with a teacher it was not trained against.
+    code_revision = 2
+
     def __init__(self, model: SwinTransformer) -> None:
         super().__init__()
         self.features = model.features[: TAP_INDICES[-1] + 1]

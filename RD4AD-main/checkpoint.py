@@ -32,8 +32,12 @@ REQUIRED_KEYS = ("backbone", "image_size", "teacher_weights", "model_knobs", "bo
 
 
 def teacher_digest(model: ReverseDistillation) -> str:
-    """SHA-256 of the teacher's weights and buffers (names, dtypes, shapes and bytes)."""
+    """SHA-256 of the teacher's weights and buffers (names, dtypes, shapes and bytes), and of its
+    ``code_revision`` where a teacher class declares one (a change of what it computes with the same weights)."""
     digest = hashlib.sha256()
+    revision = getattr(model.teacher, "code_revision", None)
+    if revision is not None:
+        digest.update(f"code_revision|{revision}|".encode())
     for name, tensor in model.teacher.state_dict().items():
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
@@ -116,8 +120,9 @@ def load_into(model: ReverseDistillation, payload: dict[str, Any], path: str | o
     if expected is not None and teacher_digest(model) != expected:
         raise CheckpointError(
             f"{path}: the teacher rebuilt from {payload['teacher_weights']!r} is not the one this checkpoint was "
-            f"trained with (SHA-256 of its weights differs): the weights file changed, or this torch "
-            f"({torch.__version__}) initialises a random teacher differently from the one that trained it "
+            f"trained with (SHA-256 of its weights differs): the weights file changed, the teacher's code changed "
+            f"(its code_revision, e.g. the Swin teacher's masked padding: retrain such runs with --restart), or this "
+            f"torch ({torch.__version__}) initialises a random teacher differently from the one that trained it "
             f"({payload.get('versions', {}).get('torch', 'unknown')})")
 
 

@@ -170,3 +170,41 @@ def test_masked_window_attention_matches_attention_over_the_real_tokens_of_each_
                     out.append(sum(w * v[a, b, h] for w, (a, b) in zip(weights, keys)))
                 expected[i, j] = F.linear(torch.cat(out), attention.proj.weight, attention.proj.bias)
     assert torch.allclose(got[0], expected, atol=1e-5)
+
+
+def test_a_checkpoint_of_the_unmasked_teacher_is_refused(model, tmp_path, monkeypatch):
+    """The masked padding changed what the Swin teacher computes, not its weights: a checkpoint trained on the
+    earlier code (code_revision 1) must not load silently into the current teacher (revision 2)."""
+    from checkpoint import load_into, read_checkpoint, save_checkpoint, teacher_digest
+    from errors import CheckpointError
+
+    current = teacher_digest(model)
+    monkeypatch.setattr(SwinTeacher, "code_revision", 1)
+    old = teacher_digest(model)
+    save_checkpoint(tmp_path / "old.pth", model, backbone="swin_t", image_size=64, teacher_weights="random",
+                    teacher_seed=0)
+    monkeypatch.undo()
+    assert old != current
+    with pytest.raises(CheckpointError, match="code_revision"):
+        load_into(model, read_checkpoint(tmp_path / "old.pth"), tmp_path / "old.pth")
+    save_checkpoint(tmp_path / "new.pth", model, backbone="swin_t", image_size=64, teacher_weights="random",
+                    teacher_seed=0)
+    load_into(model, read_checkpoint(tmp_path / "new.pth"), tmp_path / "new.pth")  # the current code loads
+
+
+def test_teachers_without_a_code_revision_keep_their_digest():
+    """ResNet and ConvNeXt teachers declare no code_revision: their digest is the weights' alone, as before."""
+    import hashlib
+
+    from checkpoint import teacher_digest
+
+    from backbones import build_model
+
+    rd = build_model("resnet50", pretrained=False)
+    assert not hasattr(rd.teacher, "code_revision")
+    digest = hashlib.sha256()
+    for name, tensor in rd.teacher.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    assert teacher_digest(rd) == digest.hexdigest()
