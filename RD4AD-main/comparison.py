@@ -12,7 +12,6 @@ the notes. The primary questions and their answers are decision.py's; this modul
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,10 +26,10 @@ from categories import OTHER_GROUP, group_order
 from errors import RDError
 from runs import MAPS_FILE, METRICS, load_maps, load_scores
 from significance import (PixelStats, auroc_replicates, benjamini_hochberg, binned_metrics, bootstrap_p_value,
-                          delong_test, multiplicities, percentile_interval, pixel_replicates, pixel_stats,
+                          delong_test, multiplicities, percentile_interval, pixel_replicates, pixel_stats, seeded_rng,
                           stratified_multiplicities, wilcoxon_min_p, wilcoxon_signed_rank)
 
-__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "BOOT_SEED", "CONFIDENCE", "CategoryDraws", "Comparison", "EXPLORATORY",
+__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "CONFIDENCE", "CategoryDraws", "Comparison", "EXPLORATORY",
            "METRIC_LABELS", "N_BOOT", "NOT_AVAILABLE", "OVERALL", "PAIRED_METRICS", "POWER", "PRIMARY", "RunResamples",
            "TEST_COLUMNS", "aggregate_tests", "backbone_family", "category_intervals", "cell_differences",
            "compare_runs", "complete_categories", "compute_resamples", "epoch_text", "group_members",
@@ -50,7 +49,6 @@ PRIMARY, EXPLORATORY = "primary", "exploratory"  # the two families of tests (de
 # statistics, not the resamples, dominate the cost: a 15 x 3 x 2 study at 256 px took 14.0 s with 1000 and 15.0 s
 # with 2000 on the 2-core CPU (benchmarks/compare_benchmark.py).
 N_BOOT = 2000
-BOOT_SEED = 0
 MIN_PER_CLASS = 2  # DeLong needs at least two defective and two normal images
 NOT_AVAILABLE = "n/a"
 OVERALL = "overall"
@@ -195,10 +193,6 @@ class RunResamples:
     exact: bool = False
 
 
-def _rng(*parts: object) -> np.random.Generator:
-    """A generator seeded from BOOT_SEED and the parts' text: the same draws in every process and report."""
-    return np.random.default_rng([BOOT_SEED, zlib.crc32("/".join(map(str, parts)).encode())])
-
 
 def _common_images(category: str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The test images every run of a category scored (sorted by path), with labels checked to agree."""
@@ -290,7 +284,7 @@ def run_resamples(run: pd.Series, draws: CategoryDraws) -> RunResamples:
 def _category_draws(category: str, frames: dict[str, pd.DataFrame], n_boot: int) -> CategoryDraws:
     common = _common_images(category, frames)
     labels = common["label"].to_numpy(dtype=np.int64)
-    weights = stratified_multiplicities(labels, n_boot, _rng("images", category))
+    weights = stratified_multiplicities(labels, n_boot, seeded_rng("images", category))
     return CategoryDraws(category, common["path"].to_numpy(dtype=object), labels,
                          common["defect_type"].astype(str).to_numpy(dtype=object), weights)
 
@@ -447,7 +441,7 @@ def per_category_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], d
 # ----------------------------------------------------------------------------------------------------
 def seed_multiplicities(seeds: list[int], n_boot: int) -> np.ndarray:
     """(n_boot, S) seed multiplicities; the same for every pair, group and metric with these seeds."""
-    return multiplicities(len(seeds), n_boot, _rng("seeds", *seeds))
+    return multiplicities(len(seeds), n_boot, seeded_rng("seeds", *seeds))
 
 
 def _category_replicates(pair: tuple[str, str], category: str, seeds: list[int], metric: str,

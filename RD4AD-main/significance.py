@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import zlib
+
 import numpy as np
 import pandas as pd
 import torch
@@ -34,11 +36,12 @@ from scipy import ndimage, stats
 
 from metrics import ArrayLike, as_binary, as_score_vector, require_both_classes
 
-__all__ = ["BootstrapResult", "DeLongResult", "EXACT_FLIP_CELLS", "MAX_EDGES", "PixelStats", "SignFlipResult",
-           "WilcoxonResult", "auroc_replicates", "benjamini_hochberg", "binned_metrics", "bootstrap_p_value",
+__all__ = ["BOOT_SEED", "BootstrapResult", "DeLongResult", "EXACT_FLIP_CELLS", "MAX_EDGES", "PixelStats",
+           "SignFlipResult", "WilcoxonResult", "auroc_replicates", "benjamini_hochberg", "binned_metrics",
+           "bootstrap_p_value",
            "delong_covariance", "delong_test", "detectable_difference", "holm", "multiplicities",
            "paired_bootstrap_auroc_diff", "percentile_interval", "pixel_replicates", "pixel_stats",
-           "sign_flip_test", "stratified_multiplicities", "wilcoxon_min_p", "wilcoxon_signed_rank"]
+           "seeded_rng", "sign_flip_test", "stratified_multiplicities", "wilcoxon_min_p", "wilcoxon_signed_rank"]
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,14 @@ def wilcoxon_min_p(n_nonzero: int) -> float:
 # ----------------------------------------------------------------------------------------------------
 # resampling replicates: multiplicities, and metrics as weighted sums of per-image statistics
 # ----------------------------------------------------------------------------------------------------
+BOOT_SEED = 0  # the seed under every resampling draw of the report
+
+
+def seeded_rng(*parts: object) -> np.random.Generator:
+    """A generator seeded from the parts' text: the same draws in every process, report and order of work."""
+    return np.random.default_rng([BOOT_SEED, zlib.crc32("/".join(map(str, parts)).encode())])
+
+
 def multiplicities(size: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, size) float64: how often each of ``size`` items is drawn in each of ``n_boot`` resamples of ``size``."""
     if size < 1 or n_boot < 1:

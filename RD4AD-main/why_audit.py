@@ -15,9 +15,8 @@ from scipy import stats
 
 import why_files
 from comparison import CONFIDENCE, N_BOOT
-from significance import multiplicities, percentile_interval
+from significance import multiplicities, percentile_interval, seeded_rng
 from why_part import WhyPart
-from why_stats import rng
 
 __all__ = ["KEY", "MIN_EPOCHS", "TITLE", "audit_figure", "part", "pooled_table", "run_table", "spearman"]
 
@@ -72,10 +71,10 @@ def pooled_table(per_run: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
         given_up = group["AUPRO given up"].dropna().to_numpy()
         rows.append({"backbone": name, "runs": len(group), "runs with rho": int(rho.size),
                      "mean spearman": float(rho.mean()) if rho.size else np.nan,
-                     **dict(zip(("ci_low", "ci_high"), _mean_interval(rho, n_boot, rng(KEY, name)))),
+                     **dict(zip(("ci_low", "ci_high"), _mean_interval(rho, n_boot, seeded_rng(KEY, name)))),
                      "mean AUPRO given up": float(given_up.mean()) if given_up.size else np.nan,
                      **dict(zip(("given_up_ci_low", "given_up_ci_high"),
-                                _mean_interval(given_up, n_boot, rng(KEY, name, "given up"))))})
+                                _mean_interval(given_up, n_boot, seeded_rng(KEY, name, "given up"))))})
     return pd.DataFrame(rows)
 
 

@@ -14,9 +14,8 @@ import pandas as pd
 import why_files
 from comparison import CONFIDENCE, N_BOOT
 from locality import mass_radius
-from significance import multiplicities, percentile_interval
+from significance import multiplicities, percentile_interval, seeded_rng
 from why_part import WhyPart
-from why_stats import rng
 
 __all__ = ["KEY", "TITLE", "erf_figure", "pair_table", "part", "radius_table", "read_records"]
 
@@ -82,7 +81,7 @@ def pair_table(records: Records, results: str, pairs: list[tuple[str, str]], n_b
                 points, replicates = [], []
                 for category in categories:
                     point, draws = _difference(records[(a, category)], records[(b, category)], tap, fraction, n_boot,
-                                               rng(KEY, a, b, category, tap))
+                                               seeded_rng(KEY, a, b, category, tap))
                     points.append(point)
                     replicates.append(draws)
                 low, high = percentile_interval(np.mean(replicates, axis=0), CONFIDENCE)

@@ -9,9 +9,9 @@ from matplotlib.figure import Figure
 
 from plots import FigureItem, backbone_colors
 from runs import REGIONS_FILE, load_regions
-from significance import multiplicities, percentile_interval
+from significance import multiplicities, percentile_interval, seeded_rng
 from why_part import WhyPart
-from why_stats import CONFIDENCE, N_BOOT, interval, per_pair, rng
+from why_stats import CONFIDENCE, N_BOOT, interval, per_pair, stack_pairs
 
 __all__ = ["BIN_EDGES", "BIN_LABELS", "by_bin", "differences", "part", "region_frame", "size_bin"]
 
@@ -74,7 +74,7 @@ def differences(frame: pd.DataFrame, pair: tuple[str, str], n_boot: int = N_BOOT
         if members.empty:
             continue
         diff = np.stack([(members[(v, pair[0])] - members[(v, pair[1])]).to_numpy() for v in VALUES], axis=1)
-        weights = multiplicities(len(diff), n_boot, rng("why", KEY, *pair, index))
+        weights = multiplicities(len(diff), n_boot, seeded_rng("why", KEY, *pair, index))
         replicates = weights @ diff / len(diff)
         row = {"bin": index, "size": label, "n_regions": len(diff)}
         for column, name in enumerate(VALUES.values()):
@@ -126,10 +126,8 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
     shown = table.assign(**{"region recall (%)": (100 * table["recall"]).round(1),
                             "overlap to FPR 0.3 (%)": (100 * table["overlap"]).round(1)})
     shown = shown[["backbone", "size", "regions", "region recall (%)", "overlap to FPR 0.3 (%)"]]
-    diff_rows = [t.assign(pair=f"{p[0]} − {p[1]}") for p, t in diffs.items()]
-    diff_table = pd.DataFrame()
-    if diff_rows:
-        both = pd.concat(diff_rows, ignore_index=True)
+    both, diff_table = stack_pairs(diffs), pd.DataFrame()
+    if not both.empty:
         columns = [f"{name}_{stat}" for name in VALUES.values() for stat in ("diff", "ci_low", "ci_high")]
         diff_table = both[["pair", "size", "n_regions", *columns]].assign(**{c: (100 * both[c]).round(2)
                                                                            for c in columns})

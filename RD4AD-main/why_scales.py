@@ -8,9 +8,9 @@ from matplotlib.figure import Figure
 
 from plots import FigureItem, backbone_colors
 from runs import METRICS, SCALES_FILE, load_scales
-from significance import percentile_interval
+from significance import percentile_interval, seeded_rng
 from why_part import WhyPart
-from why_stats import CONFIDENCE, N_BOOT, interval, per_pair, rng, seed_bootstrap
+from why_stats import CONFIDENCE, N_BOOT, interval, per_pair, seed_bootstrap, stack_pairs
 
 __all__ = ["METRIC_KEYS", "differences", "part", "scale_frame", "scale_means"]
 
@@ -72,7 +72,7 @@ def differences(frame: pd.DataFrame, pair: tuple[str, str], n_boot: int = N_BOOT
             seeds_used.append(len(cells))
     if not per_category:
         return pd.DataFrame()
-    estimate, replicates = seed_bootstrap(per_category, n_boot, rng("why", KEY, *pair))
+    estimate, replicates = seed_bootstrap(per_category, n_boot, seeded_rng("why", KEY, *pair))
     rows = []
     for index, (name, metric) in enumerate((m, k) for m in maps for k in METRIC_KEYS):
         low, high = (np.nan, np.nan) if replicates is None else percentile_interval(replicates[:, index], CONFIDENCE)
@@ -132,9 +132,7 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
     diffs = per_pair(frame, pairs, differences)
     mean_table = means.assign(**{METRICS[k]: (100 * means[k]).round(2) for k in METRIC_KEYS})
     mean_table = mean_table[["backbone", "map", *[METRICS[k] for k in METRIC_KEYS], "categories", "runs"]]
-    diff_rows = [table.drop(columns="_replicates").assign(pair=f"{pair[0]} − {pair[1]}")
-                 for pair, table in diffs.items()]
-    diff_table = pd.concat(diff_rows, ignore_index=True) if diff_rows else pd.DataFrame()
+    diff_table = stack_pairs({pair: table.drop(columns="_replicates") for pair, table in diffs.items()})
     if not diff_table.empty:
         in_points = {c: (100 * diff_table[c]).round(2) for c in ("mean_diff", "ci_low", "ci_high")}
         diff_table = diff_table.assign(metric=diff_table["metric"].map(METRICS), **in_points)

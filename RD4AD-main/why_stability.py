@@ -8,9 +8,9 @@ from matplotlib.figure import Figure
 
 from plots import FigureItem
 from runs import GRAD_NORM_COLUMNS, HISTORY_FILE, METRICS, read_history
-from significance import multiplicities, percentile_interval
+from significance import multiplicities, percentile_interval, seeded_rng
 from why_part import WhyPart
-from why_stats import CONFIDENCE, N_BOOT, rng
+from why_stats import CONFIDENCE, N_BOOT
 
 __all__ = ["CURVES", "SPREAD_METRICS", "final_losses", "part", "spread_ratio", "spread_table", "seed_spread"]
 
@@ -63,7 +63,7 @@ def spread_ratio(frame: pd.DataFrame, pair: tuple[str, str], metric: str, n_boot
     if both.empty:
         return None
     a, b = both[pair[0]].to_numpy(), both[pair[1]].to_numpy()
-    weights = multiplicities(len(both), n_boot, rng("why", KEY, *pair, metric))
+    weights = multiplicities(len(both), n_boot, seeded_rng("why", KEY, *pair, metric))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = a.mean() / b.mean() if b.mean() > 0 else np.nan
         replicates = (weights @ a) / (weights @ b)

@@ -1,8 +1,6 @@
-"""Resampling and wording shared by the Why instruments (why_scales, why_regions, why_stability): seeded
-generators, the seeds-within-category bootstrap and the "d [lo, hi]" text of an interval, in points."""
+"""Resampling and wording shared by the Why instruments: the seeds-within-category bootstrap, the pairs' difference
+tables and the "d [lo, hi]" text of an interval, in points (seeded draws: significance.seeded_rng)."""
 from __future__ import annotations
-
-import zlib
 
 from typing import Callable
 
@@ -11,15 +9,11 @@ import pandas as pd
 
 from significance import multiplicities, percentile_interval
 
-__all__ = ["CONFIDENCE", "N_BOOT", "interval", "per_pair", "rng", "seed_bootstrap"]
+__all__ = ["CONFIDENCE", "N_BOOT", "interval", "per_pair", "seed_bootstrap", "stack_pairs"]
 
 N_BOOT = 2000  # as the comparison's intervals (comparison.N_BOOT)
 CONFIDENCE = 0.95
 
-
-def rng(*parts: object) -> np.random.Generator:
-    """A generator seeded from the parts' text: the same draws in every process and report."""
-    return np.random.default_rng([0, zlib.crc32("/".join(map(str, parts)).encode())])
 
 
 def seed_bootstrap(per_category: list[np.ndarray], n_boot: int, generator: np.random.Generator
@@ -59,3 +53,9 @@ def per_pair(frame: pd.DataFrame, pairs: list[Pair],
     tables = {pair: differences(frame[frame["backbone"].isin(pair)], pair) for pair in pairs
               if set(pair) <= set(frame["backbone"])}
     return {pair: table for pair, table in tables.items() if not table.empty}
+
+
+def stack_pairs(tables: dict[Pair, pd.DataFrame]) -> pd.DataFrame:
+    """The pairs' tables one below the other, each row labelled ``pair`` = "a − b"; empty without a pair."""
+    rows = [table.assign(pair=f"{a} − {b}") for (a, b), table in tables.items()]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()

@@ -73,10 +73,11 @@ def test_scale_means_and_paired_differences_equal_numpy(study):
 
 
 def test_seed_bootstrap_resamples_seeds_within_category():
-    from why_stats import rng, seed_bootstrap
+    from significance import seeded_rng
+    from why_stats import seed_bootstrap
 
     per_category = [np.array([[0.0], [1.0]]), np.array([[5.0], [5.0], [5.0]])]
-    estimate, replicates = seed_bootstrap(per_category, 4000, rng("test"))
+    estimate, replicates = seed_bootstrap(per_category, 4000, seeded_rng("test"))
     assert estimate == pytest.approx([(0.5 + 5.0) / 2])
     # category 1 is fixed at 5; category 0's seed mean takes 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4
     values, counts = np.unique(replicates[:, 0], return_counts=True)
