@@ -368,6 +368,10 @@ class SyntheticValidation:
         self.every, self.last_epoch, self.batch_size = config.val_every, config.epochs, config.batch_size
         self.synthetic = load_synthetic_set(config, train_set, val_set)
 
+    def provenance(self) -> dict[str, Any]:
+        """What config.json records of the set: its generator version, and whether its images are grayscale."""
+        return {"generator_version": GENERATOR_VERSION, "grayscale": self.synthetic.grayscale}
+
     def due(self, epoch: int) -> bool:
         return epoch % self.every == 0 or epoch == self.last_epoch
 

@@ -262,6 +262,8 @@ def test_validation_changes_no_weight_and_a_killed_run_resumes_exactly(synthetic
     reference = small_config(synthetic_root, tmp_path / "reference")
     train_run(reference, quiet=True)
     _assert_same_weights(silent.checkpoint_path, reference.checkpoint_path)
+    recorded = runs.read_json(reference.run_dir / runs.CONFIG_FILE)["synthetic_set"]
+    assert recorded == {"generator_version": synthval.GENERATOR_VERSION, "grayscale": False}  # synth_object: RGB
 
     history = pd.read_csv(reference.run_dir / runs.HISTORY_FILE)
     assert list(history.columns) == list(runs.HISTORY_COLUMNS)
