@@ -532,14 +532,20 @@ def _selected_synth_aupro(directory: Path, selected_epoch: float) -> float:
 
 def synthetic_saturation_note(frame: pd.DataFrame) -> str | None:
     """One line for the report: how many runs scored synthetic AUPRO above ``SYNTH_SATURATION`` at their selected
-    epoch (``selected_synth_aupro``): a saturated synthetic set no longer tells epochs or settings apart. None when no
-    run has the score."""
+    epoch (``selected_synth_aupro``): a saturated synthetic set no longer tells epochs or settings apart; and the
+    categories whose runs' config.json records a grayscale set (``synthetic_grayscale``). None when no run has the
+    score."""
     scores = frame["selected_synth_aupro"].dropna() if "selected_synth_aupro" in frame else pd.Series(dtype=float)
     if scores.empty:
         return None
     saturated = int((scores > SYNTH_SATURATION).sum())
     ending = (" (saturated: there the synthetic set no longer tells epochs or settings apart; ties go to the "
               "earlier epoch and the shorter schedule)." if saturated else ".")
+    gray = sorted(set(frame.loc[frame["synthetic_grayscale"].astype(bool), "category"])) \
+        if "synthetic_grayscale" in frame else []
+    if gray:
+        ending += (f" Grayscale images ({', '.join(gray)}): their synthetic anomalies are grayscale too, so the set "
+                   "rewards no colour cue.")
     return (f"**Synthetic validation:** {saturated} of {len(scores)} runs scored synthetic AUPRO > "
             f"{SYNTH_SATURATION} at their selected epoch{ending}")
 
@@ -572,6 +578,7 @@ def _run_row(directory: Path) -> dict[str, Any]:
     requested_epochs = float(requested) if isinstance(requested, (int, float)) and not isinstance(requested, bool) \
         else float("nan")
     trained = _trained_epochs(directory, selection, metrics, metrics_path)
+    synthetic_set = config.get("synthetic_set")  # synthval's provenance; absent before generator version 3
     return {
         "backbone": backbone,
         "category": category,
@@ -590,6 +597,7 @@ def _run_row(directory: Path) -> dict[str, Any]:
         "selected_epoch": _number(metrics.get("selected_epoch"), metrics_path, "selected_epoch"),
         "selected_synth_aupro": _selected_synth_aupro(directory, _number(
             metrics.get("selected_epoch", metrics.get("epochs")), metrics_path, "selected_epoch")),
+        "synthetic_grayscale": isinstance(synthetic_set, dict) and synthetic_set.get("grayscale") is True,
         "teacher_weights": _text(config, "teacher_weights"),
         "teacher_imagenet_top1": _number(config.get("teacher_imagenet_top1"), directory / CONFIG_FILE,
                                          "teacher_imagenet_top1"),
@@ -608,8 +616,9 @@ def load_runs(results: str | os.PathLike) -> pd.DataFrame:
     ``requested_epochs`` / ``trained_epochs`` / ``unfinished`` (checkpoint short of the requested epochs),
     ``selection`` ("last" or "synthetic-val"), the rest of the recipe as recorded (``protocol.recorded_settings``:
     split file hash, validation fraction, split seed, held-out names' hash, batch size, lr, betas, precision, model
-    knobs, tuned_by), ``selected_synth_aupro`` (history.csv's synthetic AUPRO at the evaluated epoch) and every
-    metric (NaN when not measured).
+    knobs, tuned_by), ``selected_synth_aupro`` (history.csv's synthetic AUPRO at the evaluated epoch),
+    ``synthetic_grayscale`` (config.json says the synthetic validation images are grayscale) and every metric (NaN
+    when not measured).
     """
     results = Path(results)
     if not results.is_dir():

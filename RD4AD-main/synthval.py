@@ -2,13 +2,17 @@
 the rule that picks an epoch (``--selection synthetic-val``) or a setting (``main.py tune``) by them.
 
 The only held-out data are normal images, so anomalies are made: each validation normal gets one copy with an
-irregular blob of another training normal's texture (a donor from the train split, flipped, shifted and
-colour-jittered) blended in, and one copy with a thin scratch of donor texture or a stain (the image's own
-colours scaled and tinted). They are made at the image's source resolution, with soft edges (alpha-blended,
-no hard edge), sizes from 0.02 % to 3 % of the image, and then resized as the data loader resizes; the scoring
-mask is the blend's shape resized to the working size and binarised at 0.5. The normals themselves are the
-set's normal part. The set depends on the data and the split seed alone
-(never on the backbone or the run's seed), so every arm is validated on the same images; it is cached under
+irregular blob of another training normal's texture (a donor from the train split, flipped, shifted, its
+brightness and contrast jittered) blended in, and one copy with a thin scratch of donor texture or a stain (the
+image's own colours darkened or brightened). They are made at the image's source resolution, with soft edges
+(alpha-blended, no hard edge), sizes from 0.02 % to 3 % of the image, and then resized as the data loader
+resizes; the scoring mask is the blend's shape resized to the working size and binarised at 0.5. Every gain and
+offset is one number for all three channels, so an anomaly brings no colour its images lack: on grayscale
+images (equal channels; a colour donor is then taken as its luma) the anomalous image is grayscale too, and on
+colour images every filled pixel keeps the hue of the pixel it came from (out-of-range values are pulled toward
+the pixel's grey, not clipped channel by channel). The normals themselves are the set's normal part. The set
+depends on the data and the split seed alone (never on the backbone or the run's seed), so every arm is
+validated on the same images; it is cached under
 ``<results>/.cache/synthval/``, keyed by everything it depends on. No test image is ever opened.
 """
 from __future__ import annotations
@@ -41,7 +45,10 @@ __all__ = ["CACHE_FOLDER", "GENERATOR_VERSION", "KINDS", "MIN_VALIDATION_NORMALS
            "SyntheticValidation", "build_synthetic_set", "cache_key", "check_settings", "draw_anomaly",
            "load_synthetic_set", "run_selection", "score_synthetic", "select_epoch", "selection_key"]
 
-GENERATOR_VERSION = 2  # bump when the generator changes: old cache files are then not used (2: blended, soft)
+# bump when the generator changes: old cache files are then not used (2: blended, soft; 3: no colour cue: one gain
+# and offset for all channels, gray images give gray anomalies)
+GENERATOR_VERSION = 3
+_DRAW_STREAM = 2  # seeds the draws: version 3 changed only the fills, so its shapes are version 2's draws
 CACHE_FOLDER = Path(".cache") / "synthval"  # under the results folder
 KINDS = ("normal", "texture", "scratch", "stain")
 MIN_VALIDATION_NORMALS = 10  # fewer: a DataWarning (few images pick the epoch and set the threshold)
@@ -60,6 +67,12 @@ class SyntheticSet:
     masks: torch.Tensor
     labels: torch.Tensor
     kinds: list[str]
+
+    @property
+    def grayscale(self) -> bool:
+        """Whether the normals' channels are equal everywhere (then so are the anomalies': no colour cue)."""
+        normals = self.images[self.labels == 0]
+        return bool((normals[:, 1:] == normals[:, :1]).all())
 
 
 # ---------------------------------------------------------------------------------------------- making anomalies
@@ -128,16 +141,36 @@ def _scratch_alpha(height: int, width: int, area: float, rng: np.random.Generato
     return alpha
 
 
+def _is_gray(image: np.ndarray) -> bool:
+    """Whether every pixel of ``image`` (H, W, 3) has equal channels."""
+    return bool((image[..., 1:] == image[..., :1]).all())
+
+
+def _within_range(fill: np.ndarray) -> np.ndarray:
+    """``fill`` (..., 3) brought into [0, 255] without changing a pixel's hue: a pixel out of range moves toward its
+    grey (the middle of its lowest and highest channel, clipped) until it fits, where clipping channel by channel
+    would turn a brightened orange yellow; a gray pixel is simply clipped (exactly: its spread is 0)."""
+    high, low = fill.max(axis=-1, keepdims=True), fill.min(axis=-1, keepdims=True)
+    grey = np.clip((high + low) / 2, 0.0, 255.0)
+    spread, high, low = fill - grey, high - grey, low - grey
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.minimum(np.where(high > 0, (255.0 - grey) / high, np.inf), np.where(low < 0, grey / -low, np.inf))
+    return grey + spread * np.minimum(room, 1.0)
+
+
 def draw_anomaly(normal: np.ndarray, donor: np.ndarray, kind: str, rng: np.random.Generator
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One anomaly on ``normal`` (H, W, 3) uint8 at its source resolution: (the anomalous image uint8, the shape's
     alpha (H, W) in [0, 1], the blending weight actually used, opacity x alpha).
 
     ``texture``: an irregular blob of the ``donor`` training image's texture (resized to the normal's size,
-    flipped, shifted, its colours jittered); ``scratch``: a thin soft polyline of donor texture, darker or
-    brighter; ``stain``: an irregular blob where the image's own colours are scaled and tinted. The area is
-    drawn log-uniformly between ``_AREA_RANGE`` of the image; every edge is a soft ramp (no hard edge), and
-    the result is alpha-blended: ``(1 - w) normal + w fill``.
+    flipped, shifted, its brightness and contrast jittered); ``scratch``: a thin soft polyline of donor texture,
+    darker or brighter; ``stain``: an irregular blob where the image's own colours are darkened or brightened.
+    The area is drawn log-uniformly between ``_AREA_RANGE`` of the image; every edge is a soft ramp (no hard
+    edge), and the result is alpha-blended: ``(1 - w) normal + w fill``. Each gain and offset is one number for
+    all channels, so the fill keeps its pixels' hues (``_within_range``) and, on a grayscale ``normal`` (a colour
+    donor taken as its luma), stays gray. The draws do not depend on the pixels: the same ``rng`` state gives
+    the same shape and weight on any image.
     """
     height, width = normal.shape[:2]
     area = math.exp(rng.uniform(*np.log(_AREA_RANGE))) * height * width
@@ -145,23 +178,27 @@ def draw_anomaly(normal: np.ndarray, donor: np.ndarray, kind: str, rng: np.rando
     rows, columns = np.flatnonzero(shape.any(axis=1)), np.flatnonzero(shape.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))  # where the shape is: the rest stays
     base = normal[box].astype(np.float64)
+    # version 2 drew each offset (and the texture's gain) per channel: the first channel's draw now serves all three,
+    # so the jitter keeps its spread and every later draw (opacity, the next shapes) is version 2's
     if kind == "stain":
         gain = rng.choice([rng.uniform(0.55, 0.8), rng.uniform(1.25, 1.6)])
-        fill = base * gain + rng.uniform(-15, 15, size=3)
+        fill = base * gain + rng.uniform(-15, 15, size=3)[0]
     else:
+        if _is_gray(normal) and not _is_gray(donor):
+            donor = np.asarray(Image.fromarray(donor).convert("L").convert("RGB"))
         texture = donor if donor.shape[:2] == (height, width) else np.array(
             Image.fromarray(donor).resize((width, height), Image.Resampling.BILINEAR))
         texture = texture[::-1] if rng.random() < 0.5 else texture
         texture = texture[:, ::-1] if rng.random() < 0.5 else texture
         texture = np.roll(texture, (int(rng.integers(height)), int(rng.integers(width))), axis=(0, 1))[box]
-        fill = texture.astype(np.float64) * rng.uniform(0.8, 1.2, size=3) + rng.uniform(-20, 20, size=3)
+        fill = texture.astype(np.float64) * rng.uniform(0.8, 1.2, size=3)[0] + rng.uniform(-20, 20, size=3)[0]
         if kind == "scratch":
             fill = fill * rng.choice([rng.uniform(0.4, 0.7), rng.uniform(1.3, 1.6)])
     weight = np.zeros_like(shape)
     weight[box] = rng.uniform(0.6, 1.0) * shape[box]
     anomalous = normal.copy()
     within = weight[box][..., None].astype(np.float64)
-    anomalous[box] = np.clip(np.rint((1.0 - within) * base + within * np.clip(fill, 0, 255)), 0, 255).astype(np.uint8)
+    anomalous[box] = np.clip(np.rint((1.0 - within) * base + within * _within_range(fill)), 0, 255).astype(np.uint8)
     return anomalous, shape, weight
 
 
@@ -207,7 +244,7 @@ def build_synthetic_set(normal_paths: Sequence[str], donor_paths: Sequence[str],
     textured, second, kinds = [], [], []
     for index, path in enumerate(tqdm(normal_paths, desc="synthetic validation set", unit="img", leave=False,
                                       disable=len(normal_paths) < 20)):
-        rng = np.random.default_rng([_SEED_TAG, GENERATOR_VERSION, split_seed, index])
+        rng = np.random.default_rng([_SEED_TAG, _DRAW_STREAM, split_seed, index])
         source = decode_rgb(path)
         donor_of = lambda: decode_rgb(donor_paths[int(rng.integers(len(donor_paths)))])  # noqa: E731
         textured.append(_anomaly(source, donor_of, "texture", image_size, rng, path))
@@ -330,6 +367,10 @@ class SyntheticValidation:
     def __init__(self, config: TrainConfig, train_set: AnomalyDataset, val_set: AnomalyDataset) -> None:
         self.every, self.last_epoch, self.batch_size = config.val_every, config.epochs, config.batch_size
         self.synthetic = load_synthetic_set(config, train_set, val_set)
+
+    def provenance(self) -> dict[str, Any]:
+        """What config.json records of the set: its generator version, and whether its images are grayscale."""
+        return {"generator_version": GENERATOR_VERSION, "grayscale": self.synthetic.grayscale}
 
     def due(self, epoch: int) -> bool:
         return epoch % self.every == 0 or epoch == self.last_epoch

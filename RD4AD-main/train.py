@@ -159,6 +159,8 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
         raise RDError(f"{config.data_root}/{config.category}: {len(train_images)} training image(s) after the "
                       f"validation split; at least 2 are needed")
 
+    # --- synthetic validation (synthval.py): rank 0 scores it; it never touches the training RNG or weights
+    validation = synthval.SyntheticValidation(config, train_set, val_set) if world.is_main else None
     record = asdict(config) | {
         "teacher_weights": weights_id,
         "teacher_imagenet_top1": teacher_imagenet_top1(config.backbone, weights_id),
@@ -173,12 +175,11 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
         "hardware": describe_hardware(device),
         "world_size": world.size,
         "sync_bn": sync_bn,  # as resolved: on by default under torchrun for a BatchNorm student
+        "synthetic_set": validation.provenance() if validation is not None else None,
     }
     if world.is_main:
         runs.atomic_write_json(config.run_dir / runs.CONFIG_FILE, record)
 
-    # --- synthetic validation (synthval.py): rank 0 scores it; it never touches the training RNG or weights
-    validation = synthval.SyntheticValidation(config, train_set, val_set) if world.is_main else None
     audit = selection_audit.TestSetAudit(config, start_epoch) if world.is_main and config.audit_test else None
     step = recipe.compiled_train_step() if fast.compile else recipe.train_step  # compiled once per run
     batches_per_epoch = sum(1 for _ in epoch_batches(len(train_images), config.batch_size, config.seed, 0,

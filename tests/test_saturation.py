@@ -44,3 +44,26 @@ def test_the_report_counts_runs_with_a_saturated_synthetic_set(tmp_path):
     assert f"Pixel metrics are computed at the training image size ({SIZE} px): maps and masks at that size" \
         in report.tests_method(rep)
     assert runs.synthetic_saturation_note(frame.assign(selected_synth_aupro=float("nan"))) is None
+
+
+def test_the_note_names_categories_whose_synthetic_set_is_grayscale(tmp_path):
+    """config.json's ``synthetic_set`` (train.py, from synthval) says whether a run's validation images are grayscale:
+    the synthetic-validation line names those categories; runs that predate the record name none."""
+    results = write_fake_results(tmp_path, backbones=FAIR_PAIR, categories=("synth_object", "synth_texture"),
+                                 seeds=(0,), selection="synthetic-val")
+    for directory in runs.find_runs(results):
+        config = runs.read_json(directory / runs.CONFIG_FILE)
+        _with_synthetic_scores(directory, {int(runs.read_json(directory / runs.METRICS_FILE)["selected_epoch"]): 0.5})
+        config["synthetic_set"] = {"generator_version": 3, "grayscale": config["category"] == "synth_texture"}
+        runs.atomic_write_json(directory / runs.CONFIG_FILE, config)
+    frame = runs.load_runs(results)
+    assert frame.groupby("category")["synthetic_grayscale"].all().to_dict() == {"synth_object": False,
+                                                                                 "synth_texture": True}
+    note = runs.synthetic_saturation_note(frame)
+    assert note == ("**Synthetic validation:** 0 of 4 runs scored synthetic AUPRO > 0.99 at their selected epoch. "
+                    "Grayscale images (synth_texture): their synthetic anomalies are grayscale too, so the set rewards "
+                    "no colour cue.")
+    for directory in runs.find_runs(results):  # as written before generator version 3
+        config = runs.read_json(directory / runs.CONFIG_FILE)
+        runs.atomic_write_json(directory / runs.CONFIG_FILE, {k: v for k, v in config.items() if k != "synthetic_set"})
+    assert runs.synthetic_saturation_note(runs.load_runs(results)).endswith("at their selected epoch.")

@@ -130,6 +130,84 @@ def test_no_synthetic_anomaly_has_a_hard_edge():
     assert min(areas) < 0.001 and max(areas) < 0.06
 
 
+def _train_paths(root: Path, category: str) -> list[str]:
+    return sorted(str(path) for path in (root / category / "train" / "good").glob("*.png"))
+
+
+def _tinted_copies(paths: list[str], folder: Path) -> list[str]:
+    """Each grayscale image as RGB g * (1, 0.8, 0.5): one hue (36 degrees) at every pixel bright enough to show it."""
+    folder.mkdir(parents=True)
+    for path in paths:
+        gray = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+        Image.fromarray(np.rint(gray[..., None] * [1.0, 0.8, 0.5]).astype(np.uint8)).save(folder / Path(path).name)
+    return [str(folder / Path(path).name) for path in paths]
+
+
+def _hue_bins(pixels: np.ndarray, min_chroma: int) -> np.ndarray:
+    """The 10-degree HSV hue bins (0-35) of those uint8 RGB ``pixels`` (N, 3) whose chroma (highest channel minus
+    lowest) is at least ``min_chroma`` levels (below about 16, rounding alone moves a hue by several degrees)."""
+    rgb = pixels.astype(np.float64)
+    high, chroma = rgb.max(axis=1), np.ptp(rgb, axis=1)
+    rgb, high, chroma = rgb[chroma >= min_chroma], high[chroma >= min_chroma], chroma[chroma >= min_chroma]
+    r, g, b = rgb.T
+    sector = np.where(high == r, ((g - b) / chroma) % 6,
+                      np.where(high == g, (b - r) / chroma + 2, (r - g) / chroma + 4))
+    return (sector * 6).astype(int) % 36  # 60 degrees a sector, 10 degrees a bin
+
+
+def test_grayscale_normals_give_grayscale_anomalies(synthetic_root):
+    """synth_texture is grayscale (1-channel PNGs): every synthetic anomaly keeps equal channels (version 2 coloured
+    all of them through its per-channel jitter), even with a colour donor (taken as its luma) or a stain."""
+    paths = _train_paths(synthetic_root, "synth_texture")
+    synthetic = synthval.build_synthetic_set(paths[:8], paths[8:], 0, 32)
+    images = synthetic.images.int()
+    assert synthetic.grayscale and synthetic.labels.tolist() == [0] * 8 + [1] * 16
+    assert (images[:, 1:] == images[:, :1]).all()  # normals and anomalies alike
+    assert all(synthetic.masks[index].any() for index in range(8, 24))
+    normal = np.asarray(Image.open(paths[0]).convert("RGB"))
+    donor = np.asarray(Image.open(_train_paths(synthetic_root, "synth_object")[0]).convert("RGB"))  # colour
+    for kind in ("texture", "scratch", "stain"):
+        for draw in range(8):
+            anomalous, _, weight = synthval.draw_anomaly(normal, donor, kind, np.random.default_rng([len(kind), draw]))
+            assert weight.max() > 0 and (anomalous[..., 1:] == anomalous[..., :1]).all(), (kind, draw)
+    colour = synthval.build_synthetic_set(_train_paths(synthetic_root, "synth_object")[:2], paths[:2], 0, 32)
+    assert not colour.grayscale
+
+
+def test_colour_anomalies_keep_the_normals_hues_and_their_shapes(synthetic_root, tmp_path):
+    """On colour trees no anomaly brings a hue its category's normals lack. Measure: HSV hue in 10-degree bins; the
+    normals' support is the bins that the training normals' pixels (validation normals and donors) with chroma
+    (highest channel minus lowest) >= 16 levels fill; every anomaly pixel inside its mask with chroma >= 32 must
+    fall in it (the twice higher bar: a stain or scratch may brighten a faint normal hue). Trees: a tinted copy of
+    synth_texture (one hue, a single bin: version 2's per-channel jitter put 41-54 % of those pixels outside it, at
+    64 px, split seeds 0-2) and synth_object (a washer on a background); and 24 draws on one tinted image, where
+    stains and scratches brighten past 255 (clipping channel by channel would move the hue to 40-60 degrees).
+    The fill is all that changed: the same draws give the same shape and blending weight on a gray, a tinted
+    and a colour image."""
+    gray_paths = _train_paths(synthetic_root, "synth_texture")
+    tinted = _tinted_copies(gray_paths, tmp_path / "tinted")
+    for paths in (tinted, _train_paths(synthetic_root, "synth_object")):
+        normals = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
+        support = np.unique(_hue_bins(normals.reshape(-1, 3), 16))
+        synthetic = synthval.build_synthetic_set(paths[:8], paths[8:], 0, 64)
+        anomalies = synthetic.images[8:].permute(0, 2, 3, 1).numpy()
+        inside = _hue_bins(anomalies[synthetic.masks[8:].numpy().astype(bool)], 32)
+        assert len(inside) > 100 and not synthetic.grayscale
+        assert np.isin(inside, support).all(), (paths[0], np.setdiff1d(inside, support), support)
+        if paths is tinted:
+            assert support.tolist() == [3]  # 36 degrees
+    images = [np.asarray(Image.open(path).convert("RGB"))
+              for path in (gray_paths[1], tinted[1], _train_paths(synthetic_root, "synth_object")[1])]
+    for kind in ("texture", "scratch", "stain"):
+        for draw in range(8):
+            drawn = [synthval.draw_anomaly(image, images[1], kind, np.random.default_rng([5, len(kind), draw]))
+                     for image in images]
+            for _, shape, weight in drawn[1:]:
+                assert np.array_equal(shape, drawn[0][1]) and np.array_equal(weight, drawn[0][2]), (kind, draw)
+            changed = drawn[1][0][drawn[1][2] > 0]  # on the tinted image, with a tinted donor, brightened or not
+            assert set(_hue_bins(changed, 32).tolist()) <= {3}, (kind, draw)
+
+
 # ---------------------------------------------------------------------------------------------- selection rule
 
 def test_selection_rule_prefers_aupro_then_image_auroc_then_the_earlier_epoch():
@@ -184,6 +262,8 @@ def test_validation_changes_no_weight_and_a_killed_run_resumes_exactly(synthetic
     reference = small_config(synthetic_root, tmp_path / "reference")
     train_run(reference, quiet=True)
     _assert_same_weights(silent.checkpoint_path, reference.checkpoint_path)
+    recorded = runs.read_json(reference.run_dir / runs.CONFIG_FILE)["synthetic_set"]
+    assert recorded == {"generator_version": synthval.GENERATOR_VERSION, "grayscale": False}  # synth_object: RGB
 
     history = pd.read_csv(reference.run_dir / runs.HISTORY_FILE)
     assert list(history.columns) == list(runs.HISTORY_COLUMNS)
