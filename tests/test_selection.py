@@ -180,9 +180,9 @@ def test_colour_anomalies_keep_the_normals_hues_and_their_shapes(synthetic_root,
     (highest channel minus lowest) >= 16 levels fill; every anomaly pixel inside its mask with chroma >= 32 must
     fall in it (the twice higher bar: a stain or scratch may brighten a faint normal hue). Trees: a tinted copy of
     synth_texture (one hue, a single bin: version 2's per-channel jitter put many of those pixels outside it) and
-    synth_object (a washer on a background); and 24 draws on one tinted image, where stains and scratches brighten past 255 (clipping channel by channel would move the hue to 40-60 degrees).
-    The fill is all that changed: the same draws give the same shape and blending weight on a gray, a tinted
-    and a colour image."""
+    synth_object (a washer on a background); and 24 draws on one tinted image, where stains and scratches brighten
+    past 255 (clipping channel by channel would move the hue to 40-60 degrees). The fill is all that changed: the
+    same draws give the same shape and blending weight on a gray, a tinted and a colour image."""
     gray_paths = _train_paths(synthetic_root, "synth_texture")
     tinted = _tinted_copies(gray_paths, tmp_path / "tinted")
     for paths in (tinted, _train_paths(synthetic_root, "synth_object")):
