@@ -33,7 +33,7 @@ from tqdm import tqdm
 from categories import category_group, validate_category
 from errors import DataError
 from image_io import (IMAGE_EXTENSIONS, SIXTEEN_BIT_MODES, check_headers, mask_files, mask_values, read_images,
-                      read_mask, read_region, read_rgb, readable)
+                      read_mask, read_region, read_regions, read_rgb, readable)
 from layouts import (DATA_FORMATS, GOOD, MASK_SUFFIX, MVTEC_MARKER, VISA_MARKER, VISA_SPLIT_FILE, DataWarning, Item,
                      Source, data_provenance, detect_format, list_categories, open_source, resolve_format,
                      split_file_for)
@@ -126,11 +126,12 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
 
 class Region(NamedTuple):
     """One defect region of a test image (a PNG of its mask folder): mask uint8 (S, S) in {0, 1} at the working
-    size, the pixel value naming its defect type, and the working size's pixels per source pixel."""
+    size, the pixel value naming its defect type, the working size's pixels per source pixel, and its file."""
 
     mask: torch.Tensor
     pixel_value: int
     scale: float
+    path: str
 
 
 class AnomalyDataset(Dataset):
@@ -194,6 +195,7 @@ class AnomalyDataset(Dataset):
         self.labels: list[int] = [int(defect != GOOD) for defect in self.defect_types]
         # (path, image size) -> (image uint8 (3,S,S), mask uint8 (1,S,S) or None for all-zero)
         self._cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._regions: dict[tuple[str, int], list[Region]] = {}  # the same key -> its defect regions (mask folders)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -229,9 +231,17 @@ class AnomalyDataset(Dataset):
         mask_path = self.mask_paths[index]
         if mask_path is None:
             return []
-        with readable():
-            decoded = [read_region(path, self.image_size) for path in mask_files(Path(mask_path))]
-        return [Region(torch.from_numpy(mask), value, scale) for mask, value, scale in decoded]
+        key = (self.paths[index], self.image_size)
+        if key not in self._regions:
+            files = mask_files(Path(mask_path))
+            with readable():
+                decoded = [read_region(path, self.image_size) for path in files]
+            regions = [Region(torch.from_numpy(mask), value, scale, str(path))
+                       for (mask, value, scale), path in zip(decoded, files)]
+            if not self.cache:
+                return regions
+            self._regions[key] = regions
+        return self._regions[key]
 
     def _progress(self, what: str) -> tqdm:
         missing = sum((path, self.image_size) not in self._cache for path in self.paths)
@@ -258,6 +268,13 @@ class AnomalyDataset(Dataset):
         mask_path = self.mask_paths[index]
         if mask_path is None:
             return image.contiguous(), None
+        if self.defects_config is not None and Path(mask_path).is_dir():  # the regions are needed too: decode once
+            merged, regions = read_regions(Path(mask_path), self.image_size)
+            if self.cache:
+                self._regions[(self.paths[index], self.image_size)] = [
+                    Region(torch.from_numpy(mask), value, scale, str(path))
+                    for (mask, value, scale), path in zip(regions, mask_files(Path(mask_path)))]
+            return image.contiguous(), torch.from_numpy(merged).unsqueeze(0)
         return image.contiguous(), torch.from_numpy(read_mask(Path(mask_path), self.image_size)).unsqueeze(0)
 
 

@@ -22,7 +22,8 @@ from errors import DataError
 
 __all__ = ["ACCEPTED_MODES", "ACCEPTED_MODES_TEXT", "EIGHT_BIT_MODES", "FLOAT_MODE", "IMAGE_EXTENSIONS",
            "MAX_LISTED_VALUES", "RAW_MASK_MODES", "SIXTEEN_BIT_MODES", "check_headers", "decode_rgb", "mask_files",
-           "mask_values", "read_images", "read_mask", "read_region", "read_rgb", "readable", "resize_rgb"]
+           "mask_values", "read_images", "read_mask", "read_region", "read_regions", "read_rgb", "readable",
+           "resize_rgb"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
@@ -219,8 +220,24 @@ def read_region(path: Path, size: int) -> tuple[np.ndarray, int, float]:
     """One defect region of a mask folder: uint8 {0, 1} (size, size) as ``read_mask`` resizes it, the one
     non-zero value its pixels carry (its defect type's ``pixel_value`` in MVTec LOCO AD), and the working size's
     pixels per source pixel (size² / (H W))."""
+    levels = _region_levels(path)
+    return _region(levels, path, size)
+
+
+def read_regions(path: Path, size: int) -> tuple[np.ndarray, list[tuple[np.ndarray, int, float]]]:
+    """A mask folder decoded once: its union as ``read_mask`` reads it, and each file as ``read_region`` reads it."""
+    files = mask_files(path)
+    levels = [_region_levels(mask_file) for mask_file in files]
+    union = np.logical_or.reduce([level != 0 for level in levels])
+    return _resized_binary(union, size), [_region(level, mask_file, size) for level, mask_file in zip(levels, files)]
+
+
+def _region_levels(path: Path) -> np.ndarray:
     with _decoding(path, "mask") as image:
-        levels = _mask_levels(image, path)
+        return _mask_levels(image, path)
+
+
+def _region(levels: np.ndarray, path: Path, size: int) -> tuple[np.ndarray, int, float]:
     values = np.unique(levels[levels != 0])
     if values.size != 1 or not float(values[0]).is_integer():
         listed = ", ".join(f"{value:g}" for value in values[:MAX_LISTED_VALUES].tolist()) or "none"
