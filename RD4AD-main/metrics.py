@@ -485,7 +485,8 @@ def spro_curve(maps: ArrayLike, region_masks: ArrayLike, region_images: ArrayLik
         raise ValueError("anomaly maps contain NaN")
     weights = torch.from_numpy(_saturated_weights(values.cpu().double().numpy(), region, sat)).to(m.device)
     defect_sorted, order = torch.sort(values)
-    return _pro_curve(_Pixels(normal, defect_sorted, weights[order]), limit)
+    fpr, curve = _pro_curve(_Pixels(normal, defect_sorted, weights[order]), limit)
+    return fpr, np.minimum(curve, 1.0)  # a mean of values <= 1: keeps the sums' rounding from passing 1
 
 
 def spro(maps: ArrayLike, region_masks: ArrayLike, region_images: ArrayLike, saturations: ArrayLike,
