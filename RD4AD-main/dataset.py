@@ -4,8 +4,8 @@ the train / validation / test splits of one category, and an in-memory uint8 cac
 One dataset class (``AnomalyDataset``, also importable as ``MVTecDataset``) over five layouts
 (``data_format``: ``"mvtec"``, ``"visa"``, ``"csv"``, ``"mvtec_ad2"``, ``"mvtec_loco"``, or ``"auto"`` to detect
 one), described in layouts.py; split files are read by split_files.py, images and masks decoded by image_io.py.
-Their public names are importable from here too. High-resolution images (MVTec AD 2's are up to 4224 px wide) are
-decoded once per process and kept at the working size, never at their own.
+Their public names are importable from here too. High-resolution images (MVTec AD 2's) are decoded once per
+process and kept at the working size, never at their own.
 
 Without masks (no ``ground_truth/`` folder, no mask column) the test items get all-zero masks and
 ``has_masks`` is False, so that pixel metrics can be reported as not available instead of as zero. Any
