@@ -226,7 +226,8 @@ def format_table(reports: list[dict]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, required=True, help="folder holding the category folders")
     parser.add_argument("--format", dest="data_format", choices=DATA_FORMATS, default="auto",
-                        help="data layout: mvtec, visa, csv (a split file), or auto (default: detected)")
+                        help="data layout: mvtec, visa, mvtec_ad2, mvtec_loco, csv (a split file), or auto (default: "
+                             "detected)")
     parser.add_argument("--split-csv", type=Path,
                         help="split file: columns category,split,label,image,mask, paths relative to --data-root "
                              "(implies --format csv under auto; replaces split_csv/1cls.csv under visa)")
