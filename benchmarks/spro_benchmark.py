@@ -7,8 +7,9 @@ maps of a LOCO-size test split, on the CPU.
 The default split is MVTec LOCO's mean object (575 good, 561 logical, 432 structural test images over 5 objects);
 each anomalous image has one to three rectangular regions (about 400 in all; the archive has 1,246 region files
 over its 5 objects), saturation areas half of each region. The two paths run in alternation (timing.alternate)
-and each figure is its best round: ``metrics.pixel_metrics`` on all images (pixel AUROC and AUPRO, one sort) and the sPRO of
-``layout_metrics.spro_results`` (per anomaly type on its images plus the good ones, two ``metrics.spro`` calls).
+and each figure is its best round: ``metrics.pixel_metrics`` on all images (pixel AUROC and AUPRO, one sort)
+and the sPRO of ``layout_metrics.spro_results`` (per anomaly type on its images plus the good ones, two
+``metrics.spro`` calls).
 Prints both times and their ratio, and checks sPRO against ``reference_metrics.spro_naive`` on a small subset.
 """
 from __future__ import annotations
