@@ -1,8 +1,10 @@
 """Benchmark categories: names, the groups a report averages over, and the official image counts.
 
 MVTec AD's 15 categories are textures or objects (docs/reproduction.md#6-mvtec-ad); VisA's 12 are
-complex structures, multiple instances or single instances (docs/reproduction.md#8-visa). Any other
-name is in the group ``other`` (the synthetic data's ``synth_texture*`` / ``synth_object*`` by prefix).
+complex structures, multiple instances or single instances (docs/reproduction.md#8-visa); MVTec AD 2's 8
+scenes and MVTec LOCO AD's 5 objects are one group each (docs/reproduction.md#10-mvtec-ad-2-and-mvtec-loco-ad).
+Any other name is in the group ``other``; the synthetic categories join the group they imitate by prefix
+(``synth_texture*``, ``synth_object*``, and the generated AD 2 and LOCO trees' ``synth_scene*`` / ``synth_loco*``).
 """
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import os
 
 from errors import DataError
 
-__all__ = ["DATASET_GROUPS", "MVTEC_CATEGORIES", "OBJECT_CATEGORIES", "OFFICIAL_COUNTS", "OTHER_GROUP",
-           "TEXTURE_CATEGORIES", "VISA_CATEGORIES", "VISA_GROUPS", "VISA_OFFICIAL_COUNTS", "category_group",
-           "category_kind", "group_order", "validate_category"]
+__all__ = ["DATASET_GROUPS", "LOCO_ARCHIVE_COUNTS", "LOCO_GROUP", "LOCO_OFFICIAL_COUNTS", "MVTEC_AD2_ARCHIVE_TOTALS",
+           "MVTEC_AD2_CATEGORIES", "MVTEC_AD2_PRIVATE_COUNTS", "MVTEC_CATEGORIES", "MVTEC_LOCO_CATEGORIES",
+           "OBJECT_CATEGORIES", "OFFICIAL_COUNTS", "OTHER_GROUP", "SCENE_GROUP", "TEXTURE_CATEGORIES",
+           "VISA_CATEGORIES", "VISA_GROUPS", "VISA_OFFICIAL_COUNTS", "category_group", "category_kind", "group_order",
+           "validate_category"]
 
 TEXTURE_CATEGORIES: tuple[str, ...] = ("carpet", "grid", "leather", "tile", "wood")
 OBJECT_CATEGORIES: tuple[str, ...] = (
@@ -65,17 +69,65 @@ VISA_OFFICIAL_COUNTS: dict[str, tuple[int, int, int]] = {
     "pipe_fryum": (450, 50, 100),
 }
 
+# MVTec AD 2 (Heckler-Kram et al., 2025, arXiv:2503.21622): 8 scenes
+# (docs/reproduction.md#10-mvtec-ad-2-and-mvtec-loco-ad)
+MVTEC_AD2_CATEGORIES: tuple[str, ...] = (
+    "can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts",
+)
+SCENE_GROUP = "scene"
+# scene -> (test_private, test_private_mixed) images: the counts MVTec's own upload checker for the evaluation server
+# requires (MVTec AD 2 public code utilities, check_and_prepare_data_for_upload.py, OBJECT_FILE_COUNTER: each private
+# set has that many images, 000_regular.png ... / 000_mixed.png ...). No per-scene table of the public splits was
+# found in a form this project could verify; their totals over the 8 scenes are MVTEC_AD2_ARCHIVE_TOTALS.
+MVTEC_AD2_PRIVATE_COUNTS: dict[str, tuple[int, int]] = {
+    "can": (321, 321),
+    "fabric": (314, 314),
+    "fruit_jelly": (255, 255),
+    "rice": (277, 277),
+    "sheet_metal": (142, 142),
+    "vial": (276, 276),
+    "wallplugs": (232, 232),
+    "walnuts": (228, 228),
+}
+# (train, validation, test_public good, test_public bad) summed over the 8 scenes of the public archive
+# (mvtec_ad_2.tar.gz), as counted by independent inventories of it (not a table of the paper); check-data compares
+# them when all 8 scenes are checked
+MVTEC_AD2_ARCHIVE_TOTALS: tuple[int, int, int, int] = (2528, 302, 379, 705)
+
+# MVTec LOCO AD (Bergmann et al., 2022, IJCV 130: "Beyond Dents and Scratches: Logical Constraints in Unsupervised
+# Anomaly Detection and Localization"): 5 objects, each with logical and structural anomalies
+MVTEC_LOCO_CATEGORIES: tuple[str, ...] = (
+    "breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors",
+)
+LOCO_GROUP = "loco object"
+# object -> (train, validation, test good, logical anomalies, structural anomalies): the paper's table, 3,644 images
+LOCO_OFFICIAL_COUNTS: dict[str, tuple[int, int, int, int, int]] = {
+    "breakfast_box": (351, 62, 102, 83, 90),
+    "juice_bottle": (335, 54, 94, 142, 94),
+    "pushpins": (372, 69, 138, 91, 81),
+    "screw_bag": (360, 60, 122, 137, 82),
+    "splicing_connectors": (354, 59, 119, 108, 85),
+}
+# where the public archive (mvtec_loco_anomaly_detection.tar.xz) differs from the paper's table: splicing_connectors
+# holds 6 more training images (354.png-359.png) and 1 more validation image (059.png), 3,651 images in all
+LOCO_ARCHIVE_COUNTS: dict[str, tuple[int, int, int, int, int]] = {
+    "splicing_connectors": (360, 60, 119, 108, 85),
+}
+
 # dataset -> its category groups, in report order; every other name is "other"
 DATASET_GROUPS: dict[str, tuple[str, ...]] = {
     "mvtec": ("texture", "object"),
     "visa": tuple(VISA_GROUPS),
+    "mvtec_ad2": (SCENE_GROUP,),
+    "mvtec_loco": (LOCO_GROUP,),
 }
 OTHER_GROUP = "other"
 
 
 def category_group(name: str) -> str:
     """The group a category is reported in: MVTec's ``texture`` / ``object``, VisA's ``complex structure`` /
-    ``multiple instances`` / ``single instance``, ``other`` for unknown names (synthetic ones by prefix)."""
+    ``multiple instances`` / ``single instance``, MVTec AD 2's ``scene``, MVTec LOCO's ``loco object``, ``other`` for
+    unknown names (synthetic ones by prefix)."""
     if name in TEXTURE_CATEGORIES or name.startswith("synth_texture"):
         return "texture"
     if name in OBJECT_CATEGORIES or name.startswith("synth_object"):
@@ -83,6 +135,10 @@ def category_group(name: str) -> str:
     for group, names in VISA_GROUPS.items():
         if name in names:
             return group
+    if name in MVTEC_AD2_CATEGORIES or name.startswith("synth_scene"):
+        return SCENE_GROUP
+    if name in MVTEC_LOCO_CATEGORIES or name.startswith("synth_loco"):
+        return LOCO_GROUP
     return OTHER_GROUP
 
 
@@ -92,7 +148,8 @@ def category_kind(name: str) -> str:
 
 
 def group_order(data_format: str | None = None) -> tuple[str, ...]:
-    """Group names in report order, ``other`` last: one dataset's (``"mvtec"``, ``"visa"``) or all of them."""
+    """Group names in report order, ``other`` last: one dataset's (``"mvtec"``, ``"visa"``, ``"mvtec_ad2"``,
+    ``"mvtec_loco"``) or all of them."""
     if data_format is None or data_format not in DATASET_GROUPS:
         return (*(group for groups in DATASET_GROUPS.values() for group in groups), OTHER_GROUP)
     return (*DATASET_GROUPS[data_format], OTHER_GROUP)

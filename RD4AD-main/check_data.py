@@ -1,4 +1,5 @@
-"""Count and validate a data root (MVTec AD, VisA or a split file of one's own), category by category.
+"""Count and validate a data root (MVTec AD, VisA, MVTec AD 2, MVTec LOCO AD or a split file of one's own), category
+by category.
 
     python RD4AD-main/main.py check-data --data-root ROOT [--format auto|mvtec|visa|csv] [--split-csv FILE]
                                          [--categories a,b|all] [--image-size S] [--val-fraction F] [--decode]
@@ -6,12 +7,16 @@
 Every check of the dataset runs (folders or split-file rows, image headers and modes, image/mask pairs and
 sizes); ``--decode`` also decodes every image and mask, which finds truncated files, and reports masks
 with more than two distinct values (every non-zero pixel counts as defect) and defect images whose mask
-is empty. Counts that differ from the official MVTec AD or VisA table (a partial extraction, most often)
-are reported as warnings.
+is empty; for MVTec LOCO AD it checks each region PNG instead: one pixel value, a defect type of
+``defects_config.json``, not vanishing at ``--image-size``. Counts that differ from the official table (a
+partial extraction, most often) are reported as warnings: MVTec AD's and VisA's (train good, test good, test
+defect), MVTec LOCO AD's (train, validation, test good, logical, structural; the public archive's own counts
+are accepted too), MVTec AD 2's private test sets per scene and its public splits summed over the 8 scenes.
 
-Columns: ``train good`` is every normal training image, split into ``train`` (trained on) and
-``validation`` (held out by --val-fraction and --split-seed); ``test good`` and ``test defect`` are the
-test images.
+Columns: ``train good`` is every normal training image (``train/good``), split into ``train`` (trained on) and
+``validation`` (held out by --val-fraction and --split-seed), unless the layout has its own ``validation/good``
+(MVTec AD 2, MVTec LOCO AD): then all of ``train good`` trains and ``validation`` counts that folder. ``test good``
+and ``test defect`` are the test images (MVTec AD 2: ``test_public``; its private sets are listed below the table).
 """
 from __future__ import annotations
 
@@ -22,33 +27,63 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from categories import OFFICIAL_COUNTS, VISA_OFFICIAL_COUNTS, category_group
-from dataset import DATA_FORMATS, GOOD, AnomalyDataset, DataWarning, list_categories, mask_values, resolve_format
+from categories import (LOCO_ARCHIVE_COUNTS, LOCO_OFFICIAL_COUNTS, MVTEC_AD2_ARCHIVE_TOTALS, MVTEC_AD2_CATEGORIES,
+                        MVTEC_AD2_PRIVATE_COUNTS, OFFICIAL_COUNTS, VISA_OFFICIAL_COUNTS, category_group)
+from dataset import (DATA_FORMATS, GOOD, VALIDATION_FOLDER_RULE, AnomalyDataset, DataWarning, list_categories,
+                     mask_values, resolve_format)
 from errors import DataError
+from layouts import LOCO_TYPES
 from rd_model import validate_image_size
 
-__all__ = ["add_arguments", "check_category", "format_table", "mask_warnings", "official_counts", "run"]
+__all__ = ["COUNT_FIELDS", "add_arguments", "check_category", "format_table", "mask_warnings", "official_counts",
+           "region_warnings", "run"]
 
 # (name in messages, download command, category -> (train good, test good, test defect))
 OFFICIAL_TABLES: dict[str, tuple[str, str, dict[str, tuple[int, int, int]]]] = {
     "mvtec": ("MVTec AD", "main.py download", OFFICIAL_COUNTS),
     "visa": ("VisA (split_csv/1cls.csv)", "main.py download --dataset visa", VISA_OFFICIAL_COUNTS),
 }
+# layouts with a table of their own: (name, command, category -> official counts)
+LAYOUT_TABLES: dict[str, tuple[str, str, dict[str, tuple[int, ...]]]] = {
+    "mvtec_loco": ("MVTec LOCO AD", "main.py download --dataset mvtec_loco", LOCO_OFFICIAL_COUNTS),
+    "mvtec_ad2": ("MVTec AD 2", "main.py download --dataset mvtec_ad2", MVTEC_AD2_PRIVATE_COUNTS),
+}
+# what the counts of each layout's table are
+COUNT_FIELDS: dict[str, str] = {
+    "mvtec_loco": "(train, validation, test good, logical, structural)",
+    "mvtec_ad2": "(test_private, test_private_mixed)",
+}
+DEFAULT_FIELDS = "(train good, test good, test defect)"
 MAX_MASK_MESSAGES = 5  # per kind of mask problem and category; the rest are counted
 
 
-def official_counts(category: str, data_format: str) -> tuple[str, str, tuple[int, int, int]] | None:
-    """(dataset name, download command, official counts) of an MVTec AD or VisA category name, else None.
+def official_counts(category: str, data_format: str) -> tuple[str, str, tuple[int, ...]] | None:
+    """(dataset name, download command, official counts) of a known category name, else None: MVTec AD's or
+    VisA's (train good, test good, test defect), MVTec LOCO AD's and MVTec AD 2's as ``COUNT_FIELDS`` says.
 
     Split files (format ``csv``) are the user's own: none. VisA names are looked up in MVTec layout too,
     since converters (anomalib's) write VisA's one-class split in that layout.
     """
     if data_format == "csv":
         return None
+    if data_format in LAYOUT_TABLES:
+        name, command, table = LAYOUT_TABLES[data_format]
+        return (name, command, table[category]) if category in table else None
     for name, command, table in OFFICIAL_TABLES.values():
         if category in table:
             return name, command, table[category]
     return None
+
+
+def _observed(splits: dict[str, AnomalyDataset], train_good: int) -> tuple[int, ...]:
+    """A category's counts in the order of its layout's official table."""
+    test = splits["test"]
+    kinds = test.defect_types
+    if test.data_format == "mvtec_loco":
+        return (len(splits["train"]), len(splits["val"]), kinds.count(GOOD), *(kinds.count(t) for t in LOCO_TYPES))
+    if test.data_format == "mvtec_ad2":
+        return tuple(len(test.unlabelled_splits.get(name, [])) for name in ("test_private", "test_private_mixed"))
+    return train_good, kinds.count(GOOD), len(kinds) - kinds.count(GOOD)
 
 
 def check_category(
@@ -68,8 +103,9 @@ def check_category(
     (resolved), ``train_good`` (all normal training images), ``train`` and ``validation`` (its two
     parts), ``test_good``, ``test_defect`` (total), ``defect_types`` ({type: count}), ``has_masks``,
     ``masks_found``, ``official`` ((train good, test good, test defect) or None), ``official_dataset``
-    (``"MVTec AD"``, ``"VisA (split_csv/1cls.csv)"`` or None), ``matches_official`` (None without an
-    official table) and ``warnings`` (messages, skipped files and ``--decode``'s mask findings included).
+    (``"MVTec AD"``, ``"VisA (split_csv/1cls.csv)"``, ``"MVTec LOCO AD"``, ``"MVTec AD 2"`` or None),
+    ``matches_official`` (None without an official table), ``unlabelled`` ({test set without labels: images}) and
+    ``warnings`` (messages, skipped files and ``--decode``'s mask findings included).
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
@@ -84,16 +120,22 @@ def check_category(
             splits["test"].uint8_masks()
     test = splits["test"]
     defect_types = dict(sorted(Counter(t for t in test.defect_types if t != GOOD).items()))
-    counts = (len(splits["train"]) + len(splits["val"]), test.defect_types.count(GOOD), sum(defect_types.values()))
+    folder_validation = splits["val"].holdout_rule == VALIDATION_FOLDER_RULE
+    train_good = len(splits["train"]) + (0 if folder_validation else len(splits["val"]))
+    counts = (train_good, test.defect_types.count(GOOD), sum(defect_types.values()))
     messages = list(dict.fromkeys(str(warning.message) for warning in caught))
     if decode:
-        messages += mask_warnings(test)
+        messages += region_warnings(test) if test.defects_config is not None else mask_warnings(test)
     official = official_counts(category, test.data_format)
-    if official is not None and counts != official[2]:
+    observed = _observed(splits, train_good)
+    accepted = [] if official is None else [official[2]]
+    if official is not None and test.data_format == "mvtec_loco" and category in LOCO_ARCHIVE_COUNTS:
+        accepted.append(LOCO_ARCHIVE_COUNTS[category])  # the public archive's counts differ from the paper's
+    if official is not None and observed not in accepted:
         name, command, expected = official
         messages.append(
-            f"{category}: (train good, test good, test defect) = {counts} differ from the official {name} "
-            f"{expected}; a partial or damaged extraction? Re-run `{command}`"
+            f"{category}: {COUNT_FIELDS.get(test.data_format, DEFAULT_FIELDS)} = {observed} differ from the official "
+            f"{name} {expected}; a partial or damaged extraction? Re-run `{command}`"
         )
     return {
         "category": category,
@@ -110,7 +152,8 @@ def check_category(
         "masks_found": sum(path is not None for path in test.mask_paths),
         "official": None if official is None else official[2],
         "official_dataset": None if official is None else official[0],
-        "matches_official": None if official is None else counts == official[2],
+        "matches_official": None if official is None else observed in accepted,
+        "unlabelled": {name: len(images) for name, images in test.unlabelled_splits.items()},
         "warnings": messages,
     }
 
@@ -130,6 +173,20 @@ def mask_warnings(test: AnomalyDataset) -> list[str]:
         elif max(values) == 0:
             empty.append(f"{path}: the mask of a defect image is all zero; expected its defect pixels non-zero")
     return _capped(many, "more masks with more than two distinct values") + _capped(empty, "more all-zero masks")
+
+
+def region_warnings(test: AnomalyDataset) -> list[str]:
+    """MVTec LOCO AD's region PNGs: a pixel value that ``defects_config.json`` does not name, and regions that vanish
+    at the working size (sPRO leaves them out). A PNG without exactly one value stops the check (DataError)."""
+    unknown, vanished = [], []
+    for index in range(len(test)):
+        for region in test.regions(index):
+            if region.pixel_value not in test.defects_config:
+                unknown.append(f"{region.path}: pixel value {region.pixel_value} is not a defect type of "
+                               f"defects_config.json ({', '.join(map(str, sorted(test.defects_config)))})")
+            elif not int(region.mask.sum()):
+                vanished.append(f"{region.path}: the region vanishes at {test.image_size} px (sPRO leaves it out)")
+    return _capped(unknown, "more regions of unknown type") + _capped(vanished, "more regions that vanish")
 
 
 def _listing(values: list[float]) -> str:
@@ -169,7 +226,8 @@ def format_table(reports: list[dict]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, required=True, help="folder holding the category folders")
     parser.add_argument("--format", dest="data_format", choices=DATA_FORMATS, default="auto",
-                        help="data layout: mvtec, visa, csv (a split file), or auto (default: detected)")
+                        help="data layout: mvtec, visa, mvtec_ad2, mvtec_loco, csv (a split file), or auto (default: "
+                             "detected)")
     parser.add_argument("--split-csv", type=Path,
                         help="split file: columns category,split,label,image,mask, paths relative to --data-root "
                              "(implies --format csv under auto; replaces split_csv/1cls.csv under visa)")
@@ -196,6 +254,18 @@ def _categories(args: argparse.Namespace, data_format: str) -> list[str]:
     return categories
 
 
+def _totals_report(reports: list[dict], data_format: str) -> list[dict]:
+    """MVTec AD 2's public splits summed over its 8 scenes against the archive's totals (when all 8 are checked)."""
+    if data_format != "mvtec_ad2" or sorted(r["category"] for r in reports) != sorted(MVTEC_AD2_CATEGORIES):
+        return []
+    totals = tuple(sum(r[key] for r in reports) for key in ("train_good", "validation", "test_good", "test_defect"))
+    if totals == MVTEC_AD2_ARCHIVE_TOTALS:
+        return []
+    return [{"warnings": [f"MVTec AD 2: (train, validation, test_public good, test_public bad) summed over the 8 "
+                          f"scenes = {totals} differ from the archive's {MVTEC_AD2_ARCHIVE_TOTALS}; a partial "
+                          f"extraction?"]}]
+
+
 def run(args: argparse.Namespace) -> int:
     validate_image_size(args.image_size)
     data_format = resolve_format(args.data_root, args.data_format, args.split_csv)
@@ -212,6 +282,10 @@ def run(args: argparse.Namespace) -> int:
     if reports:
         print(format_table(reports))
     for report in reports:
+        if report["unlabelled"]:
+            listed = ", ".join(f"{name} {count}" for name, count in report["unlabelled"].items())
+            print(f"{report['category']}: without labels (scored by `main.py predict --split` only): {listed}")
+    for report in reports + _totals_report(reports, data_format):
         for message in report["warnings"]:
             print(f"warning: {message}", file=sys.stderr)
     if failures:

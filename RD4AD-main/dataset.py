@@ -1,10 +1,11 @@
-"""Anomaly-detection category datasets (MVTec AD, VisA, or a split file of one's own): the train / validation /
-test splits of one category, and an in-memory uint8 cache of its decoded pixels.
+"""Anomaly-detection category datasets (MVTec AD, VisA, MVTec AD 2, MVTec LOCO AD, or a split file of one's own):
+the train / validation / test splits of one category, and an in-memory uint8 cache of its decoded pixels.
 
-One dataset class (``AnomalyDataset``, also importable as ``MVTecDataset``) over three layouts
-(``data_format``: ``"mvtec"``, ``"visa"``, ``"csv"``, or ``"auto"`` to detect one), described in layouts.py;
-split files are read by split_files.py, images and masks decoded by image_io.py. Their public names are
-importable from here too.
+One dataset class (``AnomalyDataset``, also importable as ``MVTecDataset``) over five layouts
+(``data_format``: ``"mvtec"``, ``"visa"``, ``"csv"``, ``"mvtec_ad2"``, ``"mvtec_loco"``, or ``"auto"`` to detect
+one), described in layouts.py; split files are read by split_files.py, images and masks decoded by image_io.py.
+Their public names are importable from here too. High-resolution images (MVTec AD 2's) are decoded once per
+process and kept at the working size, never at their own.
 
 Without masks (no ``ground_truth/`` folder, no mask column) the test items get all-zero masks and
 ``has_masks`` is False, so that pixel metrics can be reported as not available instead of as zero. Any
@@ -12,7 +13,9 @@ non-zero mask pixel is a defect (0/255, 0/1 and anti-aliased masks alike).
 
 The validation split is a seeded share of the normal training images held out by name (``val_names``,
 ``split_train_val``): the file name in MVTec layout, the path relative to the data root for split files
-(base names repeat there). It is the same for every backbone and never trained on.
+(base names repeat there). It is the same for every backbone and never trained on. A layout that ships its own
+validation normals (``validation/good``: MVTec AD 2, MVTec LOCO AD) uses those instead, all training images
+train, and ``holdout_rule`` says so (``VALIDATION_FOLDER_RULE``, recorded in a run's config.json).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset
@@ -28,8 +32,8 @@ from tqdm import tqdm
 
 from categories import category_group, validate_category
 from errors import DataError
-from image_io import (IMAGE_EXTENSIONS, SIXTEEN_BIT_MODES, check_headers, mask_values, read_images, read_mask,
-                      read_rgb, readable)
+from image_io import (IMAGE_EXTENSIONS, SIXTEEN_BIT_MODES, check_headers, mask_files, mask_values, read_images,
+                      read_mask, read_region, read_regions, read_rgb, readable)
 from layouts import (DATA_FORMATS, GOOD, MASK_SUFFIX, MVTEC_MARKER, VISA_MARKER, VISA_SPLIT_FILE, DataWarning, Item,
                      Source, data_provenance, detect_format, list_categories, open_source, resolve_format,
                      split_file_for)
@@ -38,9 +42,9 @@ from split_files import ANOMALY, NORMAL, SplitRow, read_split_csv
 __all__ = [
     "ANOMALY", "DATA_FORMATS", "GOOD", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "MASK_SUFFIX",
     "MVTEC_MARKER", "NORMAL", "SIXTEEN_BIT_MODES", "SPLITS", "VISA_MARKER", "VISA_SPLIT_FILE",
-    "HOLDOUT_RULE", "AnomalyDataset", "DataWarning", "MVTecDataset", "SplitRow", "data_provenance", "denormalize",
-    "detect_format", "list_categories", "mask_values", "read_images", "normalize", "read_split_csv", "resolve_format",
-    "holdout_draw", "split_file_for", "split_train_val",
+    "HOLDOUT_RULE", "VALIDATION_FOLDER_RULE", "AnomalyDataset", "DataWarning", "MVTecDataset", "Region", "SplitRow",
+    "data_provenance", "denormalize", "detect_format", "list_categories", "mask_values", "read_images", "normalize",
+    "read_split_csv", "resolve_format", "holdout_draw", "split_file_for", "split_train_val",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,6 +56,7 @@ SPLITS = ("train", "val", "test")
 
 
 HOLDOUT_RULE = "sha256-draw-below-fraction"  # recorded in config.json: runs of another rule keep their own hold-out
+VALIDATION_FOLDER_RULE = "validation-folder"  # the layout's own validation/good images (no hold-out of train/good)
 
 
 def holdout_draw(name: str, seed: int = 0) -> float:
@@ -119,6 +124,16 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- the dataset
 
 
+class Region(NamedTuple):
+    """One defect region of a test image (a PNG of its mask folder): mask uint8 (S, S) in {0, 1} at the working
+    size, the pixel value naming its defect type, the working size's pixels per source pixel, and its file."""
+
+    mask: torch.Tensor
+    pixel_value: int
+    scale: float
+    path: str
+
+
 class AnomalyDataset(Dataset):
     """One category, split ``"train"``, ``"val"`` or ``"test"``, of an MVTec, VisA or split-file data set.
 
@@ -132,7 +147,10 @@ class AnomalyDataset(Dataset):
     ``data_format`` is ``"auto"``, ``"mvtec"``, ``"visa"`` or ``"csv"``; ``split_csv`` is the split file
     of ``"csv"`` (and replaces VisA's ``split_csv/1cls.csv`` under ``"visa"``). ``data_format`` is the
     resolved format afterwards. ``val_names`` replaces the rule's hold-out by a recorded one (a run's
-    config.json, for runs made under an older rule); each must be one of the training images.
+    config.json, for runs made under an older rule); each must be one of the training images (or, with a
+    validation folder, exactly its images). ``holdout_rule`` names where the validation normals came from,
+    ``defects_config`` is MVTec LOCO's (None elsewhere), and ``unlabelled_splits`` (test split only) lists the test
+    sets without labels that ``test`` leaves to ``predict`` (MVTec AD 2's private ones).
     """
 
     def __init__(
@@ -163,8 +181,11 @@ class AnomalyDataset(Dataset):
         with readable():
             self.data_format = resolve_format(self.root, data_format, split_csv, category)
             source = open_source(self.root, category, self.data_format, split_csv)
-            items, self.val_names = _split_items(source, split, val_fraction, split_seed, val_names)
+            items, self.val_names, self.holdout_rule = _split_items(source, split, val_fraction, split_seed,
+                                                                    val_names)
             check_headers((item.image, item.mask) for item in items)
+            self.unlabelled_splits = source.unlabelled_splits() if split == "test" else {}
+        self.defects_config = source.defects_config
         self.folder = source.folder
         self.has_masks = source.has_masks
         self.split_csv = source.split_file
@@ -174,6 +195,7 @@ class AnomalyDataset(Dataset):
         self.labels: list[int] = [int(defect != GOOD) for defect in self.defect_types]
         # (path, image size) -> (image uint8 (3,S,S), mask uint8 (1,S,S) or None for all-zero)
         self._cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._regions: dict[tuple[str, int], list[Region]] = {}  # the same key -> its defect regions (mask folders)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -203,6 +225,24 @@ class AnomalyDataset(Dataset):
         """All masks as one uint8 tensor (N, 1, S, S) in {0, 1}; all zero for good images."""
         return torch.stack([self._load(i)[1] for i in self._progress("masks")])
 
+    def regions(self, index: int) -> list[Region]:
+        """The defect regions of item ``index`` at the working size, one per file of its mask (a mask folder's
+        PNGs; a single mask file is one region); none for an item without a mask."""
+        mask_path = self.mask_paths[index]
+        if mask_path is None:
+            return []
+        key = (self.paths[index], self.image_size)
+        if key not in self._regions:
+            files = mask_files(Path(mask_path))
+            with readable():
+                decoded = [read_region(path, self.image_size) for path in files]
+            regions = [Region(torch.from_numpy(mask), value, scale, str(path))
+                       for (mask, value, scale), path in zip(decoded, files)]
+            if not self.cache:
+                return regions
+            self._regions[key] = regions
+        return self._regions[key]
+
     def _progress(self, what: str) -> tqdm:
         missing = sum((path, self.image_size) not in self._cache for path in self.paths)
         return tqdm(
@@ -228,6 +268,13 @@ class AnomalyDataset(Dataset):
         mask_path = self.mask_paths[index]
         if mask_path is None:
             return image.contiguous(), None
+        if self.defects_config is not None and Path(mask_path).is_dir():  # the regions are needed too: decode once
+            merged, regions = read_regions(Path(mask_path), self.image_size)
+            if self.cache:
+                self._regions[(self.paths[index], self.image_size)] = [
+                    Region(torch.from_numpy(mask), value, scale, str(path))
+                    for (mask, value, scale), path in zip(regions, mask_files(Path(mask_path)))]
+            return image.contiguous(), torch.from_numpy(merged).unsqueeze(0)
         return image.contiguous(), torch.from_numpy(read_mask(Path(mask_path), self.image_size)).unsqueeze(0)
 
 
@@ -236,10 +283,23 @@ MVTecDataset = AnomalyDataset  # the name used before VisA and split files were 
 
 def _split_items(
     source: Source, split: str, val_fraction: float, split_seed: int, recorded: Sequence[str] | None = None
-) -> tuple[list[Item], list[str]]:
-    """The items of ``split``, and the names of the train normals held out for validation (``recorded``, when
-    given, else ``split_train_val``'s)."""
+) -> tuple[list[Item], list[str], str]:
+    """The items of ``split``, the names of the validation normals (``recorded``, when given, else the layout's
+    validation folder, else ``split_train_val``'s hold-out of the train normals), and the rule that chose them."""
     train_images = source.train_images()
+    validation = source.validation_images()
+    if validation is not None:
+        val_names = [name for name, _ in validation]
+        if recorded is not None and sorted(set(recorded)) != val_names:
+            missing, extra = sorted(set(recorded) - set(val_names)), sorted(set(val_names) - set(recorded))
+            raise DataError(
+                f"{source.folder / 'validation'}: its images differ from the recorded validation images (recorded, "
+                f"not there: {', '.join(missing[:5]) or 'none'}; there, not recorded: {', '.join(extra[:5]) or 'none'})"
+            )
+        if split == "test":
+            return source.test_items(), val_names, VALIDATION_FOLDER_RULE
+        chosen = validation if split == "val" else train_images
+        return [Item(path, GOOD, None) for _, path in chosen], val_names, VALIDATION_FOLDER_RULE
     names = [name for name, _ in train_images]
     if recorded is not None:
         missing = sorted(set(recorded) - set(names))
@@ -255,6 +315,7 @@ def _split_items(
         except DataError as error:
             raise DataError(f"{source.train_origin}: {error}") from None
     if split == "test":
-        return source.test_items(), val_names
+        return source.test_items(), val_names, HOLDOUT_RULE
     held_out = set(val_names)
-    return [Item(path, GOOD, None) for name, path in train_images if (name in held_out) == (split == "val")], val_names
+    items = [Item(path, GOOD, None) for name, path in train_images if (name in held_out) == (split == "val")]
+    return items, val_names, HOLDOUT_RULE

@@ -1,10 +1,17 @@
-"""Download, verify and extract MVTec AD or VisA.
+"""Download, verify and extract MVTec AD or VisA; verify and extract MVTec AD 2 or MVTec LOCO AD fetched by hand.
 
-    python RD4AD-main/main.py download [--dataset mvtec|visa] [--data-root DIR] [--url URL]
+    python RD4AD-main/main.py download [--dataset mvtec|visa|mvtec_ad2|mvtec_loco] [--data-root DIR] [--url URL]
                                        [--archive LOCAL.tar.xz|LOCAL.tar] [--sha256 HEX]
 
-``--data-root`` (also spelled ``--dest``) defaults to ``data/mvtec_anomaly_detection`` for MVTec AD and
-``data/visa`` for VisA: the folder that later commands take as their ``--data-root``.
+``--data-root`` (also spelled ``--dest``) defaults to ``data/mvtec_anomaly_detection`` for MVTec AD,
+``data/visa`` for VisA, ``data/mvtec_ad_2`` and ``data/mvtec_loco_anomaly_detection``: the folder that later
+commands take as their ``--data-root``.
+
+- by hand (MVTec AD 2, MVTec LOCO AD): MVTec hands these archives out only after one accepts their licence
+  (CC BY-NC-SA 4.0) on the dataset's page, so this command does not fetch them: without ``--archive`` it says
+  where to get the archive; with it, it verifies and extracts as below. MVTec LOCO AD's SHA-256 is the one
+  anomalib pins for that archive; for MVTec AD 2 no checksum is published, so the archive's own SHA-256 is
+  printed instead (nothing is checked unless ``--sha256`` is given).
 
 - download: progress bar; an interrupted download stays in ``<archive>.part`` and the next run resumes
   it with an HTTP Range request; an archive already at ``<data-root>/<name>`` is used as it is.
@@ -37,14 +44,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from categories import MVTEC_CATEGORIES, VISA_CATEGORIES
+from categories import MVTEC_AD2_CATEGORIES, MVTEC_CATEGORIES, MVTEC_LOCO_CATEGORIES, VISA_CATEGORIES
 from dataset import MVTEC_MARKER, VISA_MARKER, VISA_SPLIT_FILE
 from errors import DataError
 
 __all__ = [
-    "ARCHIVES", "ARCHIVE_NAME", "MVTEC_PAGE", "MVTEC_SHA256", "MVTEC_URL", "VISA_ARCHIVE_NAME", "VISA_PAGE",
-    "VISA_SHA256", "VISA_URL", "Archive", "add_arguments", "archive_name", "download_and_extract", "fetch",
-    "manual_instructions", "present_categories", "run", "safe_extract", "sha256_of", "verify",
+    "AD2_ARCHIVE_NAME", "AD2_PAGE", "ARCHIVES", "ARCHIVE_NAME", "LOCO_ARCHIVE_NAME", "LOCO_PAGE", "LOCO_SHA256",
+    "MVTEC_PAGE", "MVTEC_SHA256", "MVTEC_URL", "VISA_ARCHIVE_NAME", "VISA_PAGE", "VISA_SHA256", "VISA_URL", "Archive",
+    "add_arguments", "archive_name", "download_and_extract", "fetch", "manual_instructions", "present_categories",
+    "run", "safe_extract", "sha256_of", "verify",
 ]
 
 MVTEC_URL = (
@@ -59,6 +67,12 @@ VISA_URL = "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_202209
 VISA_PAGE = "https://github.com/amazon-science/spot-diff"
 VISA_SHA256 = "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362"
 VISA_ARCHIVE_NAME = "VisA_20220922.tar"
+# by hand: MVTec hands these out after one accepts the licence on the page (no URL here)
+LOCO_PAGE = "https://www.mvtec.com/research-teaching/datasets/mvtec-loco-ad"
+LOCO_ARCHIVE_NAME = "mvtec_loco_anomaly_detection.tar.xz"
+LOCO_SHA256 = "9e7c84dba550fd2e59d8e9e231c929c45ba737b6b6a6d3814100f54d63aae687"  # anomalib's MVTec LOCO DOWNLOAD_INFO
+AD2_PAGE = "https://www.mvtec.com/research-teaching/datasets/mvtec-ad-2"
+AD2_ARCHIVE_NAME = "mvtec_ad_2.tar.gz"  # no SHA-256 is published for it
 ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0
@@ -66,7 +80,8 @@ TIMEOUT_S = 60.0
 
 @dataclass(frozen=True)
 class Archive:
-    """One dataset's official archive, and what its extraction must yield."""
+    """One dataset's official archive, and what its extraction must yield (``url`` empty: fetched by hand only;
+    ``sha256`` empty: none published)."""
 
     title: str
     url: str
@@ -85,6 +100,10 @@ ARCHIVES: dict[str, Archive] = {
                      Path("data") / "mvtec_anomaly_detection", MVTEC_CATEGORIES, MVTEC_MARKER),
     "visa": Archive("VisA", VISA_URL, VISA_SHA256, VISA_ARCHIVE_NAME, VISA_PAGE, "",
                     Path("data") / "visa", VISA_CATEGORIES, VISA_MARKER, (VISA_SPLIT_FILE,)),
+    "mvtec_ad2": Archive("MVTec AD 2", "", "", AD2_ARCHIVE_NAME, AD2_PAGE, "", Path("data") / "mvtec_ad_2",
+                         MVTEC_AD2_CATEGORIES, MVTEC_MARKER),
+    "mvtec_loco": Archive("MVTec LOCO AD", "", LOCO_SHA256, LOCO_ARCHIVE_NAME, LOCO_PAGE, "",
+                          Path("data") / "mvtec_loco_anomaly_detection", MVTEC_LOCO_CATEGORIES, MVTEC_MARKER),
 }
 
 
@@ -98,6 +117,15 @@ def manual_instructions(dest: Path, name: str = ARCHIVE_NAME, dataset: str = "mv
     """What to do by hand when the archive cannot be downloaded here."""
     spec = _archive(dataset)
     size = f" ({spec.size})" if spec.size else ""
+    if not spec.url:
+        return (
+            f"{spec.title} is not downloaded by this command: MVTec hands its archive out after you accept its licence "
+            f"(CC BY-NC-SA 4.0) on {spec.page}. Download {spec.file_name} there by hand, then run "
+            f"`main.py download --dataset {dataset} --archive PATH --data-root {dest}`: "
+            + (f"its SHA-256 is checked against {spec.sha256} and it is extracted safely." if spec.sha256 else
+               "no SHA-256 is published for it, so its own is printed (pass --sha256 HEX to check one you trust); "
+               "it is extracted safely.")
+        )
     source = spec.page if dataset == "mvtec" else f"{spec.url} (the dataset's page: {spec.page})"
     return (
         f"Download {spec.file_name}{size} by hand from {source}, put it at {dest / name} "
@@ -188,8 +216,13 @@ def sha256_of(path: Path) -> str:
 
 
 def verify(path: Path, expected: str, remove_on_mismatch: bool) -> None:
-    """Raise DataError unless ``path`` hashes to ``expected``; remove it first if asked to."""
+    """Raise DataError unless ``path`` hashes to ``expected``; remove it first if asked to. With ``expected`` empty
+    (no checksum published) nothing is checked: the file's SHA-256 is printed, to be recorded."""
     actual = sha256_of(path)
+    if not expected:
+        print(f"note: no SHA-256 is published for {path.name}, so nothing was checked; its SHA-256 is {actual} "
+              f"(record it to check copies later)")
+        return
     if actual == expected.lower():
         return
     if remove_on_mismatch:
@@ -292,10 +325,12 @@ def present_categories(dest: Path, dataset: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=tuple(ARCHIVES), default="mvtec",
-                        help="which data set: mvtec (MVTec AD, default) or visa (VisA)")
+                        help="which data set: mvtec (MVTec AD, default), visa (VisA), mvtec_ad2 (MVTec AD 2) or "
+                             "mvtec_loco (MVTec LOCO AD; these two by hand: --archive)")
     parser.add_argument("--data-root", "--dest", dest="data_root", type=Path,
                         help="folder to extract into, the --data-root of later commands (default "
-                             "data/mvtec_anomaly_detection, or data/visa with --dataset visa)")
+                             "data/mvtec_anomaly_detection; data/visa, data/mvtec_ad_2 or "
+                             "data/mvtec_loco_anomaly_detection with --dataset)")
     parser.add_argument("--url", help="where to download the archive from (default: the official one)")
     parser.add_argument("--archive", type=Path, help="use this local archive instead of downloading")
     parser.add_argument("--sha256", help="expected SHA-256 of the archive (default: the official one)")
@@ -305,8 +340,16 @@ def run(args: argparse.Namespace) -> int:
     spec = _archive(args.dataset)
     dest = args.data_root if args.data_root is not None else spec.default_root
     sha256 = spec.sha256 if args.sha256 is None else args.sha256
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+    if (sha256 or args.sha256 is not None) and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise DataError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
+    if not spec.url and args.url is not None:
+        raise DataError(f"--url: {spec.title} is fetched by hand (licence), not by this command. "
+                        f"{manual_instructions(dest, dataset=args.dataset)}")
+    if not spec.url and args.archive is None:
+        if dest.is_dir() and len(present_categories(dest, args.dataset)) == len(spec.categories):
+            print(f"{spec.title} is already in {dest} (all {len(spec.categories)} categories); nothing to do")
+            return 0
+        raise DataError(manual_instructions(dest, dataset=args.dataset))
     official_source = args.url in (None, spec.url) and args.archive is None
     if official_source and dest.is_dir() and len(present_categories(dest, args.dataset)) == len(spec.categories):
         print(f"{spec.title} is already in {dest} (all {len(spec.categories)} categories); nothing to do")
@@ -314,6 +357,11 @@ def run(args: argparse.Namespace) -> int:
     names = download_and_extract(dest, args.url, args.archive, sha256, dataset=args.dataset)
     categories = [name for name in names if (dest / name / spec.marker).is_dir()]
     print(f"extracted {len(names)} entries into {dest}: {len(categories)} categories ({', '.join(categories)})")
+    nested = [dest / name for name in names if not categories and (dest / name).is_dir()
+              and any((folder / spec.marker).is_dir() for folder in (dest / name).iterdir())]
+    if nested:
+        dest = nested[0]
+        print(f"note: the archive keeps its categories in {dest}: pass --data-root {dest} to later commands")
     missing = [str(dest / required) for required in spec.required if not (dest / required).exists()]
     if missing:
         print(f"note: {', '.join(missing)} not found; the {spec.title} layout needs it (or pass --split-csv FILE)")

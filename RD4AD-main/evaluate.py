@@ -24,11 +24,12 @@ import torch
 from tqdm import tqdm
 
 import instruments
+import layout_metrics
 import metrics
 import runs
 from capacity import count_parameters, forward_gflops
 from checkpoint import model_from_checkpoint
-from dataset import HOLDOUT_RULE, AnomalyDataset
+from dataset import HOLDOUT_RULE, VALIDATION_FOLDER_RULE, AnomalyDataset
 from errors import CheckpointError, DataError, RDError
 from rd_model import ReverseDistillation, image_scores
 from recipe import EvalAmp, FastPath, TrainConfig, open_split
@@ -86,7 +87,8 @@ def _listed(names: list[str]) -> str:
 
 def validation_split(run_directory: str | Path, record: dict[str, Any], config: TrainConfig) -> AnomalyDataset:
     """The run's validation normals as its config.json records them (``val_names``): the images its threshold
-    may come from, never trained on. Under the current hold-out rule the data's hold-out must still be that
+    may come from, never trained on. Under the current hold-out rule (or a layout's validation folder, whose images
+    the run recorded) the data's hold-out must still be that
     record (an RDError names config.json and the missing and extra images otherwise); a run of an older rule
     (no ``holdout_rule`` recorded) keeps its recorded names, each of which must still be a training image."""
     config_file = Path(run_directory) / runs.CONFIG_FILE
@@ -94,7 +96,7 @@ def validation_split(run_directory: str | Path, record: dict[str, Any], config: 
     if not isinstance(recorded, list) or not recorded:
         raise RDError(f"{config_file} records no validation images (val_names); expected a run trained by "
                       f"`main.py train` (train it again with --restart)")
-    if record.get("holdout_rule") != HOLDOUT_RULE:
+    if record.get("holdout_rule") not in (HOLDOUT_RULE, VALIDATION_FOLDER_RULE):
         try:
             return open_split(config, "val", recorded)
         except DataError as error:
@@ -180,6 +182,7 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
     else:
         result.update({"pixel_auroc": None, "aupro": None,
                        "pixel_metrics_note": "not available: the data set has no ground_truth/ masks"})
+    result.update(layout_metrics.layout_results(maps, test_set))  # MVTec LOCO's sPRO, MVTec AD 2's unscored sets
     gflops, _ = forward_gflops(model, config.image_size)
     result["efficiency"] = {
         "trainable_params": count_parameters(model.trainable_modules()),

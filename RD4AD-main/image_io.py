@@ -2,7 +2,9 @@
 resizing, and the errors that name a file the data tree cannot give (unreadable, damaged, unsupported mode).
 
 Any non-zero mask pixel is a defect (0/255, 0/1 and anti-aliased masks alike). Images and masks are resized
-to the working size here (PIL bilinear; masks thresholded again at 0.5 after resizing).
+to the working size here (PIL bilinear; masks thresholded again at 0.5 after resizing). A mask may also be a
+folder of PNGs, one per defect region (MVTec LOCO AD): its pixel mask is their union, and ``read_region`` reads
+one region with the pixel value that names its defect type.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from tqdm import tqdm
 from errors import DataError
 
 __all__ = ["ACCEPTED_MODES", "ACCEPTED_MODES_TEXT", "EIGHT_BIT_MODES", "FLOAT_MODE", "IMAGE_EXTENSIONS",
-           "MAX_LISTED_VALUES", "RAW_MASK_MODES", "SIXTEEN_BIT_MODES", "check_headers", "decode_rgb", "mask_values",
-           "read_images", "read_mask", "read_rgb", "readable", "resize_rgb"]
+           "MAX_LISTED_VALUES", "RAW_MASK_MODES", "SIXTEEN_BIT_MODES", "check_headers", "decode_rgb", "mask_files",
+           "mask_values", "read_images", "read_mask", "read_region", "read_regions", "read_rgb", "readable",
+           "resize_rgb"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
@@ -55,15 +58,27 @@ def readable() -> Iterator[None]:
 
 def check_headers(pairs: Iterable[tuple[Path, Path | None]]) -> None:
     """Open every image and mask header of (image, mask or None) pairs (cheap): unreadable files, unsupported
-    modes and mask/image size mismatches fail now."""
+    modes and mask/image size mismatches fail now. A mask folder's every file is checked."""
     for image, mask in pairs:
         size = _header_size(image)
-        mask_size = size if mask is None else _header_size(mask)
-        if mask_size != size:
-            raise DataError(
-                f"{mask}: mask is {mask_size[0]}x{mask_size[1]} px but its image {image} is "
-                f"{size[0]}x{size[1]} px; expected both the same size"
-            )
+        for mask_file in [] if mask is None else mask_files(mask):
+            mask_size = _header_size(mask_file)
+            if mask_size != size:
+                raise DataError(
+                    f"{mask_file}: mask is {mask_size[0]}x{mask_size[1]} px but its image {image} is "
+                    f"{size[0]}x{size[1]} px; expected both the same size"
+                )
+
+
+def mask_files(mask: Path) -> list[Path]:
+    """The files of a mask: the file itself, or a mask folder's PNGs (one per defect region), sorted."""
+    if not mask.is_dir():
+        return [mask]
+    files = sorted(entry for entry in mask.iterdir() if entry.suffix.lower() == ".png" and entry.is_file()
+                   and not entry.name.startswith("."))
+    if not files:
+        raise DataError(f"{mask}: mask folder without a PNG; expected one PNG per defect region of its image")
+    return files
 
 
 def _header_size(path: Path) -> tuple[int, int]:
@@ -181,17 +196,58 @@ def _mask_levels(image: Image.Image, path: Path) -> np.ndarray:
 
 
 def mask_values(path: str | os.PathLike) -> list[float]:
-    """The distinct values of a mask file, sorted (what ``check-data --decode`` reports on)."""
-    path = Path(path)
-    with _decoding(path, "mask") as image:
-        return np.unique(_mask_levels(image, path)).tolist()
+    """The distinct values of a mask file (of all files of a mask folder), sorted (what ``check-data --decode``
+    reports on)."""
+    values: set[float] = set()
+    for mask_file in mask_files(Path(path)):
+        with _decoding(mask_file, "mask") as image:
+            values.update(np.unique(_mask_levels(image, mask_file)).tolist())
+    return sorted(values)
 
 
 def read_mask(path: Path, size: int) -> np.ndarray:
     """Decode a mask to uint8 {0, 1} (size, size): binarised (any non-zero pixel is a defect, so 0/255 and
-    0/1 masks read the same), resized, then thresholded at 0.5."""
+    0/1 masks read the same; a mask folder's files united), resized, then thresholded at 0.5."""
+    binary = None
+    for mask_file in mask_files(path):
+        with _decoding(mask_file, "mask") as image:
+            levels = _mask_levels(image, mask_file) != 0
+        binary = levels if binary is None else binary | levels
+    return _resized_binary(binary, size)
+
+
+def read_region(path: Path, size: int) -> tuple[np.ndarray, int, float]:
+    """One defect region of a mask folder: uint8 {0, 1} (size, size) as ``read_mask`` resizes it, the one
+    non-zero value its pixels carry (its defect type's ``pixel_value`` in MVTec LOCO AD), and the working size's
+    pixels per source pixel (size² / (H W))."""
+    levels = _region_levels(path)
+    return _region(levels, path, size)
+
+
+def read_regions(path: Path, size: int) -> tuple[np.ndarray, list[tuple[np.ndarray, int, float]]]:
+    """A mask folder decoded once: its union as ``read_mask`` reads it, and each file as ``read_region`` reads it."""
+    files = mask_files(path)
+    levels = [_region_levels(mask_file) for mask_file in files]
+    union = np.logical_or.reduce([level != 0 for level in levels])
+    return _resized_binary(union, size), [_region(level, mask_file, size) for level, mask_file in zip(levels, files)]
+
+
+def _region_levels(path: Path) -> np.ndarray:
     with _decoding(path, "mask") as image:
-        binary = _mask_levels(image, path) != 0
+        return _mask_levels(image, path)
+
+
+def _region(levels: np.ndarray, path: Path, size: int) -> tuple[np.ndarray, int, float]:
+    values = np.unique(levels[levels != 0])
+    if values.size != 1 or not float(values[0]).is_integer():
+        listed = ", ".join(f"{value:g}" for value in values[:MAX_LISTED_VALUES].tolist()) or "none"
+        raise DataError(f"{path}: a region mask with non-zero values {listed}; expected one whole-number value (its "
+                        f"defect type's pixel value) on the region and 0 elsewhere")
+    return _resized_binary(levels != 0, size), int(values[0]), size * size / float(levels.shape[0] * levels.shape[1])
+
+
+def _resized_binary(binary: np.ndarray, size: int) -> np.ndarray:
+    """A boolean mask (H, W) -> uint8 {0, 1} (size, size): bilinear resize of 0/255, then >= 128."""
     if binary.shape != (size, size):
         resized = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
         binary = np.asarray(resized) >= 128

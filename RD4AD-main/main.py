@@ -25,9 +25,9 @@ __all__ = ["COMMANDS", "HelpFormatter", "build_parser", "main"]
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("summary", "parameter counts, GFLOPs and feature shapes of an RD model"),
-    "synth": ("synth", "write a synthetic MVTec-format data set (demo and tests)"),
-    "check-data": ("check_data", "count and validate an MVTec-format data root"),
-    "download": ("download", "download, verify and extract MVTec AD"),
+    "synth": ("synth_layouts", "write a synthetic data set: MVTec AD, MVTec AD 2 or MVTec LOCO layout (demo, tests)"),
+    "check-data": ("check_data", "count and validate a data root (MVTec AD, VisA, MVTec AD 2, MVTec LOCO, split file)"),
+    "download": ("download", "download, verify and extract MVTec AD or VisA; check and extract MVTec AD 2 / LOCO"),
     "train": ("train", "train RD models (sweeps over backbones, categories and seeds)"),
     "tune": ("tune", "pick each backbone's lr/epochs/beta1 by synthetic-anomaly validation (no test image)"),
     "test": ("evaluate", "evaluate trained runs: metrics.json and scores.csv"),

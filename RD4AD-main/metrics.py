@@ -1,5 +1,6 @@
 """Anomaly-detection metrics (docs/reproduction.md#4-metrics): image/pixel AUROC, exact AUPRO, F1-max,
-thresholds from normal images. Tests of whether two models differ live in significance.py.
+thresholds from normal images, and MVTec LOCO's sPRO (docs/reproduction.md#10-mvtec-ad-2-and-mvtec-loco-ad).
+Tests of whether two models differ live in significance.py.
 
 Conventions used throughout:
 - label 1 = anomalous (defect image or defect pixel), 0 = normal; a higher score means more anomalous.
@@ -11,6 +12,9 @@ Conventions used throughout:
 - AUPRO is the MVTec standard: 8-connected regions, FPR over the normal pixels of all images (good images
   included), exact curve with one point per distinct score, trapezoid up to the FPR limit with an
   interpolated point exactly at the limit, divided by the limit.
+- sPRO (Bergmann et al., IJCV 2022) is the same curve with given regions (not connected components) whose
+  overlap saturates: a region counts as fully found once ``saturation`` of its pixels are flagged. It is
+  integrated to FPR 0.05 (``SPRO_FPR_LIMIT``), the limit the MVTec LOCO paper reports.
 
 Inputs may be numpy arrays or torch tensors on any device; the pixel work runs in torch on the maps'
 device (numpy's in-place sort on CPU: values only, half of ``torch.sort``'s time and memory).
@@ -27,9 +31,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["ArrayLike", "as_binary", "as_score_vector", "aupro", "f1_max", "image_auroc", "integrate_to_limit",
-           "metrics_at_threshold", "per_defect_auroc", "pixel_auroc", "pixel_metrics", "pro_curve",
-           "require_both_classes", "roc_curve", "threshold_from_normals"]
+__all__ = ["SPRO_FPR_LIMIT", "ArrayLike", "as_binary", "as_score_vector", "aupro", "f1_max", "image_auroc",
+           "integrate_to_limit", "metrics_at_threshold", "per_defect_auroc", "pixel_auroc", "pixel_metrics",
+           "pro_curve", "require_both_classes", "roc_curve", "spro", "spro_curve", "threshold_from_normals"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
 
@@ -39,6 +43,8 @@ _STRUCTURE_8[1] = True
 
 # Devices whose tensors are split and sorted with numpy (values only, no int64 index per pixel).
 _NUMPY_DEVICES = ("cpu",)
+
+SPRO_FPR_LIMIT = 0.05  # MVTec LOCO's reported integration limit of the sPRO curve
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -399,3 +405,92 @@ def pixel_metrics(maps: ArrayLike, masks: ArrayLike, fpr_limit: float = 0.3) -> 
         "pixel_auroc": _auroc_sorted_negatives(px.defect_sorted, px.normal_sorted),
         "aupro": integrate_to_limit(fpr, pro, limit),
     }
+
+
+# ----------------------------------------------------------------------------------------------------
+# sPRO: given regions, saturated overlap; the same exact curve as AUPRO with rank-dependent weights
+# ----------------------------------------------------------------------------------------------------
+def _region_pixels(m: torch.Tensor, masks: ArrayLike, images: ArrayLike, saturations: ArrayLike
+                   ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """Validated regions: the union of the regions per image (N, H, W) bool on the maps' device, and per region
+    pixel (grouped by region) its flat index into the maps, its region and the saturation of that region."""
+    region_masks = as_binary(masks, "region masks").to("cpu")
+    if region_masks.ndim != 3 or region_masks.shape[1:] != m.shape[1:]:
+        raise ValueError(f"region masks must be (R, H, W) with the maps' (H, W) {tuple(m.shape[1:])}, got "
+                         f"{tuple(region_masks.shape)}")
+    region_images = np.asarray(images)
+    sat = np.asarray(saturations, dtype=np.float64)
+    n_regions = region_masks.shape[0]
+    if n_regions == 0:
+        raise ValueError("no region: sPRO needs at least one defect region")
+    if region_images.shape != (n_regions,) or not np.issubdtype(region_images.dtype, np.integer):
+        raise ValueError(f"region images must hold one image index per region ({n_regions}), got "
+                         f"{region_images.dtype} {region_images.shape}")
+    if region_images.min() < 0 or region_images.max() >= m.shape[0]:
+        raise ValueError(f"region images must index the {m.shape[0]} maps, got {region_images.min()}.."
+                         f"{region_images.max()}")
+    if sat.shape != (n_regions,) or not np.isfinite(sat).all() or (sat <= 0).any():
+        raise ValueError("saturations must hold one positive, finite number of pixels per region")
+    areas = region_masks.reshape(n_regions, -1).sum(dim=1).numpy()
+    if (areas == 0).any():
+        raise ValueError(f"region {int(np.flatnonzero(areas == 0)[0])} has no pixel: drop empty regions first")
+    counts = torch.zeros(m.shape, dtype=torch.int16)
+    counts.index_add_(0, torch.from_numpy(region_images.astype(np.int64)), region_masks.to(torch.int16))
+    region, y, x = (part.numpy() for part in torch.nonzero(region_masks, as_tuple=True))  # grouped by region
+    flat = (region_images[region].astype(np.int64) * m.shape[1] + y) * m.shape[2] + x
+    return (counts > 0).to(m.device), flat, region, sat
+
+
+def _saturated_weights(values: np.ndarray, region: np.ndarray, sat: np.ndarray) -> np.ndarray:
+    """Per region pixel, what it adds to the mean sPRO when flagged after the higher ones of its region: the j-th
+    highest of region r adds (min(j, sat_r) - min(j - 1, sat_r)) / (sat_r * R). Summed over the pixels >= t this
+    is the mean over regions of min(#flagged / sat_r, 1); ties within a region sum to the same whatever order."""
+    order = np.lexsort((-values, region))  # by region, then descending score
+    sorted_region = region[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_region)) + 1]
+    lengths = np.diff(np.r_[starts, sorted_region.size])
+    rank = np.arange(sorted_region.size) - np.repeat(starts, lengths) + 1.0
+    region_sat = sat[sorted_region]
+    gain = (np.minimum(rank, region_sat) - np.minimum(rank - 1.0, region_sat)) / (region_sat * sat.size)
+    weights = np.empty_like(gain)
+    weights[order] = gain
+    return weights
+
+
+def spro_curve(maps: ArrayLike, region_masks: ArrayLike, region_images: ArrayLike, saturations: ArrayLike,
+               fpr_limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact FPR / sPRO curve (MVTec LOCO): one point per distinct score from (0, 0), flagged = ``score >= t``.
+
+    ``region_masks`` (R, H, W) are the defect regions (they may overlap), region r lying on map
+    ``region_images[r]``; ``saturations[r]`` is how many of its pixels must be flagged for it to count as fully
+    found. sPRO(t) = mean over regions of min(#flagged pixels / saturation, 1); FPR(t) = flagged pixels outside
+    every region / all pixels outside every region, over all maps (those without a region included). With
+    ``fpr_limit`` the curve stops just past that FPR.
+    """
+    limit = None if fpr_limit is None else _check_fpr_limit(fpr_limit)
+    m = _as_tensor(maps).detach()
+    if m.dtype == torch.bfloat16:
+        m = m.float()
+    if m.ndim != 3:
+        raise ValueError(f"anomaly maps must be (N, H, W), got shape {tuple(m.shape)}")
+    union, flat, region, sat = _region_pixels(m, region_masks, region_images, saturations)
+    if bool(union.all()):
+        raise ValueError("the regions cover every pixel: sPRO's FPR needs at least one normal pixel")
+    normal = _select(m, ~union)
+    if normal.dtype not in (torch.float32, torch.float64):
+        normal = normal.float()
+    normal = _sort_owned(normal)
+    values = m.reshape(-1)[torch.from_numpy(flat).to(m.device)].to(normal.dtype)
+    if bool(torch.isnan(normal[-1])) or bool(torch.isnan(values).any()):
+        raise ValueError("anomaly maps contain NaN")
+    weights = torch.from_numpy(_saturated_weights(values.cpu().double().numpy(), region, sat)).to(m.device)
+    defect_sorted, order = torch.sort(values)
+    fpr, curve = _pro_curve(_Pixels(normal, defect_sorted, weights[order]), limit)
+    return fpr, np.minimum(curve, 1.0)  # a mean of values <= 1: keeps the sums' rounding from passing 1
+
+
+def spro(maps: ArrayLike, region_masks: ArrayLike, region_images: ArrayLike, saturations: ArrayLike,
+         fpr_limit: float = SPRO_FPR_LIMIT) -> float:
+    """Area under the sPRO curve up to ``fpr_limit`` (default 0.05, MVTec LOCO's), divided by it."""
+    fpr, saturated = spro_curve(maps, region_masks, region_images, saturations, fpr_limit)
+    return integrate_to_limit(fpr, saturated, fpr_limit)

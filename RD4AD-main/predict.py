@@ -11,6 +11,10 @@ would), or ``--threshold``; without either, scores are written without decisions
 Writes ``scores.csv`` (image, score, decision), one PNG per image (the image with its anomaly map on one
 colour scale shared by all images, with a colour bar), and on request the maps as ``.npy`` and binary
 masks at the threshold as PNG.
+
+``--split test_private`` (or ``test_private_mixed``) with ``--run-dir`` scores that MVTec AD 2 test set of the
+run's own scene (``<data_root>/<category>/<split>/``): the sets without labels, which ``main.py test`` does not
+score (MVTec's evaluation server holds their labels).
 """
 from __future__ import annotations
 
@@ -31,13 +35,14 @@ import runs
 from checkpoint import model_from_checkpoint
 from dataset import IMAGE_EXTENSIONS, read_images
 from errors import DataError, RDError
+from layouts import AD2_UNLABELLED_SPLITS, resolve_format
 from evaluate import score_images, validation_split
 from rd_model import ReverseDistillation, image_scores
 from recipe import EvalAmp, FastPath, TrainConfig
 from system_info import resolve_device
 
-__all__ = ["Prediction", "add_arguments", "find_images", "predict", "run", "run_threshold", "validation_threshold",
-           "write_outputs"]
+__all__ = ["Prediction", "add_arguments", "find_images", "predict", "run", "run_threshold", "split_images",
+           "validation_threshold", "write_outputs"]
 
 MAP_COLORMAP = "jet"  # blue = normal, red = anomalous, as in the report
 
@@ -75,6 +80,19 @@ def find_images(sources: list[str]) -> list[Path]:
     if not found:
         raise DataError(f"--images {' '.join(sources)}: no image ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
     return found
+
+
+def split_images(run_directory: Path, split: str) -> list[Path]:
+    """The images of an unlabelled MVTec AD 2 test set (``test_private``, ``test_private_mixed``) of a run's scene."""
+    config = TrainConfig.from_record(runs.read_run_config(run_directory))
+    data_format = resolve_format(config.data_root, config.data_format, config.split_csv, config.category)
+    folder = Path(config.data_root) / config.category / split
+    if data_format != "mvtec_ad2":
+        raise DataError(f"--split {split}: {run_directory} was trained on {data_format}-layout data; the unlabelled "
+                        f"test sets ({', '.join(AD2_UNLABELLED_SPLITS)}) are MVTec AD 2's; pass --images instead")
+    if not folder.is_dir():
+        raise DataError(f"--split {split}: {folder} not found; expected the scene's {split} folder of MVTec AD 2")
+    return find_images([str(folder)])
 
 
 def run_threshold(run_directory: Path, model: ReverseDistillation | None = None, device: torch.device | None = None,
@@ -167,7 +185,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run-dir", type=Path, help="a trained run: its model and threshold")
     source.add_argument("--checkpoint", type=Path, help="a checkpoint file (no threshold unless --threshold)")
-    parser.add_argument("--images", nargs="+", required=True, help="image files and/or folders (searched recursively)")
+    parser.add_argument("--images", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--split", choices=AD2_UNLABELLED_SPLITS,
+                        help="with --run-dir: score this unlabelled MVTec AD 2 test set of the run's scene instead of "
+                             "--images")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the run's, from validation normals)")
     parser.add_argument("--save-maps", action="store_true", help="also write each anomaly map as .npy")
@@ -179,7 +200,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise RDError(f"--batch-size {args.batch_size}: expected at least 1")
-    images = find_images(args.images)
+    if (args.images is None) == (args.split is None):
+        raise RDError("pass either --images FILES_OR_FOLDERS or --split test_private|test_private_mixed (with "
+                      "--run-dir), not both and not neither")
+    if args.split is not None and args.run_dir is None:
+        raise RDError(f"--split {args.split} needs --run-dir: the run names the scene and its data root")
+    images = split_images(args.run_dir, args.split) if args.split else find_images(args.images)
     device = resolve_device(args.device)
     if args.run_dir is not None:
         checkpoint = TrainConfig.from_record(runs.read_run_config(args.run_dir)).selected_checkpoint_path

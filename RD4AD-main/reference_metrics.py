@@ -13,7 +13,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 __all__ = ["aupro_naive", "delong_naive", "f1_max_naive", "image_auroc_naive", "integrate_naive",
-           "pixel_auroc_naive", "pro_curve_naive"]
+           "pixel_auroc_naive", "pro_curve_naive", "spro_curve_naive", "spro_naive"]
 
 
 def image_auroc_naive(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -110,3 +110,32 @@ def delong_naive(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray)
     s01 = np.cov(np.vstack([v01_a, v01_b]))
     cov = s10 / len(v10_a) + s01 / len(v01_a)
     return float(auc_a), float(auc_b), float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+
+
+def spro_curve_naive(maps: np.ndarray, region_masks: np.ndarray, region_images: np.ndarray,
+                     saturations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, sPRO) from (0, 0) over every distinct score, descending, ``score >= t`` (MVTec LOCO's definition).
+
+    For each threshold: FPR over the pixels outside every region of every map; sPRO as the mean over the regions
+    of min(flagged pixels of the region / its saturation, 1), with a loop over the regions.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    region_masks = np.asarray(region_masks).astype(bool)
+    normal = np.ones(maps.shape, dtype=bool)
+    for mask, image in zip(region_masks, region_images):
+        normal[image] &= ~mask
+    fprs, spros = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        flagged = maps >= t
+        fprs.append(float((flagged & normal).sum()) / float(normal.sum()))
+        overlaps = [min((flagged[image] & mask).sum() / saturation, 1.0)
+                    for mask, image, saturation in zip(region_masks, region_images, saturations)]
+        spros.append(float(np.mean(overlaps)))
+    return np.array(fprs), np.array(spros)
+
+
+def spro_naive(maps: np.ndarray, region_masks: np.ndarray, region_images: np.ndarray, saturations: np.ndarray,
+               fpr_limit: float = 0.05) -> float:
+    """Area under the sPRO curve up to ``fpr_limit``, divided by it (segment by segment)."""
+    fpr, spro = spro_curve_naive(maps, region_masks, region_images, saturations)
+    return integrate_naive(fpr, spro, fpr_limit)

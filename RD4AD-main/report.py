@@ -33,6 +33,7 @@ from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, ca
 from runs import load_runs, synthetic_saturation_note, untested_runs
 from significance import EXACT_FLIP_CELLS, MAX_EDGES
 from protocol import differences_text, headline_sentence, refuse_same_recipe
+from report_kinds import anomaly_kind_table, anomaly_kind_text
 from why import WhyPart, render_why, why_parts, why_tables
 
 if TYPE_CHECKING:
@@ -197,6 +198,7 @@ def build_report(results: str | os.PathLike, pairs: Any = None, n_boot: int = N_
         "reference": reference_table(runs_frame),
         "pairwise_tests": pairwise_table(comparison.tests),
         "per_defect": per_defect_table(comparison.per_defect, runs_frame),
+        "anomaly_kinds": anomaly_kind_table(runs_frame),  # MVTec LOCO: logical vs structural (empty otherwise)
         "seed_power": planning_display(decision.planning, runs_frame),
         "efficiency": efficiency_table(runs_frame),
     }
@@ -353,6 +355,8 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         "plus that type's images (from the same binned statistics as the intervals); mean over seeds, percent.",
         markdown_table(report.tables["per_defect"]) if not report.tables["per_defect"].empty else
         "No defect types: the compared runs have no defective test image.", prov,
+        *([f"{h} Logical and structural anomalies (MVTec LOCO AD)", anomaly_kind_text(runs_frame),
+           markdown_table(report.tables["anomaly_kinds"]), prov] if not report.tables["anomaly_kinds"].empty else []),
         f"{h} Efficiency",
         "As measured by the runs (metrics.json efficiency), mean over each backbone's runs.",
         markdown_table(report.tables["efficiency"]), prov,

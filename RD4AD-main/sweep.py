@@ -105,7 +105,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def add_data_format_arguments(parser: argparse.ArgumentParser) -> None:
     """How the data root is laid out (dataset.py): detected by default."""
     parser.add_argument("--format", dest="data_format", choices=DATA_FORMATS,
-                        help="data layout: auto (default: detected), mvtec, visa, or csv with --split-csv")
+                        help="data layout: auto (default: detected), mvtec, visa, mvtec_ad2, mvtec_loco, or csv with "
+                             "--split-csv")
     parser.add_argument("--split-csv", dest="split_csv",
                         help="split file (category,split,label,image,mask) of --format csv; paths relative to "
                              "--data-root")

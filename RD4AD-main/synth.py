@@ -33,7 +33,7 @@ from tqdm import tqdm
 from cli import add_deprecated_alias
 from errors import DataError
 
-__all__ = ["DEFECTS", "category_names", "generate", "render_item", "add_arguments", "run"]
+__all__ = ["DEFECTS", "MARKER", "category_names", "generate", "render_item", "add_arguments", "run"]
 
 GOOD = "good"
 DEFECTS = {"texture": ("hole", "scratch", "stain"), "object": ("colour", "missing_part", "scratch")}

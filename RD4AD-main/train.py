@@ -31,7 +31,7 @@ from backbones import get_backbone, teacher_imagenet_top1
 from checkpoint import load_into, read_checkpoint, save_checkpoint, teacher_digest
 from errors import CheckpointError, RDError
 from rd_model import ReverseDistillation, distillation_loss, validate_image_size
-from dataset import HOLDOUT_RULE, data_provenance
+from dataset import data_provenance
 from recipe import (FastPath, NonFiniteLoss, TrainConfig, build_run_model, check_resumable, epoch_batches,
                     make_optimizer, open_split, seed_everything)
 from system_info import describe_hardware, library_versions, peak_memory_mb, reset_peak_memory
@@ -167,7 +167,7 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
         "teacher_warning": teacher_warning,
         "fast_path": fast.as_dict(),
         "val_names": train_set.val_names,
-        "holdout_rule": HOLDOUT_RULE,
+        "holdout_rule": train_set.holdout_rule,  # the hash hold-out, or the layout's validation folder
         "data": data_provenance(config.data_root, config.data_format, config.split_csv, config.category),
         "n_train": len(train_set),
         "n_val": len(val_set),

@@ -47,6 +47,7 @@ def test_check_category_counts(synthetic_root):
         "official": None,
         "official_dataset": None,
         "matches_official": None,
+        "unlabelled": {},
         "warnings": [],
     }
 

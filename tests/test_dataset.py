@@ -94,7 +94,8 @@ def test_category_group_and_order():
     assert group_order("mvtec") == ("texture", "object", "other")
     assert group_order("visa") == ("complex structure", "multiple instances", "single instance", "other")
     assert group_order() == ("texture", "object", "complex structure", "multiple instances", "single instance",
-                             "other")
+                             "scene", "loco object", "other")
+    assert group_order("mvtec_loco") == ("loco object", "other") and category_group("walnuts") == "scene"
 
 
 @pytest.mark.parametrize("name", ["../other/cat", "..", ".", "", "  ", "a/b", "a\\b", "/abs"])

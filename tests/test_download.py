@@ -290,7 +290,8 @@ def test_official_archives():
     assert ARCHIVES["visa"].url == VISA_URL and VISA_URL.endswith("/" + VISA_ARCHIVE_NAME)
     assert re.fullmatch(r"[0-9a-f]{64}", VISA_SHA256) and re.fullmatch(r"[0-9a-f]{64}", ARCHIVES["mvtec"].sha256)
     assert {name: str(spec.default_root) for name, spec in ARCHIVES.items()} == {
-        "mvtec": "data/mvtec_anomaly_detection", "visa": "data/visa"}
+        "mvtec": "data/mvtec_anomaly_detection", "visa": "data/visa", "mvtec_ad2": "data/mvtec_ad_2",
+        "mvtec_loco": "data/mvtec_loco_anomaly_detection"}
 
 
 def test_visa_from_a_server_end_to_end(tmp_path, visa_archive, serve, monkeypatch, capsys):
