@@ -46,7 +46,7 @@ CELL_COLUMNS = ["category", "seed", "difference"]
 ANSWER_COLUMNS = ["n_categories", "n_cells", "seeds", "mean_diff", "ci_low_fixed", "ci_high_fixed", "p_fixed",
                   "df_fixed", "ci_low_new", "ci_high_new", "p_new", "df_new", "p_signed_rank",
                   "min_reachable_p_signed_rank", "signed_rank_method", "wins_a", "wins_b", "seed_counts", "excluded",
-                  "note"]
+                  "note_fixed", "note_new", "note"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -66,10 +66,16 @@ class TArrays:
     high: np.ndarray
 
 
-def _t_answer(estimate: np.ndarray, se: np.ndarray, df: np.ndarray, computable: np.ndarray,
-              confidence: float) -> TArrays:
-    """t = estimate / se on ``df`` degrees of freedom: p and the interval from the one statistic."""
-    ok = computable & np.isfinite(se) & (se > 0) & np.isfinite(df) & (df > 0)
+# A standard error below this share of the data's largest magnitude is floating-point noise (e.g. two categories
+# whose seed means are the same fraction, summed in another order): no spread, so no t.
+SE_FLOOR = 1e-12
+
+
+def _t_answer(estimate: np.ndarray, se: np.ndarray, df: np.ndarray, computable: np.ndarray, confidence: float,
+              scale: np.ndarray) -> TArrays:
+    """t = estimate / se on ``df`` degrees of freedom: p and the interval from the one statistic; not computable
+    where se is 0 up to floating-point noise (SE_FLOOR x ``scale``, the data's largest magnitude)."""
+    ok = computable & np.isfinite(se) & (se > SE_FLOOR * scale) & np.isfinite(df) & (df > 0)
     safe_se, safe_df = np.where(ok, se, 1.0), np.where(ok, df, 1.0)
     statistic = estimate / safe_se
     p_value = 2.0 * stats.t.sf(np.abs(statistic), safe_df)
@@ -105,7 +111,8 @@ def fixed_arrays(cells: np.ndarray, confidence: float = CONFIDENCE) -> TArrays:
         variance = part.sum(axis=-1)
         df = variance ** 2 / (part ** 2 / np.maximum(n - 1, 1)).sum(axis=-1)
     n_categories = cells.shape[-2]
-    return _t_answer(means.mean(axis=-1), np.sqrt(variance) / n_categories, df, df_pool >= 1, confidence)
+    scale = np.nanmax(np.abs(cells), axis=(-2, -1))
+    return _t_answer(means.mean(axis=-1), np.sqrt(variance) / n_categories, df, df_pool >= 1, confidence, scale)
 
 
 def new_arrays(means: np.ndarray, confidence: float = CONFIDENCE) -> TArrays:
@@ -116,10 +123,10 @@ def new_arrays(means: np.ndarray, confidence: float = CONFIDENCE) -> TArrays:
     estimate = means.mean(axis=-1)
     if n_categories < 2:
         nan = np.full(estimate.shape, np.nan)
-        return _t_answer(estimate, nan, nan, np.zeros(estimate.shape, bool), confidence)
+        return _t_answer(estimate, nan, nan, np.zeros(estimate.shape, bool), confidence, nan)
     se = means.std(axis=-1, ddof=1) / np.sqrt(n_categories)
     return _t_answer(estimate, se, np.full(estimate.shape, n_categories - 1.0), np.ones(estimate.shape, bool),
-                     confidence)
+                     confidence, np.abs(means).max(axis=-1))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -380,7 +387,7 @@ def answer_columns(answers: Answers) -> dict[str, object]:
             "min_reachable_p_signed_rank": check.min_p, "signed_rank_method": check.method if check.n_nonzero else "",
             "wins_a": wins_a, "wins_b": wins_b, "seed_counts": answers.seed_counts_text(),
             "excluded": "; ".join(f"{c}: {why}" for c, why in answers.excluded.items()),
-            "note": "; ".join(notes)}
+            "note_fixed": fixed.note, "note_new": new.note, "note": "; ".join(notes)}
 
 
 def family_table(rows: list[dict[str, object]], claim_basis: str, alpha: float = ALPHA) -> pd.DataFrame:
