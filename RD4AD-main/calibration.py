@@ -31,7 +31,7 @@ import runs
 from documents import markdown_table
 from errors import RDError
 from inference import ALPHA, BASES, answer_cells, fixed_arrays, new_arrays
-from planning import Components, detectable, null_thresholds, solve_detectable
+from planning import N_PLAN_DRAWS, Components, detectable, null_thresholds, solve_detectable
 from significance import seeded_rng
 
 __all__ = ["CALIBRATION_COLUMNS", "COVERAGE_GATE", "N_QUESTIONS", "POWER_GATE", "PROMISED_POWER", "SCENARIOS",
@@ -47,7 +47,9 @@ PROMISED_POWER = 0.8
 N_QUESTIONS = 3  # the default primary family: the planning table's level is Holm's first step, ALPHA / 3
 N_STUDIES = 20000  # per scenario: the Monte Carlo error of a size or coverage is about 0.0016
 TIDY_CHECKS = 3  # studies per scenario also answered through the tidy path (inference.answer_cells): same numbers
-PROMISE_DEALS = 64  # deals of seed sds and ceilings the "on these categories" promise averages over (500 studies each)
+PROMISE_DEALS = 64  # deals of seed sds and ceilings the "on these categories" promise averages over
+PROMISE_DRAWS = 32_000  # simulated studies behind that promise (its power's Monte Carlo error about 0.002); fewer
+# (16 per simulated study) in a small run
 PROMISE_ITERATIONS = 30  # fixed-point steps of the "to new categories" promise (a ceiling share makes it move)
 
 
@@ -130,22 +132,20 @@ def simulate_cells(scenario: Scenario, n_studies: int, rng: np.random.Generator,
     return cells, effect.mean(axis=1), new_truth
 
 
-def _promised_difference(answer: str, scenario: Scenario, level: float,
-                         rng: np.random.Generator) -> tuple[float, float]:
+def _promised_difference(answer: str, scenario: Scenario, level: float, rng: np.random.Generator,
+                         draws: int) -> tuple[float, float]:
     """The planning code's detectable difference for the scenario's true components, and the difference at which
     to measure coverage (the same, or where there is no promise the first step's). "On these categories": over
     PROMISE_DEALS deals of seed sds and ceilings at once (the power of the mix is the promise). "To new
     categories": the population's spread, whose ceiling share makes it grow with the difference (solved as a fixed
-    point; NaN when no difference reaches the power: the spread outgrows it)."""
+    point; NaN when no difference reaches the power: the spread outgrows it). ``draws``: simulated studies behind
+    it (the planning table's own N_PLAN_DRAWS for the second)."""
     seeds = scenario.seeds
     if answer == "fixed-categories":
         sds, ceiling = scenario.deal(PROMISE_DEALS, rng)
-        parts = [null_thresholds(answer, Components(row, 0.0), seeds, level, rng, 500)
-                 for row in np.where(ceiling, scenario.ceiling_var, sds ** 2)]
-        if any(part is None for part in parts):
-            return float("nan"), float("nan")
-        delta = solve_detectable(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                                 PROMISED_POWER)
+        deals = Components(np.where(ceiling, scenario.ceiling_var, sds ** 2), 0.0)
+        thresholds = null_thresholds(answer, deals, seeds, level, rng, max(1, draws // PROMISE_DEALS))
+        delta = float("nan") if thresholds is None else solve_detectable(*thresholds, PROMISED_POWER)
         return delta, delta
     share = 1 - scenario.ceiling
     seed_var = np.full(scenario.n_categories, share * np.mean(scenario.seed_sds ** 2)
@@ -156,7 +156,7 @@ def _promised_difference(answer: str, scenario: Scenario, level: float,
             scenario.ceiling / share * delta ** 2  # a share at 0, the rest at delta / share
         previous, delta = delta, detectable(answer, Components(seed_var, spread), seeds, level, PROMISED_POWER,
                                             seeded_rng("promise", scenario.name, scenario.n_categories,
-                                                       scenario.n_seeds))
+                                                       scenario.n_seeds), min(draws, N_PLAN_DRAWS))
         first = delta if np.isnan(first) else first
         if not np.isfinite(delta) or abs(delta - previous) <= 1e-4 * delta:
             break
@@ -197,7 +197,7 @@ def scenario_rows(scenario: Scenario, n_studies: int, seed: int) -> list[dict]:
         base = {"suite": "primary", "answer": BASES[answer], "scenario": scenario.name,
                 "n_categories": scenario.n_categories, "n_seeds": scenario.n_seeds, "studies": n_studies}
         level = ALPHA / N_QUESTIONS
-        delta, at = _promised_difference(answer, scenario, level, rng)
+        delta, at = _promised_difference(answer, scenario, level, rng, min(PROMISE_DRAWS, 16 * n_studies))
         truth_of = {"fixed-categories": lambda t: {"fixed_truth": t}, "new-categories": lambda t: {"new_truth": t}}
         null_cells, null_fixed, null_new = simulate_cells(scenario, n_studies, rng, **truth_of[answer](0.0))
         null = _answer_arrays(answer, null_cells)

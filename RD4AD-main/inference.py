@@ -79,7 +79,8 @@ def _t_answer(estimate: np.ndarray, se: np.ndarray, df: np.ndarray, computable: 
     safe_se, safe_df = np.where(ok, se, 1.0), np.where(ok, df, 1.0)
     statistic = estimate / safe_se
     p_value = 2.0 * stats.t.sf(np.abs(statistic), safe_df)
-    half = stats.t.ppf(0.5 + confidence / 2.0, safe_df) * safe_se
+    distinct, inverse = np.unique(safe_df, return_inverse=True)  # one quantile per distinct df (C - 1: just one)
+    half = stats.t.ppf(0.5 + confidence / 2.0, distinct)[inverse.reshape(np.shape(safe_df))] * safe_se
     nan = np.full(np.shape(estimate), np.nan)
     pick = lambda values: np.where(ok, values, nan)  # noqa: E731
     return TArrays(np.asarray(estimate, dtype=np.float64), pick(se), pick(df), pick(statistic), pick(p_value),
@@ -156,13 +157,11 @@ def check_cells(cells: pd.DataFrame, source: str = "cells") -> pd.DataFrame:
 def cell_matrix(cells: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     """(categories, (C, S_max) differences): a row per category, its cells first, NaN after its last seed."""
     frame = check_cells(cells)
-    categories = list(dict.fromkeys(frame["category"]))
-    groups = [frame.loc[frame["category"] == category, "difference"].to_numpy() for category in categories]
-    width = max((len(group) for group in groups), default=0)
-    matrix = np.full((len(categories), width), np.nan)
-    for row, group in zip(matrix, groups):
-        row[:len(group)] = group
-    return categories, matrix
+    codes, categories = pd.factorize(frame["category"])
+    position = frame.groupby(codes).cumcount().to_numpy()
+    matrix = np.full((len(categories), int(position.max()) + 1 if len(frame) else 0), np.nan)
+    matrix[codes, position] = frame["difference"].to_numpy()
+    return list(categories), matrix
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ N_PLAN_DRAWS = 4000  # simulated studies per planned design: the power at the re
 @dataclass(frozen=True)
 class Components:
     """The variance components of a study: per category the seed-to-seed variance of a cell (NaN: unknown, one seed
-    everywhere) and the categories' spread (a number, or one per category; NaN: unknown); ``total_var`` is the
-    variance of the categories' seed-averaged differences as observed with ``seeds_now`` seeds."""
+    everywhere; a (K, C) array: K equally likely sets of categories, simulated alike) and the categories' spread (a
+    number, or one per category; NaN: unknown); ``total_var`` is the variance of the categories' seed-averaged
+    differences as observed with ``seeds_now`` seeds."""
 
     seed_var: np.ndarray
     category_var: float | np.ndarray
@@ -36,7 +37,7 @@ class Components:
 
     @property
     def n_categories(self) -> int:
-        return len(self.seed_var)
+        return int(np.shape(self.seed_var)[-1])
 
     @property
     def seed_known(self) -> bool:
@@ -65,8 +66,9 @@ def rejection_thresholds(arrays, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Per simulated null study (zero true difference): the estimate's noise m and the half-width h = t_(1-alpha/2)
     x se its test needs; the study rejects at true difference delta when |delta + m| > h (never where NaN)."""
     ok = np.isfinite(arrays.se) & np.isfinite(arrays.df)
-    half = np.where(ok, stats.t.ppf(1.0 - alpha / 2.0, np.where(ok, arrays.df, 1.0)) * np.where(ok, arrays.se, 0.0),
-                    np.inf)
+    df, inverse = np.unique(np.where(ok, arrays.df, 1.0), return_inverse=True)  # one quantile per distinct df
+    quantile = stats.t.ppf(1.0 - alpha / 2.0, df)[inverse.reshape(-1)]
+    half = np.where(ok, quantile * np.where(ok, arrays.se, 0.0), np.inf)
     return arrays.estimate, half
 
 
@@ -87,8 +89,10 @@ def solve_detectable(noise: np.ndarray, half: np.ndarray, power: float) -> float
 
 
 def _draw_cells(seed_var: np.ndarray, seeds: np.ndarray, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(K x n_draws, C, S_max) null cells, n_draws for each of the K rows of ``seed_var`` (K, C)."""
     width = int(seeds.max())
-    cells = rng.standard_normal((n_draws, len(seeds), width)) * np.sqrt(seed_var)[:, None]
+    sds = np.sqrt(seed_var)[:, None, :, None]
+    cells = (rng.standard_normal((len(seed_var), n_draws, len(seeds), width)) * sds).reshape(-1, len(seeds), width)
     cells[:, np.arange(width)[None, :] >= seeds[:, None]] = np.nan
     return cells
 
@@ -100,22 +104,23 @@ def null_thresholds(answer: str, components: Components, seeds: int | np.ndarray
     two-sided level ``alpha`` (rejection_thresholds); None where the answer cannot be computed with that design or
     a variance component is unknown."""
     seeds = np.broadcast_to(np.asarray(seeds, dtype=np.int64), (components.n_categories,))
+    seed_var = np.atleast_2d(components.seed_var)
     if answer == "fixed-categories":
         if (seeds < 2).all() or not components.seed_known:
             return None
-        return rejection_thresholds(fixed_arrays(_draw_cells(components.seed_var, seeds, n_draws, rng)), alpha)
+        return rejection_thresholds(fixed_arrays(_draw_cells(seed_var, seeds, n_draws, rng)), alpha)
     if components.n_categories < 2:
         return None
     if components.seed_known:
-        variance = components.category_var + components.seed_var / seeds
+        variance = components.category_var + seed_var / seeds
     elif components.seeds_now is not None and np.array_equal(seeds, components.seeds_now):
-        variance = np.full(len(seeds), components.total_var)  # the design as run: its observed spread
+        variance = np.full((1, len(seeds)), components.total_var)  # the design as run: its observed spread
     else:
         return None
     if not np.isfinite(variance).all():
         return None
-    means = rng.standard_normal((n_draws, len(seeds))) * np.sqrt(variance)
-    return rejection_thresholds(new_arrays(means), alpha)
+    means = rng.standard_normal((len(variance), n_draws, len(seeds))) * np.sqrt(variance)[:, None, :]
+    return rejection_thresholds(new_arrays(means.reshape(-1, len(seeds))), alpha)
 
 
 def detectable(answer: str, components: Components, seeds: int | np.ndarray, alpha: float, power: float,
