@@ -5,8 +5,8 @@ difference, against gates; the table goes to docs/calibration.md with the comman
 
 Suites are a registry (SUITES: name -> function(n_studies, seed) -> rows of CALIBRATION_COLUMNS), so another
 instrument's calibration is one more entry. The "primary" suite simulates studies of C categories x S seeds:
-categories with their own true differences (spread ``category_sd``) and seed-to-seed sds (spread ``seed_spread`` on
-the log scale), test-image noise shared by a category's seeds, and per scenario categories at the ceiling (true
+categories with their own true differences (spread `category_sd`) and seed-to-seed sds (spread `seed_spread` on the
+log scale), test-image noise shared by a category's seeds, and per scenario categories at the ceiling (true
 difference 0, most cells exactly 0: both arms perfect) or seeds missing and extra (S − 1, S, S + 1 in turn).
 """
 from __future__ import annotations
@@ -170,8 +170,21 @@ def _answer_arrays(answer: str, cells: np.ndarray):
     return new_arrays(np.nanmean(cells, axis=-1))
 
 
-def _check_tidy(answer: str, cells: np.ndarray, arrays) -> None:
-    """The first studies answered again through the tidy path the report takes: the same p and interval."""
+def _simulate(answer: str, scenario: Scenario, n_studies: int, rng: np.random.Generator,
+              truth: float) -> tuple[np.ndarray, np.ndarray]:
+    """Studies whose truth on the answer's own basis is ``truth``: their cells and each study's truth."""
+    if answer == "fixed-categories":
+        cells, fixed, _ = simulate_cells(scenario, n_studies, rng, fixed_truth=truth)
+        return cells, fixed
+    cells, _, new = simulate_cells(scenario, n_studies, rng, new_truth=truth)
+    return cells, np.full(n_studies, new)
+
+
+def _tidy_note(answer: str, cells: np.ndarray) -> str:
+    """The first study answered through the tidy path the report takes, and checked against the fast path: the same
+    p and interval (for TIDY_CHECKS studies); returns the first study's note (why it was not computed)."""
+    arrays = _answer_arrays(answer, cells)
+    notes = []
     for study in range(min(TIDY_CHECKS, len(cells))):
         rows = [(f"c{c:02d}", s, value) for c, row in enumerate(cells[study]) for s, value in enumerate(row)
                 if not np.isnan(value)]
@@ -180,55 +193,56 @@ def _check_tidy(answer: str, cells: np.ndarray, arrays) -> None:
         if not np.allclose((tidy.p_value, tidy.ci_low, tidy.ci_high), expected, rtol=1e-9, atol=1e-12,
                            equal_nan=True):
             raise AssertionError(f"the tidy path answers study {study} differently: {tidy} vs {expected}")
+        notes.append(tidy.note)
+    return notes[0] if notes else ""
 
 
 def gate_passes(coverage: float, size: float, power: float, promised: float) -> bool:
-    """Coverage within COVERAGE_GATE, size at most SIZE_GATE, power within POWER_GATE of the promise."""
-    return bool(COVERAGE_GATE[0] <= coverage <= COVERAGE_GATE[1] and size <= SIZE_GATE
-                and abs(power - promised) <= POWER_GATE)
+    """Coverage within COVERAGE_GATE, size at most SIZE_GATE, power within POWER_GATE of the promise (NaN power and
+    promise: no promise to keep)."""
+    kept = (np.isnan(power) and np.isnan(promised)) or abs(power - promised) <= POWER_GATE
+    return bool(COVERAGE_GATE[0] <= coverage <= COVERAGE_GATE[1] and size <= SIZE_GATE and kept)
+
+
+def _answer_row(answer: str, scenario: Scenario, n_studies: int, rng: np.random.Generator) -> dict:
+    """One answer in one scenario: size from studies with no difference, coverage and power from studies at the
+    planning table's detectable difference (80 % power at ALPHA / N_QUESTIONS, from the true components)."""
+    level = ALPHA / N_QUESTIONS
+    delta, at = _promised_difference(answer, scenario, level, rng, min(PROMISE_DRAWS, 16 * n_studies))
+    null_cells, _ = _simulate(answer, scenario, n_studies, rng, 0.0)
+    null = _answer_arrays(answer, null_cells)
+    note = _tidy_note(answer, null_cells)
+    if np.isnan(null.p_value).all():
+        said = note.startswith("cannot be computed for this design")
+        return {"coverage": np.nan, "size": np.nan, "power": np.nan, "promised_power": np.nan, "passes": said,
+                "note": f"the answer says: {note}"}
+    alt_cells, truth = _simulate(answer, scenario, n_studies, rng, at if np.isfinite(at) else 0.0)
+    alt = _answer_arrays(answer, alt_cells)
+    coverage = float(np.mean((alt.low <= truth) & (truth <= alt.high)))
+    size = float(np.mean(null.p_value < ALPHA))
+    power = float(np.mean(alt.p_value < level)) if np.isfinite(delta) else np.nan
+    promised = PROMISED_POWER if np.isfinite(delta) else np.nan
+    agree = all(np.array_equal(arrays.p_value < ALPHA, (arrays.low > 0) | (arrays.high < 0)) for arrays in (null, alt))
+    notes = [f"detectable difference {delta * 100:.2f} points" if np.isfinite(delta) else
+             f"no difference reaches {PROMISED_POWER:.0%} power (the categories' spread grows with it); coverage at "
+             f"{at * 100:.2f} points"]
+    uncomputed = float(np.mean(np.isnan(alt.p_value)))
+    if uncomputed:
+        notes.append(f"{uncomputed:.1%} of studies cannot compute the answer (counted as not covering)")
+    if not agree:
+        notes.append("an interval disagrees with its p")
+    return {"coverage": coverage, "size": size, "power": power, "promised_power": promised,
+            "passes": agree and gate_passes(coverage, size, power, promised), "note": "; ".join(notes)}
 
 
 def scenario_rows(scenario: Scenario, n_studies: int, seed: int) -> list[dict]:
-    """Both answers of one scenario: size from studies with no difference, coverage and power from studies at the
-    planning table's detectable difference (80 % power at ALPHA / N_QUESTIONS, from the true components)."""
+    """Both answers of one scenario, each from its own seeded draws."""
     rows = []
-    for answer in BASES:
+    for answer, label in BASES.items():
         rng = seeded_rng("calibration", seed, scenario.name, scenario.n_categories, scenario.n_seeds, answer)
-        base = {"suite": "primary", "answer": BASES[answer], "scenario": scenario.name,
-                "n_categories": scenario.n_categories, "n_seeds": scenario.n_seeds, "studies": n_studies}
-        level = ALPHA / N_QUESTIONS
-        delta, at = _promised_difference(answer, scenario, level, rng, min(PROMISE_DRAWS, 16 * n_studies))
-        truth_of = {"fixed-categories": lambda t: {"fixed_truth": t}, "new-categories": lambda t: {"new_truth": t}}
-        null_cells, null_fixed, null_new = simulate_cells(scenario, n_studies, rng, **truth_of[answer](0.0))
-        null = _answer_arrays(answer, null_cells)
-        _check_tidy(answer, null_cells, null)
-        if np.isnan(null.p_value).all():
-            rows.append({**base, "coverage": np.nan, "size": np.nan, "power": np.nan, "promised_power": np.nan,
-                         "passes": True, "note": "cannot be computed for this design (the answer says so)"})
-            continue
-        alt_cells, alt_fixed, alt_new = simulate_cells(scenario, n_studies, rng,
-                                                       **truth_of[answer](at if np.isfinite(at) else 0.0))
-        alt = _answer_arrays(answer, alt_cells)
-        truth = alt_fixed if answer == "fixed-categories" else np.full(n_studies, alt_new)
-        covered = (alt.low <= truth) & (truth <= alt.high)
-        size = float(np.mean(null.p_value < ALPHA))
-        power = float(np.mean(alt.p_value < level)) if np.isfinite(delta) else np.nan
-        agree = all(np.array_equal(arrays.p_value < ALPHA, (arrays.low > 0) | (arrays.high < 0))
-                    for arrays in (null, alt))
-        promised = PROMISED_POWER if np.isfinite(delta) else np.nan
-        notes = [f"detectable difference {delta * 100:.2f} points" if np.isfinite(delta) else
-                 f"no difference reaches {PROMISED_POWER:.0%} power (the categories' spread grows with it); coverage "
-                 f"at {at * 100:.2f} points"]
-        uncomputed = float(np.mean(np.isnan(alt.p_value)))
-        if uncomputed:
-            notes.append(f"{uncomputed:.1%} of studies cannot compute the answer (counted as not covering)")
-        if not agree:
-            notes.append("an interval disagrees with its p")
-        coverage = float(np.mean(covered))
-        passes = agree and gate_passes(coverage, size, power if np.isfinite(delta) else PROMISED_POWER,
-                                       PROMISED_POWER)
-        rows.append({**base, "coverage": coverage, "size": size, "power": power, "promised_power": promised,
-                     "passes": passes, "note": "; ".join(notes)})
+        rows.append({"suite": "primary", "answer": label, "scenario": scenario.name,
+                     "n_categories": scenario.n_categories, "n_seeds": scenario.n_seeds, "studies": n_studies,
+                     **_answer_row(answer, scenario, n_studies, rng)})
     return rows
 
 
@@ -278,6 +292,7 @@ def calibration_markdown(table: pd.DataFrame, command: str, seconds: float) -> s
         f"Generated by `{command}` on {platform.node() or 'this machine'} ({_machine()}), {when}, in {seconds:.0f} s; "
         "do not edit by hand.",
         __doc__.split("\n\n", 1)[1].replace("\n", " ").strip(),
+        _scenario_text(),
         f"Gates: coverage of the {100 * (1 - ALPHA):.0f} % interval within {COVERAGE_GATE[0]}-{COVERAGE_GATE[1]} "
         f"(or the answer says it cannot be computed for the design), rejection rate at alpha {ALPHA} under no "
         f"difference at most {SIZE_GATE}, power at the planning table's detectable difference (its promise: "
@@ -287,6 +302,17 @@ def calibration_markdown(table: pd.DataFrame, command: str, seconds: float) -> s
         f"**{passed} of {len(table)} rows pass** ({_worst(table)}).",
         markdown_table(_display(table)),
     ]) + "\n"
+
+
+def _scenario_text() -> str:
+    """The simulated studies' settings, from Scenario's defaults (differences in points)."""
+    plain, ceiling = Scenario("", 0, 0), next(s for s in SCENARIOS if s.ceiling)
+    return (f"Settings (points of the metric): seed sd {100 * plain.seed_sd:g} typical, spread {plain.seed_spread:g} on "
+            f"the log scale; category sd {100 * plain.category_sd:g}; test-image noise sd {100 * plain.image_sd:g}; "
+            f"in \"{ceiling.name}\" each category sits at the ceiling with probability {ceiling.ceiling:g}, a "
+            f"ceiling cell is exactly 0 with probability {ceiling.zero_cell:g} (else sd {100 * ceiling.ceiling_sd:g}). "
+            f"Planning promises come from the true components by planning.py's simulation ({PROMISE_DRAWS} studies "
+            f"for \"on these categories\", over {PROMISE_DEALS} deals of seed sds and ceilings).")
 
 
 def _machine() -> str:

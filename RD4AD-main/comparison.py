@@ -55,8 +55,9 @@ NOT_AVAILABLE = "n/a"
 OVERALL = "overall"
 AGGREGATE_COLUMNS = ["pair", "group", "metric", "n_categories", "n_cells", "seeds", "mean_diff", "ci_low_fixed",
                      "ci_high_fixed", "p_fixed", "p_fixed_bh", "ci_low_new", "ci_high_new", "p_new", "p_new_bh",
-                     "p_signed_rank", "min_reachable_p_signed_rank", "wins_a", "wins_b", "dataset", "family", "df_fixed",
-                     "df_new", "signed_rank_method", "seed_counts", "excluded", "note_fixed", "note_new", "note", "flags"]
+                     "p_signed_rank", "min_reachable_p_signed_rank", "wins_a", "wins_b", "dataset", "family",
+                     "df_fixed", "df_new", "signed_rank_method", "seed_counts", "excluded", "note_fixed", "note_new",
+                     "note", "flags"]
 TEST_COLUMNS = ["pair", "backbone_a", "backbone_b", "category", "seed", "metric", "test", "n_images", "n_defective",
                 "n_unmatched", "value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_bh", "note",
                 "flags"]
@@ -335,14 +336,14 @@ def shared_categories(runs_frame: pd.DataFrame, backbones: Iterable[str], catego
     Seeds come as they are: a category with more or fewer seeds than another never removes it."""
     backbones, categories = list(backbones), list(categories)
     frame = runs_frame[runs_frame["backbone"].isin(backbones) & runs_frame["category"].isin(categories)]
+    measured = frame[metric].notna().groupby([frame["category"], frame["backbone"]]).any().to_dict()
     shared, missing = [], {}
     for category in categories:
         reasons, unmeasured = [], []
         for backbone in backbones:
-            runs_of = frame[(frame["category"] == category) & (frame["backbone"] == backbone)]
-            if runs_of.empty:
+            if (category, backbone) not in measured:
                 reasons.append(f"{backbone} has no run")
-            elif runs_of[metric].isna().all():
+            elif not measured[(category, backbone)]:
                 unmeasured.append(backbone)
         if unmeasured:
             whose = "" if len(unmeasured) == len(backbones) else f" for {', '.join(unmeasured)}"

@@ -32,10 +32,10 @@ from scipy import stats
 from errors import RDError
 from significance import SignedRankResult, holm, signed_rank_test
 
-__all__ = ["ALPHA", "ANSWER_COLUMNS", "BASES", "CELL_COLUMNS", "CONFIDENCE", "Answer", "Answers", "TArrays", "answer_cells",
-           "answer_columns", "cell_matrix", "category_intervals", "check_cells", "compare_arms", "contrast_cells",
-           "family_table", "fixed_arrays", "new_arrays", "paired_cells", "paired_units", "question_table",
-           "unit_cells"]
+__all__ = ["ALPHA", "ANSWER_COLUMNS", "BASES", "CELL_COLUMNS", "CONFIDENCE", "SE_FLOOR", "Answer", "Answers", "TArrays",
+           "answer_cells", "answer_columns", "cell_matrix", "category_intervals", "check_cells", "compare_arms",
+           "contrast_cells", "family_table", "fixed_arrays", "new_arrays", "paired_cells", "paired_units",
+           "question_table", "unit_cells"]
 
 ALPHA = 0.05  # the level of every test; intervals are at 1 - ALPHA
 CONFIDENCE = 1.0 - ALPHA
@@ -306,17 +306,18 @@ def paired_cells(runs: pd.DataFrame, a: str, b: str, metric: str, arm: str = "ar
         first = chosen[keys.duplicated()].iloc[0]
         raise RDError(f"runs table: {arm} {first[arm]}, category {first['category']}, seed {first['seed']} appears "
                       "more than once; expected one run per (arm, category, seed)")
-    values = {name: chosen[chosen[arm].astype(str) == name].set_index(["category", "seed"])[metric].astype(float)
+    # arm -> category -> seed -> value (NaN: not measured)
+    values = {name: {category: dict(zip(group["seed"], group[metric].astype(float)))
+                     for category, group in chosen[chosen[arm].astype(str) == name].groupby("category")}
               for name in (a, b)}
     wanted = list(categories) if categories is not None else sorted(set(chosen["category"]))
     rows, excluded = [], {}
     for category in wanted:
-        seeds = [set(values[name].loc[category].index) if category in values[name].index.get_level_values(0)
-                 else set() for name in (a, b)]
-        measured = [{s for s in seeds[i] if not np.isnan(values[name].loc[(category, s)])}
-                    for i, name in enumerate((a, b))]
+        runs_of = [values[name].get(category, {}) for name in (a, b)]
+        seeds = [set(found) for found in runs_of]
+        measured = [{s for s, value in found.items() if not np.isnan(value)} for found in runs_of]
         both = sorted(measured[0] & measured[1])
-        rows += [(category, seed, values[a].loc[(category, seed)] - values[b].loc[(category, seed)]) for seed in both]
+        rows += [(category, seed, runs_of[0][seed] - runs_of[1][seed]) for seed in both]
         if both:
             continue
         reasons = [f"{name} has no run" for name, have in zip((a, b), seeds) if not have]

@@ -526,8 +526,8 @@ def _forest_items(comparison) -> list[FigureItem]:
             name = f"forest_{a}_vs_{b}_{metric}"
             caption = (f"Forest plot, {label}, {a} − {b}: each category's difference (mean over its seeds) with "
                        "its 95% t interval from its own seeds (test images fixed; none with one seed); diamonds: the "
-                       "group means with their \"on these categories\" intervals." if figure is not None else f"Forest plot, {label}, {a} − {b}, skipped: no category "
-                       "has this metric for both backbones.")
+                       "group means with their \"on these categories\" intervals." if figure is not None else
+                       f"Forest plot, {label}, {a} − {b}, skipped: no category has this metric for both backbones.")
             items.append(FigureItem("forest", name, caption, figure))
     return items
 

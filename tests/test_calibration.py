@@ -18,7 +18,7 @@ def test_a_small_calibration_meets_loose_gates() -> None:
     assert set(zip(table["n_categories"], table["n_seeds"])) == {(c, s) for c in (5, 15) for s in (1, 3, 5)}
     uncomputed = table[table["coverage"].isna()]
     assert set(zip(uncomputed["answer"], uncomputed["n_seeds"])) == {("on these categories", 1)}
-    assert uncomputed["note"].str.startswith("cannot be computed for this design").all()
+    assert uncomputed["note"].str.startswith("the answer says: cannot be computed for this design").all()
     computed = table.dropna(subset=["coverage"])
     assert computed["coverage"].between(0.88, 0.995).all(), computed[["scenario", "answer", "coverage"]]
     assert (computed["size"] <= 0.1).all(), computed[["scenario", "answer", "size"]]

@@ -117,7 +117,8 @@ def test_a_verdict_says_when_the_mean_and_most_categories_disagree() -> None:
     assert answers.signed_rank.p_value < 0.01  # the majority's direction is clear ...
     new = claims.primary_sentence(_row(answers, "new-categories"))
     assert "On the claim basis (to new categories): not significant" in new  # ... the mean over categories is not
-    assert "A higher in 14, B higher in 1 of 15 categories; the mean says B higher, most categories say A higher." in new
+    assert ("A higher in 14, B higher in 1 of 15 categories; the mean says B higher, most categories say A higher."
+            in new)
     fixed = claims.primary_sentence(_row(answers, "fixed-categories"))
     assert "On the claim basis (on these categories): significant (B higher on average); A higher in 14" in fixed
     assert fixed.endswith("the mean says B higher, most categories say A higher.")

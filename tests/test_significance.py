@@ -155,7 +155,8 @@ def test_aggregate_rows_are_both_answers_over_seed_averaged_category_differences
     # exploratory: Benjamini-Hochberg within each table and answer; the named primary questions are left out of it
     assert result.tests["p_bh"].equals(significance.benjamini_hochberg(result.tests["p_value"]))
     for answer in ("fixed", "new"):
-        assert result.aggregate[f"p_{answer}_bh"].equals(significance.benjamini_hochberg(result.aggregate[f"p_{answer}"]))
+        adjusted = significance.benjamini_hochberg(result.aggregate[f"p_{answer}"])
+        assert result.aggregate[f"p_{answer}_bh"].equals(adjusted)
     primary = ("resnet50 vs convnext_tiny", "overall", "image_auroc")
     with_primary = comparison.compare_runs(frame, [FAIR_PAIR], n_boot=20, primary=[primary])
     is_primary = with_primary.aggregate["family"] == "primary"
