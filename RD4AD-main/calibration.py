@@ -3,8 +3,8 @@ promise? A seeded simulator of studies runs the report's own procedures and prin
 the interval's coverage, the rejection rate under the null and the power at the planning table's detectable
 difference, against gates; the table goes to docs/calibration.md with the command that made it.
 
-Suites are a registry (SUITES: name -> function(n_studies, seed) -> rows of CALIBRATION_COLUMNS), so another
-instrument's calibration is one more entry. The "primary" suite simulates studies of C categories x S seeds:
+Suites are a registry (SUITES: name -> function(n_studies, seed) -> rows of calibration_table.CALIBRATION_COLUMNS),
+so another instrument's calibration is one more entry. The "primary" suite simulates studies of C categories x S seeds:
 categories with their own true differences (spread `category_sd`) and seed-to-seed sds (spread `seed_spread` on the
 log scale), test-image noise shared by a category's seeds, and per scenario categories at the ceiling (true
 difference 0, most cells exactly 0: both arms perfect) or seeds missing and extra (S − 1, S, S + 1 in turn).
@@ -28,22 +28,17 @@ from scipy import stats
 from tqdm import tqdm
 
 import runs
+from calibration_table import (CALIBRATION_COLUMNS, COVERAGE_GATE, POWER_GATE, PROMISED_POWER, SIZE_GATE,
+                               gate_passes)
 from documents import markdown_table
 from errors import RDError
 from inference import ALPHA, BASES, answer_cells, fixed_arrays, new_arrays
 from planning import N_PLAN_DRAWS, Components, detectable, null_thresholds, solve_detectable
 from significance import seeded_rng
 
-__all__ = ["CALIBRATION_COLUMNS", "COVERAGE_GATE", "N_QUESTIONS", "POWER_GATE", "PROMISED_POWER", "SCENARIOS",
-           "SIZE_GATE", "SUITES", "Scenario", "add_arguments", "calibrate", "calibration_markdown", "gate_passes",
-           "primary_suite", "run", "scenario_rows", "simulate_cells"]
+__all__ = ["N_QUESTIONS", "N_STUDIES", "SCENARIOS", "SUITES", "Scenario", "add_arguments", "calibrate",
+           "calibration_markdown", "primary_suite", "run", "scenario_rows", "simulate_cells"]
 
-CALIBRATION_COLUMNS = ["suite", "answer", "scenario", "n_categories", "n_seeds", "studies", "coverage", "size",
-                       "power", "promised_power", "passes", "note"]
-COVERAGE_GATE = (0.93, 0.97)
-SIZE_GATE = 0.06
-POWER_GATE = 0.07
-PROMISED_POWER = 0.8
 N_QUESTIONS = 3  # the default primary family: the planning table's level is Holm's first step, ALPHA / 3
 N_STUDIES = 20000  # per scenario: the Monte Carlo error of a size or coverage is about 0.0016
 TIDY_CHECKS = 3  # studies per scenario also answered through the tidy path (inference.answer_cells): same numbers
@@ -197,13 +192,6 @@ def _tidy_note(answer: str, cells: np.ndarray) -> str:
     return notes[0] if notes else ""
 
 
-def gate_passes(coverage: float, size: float, power: float, promised: float) -> bool:
-    """Coverage within COVERAGE_GATE, size at most SIZE_GATE, power within POWER_GATE of the promise (NaN power and
-    promise: no promise to keep)."""
-    kept = (np.isnan(power) and np.isnan(promised)) or abs(power - promised) <= POWER_GATE
-    return bool(COVERAGE_GATE[0] <= coverage <= COVERAGE_GATE[1] and size <= SIZE_GATE and kept)
-
-
 def _answer_row(answer: str, scenario: Scenario, n_studies: int, rng: np.random.Generator) -> dict:
     """One answer in one scenario: size from studies with no difference, coverage and power from studies at the
     planning table's detectable difference (80 % power at ALPHA / N_QUESTIONS, from the true components)."""
@@ -264,8 +252,14 @@ def calibrate(n_studies: int = N_STUDIES, seed: int = 0, suites: list[str] | Non
         raise RDError(f"--suite {', '.join(unknown)}: expected one of {', '.join(SUITES)}")
     if n_studies < 10:
         raise RDError(f"--studies {n_studies}: expected at least 10 simulated studies per scenario")
-    frames = [SUITES[name](n_studies, seed) for name in names]
-    return pd.concat(frames, ignore_index=True)[CALIBRATION_COLUMNS]
+    frames = []
+    for name in names:
+        frame = SUITES[name](n_studies, seed)
+        if list(frame.columns) != CALIBRATION_COLUMNS:
+            raise RDError(f"calibration suite {name!r}: expected the columns {', '.join(CALIBRATION_COLUMNS)}, got "
+                          f"{', '.join(map(str, frame.columns))}")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _display(table: pd.DataFrame) -> pd.DataFrame:

@@ -445,7 +445,8 @@ def pair_cells(runs_frame: pd.DataFrame, pair: tuple[str, str], categories: list
                metric: str) -> tuple[pd.DataFrame, dict[str, str]]:
     """The (category, seed) cells a − b both backbones ran with the metric measured, and the categories without
     one (with the reason)."""
-    return paired_cells(runs_frame, pair[0], pair[1], metric, ARM, categories)
+    cells, excluded, _ = paired_cells(runs_frame, pair[0], pair[1], metric, ARM, categories)
+    return cells, excluded
 
 
 def answer_pair(runs_frame: pd.DataFrame, pair: tuple[str, str], dataset: str, group: str, categories: list[str],

@@ -188,14 +188,16 @@ class Answer:
 @dataclass(frozen=True)
 class Answers:
     """Both answers to one question, the signed-rank check and what the answers rest on: each category's
-    seed-averaged difference and seed count, and the categories that could not enter, with the reason."""
+    seed-averaged difference and seed count, the categories that could not enter and the runs left out (a seed
+    the other arm lacks), with the reasons."""
 
     fixed: Answer
     new: Answer
     signed_rank: SignedRankResult
     differences: pd.Series  # category -> seed-averaged difference
     seeds: pd.Series  # category -> cells (seeds) it has
-    excluded: dict[str, str] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)  # category without a cell -> why
+    unpaired: dict[str, str] = field(default_factory=dict)  # category -> its runs left out (no partner seed)
 
     def answer(self, basis: str) -> Answer:
         return self.fixed if basis == "fixed-categories" else self.new
@@ -248,24 +250,28 @@ def _new_note(differences: pd.Series) -> str:
     return "cannot be computed: every category has the same difference, so their spread is 0"
 
 
-def answer_cells(cells: pd.DataFrame, confidence: float = CONFIDENCE,
-                 excluded: dict[str, str] | None = None) -> Answers:
+def answer_cells(cells: pd.DataFrame, confidence: float = CONFIDENCE, excluded: dict[str, str] | None = None,
+                 unpaired: dict[str, str] | None = None) -> Answers:
     """Both answers from a table of cell differences (category, seed, difference); ``excluded`` names the categories
-    the caller could not turn into cells (with the reason), carried into the result."""
+    the caller could not turn into cells and ``unpaired`` the runs it left out (with the reasons), carried along."""
     categories, matrix = cell_matrix(cells)
     seeds = pd.Series((~np.isnan(matrix)).sum(axis=1), index=categories, dtype=int)
-    differences = pd.Series(np.nanmean(matrix, axis=1) if categories else [], index=categories, dtype=float)
+    means = np.nanmean(matrix, axis=1) if categories else np.zeros(0)
+    scale = float(np.nanmax(np.abs(matrix), initial=0.0))
+    means[np.abs(means) <= SE_FLOOR * scale] = 0.0  # a tie summed in another order is still a tie
+    differences = pd.Series(means, index=categories, dtype=float)
+    notes = {"excluded": dict(excluded or {}), "unpaired": dict(unpaired or {})}
     if not categories:
         empty = Answer("", np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, confidence,
                        "not averaged: no category has a cell of both arms")
         return Answers(Answer(**{**empty.__dict__, "basis": "fixed-categories"}),
                        Answer(**{**empty.__dict__, "basis": "new-categories"}), signed_rank_test([]), differences,
-                       seeds, dict(excluded or {}))
+                       seeds, **notes)
     fixed = _answer("fixed-categories", fixed_arrays(matrix[None], confidence), confidence,
                     _fixed_note(seeds, matrix))
     new = _answer("new-categories", new_arrays(differences.to_numpy()[None], confidence), confidence,
                   _new_note(differences))
-    return Answers(fixed, new, signed_rank_test(differences.to_numpy()), differences, seeds, dict(excluded or {}))
+    return Answers(fixed, new, signed_rank_test(differences.to_numpy()), differences, seeds, **notes)
 
 
 def category_intervals(cells: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
@@ -295,10 +301,10 @@ def _seeds_text(seeds: Iterable) -> str:
 
 
 def paired_cells(runs: pd.DataFrame, a: str, b: str, metric: str, arm: str = "arm",
-                 categories: Iterable[str] | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The cells of a − b on ``metric``: one per (category, seed) both arms ran with the metric measured; and the
-    categories (of ``categories``, default every category of either arm) without any cell, with the reason. A run
-    of one arm whose seed the other arm lacks is named in the reason only when its category has no cell at all."""
+                 categories: Iterable[str] | None = None) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
+    """The cells of a − b on ``metric``: one per (category, seed) both arms ran with the metric measured; the
+    categories (of ``categories``, default every category of either arm) without any cell, with the reason; and
+    the categories with measured runs whose seed the other arm lacks (left out of the cells), naming them."""
     _require_columns(runs, [arm, "category", "seed", metric], "runs table")
     chosen = runs[runs[arm].astype(str).isin([a, b])]
     keys = chosen[[arm, "category", "seed"]].astype(str)
@@ -311,7 +317,7 @@ def paired_cells(runs: pd.DataFrame, a: str, b: str, metric: str, arm: str = "ar
                      for category, group in chosen[chosen[arm].astype(str) == name].groupby("category")}
               for name in (a, b)}
     wanted = list(categories) if categories is not None else sorted(set(chosen["category"]))
-    rows, excluded = [], {}
+    rows, excluded, unpaired = [], {}, {}
     for category in wanted:
         runs_of = [values[name].get(category, {}) for name in (a, b)]
         seeds = [set(found) for found in runs_of]
@@ -319,6 +325,10 @@ def paired_cells(runs: pd.DataFrame, a: str, b: str, metric: str, arm: str = "ar
         both = sorted(measured[0] & measured[1])
         rows += [(category, seed, runs_of[0][seed] - runs_of[1][seed]) for seed in both]
         if both:
+            alone = [f"{name} seed {_seeds_text(found - measured[1 - i])}" for i, (name, found)
+                     in enumerate(zip((a, b), measured)) if found - measured[1 - i]]
+            if alone:
+                unpaired[str(category)] = "; ".join(alone)
             continue
         reasons = [f"{name} has no run" for name, have in zip((a, b), seeds) if not have]
         reasons += [f"{metric} not measured for {name}" for name, have, ok in zip((a, b), seeds, measured)
@@ -327,15 +337,15 @@ def paired_cells(runs: pd.DataFrame, a: str, b: str, metric: str, arm: str = "ar
             reasons = [f"no seed both arms ran ({a}: seeds {_seeds_text(measured[0])}; "
                        f"{b}: seeds {_seeds_text(measured[1])})"]
         excluded[str(category)] = "; ".join(reasons)
-    return pd.DataFrame(rows, columns=CELL_COLUMNS), excluded
+    return pd.DataFrame(rows, columns=CELL_COLUMNS), excluded, unpaired
 
 
 def compare_arms(runs: pd.DataFrame, a: str, b: str, metric: str, arm: str = "arm",
                  categories: Iterable[str] | None = None, confidence: float = CONFIDENCE) -> Answers:
     """Both answers to "metric(a) − metric(b) = 0?" from a tidy table of runs (columns ``arm``, category, seed and
     the metric): the reviewer's entry point, no results folder needed."""
-    cells, excluded = paired_cells(runs, a, b, metric, arm, categories)
-    return answer_cells(cells, confidence, excluded)
+    cells, excluded, unpaired = paired_cells(runs, a, b, metric, arm, categories)
+    return answer_cells(cells, confidence, excluded, unpaired)
 
 
 def paired_units(units: pd.DataFrame, a: str, b: str, arm: str = "arm", unit: str = "unit",
@@ -378,6 +388,9 @@ def answer_columns(answers: Answers) -> dict[str, object]:
     fixed, new, check = answers.fixed, answers.new, answers.signed_rank
     wins_a, wins_b = answers.wins
     notes = [note for note in (fixed.note, new.note) if note]
+    if answers.unpaired:
+        notes.insert(0, "runs without the other arm's seed left out: " +
+                     "; ".join(f"{c} ({which})" for c, which in answers.unpaired.items()))
     if answers.excluded:
         notes.insert(0, "left out: " + "; ".join(f"{c} ({why})" for c, why in answers.excluded.items()))
     return {"n_categories": answers.n_categories, "n_cells": int(answers.seeds.sum()), "seeds": answers.seeds_text(),

@@ -83,6 +83,9 @@ def test_seeds_as_they_come() -> None:
     overlap = {**{k: v for k, v in base.items() if k[1] != "c1"}, **shifted}
     answers = inference.compare_arms(runs_table(overlap), "A", "B", "aupro")
     assert answers.seeds["c1"] == 2 and answers.n_categories == 4  # the seeds both arms ran: 1 and 2
+    assert answers.unpaired == {"c1": "A seed 3; B seed 0"}  # named, never dropped silently
+    assert "runs without the other arm's seed left out: c1 (A seed 3; B seed 0)" in inference.answer_columns(
+        answers)["note"]
     disjoint = {**{k: v for k, v in base.items() if k[1] != "c2"}, ("A", "c2", 0): 0.5, ("A", "c2", 1): 0.5,
                 ("B", "c2", 5): 0.5}
     answers = inference.compare_arms(runs_table(disjoint), "A", "B", "aupro")
