@@ -211,6 +211,8 @@ def _row_of(match: re.Match, frame: pd.DataFrame) -> pd.Series:
             continue
         assert match[f"p_{answer}"] == _p_text(row[f"p_{answer}"])
         assert match[f"ci_{answer}"] == report_tables.interval_text(row[f"ci_low_{answer}"], row[f"ci_high_{answer}"])
+        excludes_zero = row[f"ci_low_{answer}"] > 0 or row[f"ci_high_{answer}"] < 0
+        assert excludes_zero == (row[f"p_{answer}"] < comparison.ALPHA)  # the pair printed side by side agrees
     assert match["p_check"] == _p_text(row["p_signed_rank"])
     return row
 
