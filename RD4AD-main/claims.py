@@ -106,13 +106,13 @@ def primary_sentence(row: Any, multi: bool = False) -> str:
 
 
 def primary_console_line(row: Any) -> str:
-    """The console's one line per primary question."""
+    """The console's one line per primary question: each interval beside its own raw p, then the Holm p."""
     a, b = row.pair.split(" vs ")
     verdict = "significant" if row.significant else "not significant"
     return (f"  {a} − {b}, {row.group}, {PAIRED_METRICS[row.metric]}: {row.mean_diff * 100:+.2f} points; on these "
-            f"categories CI {interval_text(row.ci_low_fixed, row.ci_high_fixed)} p_holm {format_p(row.p_fixed_holm)}; "
-            f"to new categories CI {interval_text(row.ci_low_new, row.ci_high_new)} p_holm {format_p(row.p_new_holm)}"
-            f"; {CLAIM_BASES[row.claim_basis]}: {verdict}")
+            f"categories CI {interval_text(row.ci_low_fixed, row.ci_high_fixed)} p {format_p(row.p_fixed)} "
+            f"p_holm {format_p(row.p_fixed_holm)}; to new categories CI {interval_text(row.ci_low_new, row.ci_high_new)}"
+            f" p {format_p(row.p_new)} p_holm {format_p(row.p_new_holm)}; {CLAIM_BASES[row.claim_basis]}: {verdict}")
 
 
 def aggregate_sentence(row: Any, multi: bool = False) -> str:
