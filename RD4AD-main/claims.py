@@ -39,16 +39,40 @@ def _head(row: Any, multi: bool, family: str) -> str:
 
 
 def _difference(row: Any) -> str:
+    seeds = str(row.seeds)
     return (f"mean difference {row.mean_diff * 100:+.2f} points over {count_text(row.n_categories, 'category')} × "
-            f"{count_text(row.n_seeds, 'seed')} ({CONFIDENCE:.0%} CI {interval_text(row.ci_low, row.ci_high)})")
+            f"{seeds} seed{'' if seeds == '1' else 's'}")
+
+
+def _answer(row: Any, answer: str, adjusted: str, adjusted_p: float) -> str:
+    """One answer: its interval beside its raw p (the same t statistic), then the adjusted p."""
+    p = getattr(row, f"p_{answer}")
+    if pd.isna(p):
+        return getattr(row, f"note_{answer}") or "not computed"
+    low, high = getattr(row, f"ci_low_{answer}"), getattr(row, f"ci_high_{answer}")
+    return (f"{CONFIDENCE:.0%} CI {interval_text(low, high)}, t-test p {p_is(p)}, {adjusted}-adjusted p "
+            f"{p_is(adjusted_p)}")
+
+
+def _check(row: Any) -> str:
+    if pd.isna(row.p_signed_rank):
+        return "signed-rank check not tested (every category tied)"
+    return (f"signed-rank check p {p_is(row.p_signed_rank)} ({row.signed_rank_method}; smallest reachable "
+            f"{format_p(row.min_reachable_p_signed_rank)})")
 
 
 def _wins(row: Any) -> str:
+    """The categories on each side, and a warning when the mean and the majority of categories disagree."""
     a, b = row.pair.split(" vs ")
     ties = row.n_categories - row.wins_a - row.wins_b
     total = count_text(row.n_categories, "category")
-    return f"{a} higher in {row.wins_a}, {b} higher in {row.wins_b}" + (
-        f", tied in {ties} of {total}." if ties else f" of {total}.")
+    text = f"{a} higher in {row.wins_a}, {b} higher in {row.wins_b}" + (
+        f", tied in {ties} of {total}" if ties else f" of {total}")
+    mean_side = a if row.mean_diff > 0 else b if row.mean_diff < 0 else None
+    most_side = a if row.wins_a > row.wins_b else b if row.wins_b > row.wins_a else None
+    if mean_side and most_side and mean_side != most_side:
+        text += f"; the mean says {mean_side} higher, most categories say {most_side} higher"
+    return text + "."
 
 
 def claim_basis_text(decision: Decision) -> str:
@@ -62,35 +86,33 @@ def claim_basis_text(decision: Decision) -> str:
 
 
 def primary_sentence(row: Any, multi: bool = False) -> str:
-    """One primary question's two answers and the verdict on the claim basis, from primary_tests.csv only."""
+    """One primary question's two answers and the verdict on the claim basis, from primary_tests.csv only. The
+    direction of a significant verdict is the sign of the claim basis's estimate (the mean over categories)."""
     a, b = row.pair.split(" vs ")
     head = _head(row, multi, "primary")
     if pd.isna(row.mean_diff):
         return f"{head}: not averaged ({row.note})."
-    fixed = "not tested" if pd.isna(row.p_fixed) else \
-        f"sign-flip p {p_is(row.p_fixed)}, Holm-adjusted p {p_is(row.p_fixed_holm)}"
-    new = "not tested" if pd.isna(row.p_wilcoxon) else \
-        (f"Wilcoxon p {p_is(row.p_wilcoxon)} (smallest reachable {format_p(row.min_reachable_p_wilcoxon)}), "
-         f"Holm-adjusted p {p_is(row.p_wilcoxon_holm)}")
-    basis = row.p_fixed_holm if row.claim_basis == "fixed-categories" else row.p_wilcoxon_holm
+    fixed = _answer(row, "fixed", "Holm", row.p_fixed_holm)
+    new = _answer(row, "new", "Holm", row.p_new_holm)
+    basis = row.p_fixed_holm if row.claim_basis == "fixed-categories" else row.p_new_holm
     if pd.isna(basis):
         verdict = "not tested"
     elif row.significant:
-        verdict = f"significant ({a if row.mean_diff > 0 else b} higher)"
+        verdict = f"significant ({a if row.mean_diff > 0 else b} higher on average)"
     else:
         verdict = "not significant"
-    return (f"{head}: {_difference(row)}; on these categories: {fixed}; to new categories: {new}. "
+    return (f"{head}: {_difference(row)}; on these categories: {fixed}; to new categories: {new}; {_check(row)}. "
             f"On the claim basis ({CLAIM_BASES[row.claim_basis]}): {verdict}; {_wins(row)}")
 
 
 def primary_console_line(row: Any) -> str:
-    """The console's one line per primary question."""
+    """The console's one line per primary question: each interval beside its own raw p, then the Holm p."""
     a, b = row.pair.split(" vs ")
     verdict = "significant" if row.significant else "not significant"
-    return (f"  {a} − {b}, {row.group}, {PAIRED_METRICS[row.metric]}: {row.mean_diff * 100:+.2f} points, CI "
-            f"{interval_text(row.ci_low, row.ci_high)}; on these categories p_holm {format_p(row.p_fixed_holm)}; "
-            f"to new categories p_holm {format_p(row.p_wilcoxon_holm)} (min {format_p(row.min_reachable_p_wilcoxon)})"
-            f"; {CLAIM_BASES[row.claim_basis]}: {verdict}")
+    return (f"  {a} − {b}, {row.group}, {PAIRED_METRICS[row.metric]}: {row.mean_diff * 100:+.2f} points; on these "
+            f"categories CI {interval_text(row.ci_low_fixed, row.ci_high_fixed)} p {format_p(row.p_fixed)} "
+            f"p_holm {format_p(row.p_fixed_holm)}; to new categories CI {interval_text(row.ci_low_new, row.ci_high_new)}"
+            f" p {format_p(row.p_new)} p_holm {format_p(row.p_new_holm)}; {CLAIM_BASES[row.claim_basis]}: {verdict}")
 
 
 def aggregate_sentence(row: Any, multi: bool = False) -> str:
@@ -98,9 +120,10 @@ def aggregate_sentence(row: Any, multi: bool = False) -> str:
     head = _head(row, multi, "exploratory")
     if pd.isna(row.mean_diff):
         return f"{head}: not averaged ({row.note})."
-    tested = "not tested" if pd.isna(row.p_wilcoxon) else \
-        f"Wilcoxon p {p_is(row.p_wilcoxon)}, BH-adjusted p {p_is(row.p_bh)}"
-    return f"{head}: {_difference(row)}; {tested}; {_wins(row)}"
+    fixed = _answer(row, "fixed", "BH", row.p_fixed_bh)
+    new = _answer(row, "new", "BH", row.p_new_bh)
+    return f"{head}: {_difference(row)}; on these categories: {fixed}; to new categories: {new}; {_check(row)}; " \
+           f"{_wins(row)}"
 
 
 def category_test_sentence(row: Any) -> str:

@@ -1,11 +1,11 @@
 """The comparison's numbers: which backbone pairs are compared, the resampling replicates of every run, the
 paired tests per category and seed, and the tests over categories (overall and per group).
 
-The unit of resampling is the test image (with its mask), the same draws for every backbone and seed of a
-category; over categories, the seeds are resampled too (a hierarchical bootstrap: seeds, then images
-within each category). Every replicate metric is a weighted sum of per-image statistics
-(significance.py), so a study of 15 categories x 3 seeds x 2 backbones at 256 px takes seconds, not hours.
-Point estimates come from metrics.json (the tables' numbers); intervals from the replicates.
+Per category and seed, the unit of resampling is the test image (with its mask), the same draws for every backbone
+and seed of a category; every replicate metric is a weighted sum of per-image statistics (significance.py), so a
+study of 15 categories x 3 seeds x 2 backbones at 256 px takes seconds, not hours. Over categories, every pair, group
+and metric is answered by inference.py from the cells (category, seed) both backbones ran: both answers, each
+interval from the same t statistic as its p. Point estimates come from metrics.json (the tables' numbers).
 Tables are formatted in report_tables.py and worded in claims.py; nothing here formats text for readers except
 the notes. The primary questions and their answers are decision.py's; this module corrects the exploratory family.
 """
@@ -25,23 +25,24 @@ from backbone_facts import FAIR_PAIR, backbone_family, registry_order
 from categories import OTHER_GROUP, group_order
 from errors import RDError
 from runs import MAPS_FILE, METRICS, load_maps, load_scores
+from inference import ALPHA, CONFIDENCE, answer_columns, compare_arms, paired_cells
+from inference import category_intervals as cell_intervals
 from significance import (PixelStats, auroc_replicates, benjamini_hochberg, binned_metrics, bootstrap_p_value,
-                          delong_test, multiplicities, percentile_interval, pixel_replicates, pixel_stats, seeded_rng,
-                          stratified_multiplicities, wilcoxon_min_p, wilcoxon_signed_rank)
+                          delong_test, percentile_interval, pixel_replicates, pixel_stats, seeded_rng,
+                          stratified_multiplicities)
 
-__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "CONFIDENCE", "CategoryDraws", "Comparison", "EXPLORATORY",
+__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "ARM", "CONFIDENCE", "CategoryDraws", "Comparison", "EXPLORATORY",
            "METRIC_LABELS", "N_BOOT", "NOT_AVAILABLE", "OVERALL", "PAIRED_METRICS", "POWER", "PRIMARY", "RunResamples",
-           "TEST_COLUMNS", "aggregate_tests", "backbone_family", "category_intervals", "cell_differences",
-           "compare_runs", "complete_categories", "compute_resamples", "epoch_text", "group_members",
-           "group_replicates", "image_variance", "pair_label", "parse_pairs", "per_category_tests", "per_defect_stats",
-           "read_config_json", "read_pairs_config", "resolve_pairs", "retest_command", "run_index", "run_name",
-           "run_resamples", "seed_multiplicities", "unfinished_flags", "with_exploratory"]
+           "TEST_COLUMNS", "aggregate_tests", "answer_pair", "backbone_family", "category_intervals", "compare_runs",
+           "compute_resamples", "epoch_text", "group_members", "pair_cells", "pair_label", "parse_pairs",
+           "per_category_tests", "per_defect_stats", "read_config_json", "read_pairs_config", "resolve_pairs",
+           "retest_command", "run_index", "run_name", "run_resamples", "shared_categories", "unfinished_flags",
+           "with_exploratory"]
 
 # The metrics tested: metrics.json key -> label (fractions in [0, 1]).
 PAIRED_METRICS: dict[str, str] = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
 METRIC_LABELS: dict[str, str] = {**METRICS, **PAIRED_METRICS}
-ALPHA = 0.05
-CONFIDENCE = 0.95
+ARM = "backbone"  # the runs table's arm column (inference.py takes arm names as opaque strings)
 POWER = 0.8
 PRIMARY, EXPLORATORY = "primary", "exploratory"  # the two families of tests (decision.py)
 # 2000 resamples: the 2.5 % and 97.5 % percentiles then rest on 50 resamples each, which keeps their Monte Carlo
@@ -52,8 +53,11 @@ N_BOOT = 2000
 MIN_PER_CLASS = 2  # DeLong needs at least two defective and two normal images
 NOT_AVAILABLE = "n/a"
 OVERALL = "overall"
-AGGREGATE_COLUMNS = ["pair", "group", "metric", "n_categories", "n_seeds", "mean_diff", "ci_low", "ci_high",
-                     "p_wilcoxon", "p_bh", "wins_a", "wins_b", "dataset", "family", "note", "flags"]
+AGGREGATE_COLUMNS = ["pair", "group", "metric", "n_categories", "n_cells", "seeds", "mean_diff", "ci_low_fixed",
+                     "ci_high_fixed", "p_fixed", "p_fixed_bh", "ci_low_new", "ci_high_new", "p_new", "p_new_bh",
+                     "p_signed_rank", "min_reachable_p_signed_rank", "wins_a", "wins_b", "dataset", "family",
+                     "df_fixed", "df_new", "signed_rank_method", "seed_counts", "excluded", "note_fixed", "note_new",
+                     "note", "flags"]
 TEST_COLUMNS = ["pair", "backbone_a", "backbone_b", "category", "seed", "metric", "test", "n_images", "n_defective",
                 "n_unmatched", "value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_bh", "note",
                 "flags"]
@@ -308,7 +312,7 @@ def compute_resamples(runs_frame: pd.DataFrame,
 
 
 # ----------------------------------------------------------------------------------------------------
-# groups and complete categories
+# groups and the categories they share
 # ----------------------------------------------------------------------------------------------------
 def group_members(runs_frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
     """(dataset, group, categories) in report order: each dataset's groups as categories.group_order() lists them
@@ -326,22 +330,20 @@ def group_members(runs_frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
     return out
 
 
-def complete_categories(runs_frame: pd.DataFrame, backbones: Iterable[str], categories: Iterable[str],
-                        metric: str) -> tuple[list[str], list[int], dict[str, str]]:
-    """The categories every backbone has for every seed (seeds: all those the backbones ran in these categories),
-    with the metric measured in each run; the others with what they lack (never averaged)."""
+def shared_categories(runs_frame: pd.DataFrame, backbones: Iterable[str], categories: Iterable[str],
+                      metric: str) -> tuple[list[str], dict[str, str]]:
+    """The categories every backbone ran (any seed) with the metric measured, and the others with what they lack.
+    Seeds come as they are: a category with more or fewer seeds than another never removes it."""
     backbones, categories = list(backbones), list(categories)
     frame = runs_frame[runs_frame["backbone"].isin(backbones) & runs_frame["category"].isin(categories)]
-    seeds = sorted(set(frame["seed"]))
-    complete, missing = [], {}
+    measured = frame[metric].notna().groupby([frame["category"], frame["backbone"]]).any().to_dict()
+    shared, missing = [], {}
     for category in categories:
         reasons, unmeasured = [], []
         for backbone in backbones:
-            runs_of = frame[(frame["category"] == category) & (frame["backbone"] == backbone)]
-            absent = [seed for seed in seeds if seed not in set(runs_of["seed"])]
-            if absent:
-                reasons.append(f"{backbone} seed {', '.join(map(str, absent))} missing")
-            elif runs_of[metric].isna().any():
+            if (category, backbone) not in measured:
+                reasons.append(f"{backbone} has no run")
+            elif not measured[(category, backbone)]:
                 unmeasured.append(backbone)
         if unmeasured:
             whose = "" if len(unmeasured) == len(backbones) else f" for {', '.join(unmeasured)}"
@@ -349,8 +351,8 @@ def complete_categories(runs_frame: pd.DataFrame, backbones: Iterable[str], cate
         if reasons:
             missing[category] = "; ".join(reasons)
         else:
-            complete.append(category)
-    return complete, seeds, missing
+            shared.append(category)
+    return shared, missing
 
 
 def run_index(runs_frame: pd.DataFrame) -> dict[tuple[str, str, int], pd.Series]:
@@ -437,163 +439,73 @@ def per_category_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], d
 
 
 # ----------------------------------------------------------------------------------------------------
-# over categories: hierarchical bootstrap, Wilcoxon, wins
+# over categories: both answers (inference.py) for every pair, group and metric
 # ----------------------------------------------------------------------------------------------------
-def seed_multiplicities(seeds: list[int], n_boot: int) -> np.ndarray:
-    """(n_boot, S) seed multiplicities; the same for every pair, group and metric with these seeds."""
-    return multiplicities(len(seeds), n_boot, seeded_rng("seeds", *seeds))
+def pair_cells(runs_frame: pd.DataFrame, pair: tuple[str, str], categories: list[str],
+               metric: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The (category, seed) cells a − b both backbones ran with the metric measured, and the categories without
+    one (with the reason)."""
+    cells, excluded, _ = paired_cells(runs_frame, pair[0], pair[1], metric, ARM, categories)
+    return cells, excluded
 
 
-def _category_replicates(pair: tuple[str, str], category: str, seeds: list[int], metric: str,
-                         index: dict, resamples: dict[str, RunResamples], n_boot: int) -> np.ndarray | None:
-    """Replicates of the seed-averaged difference a - b on one category: seeds resampled, then the category's images
-    (the same image draw for every seed and backbone); None when a run has no replicates of the metric."""
-    per_seed = []
-    for seed in seeds:
-        rep = [resamples[index[(name, category, seed)]["run_dir"]].replicates[metric] for name in pair]
-        if rep[0] is None or rep[1] is None:
-            return None
-        per_seed.append(rep[0] - rep[1])
-    weights = seed_multiplicities(seeds, n_boot)
-    return (weights * np.stack(per_seed, axis=1)).sum(axis=1) / len(seeds)
+def answer_pair(runs_frame: pd.DataFrame, pair: tuple[str, str], dataset: str, group: str, categories: list[str],
+                metric: str) -> dict[str, Any]:
+    """One pair, dataset, group and metric answered: labels, inference.answer_columns and the unfinished flags."""
+    frame = runs_frame[runs_frame["dataset"] == dataset]
+    answers = compare_arms(frame, pair[0], pair[1], metric, ARM, categories)
+    members = frame[frame["backbone"].isin(pair) & frame["category"].isin(list(answers.differences.index))]
+    return {"pair": pair_label(pair), "group": group, "metric": metric, "dataset": dataset,
+            **answer_columns(answers), "flags": unfinished_flags(members)}
 
 
-def group_replicates(runs_frame: pd.DataFrame, pair: tuple[str, str], categories: list[str], metric: str,
-                     resamples: dict[str, RunResamples], n_boot: int) -> np.ndarray | None:
-    """The hierarchical paired bootstrap of the group mean difference a - b over ``categories`` (each must have every
-    seed of both backbones): per resample, the seeds are redrawn (one draw for all categories), then each category's
-    images (its own draw, shared by both backbones and every seed); None when a run has no replicates."""
-    index = run_index(runs_frame)
-    seeds = complete_categories(runs_frame, pair, categories, metric)[1]
-    per_category = [_category_replicates(pair, c, seeds, metric, index, resamples, n_boot) for c in categories]
-    if not per_category or any(r is None for r in per_category):
-        return None
-    return np.mean(per_category, axis=0)
-
-
-def _seed_mean_difference(pair: tuple[str, str], category: str, seeds: list[int], metric: str, index: dict) -> float:
-    values = [[index[(name, category, seed)][metric] for seed in seeds] for name in pair]
-    return float(np.mean(values[0]) - np.mean(values[1]))
-
-
-def _aggregate_row(pair: tuple[str, str], dataset: str, group: str, categories: list[str], metric: str,
-                   runs_frame: pd.DataFrame, index: dict, resamples: dict[str, RunResamples], n_boot: int,
-                   results: str) -> dict[str, Any]:
-    complete, seeds, missing = complete_categories(runs_frame, pair, categories, metric)
-    notes = [f"left out (incomplete): {', '.join(f'{c} ({why})' for c, why in missing.items())}"] if missing else []
-    members = runs_frame[runs_frame["backbone"].isin(pair) & runs_frame["category"].isin(complete)]
-    row: dict[str, Any] = {"pair": pair_label(pair), "group": group, "metric": metric,
-                           "n_categories": len(complete), "n_seeds": len(seeds), "wins_a": 0, "wins_b": 0,
-                           "dataset": dataset, "flags": unfinished_flags(members)}
-    if not complete:
-        row["note"] = "; ".join(notes + ["no complete category (every seed of both backbones, metric measured): "
-                                         "nothing averaged"])
-        return row
-    differences = np.array([_seed_mean_difference(pair, c, seeds, metric, index) for c in complete])
-    row.update(mean_diff=float(differences.mean()), wins_a=int((differences > 0).sum()),
-               wins_b=int((differences < 0).sum()))
-    replicates = group_replicates(runs_frame, pair, complete, metric, resamples, n_boot)
-    if replicates is None:
-        notes.append(f"no interval: a run of these categories has no maps.npz; `{retest_command(results)}` "
-                     "writes them")
-    else:
-        row["ci_low"], row["ci_high"] = percentile_interval(replicates, CONFIDENCE)
-    wilcoxon = wilcoxon_signed_rank(differences)
-    row["p_wilcoxon"] = wilcoxon.p_value
-    if wilcoxon.n_zero:
-        notes.append(f"{wilcoxon.n_zero} of {len(complete)} categories tied (same seed-averaged value, e.g. both "
-                     "perfect): left out of the Wilcoxon test")
-    if wilcoxon.n_nonzero == 0:
-        notes.append("not tested: every category is tied")
-    elif wilcoxon_min_p(wilcoxon.n_nonzero) >= ALPHA:  # the exact test's smallest two-sided p: all signs alike
-        notes.append(f"with {wilcoxon.n_nonzero} untied categories the smallest possible Wilcoxon p is "
-                     f"{wilcoxon_min_p(wilcoxon.n_nonzero):.3g}: this test cannot reach {ALPHA}")
-    row["note"] = "; ".join(notes)
-    return row
-
-
-def aggregate_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], resamples: dict[str, RunResamples],
-                    n_boot: int, results: str) -> pd.DataFrame:
-    """Per pair, dataset, group (then overall) and metric: the mean over complete categories of the seed-averaged
-    difference a - b, its hierarchical-bootstrap interval, Wilcoxon over categories and the wins of each side."""
-    index, rows = run_index(runs_frame), []
-    for pair in pairs:
-        for dataset, group, categories in group_members(runs_frame):
-            for metric in PAIRED_METRICS:
-                rows.append(_aggregate_row(pair, dataset, group, categories, metric, runs_frame, index, resamples,
-                                           n_boot, results))
-    frame = pd.DataFrame(rows, columns=AGGREGATE_COLUMNS)
-    for column in ("mean_diff", "ci_low", "ci_high", "p_wilcoxon", "p_bh"):
+def aggregate_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """Per pair, dataset, group (then overall) and metric: the mean over categories of the seed-averaged difference
+    a − b and both answers (inference.py), the signed-rank check and the wins of each side."""
+    rows = [answer_pair(runs_frame, pair, dataset, group, categories, metric)
+            for pair in pairs for dataset, group, categories in group_members(runs_frame) for metric in PAIRED_METRICS]
+    frame = pd.DataFrame(rows).reindex(columns=AGGREGATE_COLUMNS)
+    for column in ("mean_diff", "ci_low_fixed", "ci_high_fixed", "p_fixed", "p_fixed_bh", "ci_low_new", "ci_high_new",
+                   "p_new", "p_new_bh", "p_signed_rank", "min_reachable_p_signed_rank", "df_fixed", "df_new"):
         frame[column] = frame[column].astype(float)
-    frame["note"] = frame["note"].fillna("")
+    for column in ("note_fixed", "note_new", "note"):
+        frame[column] = frame[column].fillna("")
     return frame
 
 
-def category_intervals(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], resamples: dict[str, RunResamples],
-                       n_boot: int) -> pd.DataFrame:
-    """Per pair, category and metric: the seed-averaged difference over the seeds both backbones ran, its interval
-    (seeds and images resampled) and whether the category enters the group means (every seed present)."""
-    index, rows = run_index(runs_frame), []
+def category_intervals(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """Per pair, group, category and metric: the seed-averaged difference over the seeds both backbones ran and its
+    t interval from that category's own seeds (test images fixed; none with one seed): the forest plots' points."""
+    rows = []
     for pair in pairs:
         for dataset, group, categories in group_members(runs_frame):
             if group == OVERALL:
                 continue
             for metric in PAIRED_METRICS:
-                complete, _, _ = complete_categories(runs_frame, pair, categories, metric)
-                for category in categories:
-                    seeds = sorted({s for (bb, c, s) in index if bb == pair[0] and c == category}
-                                   & {s for (bb, c, s) in index if bb == pair[1] and c == category})
-                    values = [index[(name, category, s)][metric] for name in pair for s in seeds]
-                    if not seeds or np.isnan(values).any():
-                        continue
-                    replicates = _category_replicates(pair, category, seeds, metric, index, resamples, n_boot)
-                    low, high = percentile_interval(replicates, CONFIDENCE) if replicates is not None else (np.nan,) * 2
+                cells, _ = pair_cells(runs_frame[runs_frame["dataset"] == dataset], pair, categories, metric)
+                for row in cell_intervals(cells).itertuples():
                     rows.append({"pair": pair_label(pair), "dataset": dataset, "group": group,
-                                 "category": category, "metric": metric, "n_seeds": len(seeds),
-                                 "difference": _seed_mean_difference(pair, category, seeds, metric, index),
-                                 "ci_low": low, "ci_high": high, "in_mean": category in complete})
+                                 "category": row.category, "metric": metric, "n_seeds": row.n_seeds,
+                                 "difference": row.difference, "ci_low": row.ci_low, "ci_high": row.ci_high})
     return pd.DataFrame(rows, columns=["pair", "dataset", "group", "category", "metric", "n_seeds", "difference",
-                                       "ci_low", "ci_high", "in_mean"])
+                                       "ci_low", "ci_high"])
 
 
 def with_exploratory(tests: pd.DataFrame, aggregate: pd.DataFrame,
                      primary: Iterable[tuple[str, str, str]] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The exploratory family's correction: Benjamini-Hochberg within each table (the per-category tests; the tests
     over categories less the primary questions, ``(pair label, group, metric)``, which decision.py answers with
-    Holm over the primary family alone). Returns both tables with ``p_bh`` (and ``family``) filled in."""
+    Holm over the primary family alone), for each answer on its own. Returns both tables with ``p_bh`` (per
+    category), ``p_fixed_bh``, ``p_new_bh`` and ``family`` filled in."""
     tests, aggregate = tests.copy(), aggregate.copy()
     tests["p_bh"] = benjamini_hochberg(tests["p_value"])
     keys = set(primary)
     is_primary = [(row.pair, row.group, row.metric) in keys for row in aggregate.itertuples()]
     aggregate["family"] = [PRIMARY if flag else EXPLORATORY for flag in is_primary]
     exploratory = aggregate["family"] == EXPLORATORY
-    aggregate["p_bh"] = benjamini_hochberg(aggregate["p_wilcoxon"].where(exploratory))
+    for answer in ("fixed", "new"):
+        aggregate[f"p_{answer}_bh"] = benjamini_hochberg(aggregate[f"p_{answer}"].where(exploratory))
     return tests, aggregate
-
-
-def cell_differences(runs_frame: pd.DataFrame, pair: tuple[str, str], categories: list[str],
-                     metric: str) -> tuple[list[str], list[int], np.ndarray]:
-    """The complete categories, their seeds and the (categories, seeds) differences a - b of metrics.json values:
-    the cells the fixed-categories test swaps."""
-    complete, seeds, _ = complete_categories(runs_frame, pair, categories, metric)
-    index = run_index(runs_frame)
-    cells = np.array([[index[(pair[0], c, s)][metric] - index[(pair[1], c, s)][metric] for s in seeds]
-                      for c in complete], dtype=np.float64).reshape(len(complete), len(seeds))
-    return complete, seeds, cells
-
-
-def image_variance(runs_frame: pd.DataFrame, pair: tuple[str, str], category: str, seeds: list[int], metric: str,
-                   resamples: dict[str, RunResamples]) -> float:
-    """Variance over image resamples (the trained models held fixed) of one category's seed-averaged difference
-    a - b; NaN when a run has no replicates of the metric."""
-    index = run_index(runs_frame)
-    per_seed = []
-    for seed in seeds:
-        rep = [resamples[index[(name, category, seed)]["run_dir"]].replicates[metric] for name in pair]
-        if rep[0] is None or rep[1] is None:
-            return float("nan")
-        per_seed.append(rep[0] - rep[1])
-    return float(np.var(np.mean(per_seed, axis=0), ddof=1))
 
 
 def per_defect_stats(runs_frame: pd.DataFrame, resamples: dict[str, RunResamples]) -> pd.DataFrame:
@@ -621,7 +533,7 @@ def per_defect_stats(runs_frame: pd.DataFrame, resamples: dict[str, RunResamples
 class Comparison:
     """The paired statistics of a report: per-category tests, tests over categories (both with the exploratory
     correction), intervals per category (forest plots), per-defect metrics, and per run the replicates and PRO
-    curve. The primary family's answers are decision.py's."""
+    curve. The primary family's answers are decision.py's (the same inference.py answers, Holm's correction)."""
 
     pairs: list[tuple[str, str]]
     tests: pd.DataFrame
@@ -641,7 +553,6 @@ def compare_runs(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], n_boot:
         raise RDError(f"--n-boot {n_boot}: expected at least 2 resamples (default {N_BOOT})")
     draws, resamples = compute_resamples(runs_frame, n_boot)
     tests = per_category_tests(runs_frame, pairs, draws, resamples, results)
-    aggregate = aggregate_tests(runs_frame, pairs, resamples, n_boot, results)
-    tests, aggregate = with_exploratory(tests, aggregate, primary)
-    return Comparison(pairs, tests, aggregate, category_intervals(runs_frame, pairs, resamples, n_boot),
+    tests, aggregate = with_exploratory(tests, aggregate_tests(runs_frame, pairs), primary)
+    return Comparison(pairs, tests, aggregate, category_intervals(runs_frame, pairs),
                       per_defect_stats(runs_frame, resamples), resamples, n_boot)

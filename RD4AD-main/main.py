@@ -1,6 +1,6 @@
 """Command line of the RD4AD swappable-backbone repository.
 
-    python RD4AD-main/main.py {summary,synth,check-data,download,train,test,compare,analyse,bench,demo} --help
+    python RD4AD-main/main.py {summary,synth,check-data,download,train,test,compare,analyse,bench,demo,calibrate} --help
 
 Each sub-command lives in a module of its own that defines ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their command runs (``import torch`` is slow).
@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "score new images with a trained model: scores.csv, map overlays, masks"),
     "bench": ("bench", "speed and memory benchmark, fast path vs naive path"),
     "demo": ("demo", "synthetic data -> train the fair pair -> test -> analyse -> compare"),
+    "calibrate": ("calibration", "simulate studies: coverage, level and power of the report's answers (docs/)"),
 }
 
 

@@ -167,8 +167,8 @@ def pro_figure(runs_frame: pd.DataFrame, category: str, curves: ProCurves) -> Fi
 
 
 def forest_figure(intervals: pd.DataFrame, aggregate: pd.DataFrame, pair: str, metric: str) -> Figure | None:
-    """Per-category seed-averaged differences a - b with their intervals (hollow: not in the group means, a seed
-    missing) and a diamond per group mean (its hierarchical-bootstrap interval); percentage points."""
+    """Per-category seed-averaged differences a - b with their seed-to-seed t intervals and a diamond per group
+    mean (its "on these categories" interval); percentage points."""
     points = intervals[(intervals["pair"] == pair) & (intervals["metric"] == metric)]
     groups = aggregate[(aggregate["pair"] == pair) & (aggregate["metric"] == metric)]
     if points.empty and groups["mean_diff"].isna().all():
@@ -181,15 +181,14 @@ def forest_figure(intervals: pd.DataFrame, aggregate: pd.DataFrame, pair: str, m
     for index, mean in enumerate(groups.itertuples()):
         color = "black" if mean.group == "overall" else palette(index % 10)
         for row in points[(points["dataset"] == mean.dataset) & (points["group"] == mean.group)].itertuples():
-            ax.errorbar(row.difference * 100, y, xerr=_error_bar(row), fmt="o", color=color,
-                        markerfacecolor=color if row.in_mean else "white", capsize=3)
-            labels.append(row.category + ("" if row.in_mean else " (not in the mean)"))
+            ax.errorbar(row.difference * 100, y, xerr=_error_bar(row), fmt="o", color=color, capsize=3)
+            labels.append(f"{row.category} ({row.n_seeds} seed{'s' if row.n_seeds > 1 else ''})")
             ys.append(y)
             y -= 1
         name = mean.group if one_dataset else f"{mean.dataset} {mean.group}"
         count = int(mean.n_categories)
         if np.isnan(mean.mean_diff):
-            labels.append(f"{name}: no mean (no complete category)")
+            labels.append(f"{name}: no mean (no category has a cell of both backbones)")
         else:
             _diamond(ax, mean, y, color)
             labels.append(f"{name} mean ({count} categor{'y' if count == 1 else 'ies'})")
@@ -213,10 +212,10 @@ def _error_bar(row) -> np.ndarray | None:
 def _diamond(ax: Axes, row, y: float, color) -> None:
     """A group mean: a diamond spanning its interval (a plain marker when it has none)."""
     centre = row.mean_diff * 100
-    if np.isnan(row.ci_low):
+    if np.isnan(row.ci_low_fixed):
         ax.plot(centre, y, marker="D", color=color)
         return
-    low, high = row.ci_low * 100, row.ci_high * 100
+    low, high = row.ci_low_fixed * 100, row.ci_high_fixed * 100
     ax.fill([low, centre, high, centre], [y, y + 0.3, y, y - 0.3], color=color, alpha=0.85)
 
 
@@ -525,11 +524,10 @@ def _forest_items(comparison) -> list[FigureItem]:
         for metric, label in PAIRED_METRICS.items():
             figure = forest_figure(comparison.intervals, comparison.aggregate, pair, metric)
             name = f"forest_{a}_vs_{b}_{metric}"
-            caption = (f"Forest plot, {label}, {a} − {b}: each category's difference (mean over seeds) with its 95% "
-                       "interval (seeds and test images resampled); diamonds: the group means with their "
-                       "hierarchical-bootstrap intervals; hollow markers: categories missing a seed, left out of the "
-                       "means." if figure is not None else f"Forest plot, {label}, {a} − {b}, skipped: no category "
-                       "has this metric for both backbones.")
+            caption = (f"Forest plot, {label}, {a} − {b}: each category's difference (mean over its seeds) with "
+                       "its 95% t interval from its own seeds (test images fixed; none with one seed); diamonds: the "
+                       "group means with their \"on these categories\" intervals." if figure is not None else
+                       f"Forest plot, {label}, {a} − {b}, skipped: no category has this metric for both backbones.")
             items.append(FigureItem("forest", name, caption, figure))
     return items
 

@@ -22,8 +22,8 @@ from claims import (DEFINITIONS, NOTHING_TO_COMPARE, aggregate_sentence, categor
 from comparison import (ALPHA, CONFIDENCE, N_BOOT, POWER, Comparison, compare_runs, epoch_text, parse_pairs,
                         resolve_pairs, run_name)
 from backbone_facts import backbone_family
-from decision import (CLAIM_BASES, N_PERMUTATIONS, PLANNED_SEEDS, Decision, StudyPlan, check_primary, decide,
-                      default_primary, read_study_plan)
+from decision import (CLAIM_BASES, PLANNED_SEEDS, Decision, StudyPlan, check_primary, decide, default_primary,
+                      read_study_plan)
 from documents import generated_markers, markdown_table, replace_marked_block
 from errors import RDError
 from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, category_stats, category_table,
@@ -31,7 +31,7 @@ from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, ca
                            pairwise_table, per_defect_table, planning_display, primary_table, reference_table,
                            values_list)
 from runs import load_runs, synthetic_saturation_note, untested_runs
-from significance import EXACT_FLIP_CELLS, MAX_EDGES
+from significance import EXACT_SIGNED_RANK, MAX_EDGES
 from protocol import differences_text, headline_sentence, refuse_same_recipe
 from report_kinds import anomaly_kind_table, anomaly_kind_text
 from why import WhyPart, render_why, why_parts, why_tables
@@ -187,7 +187,7 @@ def build_report(results: str | os.PathLike, pairs: Any = None, n_boot: int = N_
     questions = plan.primary if plan.primary is not None else default_primary(chosen)
     check_primary(questions, chosen, runs_frame, plan.source)  # a bad question stops before the resampling
     comparison = compare_runs(runs_frame, chosen, n_boot, str(results), [q.key for q in questions])
-    decision = decide(runs_frame, comparison, plan, chosen)
+    decision = decide(runs_frame, plan, chosen)
     report = Report(str(results), runs_frame, chosen, comparison, decision, n_boot,
                     sorted(set(all_runs["backbone"]) - compared))
     report.tables = {
@@ -244,49 +244,59 @@ def tests_method(report: Report) -> str:
 
 
 def primary_text(report: Report) -> str:
-    """How the primary questions were answered (both answers, Holm within the primary family)."""
+    """How the primary questions were answered: what is random and fixed in each answer, one t statistic for each
+    interval and p, the signed-rank check, Holm within the primary family, and the simulation behind them."""
     decision = report.decision
     return (
-        "Difference = metric(a) − metric(b) in percentage points, per category averaged over seeds, then the mean "
-        "over the group's complete categories (those where both backbones have every seed; the others are named, "
-        f"never averaged). Interval: a hierarchical paired bootstrap ({report.n_boot} resamples): the seeds are "
-        "resampled, then within each category the test images with their masks, the same draws for both backbones "
-        "and every seed. Each primary question gets two answers. **On these categories** (the benchmark as fixed, "
-        "categories not resampled): a paired sign-flip permutation test that swaps the two backbones' results within "
-        "each (category, seed) cell, every sign pattern when there are at most "
-        f"{EXACT_FLIP_CELLS} cells, else {N_PERMUTATIONS} random patterns; exact when the two backbones are "
-        "exchangeable. Whole runs are swapped, not single images, because two backbones' raw scores live on different "
-        "scales. **To new categories**: Wilcoxon's signed-rank test over the categories' seed-averaged differences "
-        "(scipy, two-sided, tied categories left out), with the smallest p its number of categories can reach. "
-        f"Holm's correction runs within the primary family only ({len(decision.primary)} tests per answer), so "
-        "exploratory tables and further pairs never change these answers. " + " ".join(DEFINITIONS)
+        "Difference = metric(a) − metric(b) in percentage points. A cell is a (category, seed) pair both backbones "
+        "ran; each category enters with the seeds it has (the seed counts are in the table; a category with more or "
+        "fewer seeds never removes another), a category without a cell is named with the reason, and every category "
+        "weighs the same: the estimate is the mean over categories of each category's seed-averaged difference. Each "
+        "primary question gets two answers, each from one t statistic, so its interval excludes 0 exactly when its p "
+        f"is below {ALPHA}. **On these categories**: random are the training seeds; the categories and their test "
+        "images are fixed, so the answer is about these test sets. Its standard error comes from the seed-to-seed "
+        "variance within each category (a single-seed category takes the variance pooled over the others), with "
+        "Welch-Satterthwaite degrees of freedom; with one seed per category it cannot be computed and says so. **To "
+        "new categories**: random are also the categories (as if drawn from a population of such products, with "
+        "their seeds and test images); Student's t over the categories' seed-averaged differences (categories − 1 "
+        "degrees of freedom). Beside them, Wilcoxon's signed-rank test over the categories checks the direction of "
+        f"the majority (exact over mid-ranks, tied categories left out, up to {EXACT_SIGNED_RANK} categories; Monte "
+        "Carlo beyond, labelled), with the smallest p it can reach; it has no interval and decides nothing. Holm's "
+        f"correction runs within the primary family only ({len(decision.primary)} tests per answer), so exploratory "
+        "tables and further pairs never change these answers. The printed interval is the raw one, matching the raw "
+        "p; the verdict uses the Holm-adjusted p of the claim basis, which is stricter, so an interval can exclude 0 "
+        "while the Holm-adjusted p is 0.05 or more. A verdict's direction is the sign of the mean; when most "
+        "categories point the other way, the sentence says so. docs/calibration.md (`main.py calibrate`) "
+        "checks both answers' coverage and level, and the planning table's power, in simulated studies. "
+        + " ".join(DEFINITIONS)
     )
 
 
 def headline_text(report: Report) -> str:
     """How the exploratory tests over categories were done (the primary ones: primary_text)."""
     return (
-        "The same differences, intervals and Wilcoxon tests for every pair, group and metric. The primary questions "
+        "The same two answers, signed-rank check and wins for every pair, group and metric. The primary questions "
         "are answered above; the other rows are exploratory: Benjamini-Hochberg's false-discovery-rate correction runs "
-        "within this table over its exploratory rows, and within the per-category table over its tests. An "
-        "exploratory p below 0.05 after that correction is a lead for a study that declares it primary."
+        "within this table over its exploratory rows, for each answer, and within the per-category table over its "
+        "tests. An exploratory p below 0.05 after that correction is a lead for a study that declares it primary."
     )
 
 
 def planning_text(report: Report) -> str:
     """The variance model behind the planning table ("How many seeds?")."""
     return (
-        f"For each primary question and answer: the smallest true difference detected with {POWER:.0%} power by a "
-        f"two-sided test at Holm's first step (alpha = {ALPHA} / {len(report.decision.primary)} primary tests), for "
-        f"{', '.join(map(str, PLANNED_SEEDS))} seeds, in a normal approximation. Variance model: a cell (category c, "
-        "seed s) differs by d = mu_c + seed noise (variance: per category, the sample variance over the seeds here) "
-        "+ test-image noise (variance: per category, the bootstrap variance over test images with the models held "
-        "fixed; the same test images serve every seed, so this part does not shrink with more seeds). On these "
-        "categories: Var(mean) = sum_c (seed var_c / S + image var_c) / C^2. To new categories: the categories' own "
-        "spread (tau^2 = variance of the seed-averaged differences less the noise, floored at 0) adds to each "
-        "category's noise, Var = (tau^2 + mean_c noise_c) / C, and the detectable difference is divided by "
-        "sqrt(3/pi), Wilcoxon's efficiency against the t-test. n/a: the test cannot reach the level with that design "
-        "(too few cells or categories) or a variance is unknown."
+        f"For each primary question and answer: the smallest true difference detected with {POWER:.0%} power at "
+        f"Holm's first step (alpha = {ALPHA} / {len(report.decision.primary)} primary tests) with "
+        f"{', '.join(map(str, PLANNED_SEEDS))} seeds per category, found by simulating the answer's own test "
+        "(planning.py, 4000 simulated studies, seeded). Variance model: a cell (category c, seed s) differs by its "
+        "category's effect plus seed noise (variance: per category, the sample variance over its seeds here; a "
+        "single-seed category takes the pooled one). On these categories the effects and test images are fixed, so "
+        "only the seed noise enters (with its Welch-Satterthwaite degrees of freedom). To new categories the "
+        "categories' spread adds to it (category sd: the variance of the seed-averaged differences less the seed "
+        "part, floored at 0; it holds the test-image noise too, which more seeds do not reduce). n/a: the answer "
+        "cannot be computed with that design (one seed on these categories, fewer than 2 categories) or a variance is "
+        "unknown. The promise is checked in docs/calibration.md; it assumes the spread stays as observed, which "
+        "categories at the ceiling (both arms perfect) break: there the spread grows with the difference."
     )
 
 
@@ -334,9 +344,10 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         f"(rule: {_threshold_rules(runs_frame)}).",
         markdown_table(report.tables["category_metrics"]), prov,
         f"{h} Group and overall means",
-        "Per dataset, the groups of categories.group_order() and then overall: each seed's mean over the group's "
-        "complete categories (every backbone has every seed, metric measured; every category weighs the same), then "
-        "mean ± std over seeds. Categories that are not complete are named in the last columns and not averaged.",
+        "Per dataset, the groups of categories.group_order() and then overall, over the categories every backbone ran "
+        "(any seed, metric measured; every category weighs the same): each seed's mean over them, then mean ± std "
+        "over seeds; where categories have different seeds, the mean of each category's seed mean, without a std. "
+        "Categories some backbone did not run are named in the last columns and not averaged.",
         markdown_table(report.tables["group_means"]), prov,
         f"{h} Overall means beside published references",
         "Reference rows are published MVTec AD 15-category means with their own protocols; they are never averaged "
@@ -486,7 +497,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "questions: [{\"pair\": [a, b], \"metric\": ..., \"group\": ...}]) and \"claim_basis\" "
                              "(fixed-categories or new-categories); its other keys are for other commands")
     parser.add_argument("--n-boot", type=int, default=N_BOOT,
-                        help="bootstrap resamples (per-category and hierarchical)")
+                        help="bootstrap resamples over test images (the per-category tests and intervals)")
 
 
 

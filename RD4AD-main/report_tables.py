@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from comparison import (CONFIDENCE, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, backbone_family, complete_categories,
-                        group_members, unfinished_flags)
+from comparison import (CONFIDENCE, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, backbone_family, group_members,
+                        shared_categories, unfinished_flags)
 from runs import EFFICIENCY, METRICS
 
 __all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCES", "Reference", "aggregate_table", "category_stats",
@@ -110,34 +110,51 @@ def category_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _group_blocks(runs_frame: pd.DataFrame, metric: str) -> list[tuple[str, str, list[str], list[int], dict]]:
-    """Per (dataset, group): the categories complete for every backbone of the report, the seeds, what is missing."""
+def _group_blocks(runs_frame: pd.DataFrame, metric: str) -> list[tuple[str, str, list[str], dict]]:
+    """Per (dataset, group): the categories every backbone of the report ran (any seed, metric measured) and what
+    the others lack."""
     backbones = sorted(set(runs_frame["backbone"]))
     blocks = []
     for dataset, group, categories in group_members(runs_frame):
-        complete, seeds, missing = complete_categories(runs_frame, backbones, categories, metric)
-        blocks.append((dataset, group, complete, seeds, missing))
+        shared, missing = shared_categories(runs_frame, backbones, categories, metric)
+        blocks.append((dataset, group, shared, missing))
     return blocks
 
 
-def group_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Long numeric table: per dataset, group (its categories.group_order, then overall), backbone and metric,
-    the mean over the group's complete categories for each seed, then mean/std of those over seeds.
+def _backbone_group_mean(frame: pd.DataFrame, metric: str) -> tuple[float, float, int, str]:
+    """One backbone's runs of a group's shared categories: mean, std, count and seeds text. When every category has
+    the same seeds: each seed's mean over the categories, then mean ± std over seeds; otherwise the mean over
+    categories of each category's seed mean, without a std (seeds differ between categories)."""
+    measured = frame.dropna(subset=[metric])
+    if measured.empty:
+        return float("nan"), float("nan"), 0, "0"
+    seed_sets = {tuple(sorted(group["seed"])) for _, group in measured.groupby("category")}
+    if len(seed_sets) == 1:
+        mean, std, count = _mean_std(measured.groupby("seed")[metric].mean())
+        return mean, std, count, str(count)
+    per_category = measured.groupby("category")[metric].mean()
+    sizes = measured.groupby("category")["seed"].count()
+    return float(per_category.mean()), float("nan"), int(len(per_category)), f"{sizes.min()}-{sizes.max()}"
 
-    A category enters only when every backbone of the report has it for every seed with the metric measured;
-    the others are named in ``left_out`` and never averaged. Each category weighs the same (MVTec's convention).
+
+def group_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Long numeric table: per dataset, group (its categories.group_order, then overall), backbone and metric, the
+    mean over the group's shared categories (each weighs the same, MVTec's convention) and its spread over seeds.
+
+    A category enters when every backbone of the report ran it with the metric measured, whatever its seeds; the
+    others are named in ``left_out`` and never averaged. ``n_values``: seeds (or categories, when their seeds
+    differ) behind the mean; ``n_seeds``: "3", or "2-4" when categories have different seed counts.
     """
     rows = []
     for metric in METRICS:
-        for dataset, group, complete, seeds, missing in _group_blocks(runs_frame, metric):
-            members = runs_frame[(runs_frame["dataset"] == dataset) & runs_frame["category"].isin(complete)]
+        for dataset, group, shared, missing in _group_blocks(runs_frame, metric):
+            members = runs_frame[(runs_frame["dataset"] == dataset) & runs_frame["category"].isin(shared)]
             left_out = " | ".join(f"{c}: {why}" for c, why in missing.items())
             for backbone in sorted(set(runs_frame["backbone"])):
                 frame = members[members["backbone"] == backbone]
-                per_seed = frame.groupby("seed")[metric].mean() if complete else pd.Series(dtype=float)
-                mean, std, count = _mean_std(per_seed)
+                mean, std, count, seeds = _backbone_group_mean(frame, metric)
                 rows.append((dataset, group, backbone, backbone_family(backbone), metric, mean, std, count,
-                             len(complete), len(seeds), left_out, unfinished_flags(frame)))
+                             len(shared), seeds, left_out, unfinished_flags(frame)))
     columns = ["dataset", "group", "backbone", "family", "metric", "mean", "std", "n_values", "n_categories",
                "n_seeds", "left_out", "flags"]
     frame = pd.DataFrame(rows, columns=columns)
@@ -147,7 +164,7 @@ def group_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def group_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Group and overall means per backbone, "mean ± std" in percent over seeds, over complete categories only."""
+    """Group and overall means per backbone, "mean ± std" in percent over seeds, over the shared categories only."""
     stats = group_stats(runs_frame)
     rows = []
     for (dataset, group, backbone), frame in stats.groupby(["dataset", "group", "backbone"], sort=False):
@@ -158,7 +175,7 @@ def group_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
         left_out = _merge_left_out(frame["left_out"])
         row = {"dataset": dataset} if multi_dataset(runs_frame) else {}
         rows.append({**row, "group": f"{group} mean", "backbone": backbone, "family": backbone_family(backbone),
-                     "n categories": int(first["n_categories"]), "n seeds": int(first["n_seeds"]), **cells,
+                     "n categories": int(first["n_categories"]), "n seeds": first["n_seeds"], **cells,
                      "left out (not averaged)": left_out, "flags": first["flags"]})
     return pd.DataFrame(rows)
 
@@ -243,23 +260,43 @@ def interval_text(low: float, high: float, scale: float = 100.0, spec: str = "+.
     return NOT_AVAILABLE if pd.isna(low) else f"[{low * scale:{spec}}, {high * scale:{spec}}]"
 
 
+def _answer_cells(row: Any, answer: str, adjusted: str, adjusted_p: float) -> dict[str, str]:
+    """One answer's columns: its interval, its raw p (the same t statistic) and the adjusted p."""
+    label = "on these categories" if answer == "fixed" else "to new categories"
+    return {f"{label}: {CONFIDENCE:.0%} CI": interval_text(getattr(row, f"ci_low_{answer}"),
+                                                         getattr(row, f"ci_high_{answer}")),
+            f"{label}: p": format_p(getattr(row, f"p_{answer}")), f"{label}: p ({adjusted})": format_p(adjusted_p)}
+
+
+def _check_cell(row: Any) -> str:
+    """The signed-rank check: p, and the smallest p it can reach with these categories."""
+    if pd.isna(row.p_signed_rank):
+        return NOT_AVAILABLE
+    return f"{format_p(row.p_signed_rank)} (min {format_p(row.min_reachable_p_signed_rank)}, {row.signed_rank_method})"
+
+
 def aggregate_table(aggregate: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFrame:
     """The tests over categories, formatted: differences in percentage points; the exploratory ones with their
-    Benjamini-Hochberg p, the primary ones pointing to the primary table."""
+    Benjamini-Hochberg p per answer, the primary ones pointing to the primary table."""
     rows = []
     for row in aggregate.itertuples():
         pair = tuple(row.pair.split(" vs "))
         dataset = {"dataset": row.dataset} if multi_dataset(runs_frame) else {}
+        exploratory = row.family == "exploratory"
+        answers = {}
+        for answer in ("fixed", "new"):
+            cells = _answer_cells(row, answer, "BH", getattr(row, f"p_{answer}_bh"))
+            if not exploratory:
+                cells = {key: (value if not key.endswith("(BH)") else "primary: see above") for key, value in
+                         cells.items()}
+            answers.update(cells)
         rows.append({
             "pair (a − b)": f"{pair[0]} − {pair[1]}", **dataset, "group": row.group,
             "metric": PAIRED_METRICS[row.metric], "family": row.family,
-            "n categories": row.n_categories, "n seeds": row.n_seeds,
-            "mean difference (points)": fmt(row.mean_diff, "+.2f", 100.0),
-            f"{CONFIDENCE:.0%} CI (hierarchical bootstrap)": interval_text(row.ci_low, row.ci_high),
-            "Wilcoxon p": format_p(row.p_wilcoxon),
-            "p (BH, exploratory)": format_p(row.p_bh) if row.family == "exploratory" else "primary: see above",
-            "categories a > b": row.wins_a, "categories b > a": row.wins_b, "note": row.note,
-            "flags": row.flags,
+            "n categories": row.n_categories, "seeds per category": row.seed_counts,
+            "mean difference (points)": fmt(row.mean_diff, "+.2f", 100.0), **answers,
+            "signed-rank p": _check_cell(row), "categories a > b": row.wins_a, "categories b > a": row.wins_b,
+            "note": row.note, "flags": row.flags,
         })
     return pd.DataFrame(rows)
 
@@ -300,28 +337,29 @@ def per_defect_table(per_defect: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.D
 
 
 def primary_table(primary: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """The primary questions, formatted: both answers beside the interval, Holm within the primary family."""
+    """The primary questions, formatted: each answer's interval beside its raw p (one t statistic) and its Holm p
+    (Holm within the primary family), the signed-rank check, the verdict on the claim basis and the seed counts."""
     rows = []
     for row in primary.itertuples():
         a, b = row.pair.split(" vs ")
         dataset = {"dataset": row.dataset} if multi_dataset(runs_frame) else {}
         rows.append({
             "pair (a − b)": f"{a} − {b}", **dataset, "group": row.group, "metric": PAIRED_METRICS[row.metric],
-            "n categories": row.n_categories, "n seeds": row.n_seeds,
+            "n categories": row.n_categories, "seeds per category": row.seed_counts,
             "mean difference (points)": fmt(row.mean_diff, "+.2f", 100.0),
-            f"{CONFIDENCE:.0%} CI (hierarchical bootstrap)": interval_text(row.ci_low, row.ci_high),
-            "on these categories: sign-flip p": format_p(row.p_fixed), "p (Holm)": format_p(row.p_fixed_holm),
-            "to new categories: Wilcoxon p": format_p(row.p_wilcoxon), "Wilcoxon p (Holm)": format_p(row.p_wilcoxon_holm),
-            "smallest reachable Wilcoxon p": format_p(row.min_reachable_p_wilcoxon),
-            "claim basis": row.claim_basis, "Holm p < 0.05 on the claim basis": "yes" if row.significant else "no",
-            "flags": row.flags,
+            **_answer_cells(row, "fixed", "Holm", row.p_fixed_holm),
+            **_answer_cells(row, "new", "Holm", row.p_new_holm),
+            "signed-rank p": _check_cell(row), "claim basis": row.claim_basis,
+            "Holm p < 0.05 on the claim basis": "yes" if row.significant else "no",
+            "left out": row.excluded or "", "flags": row.flags,
         })
     return pd.DataFrame(rows)
 
 
 def planning_display(planning: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFrame:
     """How many seeds? per primary question and answer: the spreads the plan rests on and the smallest detectable
-    difference for 1, 3 and 5 seeds, in points; n/a where the test cannot reach the level or a variance is unknown."""
+    difference for 1, 3 and 5 seeds per category, in points; n/a where the answer cannot be computed with that
+    design or a variance is unknown."""
     rows = []
     for row in planning.itertuples():
         a, b = row.pair.split(" vs ")
@@ -330,14 +368,14 @@ def planning_display(planning: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.Dat
                       fmt(getattr(row, column), ".2f", 100.0) for column in planning.columns
                       if column.startswith("detectable_")}
         rows.append({"pair (a − b)": f"{a} − {b}", **dataset, "group": row.group, "metric": PAIRED_METRICS[row.metric],
-                     "answer": row.answer, "n categories": row.n_categories, "n seeds now": row.n_seeds,
+                     "answer": row.answer, "n categories": row.n_categories, "seeds per category now": row.seeds,
                      "seed sd (points)": fmt(row.seed_sd, ".2f", 100.0),
-                     "image sd (points)": fmt(row.image_sd, ".2f", 100.0),
                      "category sd (points)": fmt(row.category_sd, ".2f", 100.0) if row.answer == "to new categories"
                      else "not used", **detectable,
                      "observed |mean difference| (points)": fmt(abs(row.observed_diff), ".2f", 100.0),
-                     "note": row.note, "flags": unfinished_flags(runs_frame[runs_frame["backbone"].isin((a, b))
-                                                                            & (runs_frame["dataset"] == row.dataset)])})
+                     "note": row.note if isinstance(row.note, str) else "",
+                     "flags": unfinished_flags(runs_frame[runs_frame["backbone"].isin((a, b))
+                                                          & (runs_frame["dataset"] == row.dataset)])})
     return pd.DataFrame(rows)
 
 

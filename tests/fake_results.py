@@ -212,6 +212,7 @@ def write_fake_results(
     compressed: bool = True,
     quantize: bool = False,
     separation: dict[str, float] | None = None,
+    extra: Iterable[tuple[str, str, int]] = (),
 ) -> Path:
     """Write data and results under ``root``; return the results directory.
 
@@ -221,15 +222,17 @@ def write_fake_results(
     (backbone, category, seed) runs not written; ``unfinished``: runs whose checkpoint stopped an epoch early;
     ``data_formats``: category -> config "data_format"; ``selection``: config "selection" of every run;
     ``quantize``: maps in steps of 1/8 (few distinct scores: the report's binned pixel statistics are exact);
-    ``separation``: backbone -> how much higher its defects score (default SEPARATION): a difference you set.
+    ``separation``: backbone -> how much higher its defects score (default SEPARATION): a difference you set;
+    ``extra``: (backbone, category, seed) runs written besides ``seeds`` (a category with more seeds than the rest).
     """
     root = Path(root)
     data_root, results = root / DATA_DIR, root / "results"
-    skipped, short = set(skip), set(unfinished)
+    skipped, short, added = set(skip), set(unfinished), set(extra)
     for category in categories:
         images = write_category(data_root, category, size, n_good, defects)
         for backbone in backbones:
-            for seed in seeds:
+            more = sorted(seed for (b, c, seed) in added if (b, c) == (backbone, category) and seed not in seeds)
+            for seed in (*seeds, *more):
                 if (backbone, category, seed) in skipped:
                     continue
                 options = RunOptions(

@@ -102,8 +102,9 @@ def test_report_has_every_section_table_and_figure(reports: tuple[Path, Path]) -
     for name in TABLES:
         assert (out / "tables" / f"{name}.csv").is_file(), name
     aggregate = table(out, "aggregate_tests")
-    assert list(aggregate.columns[:13]) == ["pair", "group", "metric", "n_categories", "n_seeds", "mean_diff",
-                                            "ci_low", "ci_high", "p_wilcoxon", "p_bh", "wins_a", "wins_b", "dataset"]
+    assert list(aggregate.columns[:15]) == ["pair", "group", "metric", "n_categories", "n_cells", "seeds",
+                                            "mean_diff", "ci_low_fixed", "ci_high_fixed", "p_fixed", "p_fixed_bh",
+                                            "ci_low_new", "ci_high_new", "p_new", "p_new_bh"]
     for pair in ("resnet50 vs convnext_tiny", f"resnet50 vs {RANDOM_BACKBONE}"):
         rows = aggregate[aggregate["pair"] == pair]
         assert set(zip(rows["group"], rows["metric"])) == {(g, m) for g in ("texture", "object", "overall")
@@ -157,17 +158,31 @@ NAME = r"[\w.-]+"
 P = r"[=<] [0-9.e+-]+"  # claims.p_is: "= 0.0312" or "< 1e-10"
 METRIC = "|".join(comparison.PAIRED_METRICS.values())
 HEAD = rf"\*\*(?P<group>[^*]+)\*\*, (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME})"
-DIFFERENCE = (r"mean difference (?P<diff>[+-]\d+\.\d\d) points over (?P<n>\d+) categor(?:y|ies) × (?P<seeds>\d+) "
-              r"seeds? \(95% CI [^)]*\)")
+DIFFERENCE = (r"mean difference (?P<diff>[+-]\d+\.\d\d) points over (?P<n>\d+) categor(?:y|ies) × (?P<seeds>[\d-]+) "
+              r"seeds?")
+INTERVAL = r"\[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]"
+REASON = r"(?:cannot be computed|not tested|not averaged)[^;]*"
+
+
+def _answer_pattern(name: str, adjusted: str) -> str:
+    """One answer: its interval beside its raw p, then the adjusted p; or why it was not computed."""
+    return (rf"(?:95% CI (?P<ci_{name}>{INTERVAL}), t-test p (?P<p_{name}>{P}), {adjusted}-adjusted p "
+            rf"(?P<adj_{name}>{P})|(?P<reason_{name}>{REASON}))")
+
+
+CHECK = (rf"signed-rank check (?:p (?P<p_check>{P}) \((?:exact|Monte Carlo); smallest reachable [^)]+\)|"
+         r"not tested \(every category tied\))")
 WINS = (rf"(?P<a2>{NAME}) higher in (?P<wins_a>\d+), (?P<b2>{NAME}) higher in (?P<wins_b>\d+)"
-        r"(?:, tied in (?P<tied>\d+))? of (?P=n) categor(?:y|ies)\.")
+        r"(?:, tied in (?P<tied>\d+))? of (?P=n) categor(?:y|ies)"
+        rf"(?:; the mean says (?P<mean_side>{NAME}) higher, most categories say (?P<most_side>{NAME}) higher)?\.")
 PRIMARY_CLAIM = re.compile(
-    rf"{HEAD} \(primary\): {DIFFERENCE}; on these categories: (?:sign-flip p {P}, Holm-adjusted p "
-    rf"(?P<p_fixed_holm>{P})|not tested); to new categories: (?:Wilcoxon p {P} \(smallest reachable [^)]+\), "
-    rf"Holm-adjusted p (?P<p_wilcoxon_holm>{P})|not tested)\. On the claim basis \((?P<basis>on these categories|"
-    rf"to new categories)\): (?P<verdict>significant \((?P<winner>{NAME}) higher\)|not significant|not tested); {WINS}")
+    rf"{HEAD} \(primary\): {DIFFERENCE}; on these categories: {_answer_pattern('fixed', 'Holm')}; to new "
+    rf"categories: {_answer_pattern('new', 'Holm')}; {CHECK}\. On the claim basis \((?P<basis>on these categories|"
+    rf"to new categories)\): (?P<verdict>significant \((?P<winner>{NAME}) higher on average\)|not significant|"
+    rf"not tested); {WINS}")
 AGGREGATE_CLAIM = re.compile(
-    rf"{HEAD} \(exploratory\): {DIFFERENCE}; (?:Wilcoxon p {P}, BH-adjusted p (?P<p_bh>{P})|not tested); {WINS}")
+    rf"{HEAD} \(exploratory\): {DIFFERENCE}; on these categories: {_answer_pattern('fixed', 'BH')}; to new "
+    rf"categories: {_answer_pattern('new', 'BH')}; {CHECK}; {WINS}")
 CATEGORY_CLAIM = re.compile(
     rf"\*\*(?P<category>[^*]+)\*\*, seed (?P<seed>\d+), (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME}): "
     rf"(?P<diff>[+-]\d+\.\d\d) points \((?P<test>DeLong|bootstrap), BH-adjusted p (?P<p_bh>{P}); exploratory lead: "
@@ -182,10 +197,23 @@ def _row_of(match: re.Match, frame: pd.DataFrame) -> pd.Series:
                  & (frame["metric"] == LABEL_TO_METRIC[match["metric"]])]
     assert len(rows) == 1, match.group(0)
     row = rows.iloc[0]
-    assert f"{row['mean_diff'] * 100:+.2f}" == match["diff"]
+    assert f"{row['mean_diff'] * 100:+.2f}" == match["diff"] and str(row["seeds"]) == match["seeds"]
     assert (int(match["n"]), int(match["wins_a"]), int(match["wins_b"])) == (row["n_categories"], row["wins_a"],
                                                                               row["wins_b"])
     assert (match["a2"], match["b2"]) == (match["a"], match["b"])
+    mean_side = match["a"] if row["mean_diff"] > 0 else match["b"] if row["mean_diff"] < 0 else None
+    most_side = match["a"] if row["wins_a"] > row["wins_b"] else match["b"] if row["wins_b"] > row["wins_a"] else None
+    disagree = mean_side is not None and most_side is not None and mean_side != most_side
+    assert (match["mean_side"], match["most_side"]) == ((mean_side, most_side) if disagree else (None, None))
+    for answer in ("fixed", "new"):  # each interval beside its own raw p: the numbers of the table
+        if pd.isna(row[f"p_{answer}"]):
+            assert match[f"reason_{answer}"] is not None and match[f"p_{answer}"] is None
+            continue
+        assert match[f"p_{answer}"] == _p_text(row[f"p_{answer}"])
+        assert match[f"ci_{answer}"] == report_tables.interval_text(row[f"ci_low_{answer}"], row[f"ci_high_{answer}"])
+        excludes_zero = row[f"ci_low_{answer}"] > 0 or row[f"ci_high_{answer}"] < 0
+        assert excludes_zero == (row[f"p_{answer}"] < comparison.ALPHA)  # the pair printed side by side agrees
+    assert match["p_check"] == _p_text(row["p_signed_rank"])
     return row
 
 
@@ -195,10 +223,10 @@ def _p_text(value: float) -> str | None:
 
 def _check_primary(match: re.Match, primary: pd.DataFrame) -> None:
     row = _row_of(match, primary)
-    assert match["p_fixed_holm"] == _p_text(row["p_fixed_holm"])
-    assert match["p_wilcoxon_holm"] == _p_text(row["p_wilcoxon_holm"])
+    assert match["adj_fixed"] == _p_text(row["p_fixed_holm"])
+    assert match["adj_new"] == _p_text(row["p_new_holm"])
     assert match["basis"] == claims.CLAIM_BASES[row["claim_basis"]]
-    basis = row["p_fixed_holm"] if row["claim_basis"] == "fixed-categories" else row["p_wilcoxon_holm"]
+    basis = row["p_fixed_holm"] if row["claim_basis"] == "fixed-categories" else row["p_new_holm"]
     if match["verdict"] == "not tested":
         assert pd.isna(basis)
     elif match["verdict"].startswith("significant"):
@@ -210,7 +238,8 @@ def _check_primary(match: re.Match, primary: pd.DataFrame) -> None:
 
 def _check_aggregate(match: re.Match, aggregate: pd.DataFrame) -> None:
     row = _row_of(match, aggregate)
-    assert row["family"] == "exploratory" and match["p_bh"] == _p_text(row["p_bh"])
+    assert row["family"] == "exploratory"
+    assert match["adj_fixed"] == _p_text(row["p_fixed_bh"]) and match["adj_new"] == _p_text(row["p_new_bh"])
 
 
 def _check_category(match: re.Match, tests: pd.DataFrame) -> None:
@@ -255,9 +284,11 @@ def test_every_claim_in_the_report_is_backed_by_its_tables(reports: tuple[Path, 
     assert assert_claims_backed(text, out / "tables") >= 2 * 3 * 3 + 1
     assert len(PRIMARY_CLAIM.findall(text)) == 2 * 3
     aggregate = table(out, "aggregate_tests")
-    assert aggregate["p_bh"].dropna().ge(aggregate["p_wilcoxon"].dropna().loc[aggregate["p_bh"].dropna().index]).all()
+    for answer in ("fixed", "new"):
+        adjusted = aggregate[f"p_{answer}_bh"].dropna()
+        assert adjusted.ge(aggregate.loc[adjusted.index, f"p_{answer}"]).all()
+        assert aggregate.loc[aggregate["family"] == "primary", f"p_{answer}_bh"].isna().all()
     assert set(aggregate.loc[aggregate["group"] == "overall", "family"]) == {"primary"}
-    assert aggregate.loc[aggregate["family"] == "primary", "p_bh"].isna().all()
 
 
 def test_a_claim_that_the_tables_do_not_back_is_caught(reports: tuple[Path, Path]) -> None:
@@ -269,7 +300,10 @@ def test_a_claim_that_the_tables_do_not_back_is_caught(reports: tuple[Path, Path
     with pytest.raises(AssertionError, match="unchecked claims"):
         assert_claims_backed(text + "\nConvNeXt is clearly better.\n", out / "tables")
     with pytest.raises(AssertionError, match="unchecked claims"):  # "significant" said of an exploratory test
-        assert_claims_backed(text.replace("BH-adjusted p = 1;", "BH-adjusted p = 1: significant;", 1), out / "tables")
+        assert_claims_backed(re.sub(r"(BH-adjusted p [=<] [0-9.e+-]+);", r"\1: significant;", text, count=1),
+                             out / "tables")
+    with pytest.raises(AssertionError):  # an interval that is not the table's
+        assert_claims_backed(re.sub(r"95% CI \[[+-]\d", "95% CI [+9", text, count=1), out / "tables")
 
 
 # ---------------------------------------------------------------------------------------------- tests and means
@@ -289,7 +323,8 @@ def test_paired_tests_join_the_same_images(results: Path, tmp_path: Path) -> Non
     assert len(rep.runs) == 7 and "resnet50/synth_texture/seed1" in report.untested_note(rep)
     assert set(tests.loc["synth_texture"].index) == {0}
     aggregate = rep.comparison.aggregate.set_index(["group", "metric"])
-    assert "synth_texture (resnet50 seed 1 missing)" in aggregate.at[("texture", "image_auroc"), "note"]
+    texture = aggregate.loc[("texture", "image_auroc")]  # a missing seed never removes its category (issue 23)
+    assert (texture["n_categories"], texture["n_cells"], texture["seeds"], texture["excluded"]) == (1, 1, "1", "")
     original = report.build_report(results.parent / "results", "resnet50,convnext_tiny", n_boot=50)
     delong = original.tests.query("metric == 'image_auroc'")
     assert (delong["n_unmatched"] == 0).all()
@@ -328,15 +363,14 @@ def test_different_category_sets_are_not_silently_averaged(results: Path, tmp_pa
     only_object = frame.query("backbone == 'resnet50' and category == 'synth_object'")["image_auroc"].mean()
     assert stats.at[("overall", "resnet50", "image_auroc"), "mean"] == pytest.approx(only_object)
     assert stats.at[("overall", "resnet50", "image_auroc"), "n_categories"] == 1
-    assert "synth_texture: convnext_tiny seed 0, 1 missing" in stats.at[("overall", "resnet50", "image_auroc"),
-                                                                          "left_out"]
-    assert np.isnan(stats.at[("texture", "resnet50", "image_auroc"), "mean"])  # nothing complete: not averaged
+    assert "synth_texture: convnext_tiny has no run" in stats.at[("overall", "resnet50", "image_auroc"), "left_out"]
+    assert np.isnan(stats.at[("texture", "resnet50", "image_auroc"), "mean"])  # nothing shared: not averaged
     groups = report.group_table(frame).set_index(["group", "backbone"])
     assert groups.at[("texture mean", "resnet50"), "image AUROC (%)"] == "n/a"
-    assert "convnext_tiny seed 0, 1 missing" in groups.at[("overall mean", "resnet50"), "left out (not averaged)"]
+    assert "convnext_tiny has no run" in groups.at[("overall mean", "resnet50"), "left out (not averaged)"]
     rep = report.build_report(copy, "resnet50,convnext_tiny", n_boot=20)
     overall = rep.comparison.aggregate.query("group == 'overall' and metric == 'image_auroc'").iloc[0]
-    assert overall["n_categories"] == 1 and "synth_texture (convnext_tiny seed 0, 1 missing)" in overall["note"]
+    assert overall["n_categories"] == 1 and "synth_texture (convnext_tiny has no run)" in overall["note"]
 
 
 def test_holm_adjustment() -> None:
@@ -356,12 +390,13 @@ def test_ties_at_the_ceiling_are_named_and_not_tested(tmp_path: Path) -> None:
     tie = next(line for line in text.splitlines() if "synth_object**, seed 0, image AUROC" in line)
     assert "not tested, tie at the ceiling" in tie and "significant" not in tie
     overall = rep.comparison.aggregate.query("group == 'overall' and metric == 'image_auroc'").iloc[0]
-    assert np.isnan(overall["p_wilcoxon"]) and "tied" in overall["note"]
+    assert np.isnan(overall["p_signed_rank"]) and "tied" in overall["note"]
     primary = rep.decision.primary.query("metric == 'image_auroc'").iloc[0]
-    assert np.isnan(primary["p_fixed"]) and not primary["significant"]  # every cell tied: nothing to swap
+    assert np.isnan(primary["p_fixed"]) and not primary["significant"]  # every cell tied: nothing to test
     sentence = claims.primary_sentence(primary)
-    assert "on these categories: not tested; to new categories: not tested" in sentence
-    assert sentence.count("not tested") == 3 and "significant" not in sentence
+    assert "on these categories: not tested: every cell is tied (difference 0); to new categories: cannot be " \
+           "computed for this design: fewer than 2 categories" in sentence
+    assert "signed-rank check not tested" in sentence and "significant" not in sentence
 
 
 # ---------------------------------------------------------------------------------------------- portfolio

@@ -1,7 +1,8 @@
-"""The report's resampling statistics against brute force: the hierarchical paired bootstrap, the binned pixel
-statistics, Wilcoxon over categories (scipy), the exploratory correction and detectable differences (issues 11, 18)."""
+"""The report's resampling statistics against brute force: each run's resampled metrics, the binned pixel statistics,
+the exact signed-rank test over mid-ranks, the exploratory correction and detectable differences (issues 11, 18, 23)."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -41,34 +42,26 @@ def _exact(metric: str, run_dir: str, paths: np.ndarray, images: np.ndarray) -> 
 
 
 @pytest.mark.parametrize("metric", list(comparison.PAIRED_METRICS))
-def test_hierarchical_bootstrap_equals_a_brute_force_loop(tiny: Path, metric: str) -> None:
+def test_run_replicates_equal_a_brute_force_loop(tiny: Path, metric: str) -> None:
     frame = runs.load_runs(tiny)
     draws, resamples = comparison.compute_resamples(frame, N_BOOT)
     assert all(r.exact for r in resamples.values())  # few distinct scores: the grid holds every one
-    fast = comparison.group_replicates(frame, FAIR_PAIR, list(CATEGORIES), metric, resamples, N_BOOT)
-    seed_draws = comparison.seed_multiplicities(list(SEEDS), N_BOOT)
-    run_of = {(r.backbone, r.category, r.seed): r.run_dir for r in frame.itertuples()}
-    expected = []
-    for r in range(N_BOOT):
-        per_category = []
-        for category in CATEGORIES:
-            images = np.repeat(np.arange(len(draws[category].paths)), draws[category].weights[r].astype(int))
-            differences = [_exact(metric, run_of[(FAIR_PAIR[0], category, s)], draws[category].paths, images)
-                           - _exact(metric, run_of[(FAIR_PAIR[1], category, s)], draws[category].paths, images)
-                           for s in SEEDS]
-            per_category.append(np.dot(seed_draws[r], differences) / len(SEEDS))
-        expected.append(np.mean(per_category))
-    np.testing.assert_allclose(fast, expected, rtol=0, atol=1e-12)
+    for run in frame.itertuples():
+        if run.seed == 1:  # two of the three seeds keep the test short; every resample of each
+            continue
+        draw = draws[run.category]
+        expected = [_exact(metric, run.run_dir, draw.paths, np.repeat(np.arange(len(draw.paths)), row.astype(int)))
+                    for row in draw.weights]
+        np.testing.assert_allclose(resamples[run.run_dir].replicates[metric], expected, rtol=0, atol=1e-12)
 
 
-def test_draws_resample_within_classes_and_seeds_with_replacement(tiny: Path) -> None:
+def test_draws_resample_within_classes_with_replacement(tiny: Path) -> None:
     frame = runs.load_runs(tiny)
     draws, _ = comparison.compute_resamples(frame, N_BOOT)
     for draw in draws.values():
         assert (draw.weights[:, draw.labels == 1].sum(axis=1) == draw.labels.sum()).all()
         assert (draw.weights[:, draw.labels == 0].sum(axis=1) == (draw.labels == 0).sum()).all()
-    seeds = comparison.seed_multiplicities(list(SEEDS), 500)
-    assert (seeds.sum(axis=1) == len(SEEDS)).all() and (seeds == 0).any() and (seeds > 1).any()
+        assert (draw.weights == 0).any() and (draw.weights > 1).any()
     assert (draws["carpet"].weights != draws["synth_object"].weights).any()  # each category draws its own images
 
 
@@ -104,45 +97,75 @@ def test_image_auroc_replicates_match_metrics() -> None:
         assert value == pytest.approx(metrics.image_auroc(scores[images], labels[images]), abs=1e-15)
 
 
+def _signed_rank_by_enumeration(differences: list[float]) -> float:
+    """Two-sided signed-rank p from every sign pattern of the non-zero differences over their mid-ranks."""
+    d = np.asarray(differences, dtype=float)
+    d = d[d != 0]
+    ranks = stats.rankdata(np.abs(d))
+    observed = abs(2 * ranks[d > 0].sum() - ranks.sum())
+    sums = [abs(2 * np.dot(signs, ranks) - ranks.sum()) for signs in itertools.product((0, 1), repeat=d.size)]
+    return float(np.mean(np.array(sums) >= observed - 1e-9))
+
+
 @pytest.mark.parametrize("differences", [
     [0.02, -0.01, 0.03, 0.05, 0.01, -0.02, 0.04],
-    [0.02, 0.0, 0.03, 0.0, 0.01, 0.02, -0.04, 0.01],  # zeros (ties) and tied magnitudes
+    [0.02, 0.0, 0.03, 0.0, 0.01, 0.02, -0.04, 0.01],  # zeros and tied magnitudes
+    [0.1, -0.1, 0.1, 0.2, -0.2, 0.3, 0.0, 0.0, 0.1, 0.3, -0.3, 0.1],  # many ties: mid-ranks in halves
     [0.1, 0.2, 0.3],
 ])
-def test_wilcoxon_equals_scipy(differences: list[float]) -> None:
-    result = significance.wilcoxon_signed_rank(differences)
-    expected = stats.wilcoxon(differences, zero_method="wilcox")
-    assert result.p_value == pytest.approx(expected.pvalue, rel=1e-12)
-    assert result.n_zero == differences.count(0.0)
+def test_signed_rank_is_exact_over_mid_ranks(differences: list[float]) -> None:
+    result = significance.signed_rank_test(differences)
+    assert result.exact and result.p_value == pytest.approx(_signed_rank_by_enumeration(differences), abs=1e-12)
+    assert result.n_zero == differences.count(0.0) and result.min_p == 2.0 / 2 ** result.n_nonzero
 
 
-def test_wilcoxon_of_all_ties_is_not_a_test() -> None:
-    result = significance.wilcoxon_signed_rank([0.0, 0.0, 0.0])
+def test_signed_rank_matches_scipy_without_ties_and_fixes_the_normal_fallback() -> None:
+    untied = np.random.default_rng(7).normal(0.3, 1.0, 20)  # 20 categories: enumerated, as scipy's exact method
+    assert significance.signed_rank_test(untied).p_value == pytest.approx(
+        stats.wilcoxon(untied, method="exact").pvalue, rel=1e-10)
+    # one zero and 14 positive categories: scipy's default turns to the normal approximation (p ~ 1e-3); the exact
+    # p is the smallest reachable, 2 / 2^14, by the same method
+    issue = [0.0] + [0.001 * (i + 1) for i in range(14)]
+    result = significance.signed_rank_test(issue)
+    assert result.p_value == result.min_p == 2.0 / 2 ** 14
+    assert stats.wilcoxon(issue).pvalue > 5 * result.p_value
+    drawn = significance.signed_rank_test(np.arange(1.0, significance.EXACT_SIGNED_RANK + 2), n_draws=999)
+    assert not drawn.exact and drawn.method == "Monte Carlo" and drawn.p_value == drawn.min_p == 1.0 / 1000
+
+
+def test_signed_rank_of_all_ties_is_not_a_test() -> None:
+    result = significance.signed_rank_test([0.0, 0.0, 0.0])
     assert np.isnan(result.p_value) and result.n_zero == 3 and result.n_nonzero == 0
 
 
-def test_aggregate_p_is_wilcoxon_over_seed_averaged_category_differences(tiny: Path) -> None:
+def test_aggregate_rows_are_both_answers_over_seed_averaged_category_differences(tiny: Path) -> None:
     frame = runs.load_runs(tiny)
     result = comparison.compare_runs(frame, [FAIR_PAIR], n_boot=20)
     row = result.aggregate.query("group == 'overall' and metric == 'image_auroc'").iloc[0]
     means = frame.groupby(["category", "backbone"])["image_auroc"].mean().unstack()
     differences = (means[FAIR_PAIR[0]] - means[FAIR_PAIR[1]]).to_numpy()
     assert row["mean_diff"] == pytest.approx(differences.mean())
-    assert row["p_wilcoxon"] == pytest.approx(stats.wilcoxon(differences).pvalue)
+    assert row["p_signed_rank"] == pytest.approx(_signed_rank_by_enumeration(list(differences)))
+    assert row["min_reachable_p_signed_rank"] == 0.5  # 2 categories: never below 0.05
     assert (row["wins_a"], row["wins_b"]) == ((differences > 0).sum(), (differences < 0).sum())
-    assert row["ci_low"] <= row["ci_high"]
-    assert "the smallest possible Wilcoxon p is 0.5" in row["note"]  # 2 categories: never below 0.05
-    # exploratory: Benjamini-Hochberg within each table; the named primary questions are left out of it
+    new = stats.ttest_1samp(differences, 0.0)
+    assert row["p_new"] == pytest.approx(new.pvalue) and row["df_new"] == 1
+    assert row["ci_low_new"] == pytest.approx(new.confidence_interval(0.95).low)
+    assert row["ci_low_fixed"] < row["mean_diff"] < row["ci_high_fixed"] and row["n_cells"] == 6
+    # exploratory: Benjamini-Hochberg within each table and answer; the named primary questions are left out of it
     assert result.tests["p_bh"].equals(significance.benjamini_hochberg(result.tests["p_value"]))
-    assert result.aggregate["p_bh"].equals(significance.benjamini_hochberg(result.aggregate["p_wilcoxon"]))
+    for answer in ("fixed", "new"):
+        adjusted = significance.benjamini_hochberg(result.aggregate[f"p_{answer}"])
+        assert result.aggregate[f"p_{answer}_bh"].equals(adjusted)
     primary = ("resnet50 vs convnext_tiny", "overall", "image_auroc")
     with_primary = comparison.compare_runs(frame, [FAIR_PAIR], n_boot=20, primary=[primary])
     is_primary = with_primary.aggregate["family"] == "primary"
-    assert is_primary.sum() == 1 and np.isnan(with_primary.aggregate.loc[is_primary, "p_bh"]).all()
-    rest = with_primary.aggregate.loc[~is_primary, "p_wilcoxon"]
-    assert with_primary.aggregate.loc[~is_primary, "p_bh"].equals(significance.benjamini_hochberg(rest))
-    complete, seeds, cells = comparison.cell_differences(frame, FAIR_PAIR, list(CATEGORIES), "image_auroc")
-    assert cells.mean(axis=1) == pytest.approx(differences) and seeds == list(SEEDS)
+    assert is_primary.sum() == 1 and np.isnan(with_primary.aggregate.loc[is_primary, "p_fixed_bh"]).all()
+    rest = with_primary.aggregate.loc[~is_primary, "p_new"]
+    assert with_primary.aggregate.loc[~is_primary, "p_new_bh"].equals(significance.benjamini_hochberg(rest))
+    cells, excluded = comparison.pair_cells(frame, FAIR_PAIR, list(CATEGORIES), "image_auroc")
+    assert cells.groupby("category")["difference"].mean().to_numpy() == pytest.approx(differences) and not excluded
+    assert sorted(set(cells["seed"])) == list(SEEDS)
 
 
 def test_bootstrap_p_value_and_detectable_difference() -> None:
