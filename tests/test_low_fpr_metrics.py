@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -189,3 +190,30 @@ def test_aupimo_file_round_trip(tmp_path):
     assert table["defect_type"].tolist() == ["crack", "1", "hole"]  # read as text
     np.testing.assert_array_equal(table["aupimo"].to_numpy(), values)  # exact, NaN kept
     assert runs.load_aupimo(tmp_path / "missing") is None
+
+
+def test_new_metrics_reach_the_report_tables_and_summary(tmp_path):
+    from fake_results import write_fake_results  # the report tests' fabricated runs
+    from report_tables import category_table, group_table
+
+    results = write_fake_results(tmp_path, backbones=("resnet50", "convnext_tiny"), categories=("synth_object",),
+                                 seeds=(0, 1))
+    written = {}
+    for index, directory in enumerate(runs.find_runs(results)):
+        values = {"aupro_5pct": 0.1 + index / 100, "aupimo": 0.2 + index / 100, "seg_f1": 0.3 + index / 100,
+                  "seg_f1_max": 0.4 + index / 100}
+        runs.atomic_write_json(directory / runs.METRICS_FILE, runs.read_json(directory / runs.METRICS_FILE) | values)
+        written[runs.key_of(directory)] = values
+    frame = runs.load_runs(results)
+    cells = category_table(frame).set_index("backbone")
+    groups = group_table(frame).set_index(["group", "backbone"])
+    for backbone in ("resnet50", "convnext_tiny"):
+        for key, label in (("aupro_5pct", "AUPRO to FPR 0.05"), ("aupimo", "AUPIMO (mean)"),
+                           ("seg_f1", "SegF1 @val-thr"), ("seg_f1_max", "SegF1-max (test-tuned)")):
+            seeds = [values[key] for run, values in written.items() if run.backbone == backbone]
+            expected = f"{100 * np.mean(seeds):.1f} ± {100 * np.std(seeds, ddof=1):.1f}"
+            assert cells.at[backbone, f"{label} (%)"] == expected
+            assert groups.at[("overall mean", backbone), f"{label} (%)"] == expected  # one category: the same
+    summary = pd.read_csv(runs.write_summary(results))  # and summary.csv carries them
+    for key in ("aupro_5pct", "aupimo", "seg_f1", "seg_f1_max"):
+        assert sorted(summary[key]) == sorted(values[key] for values in written.values())
