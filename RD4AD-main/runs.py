@@ -55,8 +55,9 @@ from protocol import recorded_settings
 __all__ = [
     "LOCK_FILE", "TEMPORARY_SUFFIX", "RunLock", "RunLocked", "remove_stale_temporaries", "strict_json",
     "BEST_CHECKPOINT_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "EFFICIENCY", "HISTORY_COLUMNS", "HISTORY_FILE",
-    "AUPIMO_COLUMNS", "AUPIMO_FILE", "GRAD_NORM_COLUMNS", "MAPS_FILE", "METRICS", "METRICS_FILE", "REGIONS_COLUMNS", "REGIONS_FILE",
-    "SCALES_COLUMNS", "SCALES_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "SYNTH_VAL_COLUMNS",
+    "AUPIMO_COLUMNS", "AUPIMO_FILE", "GRAD_NORM_COLUMNS", "MAPS_FILE", "METRICS", "METRICS_FILE", "REGIONS_COLUMNS",
+    "REGIONS_FILE", "SCALES_COLUMNS", "SCALES_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE",
+    "SYNTH_VAL_COLUMNS",
     "VAL_SCORES_FILE", "RunKey", "atomic_write", "atomic_write_json", "atomic_write_text", "best_checkpoint_path",
     "checkpoint_path", "find_runs", "key_of",
     "load_aupimo", "load_maps", "load_regions", "load_runs", "load_scales", "load_scores", "read_history", "read_json",
