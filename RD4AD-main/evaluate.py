@@ -37,8 +37,12 @@ from sweep import add_common_arguments, checkpoint_epoch, select_runs
 from system_info import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
 from timing import warm_up_batch_sizes
 
-__all__ = ["add_arguments", "evaluate_run", "metrics_table", "rethreshold", "run", "score_images", "threshold_rule",
-           "validation_split"]
+__all__ = ["LOCALISATION_KEYS", "add_arguments", "evaluate_run", "metrics_table", "pixel_entries", "rethreshold", "run",
+           "score_images", "threshold_rule", "validation_split"]
+
+# metrics.json keys of the low-false-alarm pixel metrics (null without masks; docs/reproduction.md#4-metrics)
+LOCALISATION_KEYS = (*(metrics.aupro_key(limit) for limit in metrics.AUPRO_LIMITS if limit != 0.3), "aupimo",
+                     "n_aupimo_images", "seg_f1", "seg_f1_max", "seg_f1_max_threshold")
 
 
 @torch.no_grad()
@@ -73,6 +77,21 @@ def _pinned(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and images.device.type == "cpu" and not images.is_pinned():
         return images.pin_memory()
     return images
+
+
+def pixel_entries(pixel: dict[str, float], aupimo: metrics.Aupimo) -> dict[str, Any]:
+    """metrics.json's entries of ``metrics.localisation_metrics``: the values, AUPIMO's mean, band and count
+    (None with the reason when its band is not resolved), and what each new number is."""
+    resolved = aupimo.resolved
+    return {**pixel, "aupimo": aupimo.mean if resolved else None,
+            "n_aupimo_images": int(np.isfinite(aupimo.per_image).sum()), "aupimo_fpr_band": list(aupimo.fpr_band),
+            "aupimo_note": aupimo.note() or (
+                f"mean over the anomalous test images of their AUPIMO ({runs.AUPIMO_FILE}): recall against the FPR "
+                f"over the {aupimo.n_normal_pixels} pixels of the normal test images, log-FPR band "
+                f"{aupimo.fpr_band[0]:g} to {aupimo.fpr_band[1]:g} (lowest resolved FPR {aupimo.lowest_fpr:.3g})"),
+            "seg_f1_note": "pixel F1 over all test pixels, a pixel flagged when its map value > threshold (the "
+                           "validation threshold: no test label used)",
+            "seg_f1_max_note": "test-tuned: the best pixel F1 over all thresholds on the test set (optimistic)"}
 
 
 def _history_stats(run_directory: Path) -> dict[str, float | None]:
@@ -177,10 +196,12 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
         "masks_available": test_set.has_masks,
         "eval_precision": str(fast.autocast_dtype or torch.float32).removeprefix("torch."),
     }
+    aupimo = None
     if test_set.has_masks:
-        result.update(metrics.pixel_metrics(maps, masks.to(torch_device)))
+        pixel, aupimo = metrics.localisation_metrics(maps, masks.to(torch_device), labels, threshold)
+        result.update(pixel_entries(pixel, aupimo))
     else:
-        result.update({"pixel_auroc": None, "aupro": None,
+        result.update({"pixel_auroc": None, "aupro": None, **dict.fromkeys(LOCALISATION_KEYS),
                        "pixel_metrics_note": "not available: the data set has no ground_truth/ masks"})
     result.update(layout_metrics.layout_results(maps, test_set))  # MVTec LOCO's sPRO, MVTec AD 2's unscored sets
     gflops, _ = forward_gflops(model, config.image_size)
@@ -197,6 +218,10 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
     runs.write_csv(run_directory / runs.SCORES_FILE, ["path", "defect_type", "label", "score"],
                    zip(test_set.paths, test_set.defect_types, labels.tolist(), scores_cpu.tolist()))
     runs.write_csv(run_directory / runs.VAL_SCORES_FILE, ["path", "score"], zip(val_set.paths, val_scores.tolist()))
+    if aupimo is not None:
+        anomalous = np.flatnonzero(labels == 1)
+        runs.write_aupimo(run_directory, [test_set.paths[i] for i in anomalous],
+                          [test_set.defect_types[i] for i in anomalous], aupimo.per_image[anomalous].tolist())
     if save_maps:
         runs.save_maps(run_directory / runs.MAPS_FILE, maps.cpu().to(torch.float16).numpy(), masks.cpu().numpy(),
                        test_set.paths)
@@ -221,7 +246,8 @@ def threshold_rule(text: str) -> str:
 
 def rethreshold(run_directory: Path, rule: str) -> dict[str, Any]:
     """Re-derive the threshold metrics of an evaluated run under another rule from its saved scores
-    (scores.csv, val_scores.csv): no forward pass. Updates and returns metrics.json."""
+    (scores.csv, val_scores.csv): no forward pass. Updates and returns metrics.json; SegF1, which needs the maps,
+    becomes null with a note saying how to recompute it."""
     result = runs.read_json(run_directory / runs.METRICS_FILE)
     scores = runs.load_scores(run_directory)
     val_file = run_directory / runs.VAL_SCORES_FILE
@@ -232,6 +258,10 @@ def rethreshold(run_directory: Path, rule: str) -> dict[str, Any]:
     result.update(metrics.metrics_at_threshold(scores["score"].to_numpy(copy=True),
                                                scores["label"].to_numpy(copy=True), threshold))
     result["threshold_rule"] = rule
+    if result.get("seg_f1") is not None:  # pixels at the old threshold: not derivable from the image scores
+        result["seg_f1"] = None
+        result["seg_f1_note"] = (f"not re-derived for rule {rule}: SegF1 needs the maps; `main.py test --force "
+                                 f"--threshold-rule {rule}` recomputes it")
     runs.atomic_write_json(run_directory / runs.METRICS_FILE, result)
     return result
 
@@ -265,6 +295,8 @@ def _up_to_date(run_directory: Path, save_maps: bool, eval_amp: str = EvalAmp.OF
     masks_available = bool(runs.read_json(metrics_file).get("masks_available"))
     if instruments.missing_files(run_directory, scale_ablation, masks_available):
         return False
+    if masks_available and not (run_directory / runs.AUPIMO_FILE).is_file():  # tested before AUPIMO existed
+        return False
     precision = "float32" if eval_amp == EvalAmp.OFF.value else "bfloat16"
     if runs.read_json(metrics_file).get("eval_precision") != precision:  # older files: the training precision
         return False
@@ -279,7 +311,9 @@ def metrics_table(results: list[dict[str, Any]]) -> str:
 
     rows = [{"run": f"{r['backbone']}/{r['category']}/seed{r['seed']}", "epochs": r.get("epochs"),
              "image AUROC": pct(r.get("image_auroc")), "pixel AUROC": pct(r.get("pixel_auroc")),
-             "AUPRO": pct(r.get("aupro")), "F1 @val-thr": pct(r.get("f1")), "threshold rule": r.get("threshold_rule")}
+             "AUPRO": pct(r.get("aupro")), "AUPRO@5%": pct(r.get("aupro_5pct")), "AUPIMO": pct(r.get("aupimo")),
+             "F1 @val-thr": pct(r.get("f1")), "SegF1 @val-thr": pct(r.get("seg_f1")),
+             "threshold rule": r.get("threshold_rule")}
             for r in results]
     return pd.DataFrame(rows).to_string(index=False)
 

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["SPRO_FPR_LIMIT", "ArrayLike", "as_binary", "as_score_vector", "aupro", "f1_max", "image_auroc",
-           "integrate_to_limit", "metrics_at_threshold", "per_defect_auroc", "pixel_auroc", "pixel_metrics",
-           "pro_curve", "require_both_classes", "roc_curve", "spro", "spro_curve", "threshold_from_normals"]
+__all__ = ["AUPIMO_FPR_BAND", "AUPRO_LIMITS", "SPRO_FPR_LIMIT", "ArrayLike", "Aupimo", "as_binary", "as_score_vector",
+           "aupimo", "aupro", "aupro_key", "f1_max", "image_auroc", "integrate_to_limit", "localisation_metrics",
+           "metrics_at_threshold", "per_defect_auroc", "pixel_auroc", "pixel_metrics", "pro_curve",
+           "require_both_classes", "roc_curve", "spro", "spro_curve", "threshold_from_normals"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
 
@@ -273,8 +274,8 @@ def _region_weights(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(weights).to(mask.device)
 
 
-def _split_pixels(maps: ArrayLike, masks: ArrayLike, with_weights: bool) -> _Pixels:
-    """Validate (N, H, W) maps and masks; copy each pixel once into its class and sort it."""
+def _maps_and_masks(maps: ArrayLike, masks: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W) maps (float, bfloat16 widened) and bool masks of the same shape on the maps' device."""
     m = _as_tensor(maps).detach()
     if m.dtype == torch.bfloat16:  # numpy has no bfloat16
         m = m.float()
@@ -283,6 +284,12 @@ def _split_pixels(maps: ArrayLike, masks: ArrayLike, with_weights: bool) -> _Pix
     mask = as_binary(masks, "masks").to(m.device)
     if mask.shape != m.shape:
         raise ValueError(f"maps and masks differ in shape: {tuple(m.shape)} vs {tuple(mask.shape)}")
+    return m, mask
+
+
+def _split_pixels(maps: ArrayLike, masks: ArrayLike, with_weights: bool) -> _Pixels:
+    """Validate (N, H, W) maps and masks; copy each pixel once into its class and sort it."""
+    m, mask = _maps_and_masks(maps, masks)
     n_defect = int(mask.sum())
     if n_defect == 0:
         raise ValueError("masks hold no defect pixel: pixel metrics need at least one defect pixel")
@@ -494,3 +501,193 @@ def spro(maps: ArrayLike, region_masks: ArrayLike, region_images: ArrayLike, sat
     """Area under the sPRO curve up to ``fpr_limit`` (default 0.05, MVTec LOCO's), divided by it."""
     fpr, saturated = spro_curve(maps, region_masks, region_images, saturations, fpr_limit)
     return integrate_to_limit(fpr, saturated, fpr_limit)
+# low false-positive rates: AUPRO at several limits, per-image AUPIMO, SegF1 (docs/reproduction.md#4-metrics)
+# ----------------------------------------------------------------------------------------------------
+AUPRO_LIMITS = (0.3, 0.05)  # what `test` reports: the standard limit and the low-false-alarm one
+AUPIMO_FPR_BAND = (1e-5, 1e-4)  # Bertoldo et al. (2024) and anomalib's default
+
+
+def aupro_key(fpr_limit: float) -> str:
+    """metrics.json key of AUPRO to ``fpr_limit``: ``aupro`` at the standard 0.3, else e.g. ``aupro_5pct``."""
+    return "aupro" if float(fpr_limit) == 0.3 else f"aupro_{100 * float(fpr_limit):g}pct"
+
+
+def _check_fpr_band(fpr_band: Sequence[float]) -> tuple[float, float]:
+    """AUPIMO's band: two FPRs with 0 < low < high <= 1."""
+    low, high = (float(value) for value in fpr_band)
+    if not 0.0 < low < high <= 1.0:
+        raise ValueError(f"fpr_band must be (low, high) with 0 < low < high <= 1, got {tuple(fpr_band)}")
+    return low, high
+
+
+@dataclass(frozen=True)
+class Aupimo:
+    """Per-image AUPIMO of one test set: ``per_image`` holds one value per image in [0, 1], NaN for the normal
+    images, for anomalous ones without a defect pixel, and for every image when the band is not resolved."""
+
+    per_image: np.ndarray
+    fpr_band: tuple[float, float]
+    lowest_fpr: float  # the smallest positive FPR the normal pixels reach: the ties at their top score / their count
+    n_normal_pixels: int
+
+    @property
+    def resolved(self) -> bool:
+        """Whether some threshold gives a positive FPR at or below the band's low end (else the curve's log-FPR
+        axis cannot reach it: no value is computed, as anomalib refuses it)."""
+        return self.lowest_fpr <= self.fpr_band[0]
+
+    @property
+    def mean(self) -> float:
+        """Mean over the anomalous images that have a value (NaN when none has)."""
+        finite = self.per_image[np.isfinite(self.per_image)]
+        return float(finite.mean()) if finite.size else math.nan
+
+    def note(self) -> str | None:
+        """Why no value was computed, or None when the band is resolved."""
+        if self.resolved:
+            return None
+        return (f"not computed: the {self.n_normal_pixels} pixels of the normal test images resolve FPR down to "
+                f"{self.lowest_fpr:.3g} only (ties at their top score included), above the band's low end "
+                f"{self.fpr_band[0]:g}; more (or larger) normal test images are needed")
+
+
+def _smallest_count_reaching(rate: float, n: int) -> int:
+    """The smallest count c with c / n >= rate, in the float arithmetic the FPRs use."""
+    count = min(max(math.ceil(rate * n), 1), n)
+    while count > 1 and (count - 1) / n >= rate:
+        count -= 1
+    while count < n and count / n < rate:
+        count += 1
+    return count
+
+
+def _defect_counts(mask: torch.Tensor) -> np.ndarray:
+    """Defect pixels per image; numpy on CPU (50x faster than torch's boolean reduction there)."""
+    if mask.device.type in _NUMPY_DEVICES:
+        return np.count_nonzero(mask.numpy().reshape(mask.shape[0], -1), axis=1)
+    return torch.count_nonzero(mask.reshape(mask.shape[0], -1), dim=1).cpu().numpy()
+
+
+def _defect_pixels_from(m: torch.Tensor, mask: torch.Tensor, cut: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The defect pixels scoring at least ``cut``: their values and image indices (numpy on CPU, as above)."""
+    if m.device.type in _NUMPY_DEVICES:
+        hit = np.flatnonzero(mask.numpy() & (m.numpy() >= cut.numpy()))
+        return m.numpy().reshape(-1)[hit], hit // (m.shape[1] * m.shape[2])
+    hit = torch.nonzero((mask & (m >= cut)).reshape(-1)).squeeze(1)
+    return m.reshape(-1)[hit].cpu().numpy(), (hit // (m.shape[1] * m.shape[2])).cpu().numpy()
+
+
+def _aupimo(m: torch.Tensor, mask: torch.Tensor, anomalous: np.ndarray, fpr_band: tuple[float, float]) -> Aupimo:
+    """AUPIMO from validated maps: the exact curve, one level per distinct top normal score, integrated with
+    per-level weights so that each defect pixel is looked up once (no image x threshold table)."""
+    low, high = fpr_band
+    defect_pixels = _defect_counts(mask)
+    if defect_pixels[~anomalous].any():
+        raise ValueError("normal images (label 0) have defect pixels in their masks: AUPIMO's FPR needs them clean")
+    normal = m[torch.from_numpy(~anomalous).to(m.device)].reshape(-1)
+    n = normal.numel()
+    per_image = np.full(anomalous.size, math.nan)
+    # the levels: distinct normal scores from the top down to the first whose FPR reaches the band's high end
+    cut = torch.topk(normal, _smallest_count_reaching(high, n)).values[-1]
+    levels, ties = torch.unique_consecutive(torch.sort(normal[normal >= cut], descending=True).values,
+                                            return_counts=True)
+    fpr = ties.cumsum(0).cpu().numpy() / n  # FPR(v) = #normals >= v / n, rising as the level falls
+    result = Aupimo(per_image, fpr_band, float(fpr[0]), n)
+    if not result.resolved:
+        return result
+    # segment j runs from (log fpr[j], TPR(> v[j+1])) to (log fpr[j+1], TPR(>= v[j+1])); its part inside the band,
+    # trapezoid with both ends interpolated, is a weight on each of the two counts
+    x0, x1 = np.log(fpr[:-1]), np.log(fpr[1:])
+    a, b = np.maximum(x0, math.log(low)), np.minimum(x1, math.log(high))
+    width = np.clip(b - a, 0.0, None)
+    t_sum = (a - x0) / (x1 - x0) + (b - x0) / (x1 - x0)
+    weight_greater, weight_at_least = width * (2.0 - t_sum) / 2.0, width * t_sum / 2.0
+    # per level ascending (the top level has no segment below it): prefix sums, looked up per defect pixel
+    ascending = levels.flip(0).cpu().numpy()
+    prefix_greater = np.r_[0.0, np.cumsum(np.r_[weight_greater[::-1], 0.0])]
+    prefix_at_least = np.r_[0.0, np.cumsum(np.r_[weight_at_least[::-1], 0.0])]
+    values, image = _defect_pixels_from(m, mask, cut)
+    contribution = (prefix_at_least[np.searchsorted(ascending, values, side="right")]
+                    + prefix_greater[np.searchsorted(ascending, values, side="left")])
+    area = np.bincount(image, weights=contribution, minlength=anomalous.size)
+    scored = anomalous & (defect_pixels > 0)
+    # normalised by the band's width in log FPR; the clip only removes rounding beyond [0, 1]
+    per_image[scored] = np.clip(area[scored] / defect_pixels[scored] / math.log(high / low), 0.0, 1.0)
+    return result
+
+
+def _image_labels(labels: ArrayLike, n_images: int) -> np.ndarray:
+    """Image labels as a bool array of one entry per map (1 = anomalous), with at least one normal image."""
+    y = as_binary(labels, "labels").to("cpu").reshape(-1).numpy()
+    if y.size != n_images:
+        raise ValueError(f"labels must hold one entry per map: {y.size} vs {n_images}")
+    if y.all():
+        raise ValueError("labels hold no normal image: AUPIMO's FPR is measured on normal images only")
+    return y
+
+
+def aupimo(maps: ArrayLike, masks: ArrayLike, labels: ArrayLike,
+           fpr_band: Sequence[float] = AUPIMO_FPR_BAND) -> Aupimo:
+    """Per-image AUPIMO (Bertoldo et al., 2024): each anomalous image's defect-pixel recall against the FPR over
+    the normal images' pixels (label 0; ``score >= t`` flagged), integrated over ``fpr_band`` in log FPR and
+    divided by its log width. Exact curve (every distinct normal score a threshold), band ends interpolated."""
+    m, mask = _maps_and_masks(maps, masks)
+    y, band = _image_labels(labels, m.shape[0]), _check_fpr_band(fpr_band)
+    if bool(torch.isnan(m).any()):
+        raise ValueError("anomaly maps contain NaN")
+    return _aupimo(m, mask, y, band)
+
+
+def _count_above(ascending: torch.Tensor, threshold: float) -> int:
+    """How many of the sorted values exceed ``threshold`` exactly, also when the threshold (a float64, e.g. a
+    quantile) is not representable in the values' dtype."""
+    if math.isinf(threshold):
+        return ascending.numel() if threshold < 0 else 0
+    rounded = torch.tensor(threshold, dtype=ascending.dtype, device=ascending.device)
+    # above a threshold that rounded up, the values equal to the rounded one count too
+    side = "left" if float(rounded) > threshold else "right"
+    return ascending.numel() - int(torch.searchsorted(ascending, rounded.reshape(1), side=side))
+
+
+def _seg_f1(px: _Pixels, threshold: float) -> float:
+    """Pixel F1 over all pixels when those with ``score > threshold`` are flagged."""
+    tp = _count_above(px.defect_sorted, threshold)
+    fp = _count_above(px.normal_sorted, threshold)
+    fn = px.defect_sorted.numel() - tp
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def _seg_f1_max(px: _Pixels) -> tuple[float, float]:
+    """Best pixel F1 over all thresholds and the threshold reaching it, as ``f1_max`` on the pixels (flag
+    ``score > threshold``; among equal F1 the highest threshold), from the sorted pixels: the best flags down
+    to a defect score, so only the distinct defect scores are candidates."""
+    normal, defect = px.normal_sorted, px.defect_sorted
+    values, counts = torch.unique_consecutive(defect, return_counts=True)
+    at_least = defect.numel() - (counts.cumsum(0) - counts)  # defect pixels >= each distinct defect score
+    below_normal = torch.searchsorted(normal, values, side="left")
+    f1 = 2.0 * at_least.double() / (at_least + (normal.numel() - below_normal) + defect.numel()).double()
+    best = values.numel() - 1 - int(torch.argmax(f1.flip(0)))  # the last maximum: the highest threshold
+    lower = [float(values[best - 1])] if best > 0 else []
+    if int(below_normal[best]) > 0:
+        lower.append(float(normal[int(below_normal[best]) - 1]))
+    return float(f1[best]), max(lower, default=-math.inf)
+
+
+def localisation_metrics(maps: ArrayLike, masks: ArrayLike, labels: ArrayLike, threshold: float,
+                         aupro_limits: Sequence[float] = AUPRO_LIMITS,
+                         fpr_band: Sequence[float] = AUPIMO_FPR_BAND) -> tuple[dict[str, float], Aupimo]:
+    """Everything `test` reports from the pixels: pixel AUROC, AUPRO to each limit (``aupro_key``; one curve to
+    the largest), SegF1 at the run's ``threshold`` and the test-tuned SegF1-max, all from one split-and-sort
+    (``pixel_metrics``' values are identical); and per-image AUPIMO, from the normal images' top scores."""
+    limits = [_check_fpr_limit(limit) for limit in aupro_limits]
+    band = _check_fpr_band(fpr_band)
+    m, mask = _maps_and_masks(maps, masks)
+    y = _image_labels(labels, m.shape[0])
+    px = _split_pixels(m, mask, with_weights=True)
+    fpr, pro = _pro_curve(px, max(limits))
+    seg_f1_max, seg_f1_max_threshold = _seg_f1_max(px)
+    values = {"pixel_auroc": _auroc_sorted_negatives(px.defect_sorted, px.normal_sorted),
+              **{aupro_key(limit): integrate_to_limit(fpr, pro, limit) for limit in limits},
+              "seg_f1": _seg_f1(px, float(threshold)), "seg_f1_max": seg_f1_max,
+              "seg_f1_max_threshold": seg_f1_max_threshold}
+    return values, _aupimo(m, mask, y, band)

@@ -12,8 +12,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-__all__ = ["aupro_naive", "delong_naive", "f1_max_naive", "image_auroc_naive", "integrate_naive",
-           "pixel_auroc_naive", "pro_curve_naive", "spro_curve_naive", "spro_naive"]
+__all__ = ["aupimo_naive", "aupro_naive", "delong_naive", "f1_max_naive", "image_auroc_naive", "integrate_naive",
+           "pixel_auroc_naive", "pro_curve_naive", "seg_f1_naive", "spro_curve_naive", "spro_naive"]
 
 
 def image_auroc_naive(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -139,3 +139,50 @@ def spro_naive(maps: np.ndarray, region_masks: np.ndarray, region_images: np.nda
     """Area under the sPRO curve up to ``fpr_limit``, divided by it (segment by segment)."""
     fpr, spro = spro_curve_naive(maps, region_masks, region_images, saturations)
     return integrate_naive(fpr, spro, fpr_limit)
+def aupimo_naive(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
+                 fpr_band: tuple[float, float] = (1e-5, 1e-4)) -> np.ndarray:
+    """Per-image AUPIMO from the definition, one value per image (NaN for normal images and images without a defect
+    pixel; NaN for all when no threshold gives a positive FPR at or below the band's low end).
+
+    Every distinct score is a threshold (``score >= t``); FPR(t) is the fraction of the normal images' pixels
+    flagged, TPR(t) the fraction of the image's defect pixels. The curve (log FPR, TPR) over the thresholds with a
+    positive FPR is integrated segment by segment, each cut to the band with its ends interpolated linearly, and
+    divided by log(high / low).
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    masks = np.asarray(masks).astype(bool)
+    labels = np.asarray(labels).astype(bool)
+    low, high = fpr_band
+    normal_pixels = maps[~labels].ravel()
+    thresholds = np.unique(maps)[::-1]
+    fpr = np.array([(normal_pixels >= t).sum() / normal_pixels.size for t in thresholds])
+    out = np.full(len(maps), np.nan)
+    positive = fpr > 0
+    if fpr[positive].min() > low:
+        return out
+    x = np.log(fpr[positive])
+    for i in np.flatnonzero(labels):
+        defect = maps[i][masks[i]]
+        if defect.size == 0:
+            continue
+        tpr = [(defect >= t).sum() / defect.size for t in thresholds[positive]]
+        area = 0.0
+        for j in range(1, len(x)):
+            x0, x1, y0, y1 = x[j - 1], x[j], tpr[j - 1], tpr[j]
+            a, b = max(x0, math.log(low)), min(x1, math.log(high))
+            if b > a:
+                y_a = y0 + (a - x0) * (y1 - y0) / (x1 - x0)
+                y_b = y0 + (b - x0) * (y1 - y0) / (x1 - x0)
+                area += (b - a) * (y_a + y_b) / 2.0
+        out[i] = min(max(area / math.log(high / low), 0.0), 1.0)
+    return out
+
+
+def seg_f1_naive(maps: np.ndarray, masks: np.ndarray, threshold: float) -> float:
+    """Pixel F1 over every pixel of every image, flagging ``score > threshold``, counted in float64."""
+    flagged = np.asarray(maps, dtype=np.float64) > threshold
+    masks = np.asarray(masks).astype(bool)
+    tp = int((flagged & masks).sum())
+    fp = int((flagged & ~masks).sum())
+    fn = int((~flagged & masks).sum())
+    return 2 * tp / (2 * tp + fp + fn)

@@ -339,8 +339,11 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         markdown_table(report.tables["seed_power"]), prov,
         f"{h} Metrics per category and backbone",
         "Percent, mean ± std over seeds (sample std; a single seed shows no std); n/a = not measured (no "
-        "ground-truth masks). F1-max picks its threshold on the test labels, so it is optimistic. Accuracy, "
-        "precision, recall and F1 use the threshold from validation normals only "
+        "ground-truth masks; for AUPIMO also too few normal test pixels for its band, and for the newer metrics "
+        "runs tested before they existed). AUPRO to FPR 0.05 and AUPIMO (each anomalous image's recall while the "
+        "normal images show FPR 1e-5 to 1e-4, averaged) measure at few false alarms (docs/reproduction.md, "
+        "section 4). F1-max and SegF1-max pick their threshold on the test labels, so they are optimistic. "
+        "Accuracy, precision, recall, F1 and SegF1 (pixel F1) use the threshold from validation normals only "
         f"(rule: {_threshold_rules(runs_frame)}).",
         markdown_table(report.tables["category_metrics"]), prov,
         f"{h} Group and overall means",

@@ -11,7 +11,11 @@ One run = one (backbone, category, seed). Its directory ``<results>/<backbone>/<
                     ``threshold_rule`` (from validation normals only), ``accuracy``, ``precision``,
                     ``recall``, ``f1`` at that threshold, ``per_defect_image_auroc``, counts, and
                     ``efficiency`` (``trainable_params``, ``gflops``, ``train_images_per_s``,
-                    ``inference_ms_per_image``, ``peak_memory_mb``).
+                    ``inference_ms_per_image``, ``peak_memory_mb``); with masks also ``aupro_5pct`` (AUPRO to
+                    FPR 0.05), ``aupimo`` (mean per-image AUPIMO, ``aupimo_fpr_band``, ``n_aupimo_images``),
+                    ``seg_f1`` (pixel F1 at the threshold) and ``seg_f1_max`` (test-tuned), each ``null``
+                    with a ``_note`` where not measured.
+- ``aupimo.csv``    with masks, one row per anomalous test image: ``AUPIMO_COLUMNS`` (``nan`` where not computed).
 - ``scores.csv``    one row per test image: ``path, defect_type, label, score``.
 - ``val_scores.csv`` one row per validation normal: ``path, score`` (the threshold's source).
 - ``maps.npz``      optional: ``maps`` float16 (N, H, W), ``masks`` uint8 (N, H, W), ``paths``.
@@ -51,14 +55,16 @@ from protocol import recorded_settings
 __all__ = [
     "LOCK_FILE", "TEMPORARY_SUFFIX", "RunLock", "RunLocked", "remove_stale_temporaries", "strict_json",
     "BEST_CHECKPOINT_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "EFFICIENCY", "HISTORY_COLUMNS", "HISTORY_FILE",
-    "GRAD_NORM_COLUMNS", "MAPS_FILE", "METRICS", "METRICS_FILE", "REGIONS_COLUMNS", "REGIONS_FILE",
-    "SCALES_COLUMNS", "SCALES_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE", "SYNTH_VAL_COLUMNS",
+    "AUPIMO_COLUMNS", "AUPIMO_FILE", "GRAD_NORM_COLUMNS", "MAPS_FILE", "METRICS", "METRICS_FILE", "REGIONS_COLUMNS",
+    "REGIONS_FILE", "SCALES_COLUMNS", "SCALES_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE",
+    "SYNTH_VAL_COLUMNS",
     "VAL_SCORES_FILE", "RunKey", "atomic_write", "atomic_write_json", "atomic_write_text", "best_checkpoint_path",
     "checkpoint_path", "find_runs", "key_of",
-    "load_maps", "load_regions", "load_runs", "load_scales", "load_scores", "read_history", "read_json",
+    "load_aupimo", "load_maps", "load_regions", "load_runs", "load_scales", "load_scores", "read_history", "read_json",
     "read_run_config", "run_dir",
     "SYNTH_SATURATION", "synthetic_saturation_note",
-    "save_maps", "steady_images_per_s", "untested_runs", "write_csv", "write_history", "write_summary",
+    "save_maps", "steady_images_per_s", "untested_runs", "write_aupimo", "write_csv", "write_history",
+    "write_summary",
 ]
 
 CONFIG_FILE = "config.json"
@@ -69,6 +75,7 @@ VAL_SCORES_FILE = "val_scores.csv"
 MAPS_FILE = "maps.npz"
 SCALES_FILE = "scales.csv"
 REGIONS_FILE = "regions.csv"
+AUPIMO_FILE = "aupimo.csv"
 CHECKPOINT_FILE = "last.pth"
 BEST_CHECKPOINT_FILE = "best.pth"
 SUMMARY_FILE = "summary.csv"
@@ -88,11 +95,15 @@ METRICS: dict[str, str] = {
     "image_auroc": "image AUROC",
     "pixel_auroc": "pixel AUROC",
     "aupro": "AUPRO",
+    "aupro_5pct": "AUPRO to FPR 0.05",
+    "aupimo": "AUPIMO (mean)",
     "f1_max": "F1-max (test-tuned)",
     "accuracy": "accuracy @val-thr",
     "precision": "precision @val-thr",
     "recall": "recall @val-thr",
     "f1": "F1 @val-thr",
+    "seg_f1": "SegF1 @val-thr",
+    "seg_f1_max": "SegF1-max (test-tuned)",
 }
 # metrics.json["efficiency"] key -> (label, scale, decimals)
 EFFICIENCY: dict[str, tuple[str, float, int]] = {
@@ -104,7 +115,8 @@ EFFICIENCY: dict[str, tuple[str, float, int]] = {
 }
 SUMMARY_COLUMNS = ("backbone", "category", "seed", "image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy",
                    "precision", "recall", "f1", "threshold", "trainable_params", "gflops", "train_images_per_s",
-                   "inference_ms_per_image", "peak_memory_mb", "teacher_weights", "epochs", "image_size")
+                   "inference_ms_per_image", "peak_memory_mb", "teacher_weights", "epochs", "image_size",
+                   "aupro_5pct", "aupimo", "seg_f1", "seg_f1_max")
 RUN_FIRST = "run `main.py train` and `main.py test` first"
 
 
@@ -426,13 +438,14 @@ def load_maps(directory: str | os.PathLike) -> dict[str, np.ndarray] | None:
 
 SCALES_COLUMNS = ("map", "kind", "scale", "image_auroc", "pixel_auroc", "aupro")
 REGIONS_COLUMNS = ("path", "region", "area_px", "area_fraction", "max_score", "overlap_auc")
+AUPIMO_COLUMNS = ("path", "defect_type", "aupimo")
 
 
 @lru_cache(maxsize=64)
 def _read_table(path: str, mtime_ns: int, columns: tuple[str, ...], numeric: tuple[str, ...]) -> pd.DataFrame:
     expected = f"a CSV file with the columns {', '.join(columns)} ({', '.join(numeric)} numbers)"
     try:
-        frame = pd.read_csv(path, dtype={"path": str, "map": str, "kind": str})
+        frame = pd.read_csv(path, dtype={"path": str, "map": str, "kind": str, "defect_type": str})
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as error:
         raise _results_file_error(path, expected, error) from None
     missing = [column for column in columns if column not in frame.columns]
@@ -460,6 +473,19 @@ def load_scales(directory: str | os.PathLike) -> pd.DataFrame | None:
 def load_regions(directory: str | os.PathLike) -> pd.DataFrame | None:
     """A run's regions.csv (one row per ground-truth region), or None when it has none."""
     return _load_table(directory, REGIONS_FILE, REGIONS_COLUMNS, REGIONS_COLUMNS[1:])
+
+
+def write_aupimo(directory: str | os.PathLike, paths: Iterable[str], defect_types: Iterable[str],
+                 values: Iterable[float]) -> None:
+    """aupimo.csv: one row per anomalous test image (path, defect type, its AUPIMO; NaN where not computed),
+    the per-image units of the paired tests across backbones (same paths, same order)."""
+    write_csv(Path(directory) / AUPIMO_FILE, AUPIMO_COLUMNS, zip(paths, defect_types, values))
+
+
+def load_aupimo(directory: str | os.PathLike) -> pd.DataFrame | None:
+    """A run's aupimo.csv (AUPIMO NaN where not computed), or None when it has none (no masks, or tested
+    before AUPIMO existed)."""
+    return _load_table(directory, AUPIMO_FILE, AUPIMO_COLUMNS, AUPIMO_COLUMNS[2:])
 
 
 # ---------------------------------------------------------------------------------------------- all runs

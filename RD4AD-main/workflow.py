@@ -20,7 +20,7 @@ __all__ = ["comma_list", "data_table", "ensure_demo_data", "generate_demo_data",
            "sweep_configs"]
 
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "accuracy", "precision",
-                  "recall", "f1")
+                  "recall", "f1", "aupro_5pct", "aupimo", "seg_f1", "seg_f1_max")
 
 
 def generate_demo_data(data_root: str | Path, image_size: int) -> list[str]:

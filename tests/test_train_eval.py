@@ -18,6 +18,7 @@ import runs
 from checkpoint import read_checkpoint
 from dataset import MVTecDataset
 from errors import CheckpointError
+import evaluate
 from evaluate import evaluate_run, score_images
 from rd_model import image_scores
 from recipe import FastPath, NonFiniteLoss, TrainConfig, build_run_model, epoch_batches
@@ -66,6 +67,13 @@ def test_train_then_test_writes_every_file(synthetic_root, tmp_path, backbone):
     assert result["efficiency"]["trainable_params"] > 1_000_000
     with np.load(run_directory / runs.MAPS_FILE) as saved:
         assert saved["maps"].dtype == np.float16 and saved["maps"].shape == (len(test_set), 64, 64)
+    # the low-false-alarm metrics: SegF1 at the validation threshold never beats the test-tuned best; AUPIMO's
+    # default band needs 1e5 normal pixels, more than these 64 px good images hold, so it says so instead
+    assert 0 <= result["aupro_5pct"] <= 1 and 0 <= result["seg_f1"] <= result["seg_f1_max"] <= 1
+    assert result["aupimo"] is None and result["aupimo_note"].startswith("not computed")
+    aupimo = runs.load_aupimo(run_directory)
+    assert aupimo["path"].tolist() == scores.loc[scores["label"] == 1, "path"].tolist()
+    assert aupimo["aupimo"].isna().all()
 
 
 def test_training_helps(tmp_path):
@@ -234,6 +242,10 @@ def test_cli_sweep_with_config_file_then_test_and_summary(synthetic_root, tmp_pa
     val = pd.read_csv(run_dir / runs.VAL_SCORES_FILE)["score"]
     assert metrics_after["threshold_rule"] == "q0.5" and metrics_after["threshold"] == pytest.approx(val.median())
     assert (run_dir / runs.SCORES_FILE).stat().st_mtime_ns == scores_before  # no new forward pass
+    assert metrics_after["seg_f1"] is None and "--force" in metrics_after["seg_f1_note"]  # SegF1 needs the maps
+    assert evaluate._up_to_date(run_dir, save_maps=True)
+    (run_dir / runs.AUPIMO_FILE).unlink()  # a run tested before AUPIMO existed is tested again
+    assert not evaluate._up_to_date(run_dir, save_maps=True)
 
     refused = main("test", "--results", str(tmp_path / "empty"))
     assert refused.returncode == 2 and "run `main.py train` first" in refused.stderr
