@@ -501,6 +501,9 @@ def spro(maps: ArrayLike, region_masks: ArrayLike, region_images: ArrayLike, sat
     """Area under the sPRO curve up to ``fpr_limit`` (default 0.05, MVTec LOCO's), divided by it."""
     fpr, saturated = spro_curve(maps, region_masks, region_images, saturations, fpr_limit)
     return integrate_to_limit(fpr, saturated, fpr_limit)
+
+
+# ----------------------------------------------------------------------------------------------------
 # low false-positive rates: AUPRO at several limits, per-image AUPIMO, SegF1 (docs/reproduction.md#4-metrics)
 # ----------------------------------------------------------------------------------------------------
 AUPRO_LIMITS = (0.3, 0.05)  # what `test` reports: the standard limit and the low-false-alarm one
