@@ -61,8 +61,7 @@ def by_bin(frame: pd.DataFrame) -> pd.DataFrame:
 def differences(frame: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
     """Per bin, the mean over the regions both backbones scored (on the (category, seed) runs both have; seed-mean
     per region) of a - b in recall and overlap, with the t intervals of why_stats.seed_interval: seeds and regions
-    random (each category a seeds x regions table, the seed variance pooled across categories), categories fixed,
-    each category weighted by its regions. A region enters when both backbones scored it on every seed its
+    random (each category a seeds x regions table), categories fixed, each category weighted by its regions. A region enters when both backbones scored it on every seed its
     category has. Columns: bin, size, n_regions, n_categories, n_seeds (the fewest of a category), then per value
     ``<value>_diff``, ``_ci_low``, ``_ci_high``, ``_df`` (fractions), and note."""
     members = frame[frame["backbone"].isin(pair)]
@@ -161,9 +160,10 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
             "region's difference averaged over seeds, then over the bin's regions. Their 95 % Student t intervals "
             "take the **training seeds and the regions as random** and the categories as fixed: per category the "
             "differences form a seeds x regions table whose variance has a seed part (a run's threshold moves all "
-            "its regions together), a region part and a residual; the seed part is pooled across categories (3 "
-            "seeds give a category 2 degrees of freedom) and the degrees of freedom are Satterthwaite's. With one "
-            "seed per category the seed part cannot be estimated and there is no interval. Coverage checked by "
+            "its regions together), a region part and a residual, each category with its own (a category with one "
+            "seed takes the seed part of the others), and the degrees of freedom are Satterthwaite's (3 seeds give "
+            "a category's seed part 2). With one seed per category the seed part cannot be estimated and there is "
+            "no interval. Coverage checked by "
             "simulation (docs/why_calibration.md).")
     figure = FigureItem(kind="why", name="why_regions", caption="Region recall at the validation threshold and mean "
                         "overlap up to FPR 0.3 per region-size bin, per backbone (n: regions).", figure=_figure(table))

@@ -51,8 +51,8 @@ def scale_means(frame: pd.DataFrame) -> pd.DataFrame:
 
 def differences(frame: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
     """Per map and metric, the mean over categories of the seed-mean difference a - b on the (category, seed) runs
-    both backbones have, with the t interval of why_stats.seed_interval: the seeds random (their variance pooled
-    across categories), the categories and their test images fixed. Columns: map, metric, n_categories, n_seeds
+    both backbones have, with the t interval of why_stats.seed_interval: the seeds random, the categories and
+    their test images fixed. Columns: map, metric, n_categories, n_seeds
     (the fewest of a category), mean_diff, ci_low, ci_high (fractions; NaN interval with one seed per category),
     df and note."""
     maps = _map_order(frame)
@@ -113,8 +113,8 @@ def _finding(diffs: dict[tuple[str, str], pd.DataFrame], means: pd.DataFrame, me
         full = rows.loc["all scales"]
         return (f"{pair[0]} − {pair[1]} on {METRICS[metric]}: all scales {_text(full)} points; the largest "
                 f"difference of a single scale's map is {widest}, {_text(rows.loc[widest])} points ({best_text}; "
-                f"{100 * CONFIDENCE:.0f} % t intervals over training seeds, their variance pooled across the "
-                f"{int(full['n_categories'])} categories; on these categories and test images).")
+                f"{100 * CONFIDENCE:.0f} % t intervals with the training seeds random; on these "
+                f"{int(full['n_categories'])} categories and their test images).")
     return None
 
 
@@ -143,11 +143,12 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
             "blur, the image score is its maximum, and the metrics are metrics.py's. The first table is the mean "
             "over seeds, then over categories, in percent. The second gives, per pair, the difference a − b in "
             "points (mean over categories of the seed-mean difference on the seeds both backbones ran) with a 95 % "
-            "Student t interval in which the **training seeds are random**: the seed-to-seed variance of the "
-            "difference is pooled across categories (with 3 seeds a category alone has 2 degrees of freedom; df: "
-            "the pooled degrees of freedom) and the categories and their test images are fixed (scales.csv holds "
-            "each map's metrics, not per-image scores). It holds **on these categories and test images** and says "
-            "nothing of new ones; with one seed per category there is no interval. Its coverage is checked by "
+            "Student t interval in which the **training seeds are random**: each category's seed-to-seed variance "
+            "of the difference enters with its weight (a category with one seed takes the variance of the others), "
+            "with Satterthwaite's degrees of freedom (df; with 3 seeds a category has 2), and the categories and "
+            "their test images are fixed (scales.csv holds each map's metrics, not per-image scores). It holds **on "
+            "these categories and test images** and says nothing of new ones; with one seed per category there is "
+            "no interval. Its coverage is checked by "
             "simulation (docs/why_calibration.md). Leaving a scale out of the map is an intervention on the map "
             "(not on the teacher): a difference here is caused by what that scale adds to the map.")
     figure = FigureItem(kind="why", name="why_scales", caption=f"{METRICS[metric]} of each scale's map alone and of "

@@ -4,10 +4,11 @@
 - ``seed_interval`` (scale ablation, region recall and overlap): the categories are fixed ("on these
   categories"); the training seeds are random, and so are the regions when there are regions. Per category the
   paired differences a - b form a seeds x units table (units: the regions both backbones scored, or the run's own
-  metric when there is one unit). Its variance is that of a two-way crossed design (seed, region, residual);
-  the seed component is pooled across categories (3 seeds give a category 2 degrees of freedom), the region
-  component stays per category, and the interval is Student's t with Satterthwaite's degrees of freedom.
-  With one seed per category the seed component cannot be estimated: no interval.
+  metric when there is one unit) whose mean's variance is that of a two-way crossed design: a seed part (a run
+  moves all its units together), a unit part and a residual, from the table's mean squares. Each category keeps
+  its own seed part (a category with one seed takes the one pooled over the others); the interval is Student's
+  t with Satterthwaite's degrees of freedom over the categories' parts (3 seeds give a category 2). With one
+  seed in every category the seed part cannot be estimated: no interval.
 - ``spread_interval`` (training stability): the typical ratio of two backbones' seed standard deviations, the
   geometric mean over categories of each category's ratio, with an exact interval from the pivot log F (seeds
   random and normal, the two backbones' independent; categories fixed, each with its own spread).
@@ -36,7 +37,7 @@ class SeedInterval:
     """A weighted mean over categories of paired differences, per column, with its t interval.
 
     ``low``/``high`` are NaN when ``note`` says why there is none; ``df`` is the Satterthwaite degrees of
-    freedom, ``seed_df`` those of the pooled seed component (the sum over categories of seeds - 1)."""
+    freedom, ``seed_df`` those of the seed parts (the sum over categories of seeds - 1)."""
 
     estimate: np.ndarray
     low: np.ndarray
@@ -67,10 +68,10 @@ def seed_interval(cells: list[np.ndarray], weights: np.ndarray | None = None, co
     """``sum_c weights[c] * mean(cells[c])`` per column and its t interval, ``cells[c]`` the (seeds, units,
     columns) paired differences of category c (units crossed with seeds: every seed scored every unit).
 
-    Variance of a category's mean: seed component / seeds + units' mean square / (units x seeds), the seed
-    component ((seeds' mean square - residual mean square) / units, pooled over categories with weights
-    seeds - 1, at least 0) assumed common to the categories. Weights default to equal; the interval is clipped
-    to ``bounds`` (the range the difference can take)."""
+    Variance of category c's mean: its seed part ((seeds' mean square - residual mean square) / units) / seeds
+    plus its units' mean square / (units x seeds); a category with one seed takes the seed part pooled over the
+    others (weights seeds - 1). The total seed part is at least 0. Weights default to equal; the interval is
+    clipped to ``bounds`` (the range the difference can take)."""
     if not cells:
         raise ValueError("no category to average")
     weights = np.full(len(cells), 1.0 / len(cells)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -81,25 +82,27 @@ def seed_interval(cells: list[np.ndarray], weights: np.ndarray | None = None, co
     seed_df = sum(table.shape[0] - 1 for table in tables)
     if seed_df == 0:
         return SeedInterval(estimate, nan, nan, nan, nan, 0, NO_SEED_VARIANCE)
-    seed_parts, seed_dfs, seed_factor, unit_parts, unit_dfs = [], [], 0.0, [], []
+    seed_parts, seed_dfs, unit_parts, unit_dfs = [], [], [], []
     for w, table in zip(weights, tables):
         seeds, units = table.shape[:2]
         ms_seed, ms_unit, ms_residual = _mean_squares(table)
         if ms_seed is not None:  # this category's estimate of the seed component, on seeds - 1 df
             seed_parts.append((ms_seed - (ms_residual if ms_residual is not None else 0.0)) / units)
             seed_dfs.append(seeds - 1)
-        seed_factor += w ** 2 / seeds
         if ms_unit is not None:
             unit_parts.append(w ** 2 * ms_unit / (units * seeds))
             unit_dfs.append(units - 1)
-    # the pooled seed component times sum_c w_c^2 / seeds_c, as a sum of the categories' estimates
-    seed_terms = [seed_factor * df / seed_df * part for part, df in zip(seed_parts, seed_dfs)]
+    # each category with seeds to compare carries its own seed component, w_c^2 / seeds_c times its estimate; a
+    # category with one seed takes the estimate pooled over the others (weights seeds - 1), as shares of theirs
+    borrowed = sum(w ** 2 for w, table in zip(weights, tables) if table.shape[0] == 1)
+    own = [w ** 2 / table.shape[0] for w, table in zip(weights, tables) if table.shape[0] > 1]
+    seed_terms = [(mine + borrowed * df / seed_df) * part for mine, part, df in zip(own, seed_parts, seed_dfs)]
     seed_part = np.maximum(sum(seed_terms), 0.0)
     variance = seed_part + sum(unit_parts, np.zeros(columns))
-    # Satterthwaite (Welch's plug-in) over every category's term, so that categories whose seed spreads differ
-    # lower the df; correcting the squares for their bias (E s^4 = sigma^4 (1 + 2 / df)) covered 0.94 where one
-    # category's spread was twice the others' (docs/why_calibration.md), the plug-in 0.95
-    terms = [(term, df) for term, df in zip(seed_terms, seed_dfs)] + list(zip(unit_parts, unit_dfs))
+    # Satterthwaite (Welch's plug-in squares) over every category's term, so that categories whose seed spreads
+    # differ lower the df; squares corrected for their bias (E s^4 = sigma^4 (1 + 2 / df)) gave too many df, and
+    # too short an interval, when one category's spread dominated
+    terms = list(zip(seed_terms, seed_dfs)) + list(zip(unit_parts, unit_dfs))
     spread = sum((term ** 2 / df for term, df in terms), np.zeros(columns))
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.where(spread > 0, variance ** 2 / spread, np.inf)

@@ -74,7 +74,7 @@ def test_scale_means_and_paired_differences_equal_numpy(study):
     assert one_seed["ci_low"].isna().all() and one_seed["mean_diff"].notna().all()
 
 
-def test_seed_interval_pools_the_seed_variance_across_categories():
+def test_seed_interval_by_hand_and_a_one_seed_category_borrows_the_others_variance():
     from scipy import stats
 
     from why_stats import NO_SEED_VARIANCE, seed_interval
@@ -82,18 +82,17 @@ def test_seed_interval_pools_the_seed_variance_across_categories():
     # one value per run: category A's seeds 0, 1, 2 (variance 1, 2 df), category B's 5, 7 (variance 2, 1 df)
     cells = [np.array([0.0, 1.0, 2.0]).reshape(3, 1, 1), np.array([5.0, 7.0]).reshape(2, 1, 1)]
     found = seed_interval(cells)
-    pooled = (2 * 1.0 + 1 * 2.0) / 3
-    variance = 0.25 * (pooled / 3 + pooled / 2)
-    # Satterthwaite over the categories' shares of the pooled variance: (2/3) x 1 and (1/3) x 2 of it, 5/36 each
-    df = variance ** 2 / ((5 / 36) ** 2 / 2 + (5 / 36) ** 2 / 1)
+    terms = [0.25 * 1.0 / 3, 0.25 * 2.0 / 2]  # weight^2 x variance / seeds
+    variance = sum(terms)
+    df = variance ** 2 / (terms[0] ** 2 / 2 + terms[1] ** 2 / 1)  # Satterthwaite
     half = stats.t.ppf(0.975, df) * np.sqrt(variance)
-    assert found.estimate[0] == pytest.approx(3.5) and found.df[0] == pytest.approx(8 / 3) and found.seed_df == 3
-    assert df == pytest.approx(8 / 3)
+    assert found.estimate[0] == pytest.approx(3.5) and found.df[0] == pytest.approx(df) and found.seed_df == 3
     assert [found.low[0], found.high[0]] == pytest.approx([3.5 - half, 3.5 + half])
-    # a category with one seed takes the pooled variance; one seed everywhere: no interval, and it says so
+    # a category with one seed takes the variance pooled over the others ((2 x 1 + 1 x 2) / 3); one seed
+    # everywhere: no interval, and it says so
     three = seed_interval(cells + [np.full((1, 1, 1), 4.0)])
     assert three.estimate[0] == pytest.approx(11 / 3)
-    assert three.se[0] == pytest.approx(np.sqrt((pooled / 3 + pooled / 2 + pooled) / 9))
+    assert three.se[0] ** 2 == pytest.approx((1.0 / 3 + 2.0 / 2 + 4 / 3) / 9)
     single = seed_interval([np.full((1, 1, 1), 1.0), np.full((1, 1, 1), 2.0)])
     assert np.isnan(single.low).all() and np.isnan(single.high).all() and single.note == NO_SEED_VARIANCE
 
@@ -107,8 +106,8 @@ def test_seed_interval_of_seeds_by_regions_tables_is_the_crossed_design_variance
     tables = [rng.normal(size=(3, 5, 1)) + 2 * rng.normal(size=(3, 1, 1)),
               rng.normal(size=(2, 4, 1)) + 2 * rng.normal(size=(2, 1, 1))]  # seed effects shared by the regions
     weights = np.array([5, 4]) / 9  # by regions
-    seed_sum, seed_df, region_parts, seed_shares = 0.0, 0, [], []
-    for table in tables:  # two-way ANOVA without replication, written out
+    seed_terms, region_parts = [], []
+    for weight, table in zip(weights, tables):  # two-way ANOVA without replication, written out
         x = table[:, :, 0]
         seeds, regions = x.shape
         grand = x.mean()
@@ -116,15 +115,9 @@ def test_seed_interval_of_seeds_by_regions_tables_is_the_crossed_design_variance
         ms_region = seeds * sum((x[:, r].mean() - grand) ** 2 for r in range(regions)) / (regions - 1)
         ms_residual = sum((x[s, r] - x[s].mean() - x[:, r].mean() + grand) ** 2 for s in range(seeds)
                           for r in range(regions)) / ((seeds - 1) * (regions - 1))
-        seed_sum += (seeds - 1) * (ms_seed - ms_residual) / regions
-        seed_shares.append(((seeds - 1) * (ms_seed - ms_residual) / regions, seeds - 1))
-        seed_df += seeds - 1
-        region_parts.append((ms_region / (regions * seeds), regions - 1))
-    factor = sum(w ** 2 / t.shape[0] for w, t in zip(weights, tables))
-    seed_part = max(seed_sum / seed_df, 0.0) * factor
-    seed_terms = [(factor * share / seed_df, d) for share, d in seed_shares]  # each category's share of it
-    region_parts = [(w ** 2 * part, df) for w, (part, df) in zip(weights, region_parts)]
-    variance = seed_part + sum(part for part, _ in region_parts)
+        seed_terms.append((weight ** 2 / seeds * (ms_seed - ms_residual) / regions, seeds - 1))
+        region_parts.append((weight ** 2 * ms_region / (regions * seeds), regions - 1))
+    variance = max(sum(term for term, _ in seed_terms), 0.0) + sum(part for part, _ in region_parts)
     df = variance ** 2 / sum(part ** 2 / d for part, d in seed_terms + region_parts)
     found = seed_interval(tables, weights)
     estimate = sum(w * t.mean() for w, t in zip(weights, tables))
