@@ -54,8 +54,8 @@ INSTRUMENTS: list[Instrument] = [
 ]
 
 INTRODUCTION = (
-    "These instruments describe how the compared teachers' runs differ; they do not test why one teacher scores "
-    "higher, whatever the primary answers above say. Only the scale ablation intervenes, and on the anomaly map "
+    "These instruments describe how the compared teachers' runs differ; none of them tests why one teacher comes "
+    "out ahead, whatever the primary answers above say. Only the scale ablation intervenes, and on the anomaly map "
     "(a scale left out of the sum the map is made of), not on the teacher: its differences are caused by the "
     "map's scales, while the region bins, the training curves, the receptive fields and the audit are "
     "associations. Each interval says what it takes as random (training seeds, regions, validation normals or runs) "
