@@ -26,8 +26,8 @@ from why_part import WhyPart
 if TYPE_CHECKING:
     from plots import FigureItem
 
-__all__ = ["HEADING", "INSTRUMENTS", "Instrument", "WhyPart", "findings_markdown", "render_why", "why_parts",
-           "why_tables"]
+__all__ = ["HEADING", "INSTRUMENTS", "INTRODUCTION", "Instrument", "WhyPart", "findings_markdown", "not_run_markdown",
+           "render_why", "why_parts", "why_tables"]
 
 HEADING = "What differs between the teachers"
 Builder = Callable[[pd.DataFrame, str, list[tuple[str, str]]], "WhyPart | None"]
@@ -59,8 +59,8 @@ INTRODUCTION = (
     "(a scale left out of the sum the map is made of), not on the teacher: its differences are caused by the "
     "map's scales, while the region bins, the training curves, the receptive fields and the audit are "
     "associations. Each interval says what it takes as random (training seeds, regions, validation normals or runs) "
-    "and what it holds fixed (the categories, here); docs/why_calibration.md checks by simulation that the "
-    "region, scale and stability intervals cover as promised.")
+    "and what it holds fixed (the categories, for the region, scale and stability intervals); "
+    "docs/why_calibration.md checks by simulation that these three cover as promised.")
 
 
 def why_parts(runs_frame: pd.DataFrame, results: str | os.PathLike, pairs: list[tuple[str, str]]) -> list[WhyPart]:
@@ -86,7 +86,8 @@ def findings_markdown(parts: list[WhyPart]) -> str:
     return "\n".join(lines) if lines else "No instrument had the files it needs (see each run's results folder)."
 
 
-def _not_run(parts: list[WhyPart]) -> str:
+def not_run_markdown(parts: list[WhyPart]) -> str:
+    """How many instruments ran, and each one that did not with the command that adds it."""
     ran = [part for part in parts if part.missing is None]
     head = f"{len(ran)} of {len(parts)} instruments ran."
     missing = [f"- **{part.title}**: {part.missing}" for part in parts if part.missing is not None]
@@ -97,7 +98,7 @@ def render_why(parts: list[WhyPart], level: int, figure_markdown: Callable[[list
     """The section's markdown: what the instruments can say, the findings, the instruments that did not run, then
     each instrument's text, tables and figures."""
     h, hh = "#" * level, "#" * (level + 1)
-    out = [f"{h} {HEADING}", INTRODUCTION, findings_markdown(parts), _not_run(parts)]
+    out = [f"{h} {HEADING}", INTRODUCTION, findings_markdown(parts), not_run_markdown(parts)]
     for part in parts:
         if part.missing is not None:
             continue

@@ -19,8 +19,8 @@ BIN_EDGES = (0.001, 0.01, 0.05)  # fractions of the image area; a region on an e
 BIN_LABELS = ("< 0.1 %", "0.1-1 %", "1-5 %", "> 5 %")
 KEY = "regions"
 TITLE = "Small defects"
-ADDED_BY = ("`main.py test --results {results}` writes each run's regions.csv (the data needs ground-truth masks; "
-            "`--no-scale-ablation` skips it)")
+ADDED_BY = ("`main.py test --results {results}` writes each run's regions.csv when the test data has ground-truth "
+            "masks")
 REGION_ID = ["category", "path", "region", "area_px"]  # the same region in every run of a category
 VALUES = {"detected": "recall", "overlap_auc": "overlap"}  # regions.csv-derived column -> short name
 WORDS = {"recall": "region recall", "overlap": "overlap to FPR 0.3"}
@@ -61,9 +61,10 @@ def by_bin(frame: pd.DataFrame) -> pd.DataFrame:
 def differences(frame: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
     """Per bin, the mean over the regions both backbones scored (on the (category, seed) runs both have; seed-mean
     per region) of a - b in recall and overlap, with the t intervals of why_stats.seed_interval: seeds and regions
-    random (each category a seeds x regions table), categories fixed, each category weighted by its regions. A region enters when both backbones scored it on every seed its
-    category has. Columns: bin, size, n_regions, n_categories, n_seeds (the fewest of a category), then per value
-    ``<value>_diff``, ``_ci_low``, ``_ci_high``, ``_df`` (fractions), and note."""
+    random (each category a seeds x regions table), categories fixed, each category weighted by its regions. A
+    region enters when both backbones scored it on every seed both ran in its category. Columns: bin, size,
+    n_regions, n_categories, n_seeds (the fewest of a category), then per value ``<value>_diff``, ``_ci_low``,
+    ``_ci_high``, ``_df`` (fractions), and note."""
     members = frame[frame["backbone"].isin(pair)]
     if members.empty:
         return pd.DataFrame()
