@@ -6,7 +6,8 @@ sure it is the teacher the run trained with; a pretrained teacher is the same fo
 the lowest seed's), and on the run's validation hold-out (the normals the run never trained on; no test image):
 
 - per tap, the effective receptive field (locality.py): the gradient of the centre feature with respect to the
-  input, averaged over the normals; the radii holding 50 % and 90 % of its mass, in input pixels;
+  input, averaged over the normals; the radii holding 50 % and 90 % of its mass, in input pixels, around the
+  centre of that feature's receptive field (placed from the teacher's own kernels, strides and paddings);
 - per pair of backbones with the same normals, the linear CKA of their taps (same tap index; rows: image x
   position samples, pooled to the smaller spatial size when the two differ).
 
@@ -32,7 +33,7 @@ import why_files
 from checkpoint import model_from_checkpoint
 from dataset import normalize
 from errors import RDError
-from locality import LinearCKA, centre_gradients, centre_of, feature_rows, mass_radius, ring_profiles
+from locality import Grid, LinearCKA, centre_gradients, feature_rows, mass_radius, ring_profiles, tap_grids
 from recipe import TrainConfig, open_split
 from sweep import parse_list, select_runs
 from system_info import resolve_device
@@ -105,10 +106,11 @@ def _load_teacher(backbone: str, run_dir: Path, max_images: int, device: torch.d
                    images[:count], list(val_set.paths[:count]))
 
 
-def _measure_group(teachers: list[Teacher], batch_size: int, device: torch.device, desc: str
+def _measure_group(teachers: list[Teacher], batch_size: int, device: torch.device, desc: str,
+                   grids: dict[str, list[tuple[Grid, Grid]]]
                    ) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[list[torch.Tensor]]], dict, dict]:
-    """ERF maps (summed over images) and ring profiles per backbone and tap, and a LinearCKA per pair and tap,
-    over teachers that share their normals."""
+    """ERF maps (summed over images) and ring profiles per backbone and tap (rings around the centre cell's
+    receptive-field centre, ``grids``), and a LinearCKA per pair and tap, over teachers that share their normals."""
     images = teachers[0].images
     size = images.shape[-2:]
     map_sums: dict[str, list[torch.Tensor]] = {}
@@ -126,7 +128,8 @@ def _measure_group(teachers: list[Teacher], batch_size: int, device: torch.devic
             rings = profiles.setdefault(teacher.backbone, [[] for _ in erfs])
             for tap, (feature, erf) in enumerate(zip(feats, erfs)):
                 sums[tap] += erf.double().sum(0).cpu()
-                centre = (centre_of(feature.shape[2], size[0]), centre_of(feature.shape[3], size[1]))
+                grid_y, grid_x = grids[teacher.backbone][tap]
+                centre = (grid_y.centre(feature.shape[2]), grid_x.centre(feature.shape[3]))
                 rings[tap].append(ring_profiles(erf, *centre))
         for a, b in itertools.combinations(sorted(features), 2):
             pair = cka.setdefault((a, b), [LinearCKA() for _ in zip(features[a], features[b])])
@@ -136,19 +139,28 @@ def _measure_group(teachers: list[Teacher], batch_size: int, device: torch.devic
     return map_sums, profiles, shapes, cka
 
 
-def _locality_record(teacher: Teacher, shapes: list[tuple[int, int, int]], mean_profiles: np.ndarray,
-                     settings: AnalyseSettings) -> dict[str, Any]:
+def _locality_record(teacher: Teacher, shapes: list[tuple[int, int, int]], grids: list[tuple[Grid, Grid]],
+                     mean_profiles: np.ndarray, settings: AnalyseSettings) -> dict[str, Any]:
     size = teacher.config.image_size
     taps = []
-    for tap, (channels, height, width) in enumerate(shapes):
+    for tap, ((channels, height, width), (grid_y, grid_x)) in enumerate(zip(shapes, grids, strict=True)):
         taps.append({"tap": tap + 1, "channels": channels, "height": height, "width": width,
-                     "stride_px": size / height, "centre_y": centre_of(height, size),
-                     "centre_x": centre_of(width, size),
+                     "stride_px": size / height, "centre_y": grid_y.centre(height), "centre_x": grid_x.centre(width),
+                     "cell_offset_px": [grid_y.offset, grid_x.offset],
                      **{key: float(mass_radius(mean_profiles[tap], fraction)) for key, fraction in FRACTIONS.items()}})
     return {"backbone": teacher.backbone, "category": teacher.config.category, "image_size": size,
             "source_run": str(teacher.run_dir), "seed": teacher.config.seed, "teacher_weights": teacher.weights,
             "teacher_sha256": teacher.sha256, "n_images": len(teacher.images), "max_images": settings.max_images,
             "val_images": teacher.names, "taps": taps}
+
+
+def _grids(teacher: Teacher, size: tuple[int, int]) -> list[tuple[Grid, Grid]]:
+    """Each tap's receptive-field grid (locality.tap_grids); a teacher whose grid cannot be placed is named."""
+    try:
+        return tap_grids(teacher.module, size)
+    except ValueError as error:
+        raise RDError(f"{teacher.run_dir}: {error}; analyse measures teachers built from convolutions, poolings and "
+                      "patch mergings") from None
 
 
 def _analyse_category(settings: AnalyseSettings, category: str, sources: dict[str, Path],
@@ -160,13 +172,17 @@ def _analyse_category(settings: AnalyseSettings, category: str, sources: dict[st
         groups.setdefault((teacher.config.image_size, tuple(teacher.names)), []).append(teacher)
     rows = []
     for group in groups.values():
-        map_sums, profiles, shapes, cka = _measure_group(group, settings.batch_size, device, f"analyse {category}")
+        size = tuple(group[0].images.shape[-2:])
+        grids = {teacher.backbone: _grids(teacher, size) for teacher in group}
+        map_sums, profiles, shapes, cka = _measure_group(group, settings.batch_size, device, f"analyse {category}",
+                                                         grids)
         for teacher in group:
             rings = profiles[teacher.backbone]
             width = max(p.shape[1] for tap in rings for p in tap)
             stacked = np.stack([np.pad(torch.cat(tap).numpy(), ((0, 0), (0, width - tap[0].shape[1])))
                                 for tap in rings])  # (taps, images, rings)
-            record = _locality_record(teacher, shapes[teacher.backbone], stacked.mean(1), settings)
+            record = _locality_record(teacher, shapes[teacher.backbone], grids[teacher.backbone], stacked.mean(1),
+                                      settings)
             maps = torch.stack(map_sums[teacher.backbone]).numpy() / len(teacher.images)
             why_files.write_locality(settings.results, teacher.backbone, category, record, maps, stacked)
             rows += [{"backbone": teacher.backbone, "category": category, "tap": tap["tap"],

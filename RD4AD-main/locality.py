@@ -2,8 +2,10 @@
 
 The ERF of a tap (Luo et al., NeurIPS 2016) is the gradient of its centre feature (the sum over channels at the
 centre position) with respect to the input image, in absolute value and summed over the colour channels. Its
-mass is put in rings of 1 px around the centre of the input region the centre cell covers (ring k: distances in
-[k - 0.5, k + 0.5)); the radius holding a fraction of the mass interpolates linearly between ring edges. Linear
+mass is put in rings of 1 px around the centre of the centre cell's receptive field (ring k: distances in
+[k - 0.5, k + 0.5)), taken from the network's own layers: the strides, paddings and kernels of its convolutions
+and poolings (Araujo et al., Distill 2019), so a padded stride-2 ResNet stem puts cell i at 4 i, not at the
+patchify midpoint 4 i + 1.5. The radius holding a fraction of the mass interpolates linearly between ring edges. Linear
 CKA (Kornblith et al., ICML 2019) compares two feature sets on the same rows (image x position samples); it is
 accumulated over batches from column sums and cross products, so no (rows x rows) matrix is ever formed.
 Model-agnostic: any module returning a feature map or a list of them will do; the radius and CKA functions are
@@ -12,19 +14,115 @@ plain numpy (the report's bootstrap uses them without torch models).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.swin_transformer import PatchMerging, PatchMergingV2
 
-__all__ = ["LinearCKA", "centre_gradients", "centre_of", "feature_rows", "linear_cka", "mass_radius", "ring_profiles"]
+__all__ = ["Grid", "LinearCKA", "centre_gradients", "feature_rows", "linear_cka", "mass_radius", "ring_profiles",
+           "tap_grids"]
 
 
-def centre_of(feature_size: int, input_size: int) -> float:
-    """Input-pixel coordinate (pixel centres at 0, 1, ...) of the middle of the region the centre cell
-    ``feature_size // 2`` covers: ``(i + 0.5) * stride - 0.5`` with stride = input / feature size."""
-    return (feature_size // 2 + 0.5) * input_size / feature_size - 0.5
+@dataclass(frozen=True)
+class Grid:
+    """Where the cells of a feature map sit along one axis: cell i's receptive field is centred on input pixel
+    coordinate ``offset + step * i`` (pixel centres at 0, 1, ...)."""
+
+    step: float = 1.0
+    offset: float = 0.0
+
+    def after(self, kernel: int, stride: int, padding: int, dilation: int = 1) -> "Grid":
+        """The grid of a convolution or pooling's output: output cell i reads input cells ``stride * i - padding``
+        to ``stride * i - padding + dilation * (kernel - 1)``, centred on ``stride * i - padding + dilation *
+        (kernel - 1) / 2``."""
+        return Grid(self.step * stride, self.offset + self.step * (dilation * (kernel - 1) / 2 - padding))
+
+    def centre(self, size: int) -> float:
+        """The input coordinate of the centre cell ``size // 2`` of a map ``size`` cells long."""
+        return self.offset + self.step * (size // 2)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _spatial_layer(module: nn.Module) -> tuple[tuple[int, int], tuple, tuple, tuple, tuple] | None:
+    """(spatial dims of the input, kernel, stride, padding, dilation) of a layer that moves or resamples the
+    grid, per (height, width); None for a layer that keeps every cell in place."""
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str):  # "valid" or "same"; PyTorch only allows "same" with stride 1
+            padding = (0, 0) if module.padding == "valid" else tuple(d * (k - 1) // 2 for d, k in
+                                                                    zip(module.dilation, module.kernel_size))
+            if module.padding == "same" and any(d * (k - 1) % 2 for d, k in zip(module.dilation, module.kernel_size)):
+                raise ValueError(f"{module}: 'same' padding with an even kernel pads one side more; its grid is "
+                                 "not placed")
+        else:
+            padding = module.padding
+        return (-2, -1), module.kernel_size, module.stride, padding, module.dilation
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        dilation = getattr(module, "dilation", 1)
+        stride = module.stride if module.stride is not None else module.kernel_size
+        return (-2, -1), _pair(module.kernel_size), _pair(stride), _pair(module.padding), _pair(dilation)
+    if isinstance(module, (PatchMerging, PatchMergingV2)):  # channels-last 2x2 space-to-depth: a 2x2 stride-2 cell
+        return (-3, -2), (2, 2), (2, 2), (0, 0), (1, 1)
+    return None
+
+
+@torch.no_grad()
+def tap_grids(module: nn.Module, input_size: tuple[int, int]) -> list[tuple[Grid, Grid]]:
+    """Per tap of ``module`` (a feature map or a list of them, channels first), its (height, width) grids, from the
+    kernels, strides, paddings and dilations of its convolutions, poolings and patch mergings.
+
+    One forward pass of a zero image records every such layer's input and output size; a map's grid is keyed by
+    its length along the axis, starting from the input (step 1, offset 0). Layers between them (norms,
+    activations, attention, residual sums) keep every cell where it is. Two grids for one length, or a length
+    that no recorded layer produced (an upsampling, a crop), is a ValueError: the grid cannot be placed.
+    """
+    height, width = input_size
+    grids: list[dict[int, Grid]] = [{height: Grid()}, {width: Grid()}]
+    problems: list[str] = []
+
+    def hook(layer: nn.Module, args: tuple, output: Any) -> None:
+        spec = _spatial_layer(layer)
+        if spec is None or not isinstance(output, Tensor):
+            return
+        dims, kernel, stride, padding, dilation = spec
+        for axis in range(2):
+            size_in, size_out = args[0].shape[dims[axis]], output.shape[dims[axis]]
+            known = grids[axis].get(size_in)
+            if known is None:
+                problems.append(f"{layer} reads a map {size_in} cells long that no recorded layer produced")
+                continue
+            placed = known.after(kernel[axis], stride[axis], padding[axis], dilation[axis])
+            if grids[axis].setdefault(size_out, placed) != placed:
+                problems.append(f"{layer} makes a map {size_out} cells long at {placed}, another is at "
+                                f"{grids[axis][size_out]}")
+
+    layers = [m for m in module.modules() if _spatial_layer(m) is not None]
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        parameter = next(module.parameters(), None)
+        x = torch.zeros(1, 3, height, width, device=parameter.device if parameter is not None else "cpu",
+                        dtype=parameter.dtype if parameter is not None else torch.float32)
+        features = module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    features = [features] if isinstance(features, Tensor) else list(features)
+    out = []
+    for index, feature in enumerate(features):
+        placed = [grids[axis].get(feature.shape[-2 + axis]) for axis in range(2)]
+        if None in placed:
+            problems.append(f"tap {index + 1} ({tuple(feature.shape[-2:])} cells) comes from a layer that is not a "
+                            "convolution, pooling or patch merging")
+        out.append(tuple(placed))
+    if problems:
+        raise ValueError(f"{type(module).__name__}: the receptive-field centres cannot be placed: "
+                         + "; ".join(dict.fromkeys(problems)))
+    return out
 
 
 @torch.enable_grad()

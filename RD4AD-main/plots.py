@@ -46,7 +46,7 @@ SECTIONS = {
     "hist": "Score histograms with the validation threshold",
     "gallery": "Anomaly maps of the same test images, backbones side by side",
     "extremes": "Lowest-scored defects and highest-scored normals",
-    "why": "Why: instruments",
+    "why": "What differs between the teachers",
 }
 BAR_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 UNMAPPED_SHAPE = (128, 128)  # display size of images shown without an anomaly map

@@ -18,10 +18,13 @@ from comparison import CONFIDENCE, N_BOOT
 from significance import multiplicities, percentile_interval, seeded_rng
 from why_part import WhyPart
 
-__all__ = ["KEY", "MIN_EPOCHS", "TITLE", "audit_figure", "part", "pooled_table", "run_table", "spearman"]
+__all__ = ["ADDED_BY", "KEY", "MIN_EPOCHS", "TITLE", "audit_figure", "part", "pooled_table", "run_table", "spearman"]
 
 KEY = "audit"
 TITLE = "Audit: did the selector track the test?"
+ADDED_BY = ("`main.py train --audit-test` scores the test set at each synthetic-validation epoch into the run's "
+            "selection_audit.csv (a finished run is trained again only with `--restart`; then `main.py test "
+            "--results {results}`)")
 MIN_EPOCHS = 3  # a rank correlation of fewer points says nothing
 
 

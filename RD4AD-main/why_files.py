@@ -25,13 +25,16 @@ import runs
 from errors import RDError
 
 __all__ = ["AUDIT_COLUMNS", "AUDIT_FILE", "CKA_FOLDER", "ERF_FILE", "LOCALITY_FILE", "LOCALITY_VERSION", "cka_path",
-           "erf_path", "locality_path", "read_audit", "read_cka", "read_locality", "write_audit", "write_cka",
-           "write_locality"]
+           "erf_path", "locality_path", "outdated_locality", "read_audit", "read_cka", "read_locality", "write_audit",
+           "write_cka", "write_locality"]
 
 LOCALITY_FILE = "teacher_locality.json"
 ERF_FILE = "teacher_erf.npz"
 CKA_FOLDER = "teacher_cka"
-LOCALITY_VERSION = 1  # bump when the measurement changes: older files are measured again
+# bump when the measurement changes: analyse measures older files again, the report names them as outdated.
+# 2: the ERF rings are centred on the receptive-field centre from the teacher's layers (1: the patchify midpoint,
+# 1.5-7.5 px off for ResNet's padded stride-2 layers at taps 1-3)
+LOCALITY_VERSION = 2
 AUDIT_FILE = "selection_audit.csv"
 AUDIT_COLUMNS = ("epoch", "synth_aupro", "test_image_auroc", "test_pixel_auroc", "test_aupro")
 _REDO = "rerun `main.py analyse --results {results} --force`"
@@ -52,6 +55,16 @@ def cka_path(results: str | os.PathLike, category: str, a: str, b: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- teacher locality
+
+def outdated_locality(results: str | os.PathLike, backbone: str, category: str) -> bool:
+    """Whether the (backbone, category) has a teacher_locality.json written by an older ``analyse`` (which
+    ``read_locality`` does not read; ``analyse`` measures it again)."""
+    path = locality_path(results, backbone, category)
+    if not path.is_file():
+        return False
+    record = runs.read_json(path)
+    return not isinstance(record, dict) or record.get("version") != LOCALITY_VERSION
+
 
 def write_locality(results: str | os.PathLike, backbone: str, category: str, record: dict[str, Any],
                    maps: np.ndarray, profiles: np.ndarray) -> Path:

@@ -1,7 +1,8 @@
 """The Why section's "How local the teacher is": effective receptive fields and CKA of the frozen teachers.
 
 Reads what ``main.py analyse`` wrote (why_files.py): per (backbone, category) the radii holding 50 % and 90 % of
-the centre feature's input-gradient mass per tap, with every validation normal's ring profile, and per pair the
+the centre feature's input-gradient mass per tap (rings around that feature's receptive-field centre, placed
+from the teacher's own kernels, strides and paddings), with every validation normal's ring profile, and per pair the
 linear CKA of their taps. Paired differences of the radii get a percentile bootstrap interval over the validation
 normals (both teachers saw the same images; the same draws for both), averaged over categories. No model code.
 """
@@ -17,10 +18,12 @@ from locality import mass_radius
 from significance import multiplicities, percentile_interval, seeded_rng
 from why_part import WhyPart
 
-__all__ = ["KEY", "TITLE", "erf_figure", "pair_table", "part", "radius_table", "read_records"]
+__all__ = ["ADDED_BY", "KEY", "TITLE", "erf_figure", "pair_table", "part", "radius_table", "read_records", "stale"]
 
 KEY = "locality"
 TITLE = "How local the teacher is"
+ADDED_BY = ("`main.py analyse --results {results}` measures each frozen teacher's receptive fields and the pairs' "
+            "CKA on the validation normals")
 FRACTIONS = {"r50": 0.5, "r90": 0.9}
 Records = dict[tuple[str, str], dict]  # (backbone, category) -> read_locality's record
 
@@ -33,6 +36,14 @@ def read_records(runs_frame: pd.DataFrame, results: str) -> Records:
         if record is not None:
             found[(backbone, category)] = record
     return found
+
+
+def stale(runs_frame: pd.DataFrame, results: str) -> list[str]:
+    """The compared (backbone, category) pairs whose teacher_locality.json an older ``analyse`` wrote, as
+    "backbone/category" (``read_locality`` does not read them; ``analyse`` measures them again)."""
+    pairs = sorted(set(zip(runs_frame["backbone"], runs_frame["category"])))
+    return [f"{backbone}/{category}" for backbone, category in pairs
+            if why_files.outdated_locality(results, backbone, category)]
 
 
 def radius_table(records: Records) -> pd.DataFrame:
@@ -171,13 +182,20 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
         "per (backbone, category) since the teacher is frozen (a random teacher: the lowest seed's). For each of the "
         "teacher's taps, the effective receptive field is the gradient of the centre feature (the sum over channels at "
         "the centre position) with respect to the input image, absolute and summed over the colour channels, averaged "
-        f"over the normals; r50 and r90 are the radii around the centre of the region that cell covers holding "
+        "over the normals; r50 and r90 are the radii holding "
         f"{100 * FRACTIONS['r50']:.0f} % and {100 * FRACTIONS['r90']:.0f} % of its mass, in input pixels (rings of "
-        "1 px, linear in between). A radius near half the image size means the field is cut by the image border. "
+        "1 px, linear in between), around the centre of that feature's receptive field as the teacher's own layers "
+        "place it (the kernels, strides and paddings of its convolutions, poolings and patch mergings: a padded "
+        "stride-2 ResNet puts cell i of a stride-s tap at s i, a patchify ConvNeXt or Swin at s i + (s - 1) / 2). "
+        "A radius near half the image size means the field is cut by the image border. "
         "Differences a - b are paired (the same normals), averaged over categories, with a percentile bootstrap "
         f"interval from {N_BOOT} resamples of the normals within each category. CKA: linear CKA between the two "
         "teachers' taps of the same index on the same normals (rows: image x position, pooled to the smaller size; "
         "1 = the same features up to rotation and scale).")
+    outdated = stale(runs_frame, results)
+    if outdated:
+        text += (f" Not read here: {', '.join(outdated)}, measured by an older `main.py analyse` (rings centred on "
+                 f"the patchify midpoint); `main.py analyse --results {results}` measures them again.")
     figures = [FigureItem("why", "why_locality_erf", "Effective receptive fields per backbone and tap (circles: r50 "
                           "solid, r90 dashed)", erf_figure(records, backbones))]
     return WhyPart(KEY, TITLE, text, {"radii": radii, "pairs": shown}, figures,

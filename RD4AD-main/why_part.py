@@ -1,5 +1,6 @@
-"""One instrument's share of the report's Why section (why.py renders them): a module of its own so that the
-instrument modules, which build parts, and why.py, which lists the instruments, import it without a circle."""
+"""One instrument's share of the report's section "What differs between the teachers" (why.py renders them): a
+module of its own so that the instrument modules, which build parts, and why.py, which lists the instruments,
+import it without a circle."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,3 +24,4 @@ class WhyPart:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # shown in this order below the text
     figures: list["FigureItem"] = field(default_factory=list)  # FigureItem(kind="why", ...)
     finding: str | None = None  # one templated line for the findings list, with its interval
+    missing: str | None = None  # set when the instrument did not run: what would add it (markdown)

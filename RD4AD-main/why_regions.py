@@ -9,15 +9,18 @@ from matplotlib.figure import Figure
 
 from plots import FigureItem, backbone_colors
 from runs import REGIONS_FILE, load_regions
-from significance import multiplicities, percentile_interval, seeded_rng
 from why_part import WhyPart
-from why_stats import CONFIDENCE, N_BOOT, interval, per_pair, stack_pairs
+from why_stats import CONFIDENCE, interval_text, paired_values, per_pair, seed_interval, stack_pairs
 
-__all__ = ["BIN_EDGES", "BIN_LABELS", "by_bin", "differences", "part", "region_frame", "size_bin"]
+__all__ = ["ADDED_BY", "BIN_EDGES", "BIN_LABELS", "KEY", "TITLE", "by_bin", "differences", "part", "region_frame",
+           "size_bin"]
 
 BIN_EDGES = (0.001, 0.01, 0.05)  # fractions of the image area; a region on an edge goes to the upper bin
 BIN_LABELS = ("< 0.1 %", "0.1-1 %", "1-5 %", "> 5 %")
 KEY = "regions"
+TITLE = "Small defects"
+ADDED_BY = ("`main.py test --results {results}` writes each run's regions.csv when the test data has ground-truth "
+            "masks")
 REGION_ID = ["category", "path", "region", "area_px"]  # the same region in every run of a category
 VALUES = {"detected": "recall", "overlap_auc": "overlap"}  # regions.csv-derived column -> short name
 WORDS = {"recall": "region recall", "overlap": "overlap to FPR 0.3"}
@@ -55,33 +58,41 @@ def by_bin(frame: pd.DataFrame) -> pd.DataFrame:
     return table.assign(size=table["bin"].map(dict(enumerate(BIN_LABELS))))
 
 
-def differences(frame: pd.DataFrame, pair: tuple[str, str], n_boot: int = N_BOOT) -> pd.DataFrame:
+def differences(frame: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
     """Per bin, the mean over the regions both backbones scored (on the (category, seed) runs both have; seed-mean
-    per region) of a - b in recall and overlap, with percentile intervals from a paired bootstrap over those
-    regions (one draw per bin for both values). Columns: bin, size, n_regions, then mean_diff, ci_low, ci_high per
-    value (fractions); the replicates in ``_replicates_<value>``."""
-    runs_of = {b: set(map(tuple, frame.loc[frame["backbone"] == b, ["category", "seed"]].drop_duplicates().values))
-               for b in pair}
-    common = runs_of[pair[0]] & runs_of[pair[1]]
-    if not common:
+    per region) of a - b in recall and overlap, with the t intervals of why_stats.seed_interval: seeds and regions
+    random (each category a seeds x regions table), categories fixed, each category weighted by its regions. A
+    region enters when both backbones scored it on every seed both ran in its category. Columns: bin, size,
+    n_regions, n_categories, n_seeds (the fewest of a category), then per value ``<value>_diff``, ``_ci_low``,
+    ``_ci_high``, ``_df`` (fractions), and note."""
+    members = frame[frame["backbone"].isin(pair)]
+    if members.empty:
         return pd.DataFrame()
-    keep = [(c, s) in common for c, s in zip(frame["category"], frame["seed"])]
-    regions = _per_region(frame[keep])
-    wide = regions.pivot_table(index=[*REGION_ID, "bin"], columns="backbone", values=list(VALUES)).dropna()
+    members = members.assign(unit=members.groupby(REGION_ID, sort=False).ngroup())
+    (units, _), cube = paired_values(members, pair, ["unit", "seed"], list(VALUES))  # units x seeds x (a, b) x 2
+    diff = cube[:, :, 0] - cube[:, :, 1]
+    scored = np.isfinite(cube[..., 0])  # units x seeds x (a, b): the run scored the region
+    first = members.drop_duplicates("unit").set_index("unit").loc[units]
+    unit_category, unit_bin = first["category"].to_numpy(), first["bin"].to_numpy()
+    ran = {c: scored[unit_category == c].any(0).all(-1) for c in set(unit_category)}  # seeds both backbones ran
     rows = []
     for index, label in enumerate(BIN_LABELS):
-        members = wide[wide.index.get_level_values("bin") == index]
-        if members.empty:
+        cells = []
+        for category in sorted(set(unit_category[unit_bin == index])):
+            table = diff[(unit_bin == index) & (unit_category == category)][:, ran[category]]  # regions x seeds x 2
+            table = table[np.isfinite(table).all(axis=(1, 2))]  # the regions both scored on every seed
+            if len(table):
+                cells.append(table.transpose(1, 0, 2))  # seeds x regions x values
+        if not cells:
             continue
-        diff = np.stack([(members[(v, pair[0])] - members[(v, pair[1])]).to_numpy() for v in VALUES], axis=1)
-        weights = multiplicities(len(diff), n_boot, seeded_rng("why", KEY, *pair, index))
-        replicates = weights @ diff / len(diff)
-        row = {"bin": index, "size": label, "n_regions": len(diff)}
+        n_regions = np.array([table.shape[1] for table in cells])
+        found = seed_interval(cells, n_regions / n_regions.sum(), bounds=(-1.0, 1.0))
+        row = {"bin": index, "size": label, "n_regions": int(n_regions.sum()), "n_categories": len(cells),
+               "n_seeds": min(table.shape[0] for table in cells)}
         for column, name in enumerate(VALUES.values()):
-            low, high = percentile_interval(replicates[:, column], CONFIDENCE)
-            row |= {f"{name}_diff": diff[:, column].mean(), f"{name}_ci_low": low, f"{name}_ci_high": high,
-                    f"_replicates_{name}": replicates[:, column]}
-        rows.append(row)
+            row |= {f"{name}_diff": found.estimate[column], f"{name}_ci_low": found.low[column],
+                    f"{name}_ci_high": found.high[column], f"{name}_df": found.df[column]}
+        rows.append(row | {"note": found.note})
     return pd.DataFrame(rows)
 
 
@@ -105,14 +116,18 @@ def _figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def _text(row: pd.Series, name: str) -> str:
+    return interval_text(row[f"{name}_diff"], row[f"{name}_ci_low"], row[f"{name}_ci_high"], row["note"])
+
+
 def _finding(diffs: dict[tuple[str, str], pd.DataFrame]) -> str | None:
     """The smallest bin with regions common to the first pair: its recall and overlap differences."""
     for pair, table in diffs.items():
         row = table.iloc[0]
-        values = "; ".join(f"{WORDS[name]} {interval(row[f'{name}_diff'], row[f'_replicates_{name}'])} points"
-                           for name in VALUES.values())
+        values = "; ".join(f"{WORDS[name]} {_text(row, name)} points" for name in VALUES.values())
         return (f"In the smallest size bin with regions ({row['size']} of the image area, {int(row['n_regions'])} "
-                f"regions scored by both), {pair[0]} − {pair[1]}: {values} (95 % intervals, regions resampled).")
+                f"regions in {int(row['n_categories'])} categories scored by both), {pair[0]} − {pair[1]}: {values} "
+                f"({100 * CONFIDENCE:.0f} % t intervals, training seeds and regions random, categories fixed).")
     return None
 
 
@@ -129,8 +144,8 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
     both, diff_table = stack_pairs(diffs), pd.DataFrame()
     if not both.empty:
         columns = [f"{name}_{stat}" for name in VALUES.values() for stat in ("diff", "ci_low", "ci_high")]
-        diff_table = both[["pair", "size", "n_regions", *columns]].assign(**{c: (100 * both[c]).round(2)
-                                                                           for c in columns})
+        diff_table = both[["pair", "size", "n_regions", "n_categories", "n_seeds", *columns]].assign(
+            **{c: (100 * both[c]).round(2) for c in columns})
     sizes = ", ".join(f"{label}" for label in BIN_LABELS)
     text = (f"Each run's {REGIONS_FILE} (written by `main.py test` from its maps and masks, at the training image "
             "size) lists every ground-truth region: an 8-connected component of a test mask (scipy.ndimage.label). "
@@ -142,10 +157,17 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
             "rate over all normal pixels of the run's test images, as in the AUPRO) integrated up to FPR 0.3 and "
             "divided by 0.3; its mean over all regions is the run's AUPRO. Per backbone, each region's values are "
             "averaged over seeds, then over the regions of a bin. The differences a − b (points) use the regions "
-            "both backbones scored on the same (category, seed) runs (same test images, same masks), with 95 % "
-            f"percentile intervals from a paired bootstrap over those regions ({N_BOOT} resamples per bin).")
+            "both backbones scored on every (category, seed) run both have (same test images, same masks), each "
+            "region's difference averaged over seeds, then over the bin's regions. Their 95 % Student t intervals "
+            "take the **training seeds and the regions as random** and the categories as fixed: per category the "
+            "differences form a seeds x regions table whose variance has a seed part (a run's threshold moves all "
+            "its regions together), a region part and a residual, each category with its own (a category with one "
+            "seed takes the seed part of the others), and the degrees of freedom are Satterthwaite's (3 seeds give "
+            "a category's seed part 2). With one seed per category the seed part cannot be estimated and there is "
+            "no interval. Coverage checked by "
+            "simulation (docs/why_calibration.md).")
     figure = FigureItem(kind="why", name="why_regions", caption="Region recall at the validation threshold and mean "
                         "overlap up to FPR 0.3 per region-size bin, per backbone (n: regions).", figure=_figure(table))
     tables = {"by_bin": shown} | ({"differences": diff_table} if not diff_table.empty else {})
     finding = _finding(diffs) or "No pair has regions scored by both backbones."
-    return WhyPart(KEY, "Small defects", text, tables, [figure], finding)
+    return WhyPart(KEY, TITLE, text, tables, [figure], finding)

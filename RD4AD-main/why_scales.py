@@ -8,14 +8,15 @@ from matplotlib.figure import Figure
 
 from plots import FigureItem, backbone_colors
 from runs import METRICS, SCALES_FILE, load_scales
-from significance import percentile_interval, seeded_rng
 from why_part import WhyPart
-from why_stats import CONFIDENCE, N_BOOT, interval, per_pair, seed_bootstrap, stack_pairs
+from why_stats import CONFIDENCE, interval_text, paired_differences, per_pair, seed_interval, stack_pairs
 
-__all__ = ["METRIC_KEYS", "differences", "part", "scale_frame", "scale_means"]
+__all__ = ["ADDED_BY", "KEY", "METRIC_KEYS", "TITLE", "differences", "part", "scale_frame", "scale_means"]
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 KEY = "scales"
+TITLE = "Which scale detects"
+ADDED_BY = "`main.py test --results {results}` writes each run's scales.csv (unless `--no-scale-ablation`)"
 
 
 def scale_frame(runs_frame: pd.DataFrame) -> pd.DataFrame:
@@ -48,37 +49,29 @@ def scale_means(frame: pd.DataFrame) -> pd.DataFrame:
                              ignore_index=True)
 
 
-def differences(frame: pd.DataFrame, pair: tuple[str, str], n_boot: int = N_BOOT) -> pd.DataFrame:
+def differences(frame: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
     """Per map and metric, the mean over categories of the seed-mean difference a - b on the (category, seed) runs
-    both backbones have, with the percentile interval of the seeds-within-category bootstrap (categories fixed);
-    one seed draw per category serves every map and metric. Columns: map, metric, n_categories, n_seeds,
-    mean_diff, ci_low, ci_high (fractions; NaN interval with one seed per category)."""
+    both backbones have, with the t interval of why_stats.seed_interval: the seeds random, the categories and
+    their test images fixed. Columns: map, metric, n_categories, n_seeds
+    (the fewest of a category), mean_diff, ci_low, ci_high (fractions; NaN interval with one seed per category),
+    df and note."""
     maps = _map_order(frame)
-    wide = frame.pivot_table(index=["category", "seed", "map"], columns="backbone", values=list(METRIC_KEYS))
-    per_category, seeds_used = [], []
-    for category in sorted(set(frame["category"])):
-        cells = []
-        for seed in sorted(set(frame.loc[frame["category"] == category, "seed"])):
-            try:
-                values = [wide.loc[(category, seed, name)] for name in maps]
-            except KeyError:
-                continue
-            diff = [[v.get((metric, pair[0]), np.nan) - v.get((metric, pair[1]), np.nan) for metric in METRIC_KEYS]
-                    for v in values]
-            if not np.isnan(np.asarray(diff)[:, 0]).any():  # image AUROC is always measured: both runs present
-                cells.append(np.asarray(diff).ravel())
-        if cells:
-            per_category.append(np.asarray(cells))
-            seeds_used.append(len(cells))
+    if not set(pair) <= set(frame["backbone"]):
+        return pd.DataFrame()
+    (_, _, map_names), diff = paired_differences(frame, pair, ["category", "seed", "map"], list(METRIC_KEYS))
+    diff = diff[:, :, [list(map_names).index(name) for name in maps]]  # categories x seeds x maps x metrics
+    measured = np.isfinite(diff[..., 0]).all(-1)  # both runs of the (category, seed), image AUROC of every map
+    per_category = [diff[c, measured[c]].reshape(int(measured[c].sum()), 1, -1)  # (seeds, one unit, columns)
+                    for c in range(len(diff)) if measured[c].any()]
     if not per_category:
         return pd.DataFrame()
-    estimate, replicates = seed_bootstrap(per_category, n_boot, seeded_rng("why", KEY, *pair))
+    found = seed_interval(per_category, bounds=(-1.0, 1.0))
     rows = []
     for index, (name, metric) in enumerate((m, k) for m in maps for k in METRIC_KEYS):
-        low, high = (np.nan, np.nan) if replicates is None else percentile_interval(replicates[:, index], CONFIDENCE)
         rows.append({"map": name, "metric": metric, "n_categories": len(per_category),
-                     "n_seeds": min(seeds_used), "mean_diff": estimate[index], "ci_low": low, "ci_high": high,
-                     "_replicates": None if replicates is None else replicates[:, index]})
+                     "n_seeds": min(len(cells) for cells in per_category), "mean_diff": found.estimate[index],
+                     "ci_low": found.low[index], "ci_high": found.high[index], "df": found.df[index],
+                     "note": found.note})
     return pd.DataFrame(rows)
 
 
@@ -101,6 +94,10 @@ def _figure(means: pd.DataFrame, metric: str) -> Figure:
     return fig
 
 
+def _text(row: pd.Series) -> str:
+    return interval_text(row["mean_diff"], row["ci_low"], row["ci_high"], row["note"])
+
+
 def _finding(diffs: dict[tuple[str, str], pd.DataFrame], means: pd.DataFrame, metric: str) -> str | None:
     """For the first pair with differences: the full map's difference and the single scale where it is largest."""
     for pair, table in diffs.items():
@@ -114,11 +111,10 @@ def _finding(diffs: dict[tuple[str, str], pd.DataFrame], means: pd.DataFrame, me
         best_text = "; ".join(f"{b}'s best single scale is {v.idxmax().removesuffix(' only')} ({100 * v.max():.1f} %)"
                               for b, v in best.items() if v.notna().any())
         full = rows.loc["all scales"]
-        return (f"{pair[0]} − {pair[1]} on {METRICS[metric]}: all scales "
-                f"{interval(full['mean_diff'], full['_replicates'])} points; the largest difference of a single "
-                f"scale's map is {widest}, {interval(rows.loc[widest, 'mean_diff'], rows.loc[widest, '_replicates'])} "
-                f"points ({best_text}; 95 % intervals, seeds resampled within each of the {int(full['n_categories'])} "
-                "categories, on these categories).")
+        return (f"{pair[0]} − {pair[1]} on {METRICS[metric]}: all scales {_text(full)} points; the largest "
+                f"difference of a single scale's map is {widest}, {_text(rows.loc[widest])} points ({best_text}; "
+                f"{100 * CONFIDENCE:.0f} % t intervals with the training seeds random; on these "
+                f"{int(full['n_categories'])} categories and their test images).")
     return None
 
 
@@ -132,11 +128,12 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
     diffs = per_pair(frame, pairs, differences)
     mean_table = means.assign(**{METRICS[k]: (100 * means[k]).round(2) for k in METRIC_KEYS})
     mean_table = mean_table[["backbone", "map", *[METRICS[k] for k in METRIC_KEYS], "categories", "runs"]]
-    diff_table = stack_pairs({pair: table.drop(columns="_replicates") for pair, table in diffs.items()})
+    diff_table = stack_pairs(diffs)
     if not diff_table.empty:
         in_points = {c: (100 * diff_table[c]).round(2) for c in ("mean_diff", "ci_low", "ci_high")}
         diff_table = diff_table.assign(metric=diff_table["metric"].map(METRICS), **in_points)
-        diff_table = diff_table[["pair", "map", "metric", "n_categories", "n_seeds", "mean_diff", "ci_low", "ci_high"]]
+        diff_table = diff_table[["pair", "map", "metric", "n_categories", "n_seeds", "mean_diff", "ci_low", "ci_high",
+                                 "df"]].assign(df=diff_table["df"].round(1))
         diff_table = diff_table.rename(columns={"mean_diff": "a − b (points)", "ci_low": "95 % CI low",
                                                 "ci_high": "95 % CI high"})
     text = (f"Each run's {SCALES_FILE} (written by `main.py test` from its scoring pass; `--no-scale-ablation` skips "
@@ -146,11 +143,17 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
             "blur, the image score is its maximum, and the metrics are metrics.py's. The first table is the mean "
             "over seeds, then over categories, in percent. The second gives, per pair, the difference a − b in "
             "points (mean over categories of the seed-mean difference on the seeds both backbones ran) with a 95 % "
-            f"percentile interval from {N_BOOT} resamples of the seeds within each category, the categories fixed: "
-            "it holds **on these categories** and says nothing of new ones.")
+            "Student t interval in which the **training seeds are random**: each category's seed-to-seed variance "
+            "of the difference enters with its weight (a category with one seed takes the variance of the others), "
+            "with Satterthwaite's degrees of freedom (df; with 3 seeds a category has 2), and the categories and "
+            "their test images are fixed (scales.csv holds each map's metrics, not per-image scores). It holds **on "
+            "these categories and test images** and says nothing of new ones; with one seed per category there is "
+            "no interval. Its coverage is checked by "
+            "simulation (docs/why_calibration.md). Leaving a scale out of the map is an intervention on the map "
+            "(not on the teacher): a difference here is caused by what that scale adds to the map.")
     figure = FigureItem(kind="why", name="why_scales", caption=f"{METRICS[metric]} of each scale's map alone and of "
                         "the map without each scale, per backbone (mean over seeds, then categories).",
                         figure=_figure(means, metric))
     tables = {"means": mean_table} | ({"differences": diff_table} if not diff_table.empty else {})
     finding = _finding(diffs, means, metric) or "No pair has scale ablations of both backbones on the same runs."
-    return WhyPart(KEY, "Which scale detects", text, tables, [figure], finding)
+    return WhyPart(KEY, TITLE, text, tables, [figure], finding)

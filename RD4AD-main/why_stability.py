@@ -1,20 +1,24 @@
 """Why instrument 3, "Training stability": the learning curves (loss, gradient norms of bottleneck and student,
-from history.csv) of every seed per backbone side by side, and the seed-to-seed spread of each metric."""
+from history.csv) of every run per backbone side by side (colour: category, line style: seed), and the
+seed-to-seed spread of each metric pooled over categories, and the typical ratio of two backbones' spreads
+(why_stats)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from plots import FigureItem
+from plots import LINE_STYLES, FigureItem
 from runs import GRAD_NORM_COLUMNS, HISTORY_FILE, METRICS, read_history
-from significance import multiplicities, percentile_interval, seeded_rng
 from why_part import WhyPart
-from why_stats import CONFIDENCE, N_BOOT
+from why_stats import CONFIDENCE, SpreadInterval, paired_values, spread_interval
 
-__all__ = ["CURVES", "SPREAD_METRICS", "final_losses", "part", "spread_ratio", "spread_table", "seed_spread"]
+__all__ = ["ADDED_BY", "CURVES", "KEY", "SPREAD_METRICS", "TITLE", "category_colors", "final_losses", "part",
+           "spread_ratio", "spread_table", "seed_spread"]
 
 KEY = "stability"
+TITLE = "Training stability"
+ADDED_BY = "`main.py train` writes each run's history.csv"
 CURVES = {"loss": "training loss", GRAD_NORM_COLUMNS[0]: "gradient norm, bottleneck",
           GRAD_NORM_COLUMNS[1]: "gradient norm, student"}
 SPREAD_METRICS = {"image_auroc": METRICS["image_auroc"], "pixel_auroc": METRICS["pixel_auroc"],
@@ -29,71 +33,90 @@ def final_losses(runs_frame: pd.DataFrame, histories: dict[str, pd.DataFrame]) -
 
 
 def seed_spread(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per backbone and category with at least two seeds measured: the sample standard deviation (ddof 1) of
-    ``metric`` over the seeds. Columns backbone, category, std, seeds."""
+    """Per backbone and category with at least two seeds measured: the sample variance and standard deviation
+    (ddof 1) of ``metric`` over the seeds. Columns backbone, category, variance, std, seeds."""
     measured = frame.dropna(subset=[metric])
-    grouped = measured.groupby(["backbone", "category"])[metric].agg(std=lambda v: float(np.std(v, ddof=1))
-                                                                     if len(v) > 1 else np.nan, seeds="size")
-    return grouped.dropna(subset=["std"]).reset_index()
+    grouped = measured.groupby(["backbone", "category"])[metric].agg(
+        variance=lambda v: float(np.var(v, ddof=1)) if len(v) > 1 else np.nan, seeds="size")
+    grouped = grouped.dropna(subset=["variance"]).reset_index()
+    return grouped.assign(std=np.sqrt(grouped["variance"]))
 
 
 def spread_table(frame: pd.DataFrame, backbones: list[str]) -> pd.DataFrame:
-    """Rows: metrics; per backbone, the mean over categories of the seed standard deviation and how many
-    categories it averages (fractions and losses as measured)."""
+    """Rows: metrics; per backbone, the pooled seed standard deviation (the root of the seed variances averaged
+    over the categories with two or more seeds, weighted by seeds - 1) and how many categories it pools."""
     rows = []
     for metric, label in SPREAD_METRICS.items():
         spread = seed_spread(frame, metric)
         row: dict = {"metric": label, "key": metric}
         for backbone in backbones:
             mine = spread[spread["backbone"] == backbone]
-            row[backbone] = float(mine["std"].mean()) if len(mine) else np.nan
+            weights = mine["seeds"] - 1
+            row[backbone] = float(np.sqrt((weights * mine["variance"]).sum() / weights.sum())) if len(mine) else np.nan
             row[f"{backbone} categories"] = len(mine)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def spread_ratio(frame: pd.DataFrame, pair: tuple[str, str], metric: str, n_boot: int = N_BOOT
-                 ) -> tuple[float, np.ndarray, int] | None:
-    """On the categories where both backbones have two or more seeds: mean seed std of a / that of b, its bootstrap
-    replicates (categories resampled) and the number of categories; None without such a category."""
-    spread = seed_spread(frame, metric).pivot(index="category", columns="backbone", values="std")
-    if not set(pair) <= set(spread.columns):
+def spread_ratio(frame: pd.DataFrame, pair: tuple[str, str], metric: str) -> SpreadInterval | None:
+    """On the categories where both backbones have the same two or more seeds: the typical ratio of the seed
+    standard deviations a / b with its interval (why_stats.spread_interval); None without such a category."""
+    if not set(pair) <= set(frame["backbone"]):
         return None
-    both = spread[list(pair)].dropna()
-    if both.empty:
+    _, values = paired_values(frame, pair, ["category", "seed"], [metric])  # categories x seeds x (a, b) x 1
+    values = values[..., 0]
+    both = np.isfinite(values).all(-1)  # the (category, seed) runs both backbones measured
+    seeds = both.sum(1)
+    keep = seeds >= 2
+    if not keep.any():
         return None
-    a, b = both[pair[0]].to_numpy(), both[pair[1]].to_numpy()
-    weights = multiplicities(len(both), n_boot, seeded_rng("why", KEY, *pair, metric))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = a.mean() / b.mean() if b.mean() > 0 else np.nan
-        replicates = (weights @ a) / (weights @ b)
-    replicates[~np.isfinite(replicates)] = np.nan
-    return ratio, replicates, len(both)
+    chosen = np.where(both[..., None], values, np.nan)[keep]
+    variances = np.nanvar(chosen, axis=1, ddof=1)  # categories x (a, b)
+    return spread_interval(variances[:, 0], variances[:, 1], seeds[keep])
+
+
+def category_colors(categories: list[str]) -> dict[str, str]:
+    """One colour per category (tab10, then tab20's light shades), fixed by the sorted names."""
+    palette = [f"C{i}" for i in range(10)] + [_light(i) for i in range(10)]
+    return {category: palette[index % len(palette)] for index, category in enumerate(sorted(categories))}
+
+
+def _light(index: int) -> str:
+    from matplotlib import colormaps
+
+    red, green, blue, _ = colormaps["tab20"](2 * index + 1)
+    return f"#{int(255 * red):02x}{int(255 * green):02x}{int(255 * blue):02x}"
 
 
 def _figure(histories: dict[str, pd.DataFrame], runs_frame: pd.DataFrame, backbones: list[str]) -> Figure:
-    """Rows: loss and each gradient norm recorded; columns: backbones; one line per run, coloured by seed."""
+    """Rows: loss and each gradient norm recorded; columns: backbones; one line per run, its colour the category's
+    and its line style the seed's, with a legend of both."""
+    from matplotlib.lines import Line2D
+
     curves = [c for c in CURVES if any(c in h and h[c].notna().any() for h in histories.values())]
-    fig = Figure(figsize=(3.6 * len(backbones) + 1, 2.6 * len(curves)), layout="constrained")
+    fig = Figure(figsize=(3.6 * len(backbones) + 2.2, 2.6 * len(curves)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(curves), len(backbones), sharey="row", squeeze=False))
-    seeds = sorted(set(runs_frame["seed"]))
-    palette = [f"C{i % 10}" for i in range(len(seeds))]
+    shown = runs_frame[runs_frame["run_dir"].isin(histories)]
+    colors = category_colors(sorted(set(shown["category"])))
+    seeds = sorted(set(shown["seed"]))
+    styles = {seed: LINE_STYLES[index % len(LINE_STYLES)] for index, seed in enumerate(seeds)}
     for column, backbone in enumerate(backbones):
-        members = runs_frame[runs_frame["backbone"] == backbone]
+        members = shown[shown["backbone"] == backbone]
         for row, curve in enumerate(curves):
             ax = axes[row, column]
             for run in members.itertuples(index=False):
-                history = histories.get(run.run_dir)
-                if history is not None and curve in history:
-                    ax.plot(history["epoch"], history[curve], color=palette[seeds.index(run.seed)], linewidth=1,
-                            alpha=0.7, label=f"seed {run.seed}")
+                history = histories[run.run_dir]
+                if curve in history:
+                    ax.plot(history["epoch"], history[curve], color=colors[run.category],
+                            linestyle=styles[run.seed], linewidth=1, alpha=0.8)
             ax.set(title=backbone if row == 0 else None, xlabel="epoch" if row == len(curves) - 1 else None,
                    ylabel=CURVES[curve] if column == 0 else None)
             if curve in GRAD_NORM_COLUMNS:
                 ax.set_yscale("log")
-    handles = {h.get_label(): h for ax in axes.ravel() for h in ax.get_lines()}
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize="small")
+    handles = [Line2D([], [], color=color, label=category) for category, color in colors.items()]
+    handles += [Line2D([], [], color="black", linestyle=style, label=f"seed {seed}") for seed, style in styles.items()]
+    fig.legend(handles=handles, loc="outside right upper", fontsize="small", title="colour: category\nline: seed",
+               title_fontsize="small")
     return fig
 
 
@@ -113,24 +136,30 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
     finding = "No category has two seeds of both backbones of a pair: the seed-to-seed spread is not measured."
     for pair in pairs:
         found = spread_ratio(frame, pair, metric)
-        if found is not None and np.isfinite(found[0]):
-            ratio, replicates, n = found
-            low, high = percentile_interval(replicates, CONFIDENCE)
-            finding = (f"Seed-to-seed spread of {METRICS[metric]} (std over seeds, mean over {n} categories): "
-                       f"{pair[0]} / {pair[1]} = {ratio:.2f} [{low:.2f}, {high:.2f}] (95 % interval, categories "
-                       "resampled).")
+        if found is not None and np.isfinite(found.ratio):
+            finding = (f"Seed-to-seed spread of {METRICS[metric]}: {pair[0]} / {pair[1]} = {found.ratio:.2f} "
+                       f"[{found.low:.2f}, {found.high:.2f}] (the geometric mean over {found.n_categories} categories "
+                       f"of each category's ratio of seed standard deviations; pooled, {100 * found.sd_a:.2f} and "
+                       f"{100 * found.sd_b:.2f} points; {100 * CONFIDENCE:.0f} % interval with the training seeds "
+                       "random, categories fixed).")
             break
     grads = "" if any(c in h and h[c].notna().any() for h in histories.values() for c in GRAD_NORM_COLUMNS) else \
         " (these runs predate the gradient norms: retrain to record them)"
     text = (f"From each run's {HISTORY_FILE}: the training loss (mean over the epoch's images of the sum over "
             "scales of 1 − cos) and the gradient norms: per epoch, the mean over its optimiser steps of the L2 norm "
             "of all the bottleneck's (and of all the student's) parameter gradients, read after each step"
-            f"{grads}. The table gives, per backbone, the seed-to-seed spread of each metric: the sample standard "
-            "deviation over seeds (ddof 1) in each category with two or more seeds, averaged over those categories "
-            "(metrics in points, the final training loss as it is). The finding's ratio uses the categories where "
-            f"both backbones have two or more seeds; its 95 % interval resamples those categories ({N_BOOT} "
-            "resamples).")
+            f"{grads}. The table gives, per backbone, the seed-to-seed spread of each metric: the sample variance "
+            "over seeds (ddof 1) in each category with two or more seeds, averaged over those categories with "
+            "weights seeds − 1, as a standard deviation (metrics in points, the final training loss as it is). The "
+            "finding's ratio uses the (category, seed) runs both backbones have, in the categories with two or "
+            "more of them where both backbones varied: per category the ratio of the two seed standard "
+            "deviations, then their geometric mean over categories. Its 95 % interval takes the **training seeds "
+            "as random** (normal seed-to-seed noise, the two backbones' independent) and the categories as "
+            "fixed, each with its own spread: if the ratio is the same in every category, each category's variance "
+            "ratio is that ratio squared times an F(seeds − 1, seeds − 1) draw, so the mean of their logarithms "
+            "has a known distribution (its quantiles by seeded Monte Carlo). Coverage checked by simulation "
+            "(docs/why_calibration.md).")
     figure = FigureItem(kind="why", name="why_stability", caption="Learning curves of every run, backbones side by "
-                        "side (colour: seed; gradient norms on a log scale).",
+                        "side (colour: category, line style: seed; gradient norms on a log scale).",
                         figure=_figure(histories, runs_frame, backbones))
-    return WhyPart(KEY, "Training stability", text, {"spread": shown}, [figure], finding)
+    return WhyPart(KEY, TITLE, text, {"spread": shown}, [figure], finding)

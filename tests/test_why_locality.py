@@ -1,4 +1,5 @@
-"""Issue 18, instrument 4: how local the teacher is (locality.py, `main.py analyse`, the report's why_locality)."""
+"""Issue 18, instrument 4: how local the teacher is (locality.py, `main.py analyse`, the report's why_locality);
+issue 23: the rings centred on the receptive-field centre the teacher's own layers give."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,7 @@ import runs
 import why_files
 import why_locality
 from evaluate import evaluate_run
-from locality import LinearCKA, centre_gradients, centre_of, linear_cka, mass_radius, ring_profiles
+from locality import Grid, LinearCKA, centre_gradients, linear_cka, mass_radius, ring_profiles, tap_grids
 from main import main
 from recipe import TrainConfig, open_split
 from sweep import select_runs
@@ -39,8 +40,9 @@ def test_erf_of_two_all_ones_3x3_convs_is_the_hand_computed_pyramid():
     expected[3:8, 3:8] = 3 * torch.outer(line, line)
     assert torch.equal(erf[0], expected) and torch.equal(erf[1], expected)  # any input: the stack is linear
 
-    centre = centre_of(11, 11)
-    assert centre == 5.0
+    ((grid, _),) = tap_grids(stack, (11, 11))
+    centre = grid.centre(11)
+    assert (grid, centre) == (Grid(1.0, 0.0), 5.0)
     profile = ring_profiles(erf, centre, centre)[0].numpy() / 3
     # rings of 1 px: d = 0 -> 9; d = 1 (x4, weight 6) and sqrt 2 (x4, weight 4) -> 40; d = 2 (x4, 3) and sqrt 5
     # (x8, 2) -> 28; sqrt 8 (x4, 1) -> 4; 81 in all
@@ -55,10 +57,90 @@ def test_erf_centre_of_a_strided_tap_is_the_middle_of_the_cell_it_covers():
     cells = torch.zeros(8, 8)
     cells[4:6, 4:6] = 3  # feature (2, 2) of the 4x4 map sees pixels 4-5
     assert torch.equal(erf[0], cells)
-    assert centre_of(4, 8) == 4.5
+    assert tap_grids(stack, (8, 8))[0][0].centre(4) == 4.5
     profile = ring_profiles(erf, 4.5, 4.5)[0].numpy()  # the 4 pixels lie at sqrt(0.5) ~ 0.71: ring 1
     assert profile.tolist()[:2] == [0, 12]
     assert mass_radius(profile, 0.5) == pytest.approx(1.0)
+
+
+class _Taps(nn.Module):
+    """A padded stride-2 stem as ResNet's (7x7 stride-2 conv, BatchNorm, ReLU, 3x3 stride-2 max pool) and a 4x4
+    stride-2 conv padded 1 (an even kernel: its cells sit half a pixel off); both outputs are taps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 7, stride=2, padding=3), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.MaxPool2d(3, stride=2, padding=1))
+        self.down = nn.Conv2d(4, 4, 4, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        first = self.stem(x)
+        return [first, self.down(first)]
+
+
+def _brute_force_centres(module: nn.Module, size: int) -> list[tuple[float, float]]:
+    """Per tap, the middle of the input pixels its centre cell depends on: one image per pixel, that pixel NaN
+    (NaN reaches every output that depends on it: no dead ReLU or cancellation hides a pixel)."""
+    images = torch.zeros(size * size, 3, size, size)
+    images.view(size * size, 3, -1)[torch.arange(size * size), :, torch.arange(size * size)] = float("nan")
+    with torch.no_grad():
+        taps = module.eval()(images)
+    centres = []
+    for tap in taps:
+        height, width = tap.shape[-2:]
+        reached = tap[:, :, height // 2, width // 2].isnan().any(1).view(size, size)
+        rows, columns = reached.any(1).nonzero()[:, 0], reached.any(0).nonzero()[:, 0]
+        assert 0 < rows.min() and rows.max() < size - 1 and 0 < columns.min() and columns.max() < size - 1  # uncut
+        centres.append(((rows.min() + rows.max()).item() / 2, (columns.min() + columns.max()).item() / 2))
+    return centres
+
+
+def test_receptive_field_centres_of_a_padded_stride_2_stem_equal_brute_force():
+    torch.manual_seed(0)
+    module = _Taps()
+    grids = tap_grids(module, (40, 40))
+    with torch.no_grad():
+        sizes = [tap.shape[-1] for tap in module.eval()(torch.zeros(1, 3, 40, 40))]
+    placed = [(gy.centre(n), gx.centre(n)) for (gy, gx), n in zip(grids, sizes)]
+    assert placed == _brute_force_centres(module, 40) == [(20.0, 20.0), (18.0, 18.0)]
+    assert grids[0][0] == Grid(4.0, 0.0) and grids[1][0] == Grid(8.0, 2.0)
+    # the patchify midpoint the rings used before, (i + 0.5) * stride - 0.5, is 1.5 px off on each
+    assert [(n // 2 + 0.5) * 40 / n - 0.5 for n in sizes] == [21.5, 19.5]
+
+
+def test_teacher_grids_resnet_at_s_i_convnext_and_swin_at_the_patchify_midpoint():
+    from torchvision.models import convnext_tiny, resnet50
+
+    from RD_ConvNeXt_Model import ConvNeXtTeacher
+    from RD_Swin_Model import SwinTeacher, swin_t_teacher_model
+    from resnet import ResNetTeacher
+
+    steps = (4.0, 8.0, 16.0)
+    with torch.device("meta"):  # shapes only: no weights to initialise, no arithmetic
+        teachers = [ResNetTeacher(resnet50()), ConvNeXtTeacher(convnext_tiny()), SwinTeacher(swin_t_teacher_model())]
+    resnet = tap_grids(teachers[0], (64, 48))
+    assert [grids for grids in resnet] == [(Grid(s, 0.0), Grid(s, 0.0)) for s in steps]
+    for teacher in teachers[1:]:
+        grids = tap_grids(teacher, (32, 32))
+        assert grids == [(Grid(s, (s - 1) / 2), Grid(s, (s - 1) / 2)) for s in steps]
+        assert [g.centre(int(32 / s)) for (g, _), s in zip(grids, steps)] == \
+            [(32 / s // 2 + 0.5) * s - 0.5 for s in steps]  # unchanged: the middle of the cell's patch
+
+
+def test_a_tap_the_layers_cannot_place_is_an_error():
+    upsampled = nn.Sequential(nn.Conv2d(3, 2, 3, stride=2, padding=1), nn.Upsample(scale_factor=3))
+    with pytest.raises(ValueError, match="tap 1 .* not a convolution, pooling or patch merging"):
+        tap_grids(upsampled, (16, 16))
+
+
+def test_the_true_centre_shrinks_a_gaussian_erf_to_its_own_radius():
+    """A sigma-10 Gaussian centred at 256 of a 512 px image, as the ERF of a ResNet tap 3 cell (16 i): its r50 is
+    sigma sqrt(2 ln 2) = 11.77 around the true centre, 15.3 around the patchify midpoint 263.5."""
+    coordinates = torch.arange(512, dtype=torch.float64)
+    line = torch.exp(-((coordinates - 256) ** 2) / 200)
+    erf = torch.outer(line, line)[None]
+    assert mass_radius(ring_profiles(erf, 256.0, 256.0)[0].numpy(), 0.5) == pytest.approx(11.77, abs=0.05)
+    assert mass_radius(ring_profiles(erf, 263.5, 263.5)[0].numpy(), 0.5) == pytest.approx(15.3, abs=0.1)
 
 
 # ---------------------------------------------------------------------------------------------- CKA
@@ -162,6 +244,23 @@ def test_analyse_writes_the_locality_and_cka_files_runs_ignore(trained, capsys):
 
     part = why_locality.part(runs.load_runs(trained), str(trained), [BACKBONES])
     assert part.figures[0].figure is not None and set(part.tables) == {"radii", "pairs"}
+
+    # the rings' centres: ResNet's cells at stride x i, ConvNeXt's at the middle of their patch (32 px: 8, 4, 2 cells)
+    centres = {b: [tap["centre_y"] for tap in why_files.read_locality(trained, b, "synth_object")["taps"]]
+               for b in BACKBONES}
+    assert centres == {"resnet50": [16.0, 16.0, 16.0], "convnext_tiny": [17.5, 19.5, 23.5]}
+
+    # a file of the first version (rings at the patchify midpoint) is not read, is named, and is measured again
+    path = why_files.locality_path(trained, "resnet50", "synth_object")
+    runs.atomic_write_json(path, runs.read_json(path) | {"version": 1})
+    frame = runs.load_runs(trained)
+    assert why_files.read_locality(trained, "resnet50", "synth_object") is None
+    assert why_locality.stale(frame, str(trained)) == ["resnet50/synth_object"]
+    assert "Not read here: resnet50/synth_object" in why_locality.part(frame, str(trained), [BACKBONES]).text
+    capsys.readouterr()
+    assert main(["analyse", "--results", str(trained), "--backbones", "resnet50", "--max-images", "1",
+                 "--device", "cpu"]) == 0
+    assert "skipped" not in capsys.readouterr().out and why_locality.stale(frame, str(trained)) == []
 
 
 def test_analyse_without_runs_says_so(tmp_path, capsys):
