@@ -60,7 +60,7 @@ INTRODUCTION = (
     "map's scales, while the region bins, the training curves, the receptive fields and the audit are "
     "associations. Each interval says what it takes as random (training seeds, regions, validation normals or runs) "
     "and what it holds fixed (the categories, for the region, scale and stability intervals); "
-    "docs/why_calibration.md checks by simulation that these three cover as promised.")
+    "docs/calibration.md checks by simulation that these three cover as promised.")
 
 
 def why_parts(runs_frame: pd.DataFrame, results: str | os.PathLike, pairs: list[tuple[str, str]]) -> list[WhyPart]:

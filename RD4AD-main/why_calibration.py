@@ -6,8 +6,8 @@ metrics), with several categories, training seeds that vary from seed to seed, a
 ``why_regions.differences``, ``why_stability.spread_ratio``. Per scenario: the interval's coverage of the true
 value (the categories, their effects and their seed spreads fixed; seeds and regions drawn again per study), the
 rate at which it excludes the null value when the null holds (size) and when it does not (power, with no promise
-to meet: the Why section promises none). ``rows(n_studies, seed)`` returns the table; ``benchmarks/
-why_calibration.py`` prints it and writes it into docs/why_calibration.md.
+to meet: the Why section promises none). ``rows(n_studies, seed)`` returns the table; calibration.py registers it
+as the "why" suite of `main.py calibrate`, which writes it into docs/calibration.md with ``describe()``'s text.
 """
 from __future__ import annotations
 
@@ -22,14 +22,12 @@ from tqdm import tqdm
 import why_regions
 import why_scales
 import why_stability
+from calibration_table import CALIBRATION_COLUMNS, COVERAGE_GATE, SIZE_GATE
 from significance import seeded_rng
 
-__all__ = ["COLUMNS", "COVERAGE_GATE", "SCENARIOS", "SIZE_GATE", "Scenario", "rows"]
+__all__ = ["N_STUDIES", "SCENARIOS", "Scenario", "describe", "rows"]
 
-COLUMNS = ["suite", "answer", "scenario", "n_categories", "n_seeds", "studies", "coverage", "size", "power",
-           "promised_power", "passes", "note"]
-COVERAGE_GATE = (0.93, 0.97)
-SIZE_GATE = 0.06
+N_STUDIES = 500  # null and alternative studies per scenario in a full run (about 2 min of CPU time in all)
 PAIR = ("a", "b")
 
 
@@ -271,8 +269,8 @@ def _row(answer: str, scenario: Scenario, n_studies: int, tally: Tally) -> dict:
 
 
 def rows(n_studies: int, seed: int, scenarios: list[Scenario] | None = None) -> pd.DataFrame:
-    """The calibration table (COLUMNS): per answer and scenario, ``n_studies`` null and ``n_studies``
-    alternative studies. Coverage counts every interval of the alternative studies (4 maps x 3 metrics per scale
+    """The calibration table (calibration_table.CALIBRATION_COLUMNS): per answer and scenario, ``n_studies`` null
+    and ``n_studies`` alternative studies. Coverage counts every interval of the alternative studies (4 maps x 3 metrics per scale
     study, 4 size bins per region study, 4 metrics per stability study), size every interval of the null studies.
     ``passes``: coverage within COVERAGE_GATE and size at most SIZE_GATE, or no interval where the design cannot
     give one."""
@@ -281,4 +279,25 @@ def rows(n_studies: int, seed: int, scenarios: list[Scenario] | None = None) -> 
     for scenario, simulate in tqdm(work, desc="why calibration", unit="scenario x answer", leave=False):
         for answer, tally in simulate(scenario, n_studies, seed).items():
             out.append(_row(answer, scenario, n_studies, tally))
-    return pd.DataFrame(out, columns=COLUMNS)
+    return pd.DataFrame(out, columns=CALIBRATION_COLUMNS)
+
+
+def describe() -> str:
+    """The suite's part of docs/calibration.md: what each interval takes as random, and the simulated studies."""
+    lines = ["| answer | random, fixed | power measured at |", "|---|---|---|"]
+    lines += [f"| {answer} | {RANDOM[answer]} | {POWER_AT[answer]} |" for answer in RANDOM]
+    designs = "; ".join(scenario.name for scenario in SCENARIOS)
+    return "\n\n".join([
+        " ".join(__doc__.split("\n\n")[1].split()),
+        "\n".join(lines),
+        f"Designs: {designs}. The categories' true differences, seed spreads and region counts are drawn once per "
+        "design and held fixed; seeds and regions are drawn again in every study. With one seed in every category "
+        "no interval can be estimated and the section says so instead of printing one: such a row passes when no "
+        "interval is given.",
+        "What the calibration decided: the percentile bootstrap of 3 seeds per category (the scale ablation's "
+        "interval before) and the bootstrap of regions as independent draws (ignoring that a run moves all its "
+        "regions together) gave way to the t intervals; Satterthwaite's degrees of freedom use the plug-in squares "
+        "of each category's variance term (Welch's choice), since squares corrected for their bias under normality "
+        "gave too short an interval when one category's seed spread dominated; the spread ratio's bootstrap over "
+        "categories gave way to the log-F pivot, which holds whatever each category's own spread.",
+    ])

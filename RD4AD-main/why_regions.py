@@ -165,7 +165,7 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
             "seed takes the seed part of the others), and the degrees of freedom are Satterthwaite's (3 seeds give "
             "a category's seed part 2). With one seed per category the seed part cannot be estimated and there is "
             "no interval. Coverage checked by "
-            "simulation (docs/why_calibration.md).")
+            "simulation (docs/calibration.md).")
     figure = FigureItem(kind="why", name="why_regions", caption="Region recall at the validation threshold and mean "
                         "overlap up to FPR 0.3 per region-size bin, per backbone (n: regions).", figure=_figure(table))
     tables = {"by_bin": shown} | ({"differences": diff_table} if not diff_table.empty else {})

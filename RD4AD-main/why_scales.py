@@ -149,7 +149,7 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
             "their test images are fixed (scales.csv holds each map's metrics, not per-image scores). It holds **on "
             "these categories and test images** and says nothing of new ones; with one seed per category there is "
             "no interval. Its coverage is checked by "
-            "simulation (docs/why_calibration.md). Leaving a scale out of the map is an intervention on the map "
+            "simulation (docs/calibration.md). Leaving a scale out of the map is an intervention on the map "
             "(not on the teacher): a difference here is caused by what that scale adds to the map.")
     figure = FigureItem(kind="why", name="why_scales", caption=f"{METRICS[metric]} of each scale's map alone and of "
                         "the map without each scale, per backbone (mean over seeds, then categories).",

@@ -158,7 +158,7 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
             "fixed, each with its own spread: if the ratio is the same in every category, each category's variance "
             "ratio is that ratio squared times an F(seeds − 1, seeds − 1) draw, so the mean of their logarithms "
             "has a known distribution (its quantiles by seeded Monte Carlo). Coverage checked by simulation "
-            "(docs/why_calibration.md).")
+            "(docs/calibration.md).")
     figure = FigureItem(kind="why", name="why_stability", caption="Learning curves of every run, backbones side by "
                         "side (colour: category, line style: seed; gradient norms on a log scale).",
                         figure=_figure(histories, runs_frame, backbones))

@@ -1,5 +1,5 @@
 """The Why instruments' intervals and their wording: one stated sampling model each, calibrated by simulation
-(why_calibration.py; the table is in docs/why_calibration.md).
+(why_calibration.py; the table is in docs/calibration.md).
 
 - ``seed_interval`` (scale ablation, region recall and overlap): the categories are fixed ("on these
   categories"); the training seeds are random, and so are the regions when there are regions. Per category the

@@ -1,5 +1,5 @@
 """Issue 23: the Why intervals' calibration harness (why_calibration.py), a seeded small version with loose gates;
-the full table is benchmarks/why_calibration.py's (docs/why_calibration.md)."""
+the full table is `main.py calibrate`'s "why" suite (docs/calibration.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,8 @@ import pytest
 
 import why_calibration
 import why_scales
-from why_calibration import COLUMNS, SCENARIOS, rows
+from calibration_table import CALIBRATION_COLUMNS
+from why_calibration import SCENARIOS, rows
 
 SMALL = [scenario for scenario in SCENARIOS if scenario.name in ("5 categories x 3 seeds", "5 categories x 1 seed")]
 THREE = [scenario for scenario in SMALL if scenario.seeds[0] == 3]
@@ -19,7 +20,7 @@ def table():
 
 
 def test_the_small_calibration_covers_and_keeps_its_level(table):
-    assert list(table.columns) == COLUMNS and (table["suite"] == "why").all()
+    assert list(table.columns) == CALIBRATION_COLUMNS and (table["suite"] == "why").all()
     assert set(table["answer"]) == {"scale ablation difference", "region recall difference",
                                     "region overlap difference", "stability spread ratio"}
     measured = table[table["n_seeds"] == 3]
