@@ -24,6 +24,7 @@ project's test-free choice (last epoch or synthetic validation), not the best te
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from simplex_noise import SEED_RANGE, fractal_noise
 __all__ = ["ACCUMULATION_STEPS", "CONTRAST_MARGIN", "CONTRAST_WEIGHT", "LOSS_TERMS", "METHOD", "NOISE_AMPLITUDE",
            "PROJECTION_BETAS", "PROJECTION_LR", "PROJECTION_NORMALISER", "PROJECTION_WEIGHT", "RECONSTRUCT_WEIGHT",
            "SINKHORN_SETTINGS", "MultiProjection", "NoisePairs", "ProjectionLayer", "RevisitedReverseDistillation",
-           "StepOutputs", "noise_seed", "noisy_images", "patch_bounds", "projection_losses", "recipe_record",
+           "ProjectedPair", "noise_seed", "noisy_images", "patch_bounds", "projection_losses", "recipe_record",
            "sinkhorn_divergence"]
 
 METHOD = "rdpp"
@@ -112,24 +113,22 @@ class RevisitedReverseDistillation(ReverseDistillation):
         teacher_features = self.teacher_features(images)
         return teacher_features, self.student(self.bottleneck(self.projection(teacher_features)))
 
-    def training_outputs(self, images: Tensor, noisy: Tensor) -> "StepOutputs":
-        """Everything one training step's losses need, from a batch and its noisy copy (main.py's loop body)."""
+    def projected_pair(self, images: Tensor, noisy: Tensor) -> "ProjectedPair":
+        """The raw teacher features of a batch and of its noisy copy, and their projections: what the projection
+        loss needs (main.py's loop body, in its order: teacher on both, projections of the noisy copy first)."""
         teacher, teacher_noisy = self.teacher_features(images), self.teacher_features(noisy)
-        projected, projected_noisy = self.projection(teacher), self.projection(teacher_noisy)
-        return StepOutputs(teacher, teacher_noisy, projected, projected_noisy,
-                           self.student(self.bottleneck(projected)))
+        projected_noisy, projected = self.projection(teacher_noisy), self.projection(teacher)
+        return ProjectedPair(teacher, teacher_noisy, projected, projected_noisy)
 
 
 @dataclass
-class StepOutputs:
-    """One RD++ forward on a batch and its noisy copy: raw teacher features of both, their projections, and the
-    student's rebuild of the clean batch's teacher features."""
+class ProjectedPair:
+    """The raw teacher features of a batch and of its noisy copy, and the projections of both."""
 
     teacher: list[Tensor]
     teacher_noisy: list[Tensor]
     projected: list[Tensor]
     projected_noisy: list[Tensor]
-    student: list[Tensor]
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -165,18 +164,28 @@ def projection_losses(teacher_noisy: list[Tensor], projected_noisy: list[Tensor]
                                                      (teacher_noisy, projected_noisy, projected))
         batch = projected[0].shape[0]
         target = -torch.ones(batch, device=projected[0].device)  # the official .to('cuda'), on any device
-        ssot = reconstruct = contrast = None
-        for raw_noisy, noisy, clean in zip(teacher_noisy, projected_noisy, projected, strict=True):
-            points = torch.softmax(clean.reshape(batch, -1), -1)
-            shuffled = torch.softmax(clean[shuffle].reshape(batch, -1), -1)
-            terms = (_sinkhorn(points, shuffled),
-                     (1 - F.cosine_similarity(noisy, clean, dim=1)).mean(),
-                     F.cosine_embedding_loss(raw_noisy.reshape(batch, -1), clean.reshape(batch, -1), target,
-                                             margin=CONTRAST_MARGIN))
-            ssot, reconstruct, contrast = terms if ssot is None else (ssot + terms[0], reconstruct + terms[1],
-                                                                      contrast + terms[2])
+        shuffled = [clean[shuffle] for clean in projected]
+        # the official order (every SSOT term, then every reconstruction, then every contrast term): autograd adds
+        # the gradients reaching one tensor in that order, so the float rounding is the official one too
+        ssot = _tap_sum(_sinkhorn(torch.softmax(clean.reshape(batch, -1), -1),
+                                  torch.softmax(mixed.reshape(batch, -1), -1))
+                        for clean, mixed in zip(projected, shuffled, strict=True))
+        reconstruct = _tap_sum((1 - F.cosine_similarity(noisy, clean, dim=1)).mean()
+                               for noisy, clean in zip(projected_noisy, projected, strict=True))
+        contrast = _tap_sum(F.cosine_embedding_loss(raw.reshape(batch, -1), clean.reshape(batch, -1), target,
+                                                    margin=CONTRAST_MARGIN)
+                            for raw, clean in zip(teacher_noisy, projected, strict=True))
         total = (ssot + RECONSTRUCT_WEIGHT * reconstruct + CONTRAST_WEIGHT * contrast) / PROJECTION_NORMALISER
         return {"projection": total, "ssot": ssot, "reconstruct": reconstruct, "contrast": contrast}
+
+
+def _tap_sum(terms: Iterable[Tensor]) -> Tensor:
+    """The terms added first to last (as the official ``a + b + c``)."""
+    iterator = iter(terms)
+    total = next(iterator)
+    for term in iterator:
+        total = total + term
+    return total
 
 
 # ---------------------------------------------------------------------------------------------- noise pairs

@@ -379,9 +379,11 @@ def rdpp_train_step(model: rdpp.RevisitedReverseDistillation, optimizer: torch.o
     ``rdpp.ACCUMULATION_STEPS`` batches), so gradients add up over the batches in between as in the official loop.
     Returns the loss and, detached, RD's three per-scale terms then ``rdpp.LOSS_TERMS``."""
     with fast.autocast(device):
-        outputs = model.training_outputs(batch, noisy)
-    distill, per_scale = distillation_loss(outputs.teacher, outputs.student)
-    terms = rdpp.projection_losses(outputs.teacher_noisy, outputs.projected_noisy, outputs.projected, shuffle)
+        pair = model.projected_pair(batch, noisy)
+    terms = rdpp.projection_losses(pair.teacher_noisy, pair.projected_noisy, pair.projected, shuffle)
+    with fast.autocast(device):  # the official order: projection loss, then OCBE and student
+        student = model.student(model.bottleneck(pair.projected))
+    distill, per_scale = distillation_loss(pair.teacher, student)
     loss = distill + rdpp.PROJECTION_WEIGHT * terms["projection"]
     if fresh:
         optimizer.zero_grad(set_to_none=True)
