@@ -162,6 +162,20 @@ def test_rdpp_step_under_bf16_autocast_and_channels_last_keeps_float32_losses():
     assert loss.dtype == torch.float32 and all(t.dtype == torch.float32 for t in terms) and torch.isfinite(loss)
 
 
+def test_capacity_table_counts_the_projection_per_method(capsys):
+    """The projection of the official MultiProjectionLayer(base=64) for ResNet taps (256, 512, 1024): 11.25 c^2 + 2.25 c
+    per tap (four 3x3 convolutions c -> c/2 -> c/4 -> c/2 -> c with biases), 15,486,912 parameters."""
+    import json
+
+    import main
+
+    assert main.main(["summary", "--backbones", "resnet50", "--methods", "all", "--image-size", "32", "--json"]) == 0
+    rd, rdpp = json.loads(capsys.readouterr().out)
+    assert (rd["method"], rd["projection_params"], rd["trainable_params"]) == ("rd", 0, 46_651_392)
+    assert rdpp["projection_params"] == sum(int(11.25 * c * c + 2.25 * c) for c in (256, 512, 1024)) == 15_486_912
+    assert rdpp["trainable_params"] == 46_651_392 + 15_486_912 and rdpp["gflops"] > rd["gflops"]
+
+
 def test_rdpp_is_refused_under_torchrun(small_root, tmp_path, monkeypatch):
     import distributed
 
