@@ -33,7 +33,7 @@ UNKNOWN_FAMILY = "unknown"
 # Training methods (``--method``) -> how reports name them; the first is the default, whose arms are bare backbones.
 METHODS: dict[str, str] = {
     "rd": "RD4AD",  # Deng & Li, CVPR 2022: the study's method (docs/reproduction.md sections 1-3)
-    "rdpp": "RD++",  # Tien et al., CVPR 2023: projection layer, simplex-noise pairs, OT losses (section 6)
+    "rdpp": "RD++",  # Tien et al., CVPR 2023: projection, simplex-noise pairs, OT losses (docs/reproduction.md section 10)
 }
 DEFAULT_METHOD = "rd"
 ARM_SEPARATOR = "+"

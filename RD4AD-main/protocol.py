@@ -24,7 +24,8 @@ from backbone_facts import DEFAULT_METHOD, method_label
 from errors import RDError
 
 __all__ = ["METHOD_SETTINGS", "NOT_RECORDED", "PROTOCOL_FIELDS", "TUNED_FIELDS", "Difference", "PairProtocol",
-           "check_protocol", "differences_text", "headline_sentence", "names_digest", "recorded_settings", "refuse_same_recipe"]
+           "check_protocol", "differences_text", "headline_sentence", "names_digest", "recorded_settings",
+           "refuse_same_recipe"]
 
 NOT_RECORDED = "not recorded"
 # run-table column -> what it is; all compared within each category over every run of a pair

@@ -2,7 +2,8 @@
 every backbone: its projection layer and model, its losses and its simplex-noise training pairs (the step that uses
 them is recipe.rdpp_train_step).
 
-Following the official code (``tientrandinh/Revisiting-Reverse-Distillation``; docs/reproduction.md#6-rd):
+Following the official code (``tientrandinh/Revisiting-Reverse-Distillation``;
+docs/reproduction.md#10-rd-a-second-method):
 
 - a **multi-scale projection** between the frozen teacher and the OCBE, one ``ProjectionLayer`` per tap (four 3x3
   convolutions c -> c/2 -> c/4 -> c/2 -> c, each with InstanceNorm and LeakyReLU; ``utils/utils_train.py``

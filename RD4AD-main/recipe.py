@@ -3,7 +3,7 @@
 
 The recipe is RD4AD's and is shared by every backbone (docs/reproduction.md#2-training-recipe): Adam
 over bottleneck + student, lr 0.005, betas (0.5, 0.999), batch 16, the last epoch's weights. ``--method
-rdpp`` trains RD++ instead (rdpp.py, docs/reproduction.md#6-rd): the projection gets its own Adam group
+rdpp`` trains RD++ instead (rdpp.py, docs/reproduction.md#10-rd-a-second-method): the projection gets its own Adam group
 (``make_optimizer``) and each step its noisy pairs and losses (``rdpp_train_step``). The training loop that
 runs it lives in train.py; evaluation, the benchmark and the launcher build the same runs from here.
 """

@@ -375,7 +375,7 @@ def _method_section(report: Report, h: str, prov: str) -> list[str]:
     if "method_backbone" not in report.tables:
         return []
     return [f"{h} Method × backbone (descriptive)",
-            "Each backbone's overall mean under each method (RD4AD, and RD++: docs/reproduction.md, section 6), "
+            "Each backbone's overall mean under each method (RD4AD, and RD++: docs/reproduction.md, section 10), "
             "mean ± std over seeds of the per-seed means over the categories complete for every compared arm, and "
             "the difference of the two means in points. Descriptive only: no interval and no test. A pair of arms "
             "of different methods is labelled a method comparison in its protocol line.",

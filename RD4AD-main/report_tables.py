@@ -229,8 +229,9 @@ def method_backbone_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     parts = _arm_parts(runs_frame)
     stats = group_stats(runs_frame)
-    overall = stats[stats["group"] == OVERALL].assign(
-        _backbone=lambda f: [parts[a][0] for a in f["backbone"]], _method=lambda f: [parts[a][1] for a in f["backbone"]])
+    overall = stats[stats["group"] == OVERALL]
+    overall = overall.assign(_backbone=[parts[a][0] for a in overall["backbone"]],
+                             _method=[parts[a][1] for a in overall["backbone"]])
     others = [m for m in METHODS if m != DEFAULT_METHOD]
     rows = []
     for (dataset, backbone), frame in overall.groupby(["dataset", "_backbone"], sort=False):
@@ -243,8 +244,8 @@ def method_backbone_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
             for method in others:
                 both = {DEFAULT_METHOD, method} <= set(by_method.index)
                 change = by_method.at[method, "mean"] - by_method.at[DEFAULT_METHOD, "mean"] if both else float("nan")
-                cells[f"{label} {method_label(method)} − {method_label(DEFAULT_METHOD)} (points)"] = fmt(change, "+.2f",
-                                                                                                      100.0)
+                name = f"{label} {method_label(method)} − {method_label(DEFAULT_METHOD)} (points)"
+                cells[name] = fmt(change, "+.2f", 100.0)
         first = frame.iloc[0]
         row = {"dataset": dataset} if multi_dataset(runs_frame) else {}
         rows.append({**row, "backbone": backbone, "family": backbone_family(backbone),
@@ -260,7 +261,8 @@ def efficiency_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
     for backbone, frame in runs_frame.groupby("backbone", sort=True):
         top1 = frame["teacher_imagenet_top1"].dropna().unique()
         method = {"method": method_label(parts[backbone][1])} if len({m for _, m in parts.values()}) > 1 else {}
-        row: dict[str, Any] = {"backbone": backbone, "family": backbone_family(backbone), **method, "n runs": len(frame),
+        row: dict[str, Any] = {"backbone": backbone, "family": backbone_family(backbone), **method,
+                               "n runs": len(frame),
                                "teacher weights": distinct_values(frame, "teacher_weights"),
                                "teacher ImageNet top-1 (%)": ", ".join(f"{v:.2f}" for v in sorted(top1)) or NOT_AVAILABLE}
         for key, (label, scale, decimals) in EFFICIENCY.items():

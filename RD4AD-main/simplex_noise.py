@@ -1,6 +1,6 @@
 """3-D OpenSimplex noise as RD++'s official code draws it (``dataset/noise.py``, after lmas/opensimplex), in numpy.
 
-RD++ (docs/reproduction.md#6-rd) corrupts a patch of each training image with fractal simplex noise:
+RD++ (docs/reproduction.md#10-rd-a-second-method) corrupts a patch of each training image with fractal simplex noise:
 ``Simplex_CLASS().rand_3d_octaves((3, h, w), 6, 0.6)`` with its default base frequency of 32 pixels. The official
 code evaluates each point with a branchy numba kernel that picks, per region of the lattice cell, the (at most 8)
 lattice vertices whose kernel reaches the point. This module evaluates the same sum vectorised: every vertex

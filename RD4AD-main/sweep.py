@@ -111,7 +111,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", help="folder of checkpoints (default checkpoints/)")
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--method", choices=tuple(METHODS),
-                        help="rd (RD4AD) or rdpp (RD++, docs/reproduction.md section 6): train trains it (default rd, "
+                        help="rd (RD4AD) or rdpp (RD++, docs/reproduction.md section 10): train trains it (default rd, "
                              "folders <backbone>+rdpp for RD++); test and the other commands keep that method's runs "
                              "(default: all)")
 

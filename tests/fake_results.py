@@ -243,8 +243,8 @@ def write_fake_results(
                     data_format=(data_formats or {}).get(category), compressed=compressed, quantize=quantize,
                     separation=(separation or {}).get(backbone))
                 # a backbone may be an arm label (``resnet50+rdpp``): its run records the backbone and the method
-                write_run(results, images, runs.RunKey(*split_arm(backbone)[:1], category, seed, split_arm(backbone)[1]),
-                          options, size)
+                registered, method = split_arm(backbone)
+                write_run(results, images, runs.RunKey(registered, category, seed, method), options, size)
     return results
 
 

@@ -53,7 +53,8 @@ def _config(root: Path, tmp_path: Path, **overrides) -> TrainConfig:
 
 def _trainable(path: Path) -> dict[str, torch.Tensor]:
     payload = read_checkpoint(path)
-    return {f"{part}.{k}": v for part in ("bottleneck", "student", "projection") for k, v in payload.get(part, {}).items()}
+    parts = ("bottleneck", "student", "projection")
+    return {f"{part}.{k}": v for part in parts for k, v in payload.get(part, {}).items()}
 
 
 def test_arm_labels_map_both_ways_and_feed_the_registry_lookups():

@@ -31,7 +31,8 @@ Why float64: Adam's first step is lr * g / (|g| + eps), about +-lr for every par
 the update of each parameter whose gradient is near 0 (measured here: a 1e-7 perturbation of the input flipped
 about 2 % of the parameters by 2 x lr, and moved the losses of the next steps by up to 1e-2); in float64 both codes
 stay together (at 64 px: at 32 px the OCBE's BatchNorm sees 2 values per channel and passes almost no gradient,
-so float64 rounding flips updates there too). The agreement measured is in docs/reproduction.md#6-rd; the float32 input path of training
+so float64 rounding flips updates there too). The agreement measured is in
+docs/reproduction.md#10-rd-a-second-method; the float32 input path of training
 (``noisy_images``) is checked against the float64 one here too.
 """
 from __future__ import annotations
