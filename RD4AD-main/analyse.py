@@ -94,7 +94,7 @@ def _up_to_date(settings: AnalyseSettings, category: str, sources: dict[str, Pat
 
 def _load_teacher(backbone: str, run_dir: Path, max_images: int, device: torch.device) -> Teacher:
     config = TrainConfig.from_record(runs.read_run_config(run_dir))
-    model, payload = model_from_checkpoint(config.checkpoint_path, config.backbone, config.image_size)
+    model, payload = model_from_checkpoint(config.checkpoint_path, config.backbone, config.image_size, config.method)
     teacher = model.teacher.float().eval().to(device)
     del model
     val_set = open_split(config, "val")

@@ -18,12 +18,14 @@ from torchvision.models import WeightsEnum
 import RD_ConvNeXt_Model
 import RD_Swin_Model
 import resnet
-from backbone_facts import BIG_PAIR, FAIR_PAIR, FAMILIES
+from backbone_facts import BIG_PAIR, DEFAULT_METHOD, FAIR_PAIR, FAMILIES, METHODS
 from errors import RDError, WeightsError
 from rd_model import ReverseDistillation
+from rdpp import METHOD as RDPP, MultiProjection, RevisitedReverseDistillation
 from weights import load_weights_enum, load_weights_file, mismatched_keys
 
 __all__ = ["BACKBONES", "BIG_PAIR", "FAIR_PAIR", "Backbone", "backbones_fitting", "build_model", "check_knobs",
+           "check_method",
            "check_teacher_weights", "get_backbone", "torchvision_architecture",
            "parse_backbones", "teacher_imagenet_top1", "teacher_weights_id"]
 
@@ -101,13 +103,23 @@ def teacher_imagenet_top1(name: str, weights_id: str) -> float | None:
     return backbone.imagenet_top1 if weights_id == str(backbone.default_weights) else None
 
 
+def check_method(method: str, flag: str = "--method") -> str:
+    """``method`` if it is a known training method (backbone_facts.METHODS), else an RDError naming ``flag``."""
+    if method not in METHODS:
+        raise RDError(f"{flag} {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    return method
+
+
 def build_model(name: str, *, pretrained: bool = True, weights_path: str | os.PathLike | None = None,
-                **knobs: Any) -> ReverseDistillation:
-    """Build an RD model. Pretrained teacher weights by default; failing to load them is an error.
+                method: str = DEFAULT_METHOD, **knobs: Any) -> ReverseDistillation:
+    """Build an RD model, or with ``method="rdpp"`` an RD++ one (rdpp.py: a projection sized from the teacher's taps,
+    built after the RD parts, so that a seed initialises those alike under both methods). Pretrained teacher weights
+    by default; failing to load them is an error.
 
     ``weights_path`` (a local state dict file) takes precedence over the torchvision enum;
     ``pretrained=False`` gives a random teacher and must be asked for explicitly (``--no-pretrained``).
     """
+    check_method(method)
     backbone = get_backbone(name)
     state, source = None, "random"
     if weights_path is not None:
@@ -122,6 +134,8 @@ def build_model(name: str, *, pretrained: bool = True, weights_path: str | os.Pa
         hint = (f"; these weights fit {', '.join(owners)}" if owners else
                 "; they fit none of the registered backbones (a whole torchvision model's state_dict is expected)")
         raise WeightsError(f"the {name} teacher cannot use them: {error}{hint}") from None
+    if method == RDPP:
+        return RevisitedReverseDistillation(teacher, bottleneck, student, MultiProjection(teacher.channels))
     return ReverseDistillation(teacher, bottleneck, student)
 
 

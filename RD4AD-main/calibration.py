@@ -37,7 +37,8 @@ from inference import ALPHA, BASES, answer_cells, fixed_arrays, new_arrays
 from planning import N_PLAN_DRAWS, Components, detectable, null_thresholds, solve_detectable
 from significance import seeded_rng
 
-__all__ = ["N_QUESTIONS", "N_STUDIES", "SCENARIOS", "SUITES", "SUITE_STUDIES", "SUITE_TEXTS", "Scenario", "add_arguments", "calibrate",
+__all__ = ["N_QUESTIONS", "N_STUDIES", "SCENARIOS", "SUITES", "SUITE_STUDIES", "SUITE_TEXTS", "Scenario",
+           "add_arguments", "calibrate",
            "calibration_markdown", "primary_suite", "run", "scenario_rows", "simulate_cells"]
 
 N_QUESTIONS = 3  # the default primary family: the planning table's level is Holm's first step, ALPHA / 3

@@ -1,4 +1,6 @@
-"""Checkpoints of the trainable parts (bottleneck + student) with the metadata needed to rebuild them.
+"""Checkpoints of the trainable parts (bottleneck + student, and an RD++ model's projection) with the metadata needed
+to rebuild them. An RD4AD checkpoint has exactly the keys it had before RD++ existed; an RD++ one adds ``method``
+("rdpp") and ``projection``.
 
 The frozen teacher is not stored: a pretrained one is rebuilt from its weights id (the torchvision enum
 or ``file:PATH``), a random one (``--no-pretrained``) from its seed. The SHA-256 of the teacher's weights
@@ -16,9 +18,11 @@ from typing import Any
 
 import torch
 
+from backbone_facts import DEFAULT_METHOD
 from backbones import build_model
 from errors import CheckpointError
 from rd_model import ReverseDistillation
+from rdpp import RevisitedReverseDistillation
 from runs import atomic_write
 from system_info import library_versions
 
@@ -71,11 +75,13 @@ def save_checkpoint(path: str | os.PathLike, model: ReverseDistillation, *, back
         "teacher_sha256": teacher_sha256 or teacher_digest(model),
         "training_state": training_state or {},
     }
+    if isinstance(model, RevisitedReverseDistillation):
+        payload |= {"method": model.method, "projection": model.projection.state_dict()}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path: str | os.PathLike, expected_backbone: str | None = None,
-                    expected_image_size: int | None = None) -> dict[str, Any]:
+                    expected_image_size: int | None = None, expected_method: str | None = None) -> dict[str, Any]:
     """Load and check a checkpoint; tensors and plain containers only."""
     path = Path(path)
     if not path.is_file():
@@ -97,6 +103,13 @@ def read_checkpoint(path: str | os.PathLike, expected_backbone: str | None = Non
         raise CheckpointError(
             f"checkpoint {path} holds a {payload['backbone']!r} RD model; it cannot be loaded into "
             f"a {expected_backbone!r} model")
+    method = payload.get("method", DEFAULT_METHOD)
+    if method != DEFAULT_METHOD and "projection" not in payload:
+        raise CheckpointError(f"checkpoint {path} is an {method!r} checkpoint without its projection weights: it is "
+                              f"damaged; train the run again (--restart)")
+    if expected_method is not None and method != expected_method:
+        raise CheckpointError(f"checkpoint {path} holds a {method!r} model, not a {expected_method!r} one "
+                              f"(--method); its run folder belongs to the other method")
     if expected_image_size is not None and payload["image_size"] != expected_image_size:
         raise CheckpointError(
             f"checkpoint {path} was trained at --image-size {payload['image_size']}, not {expected_image_size}; "
@@ -110,6 +123,11 @@ def load_into(model: ReverseDistillation, payload: dict[str, Any], path: str | o
     try:
         model.bottleneck.load_state_dict(payload["bottleneck"])
         model.student.load_state_dict(payload["student"])
+        if isinstance(model, RevisitedReverseDistillation) != ("projection" in payload):
+            raise RuntimeError(f"a {payload.get('method', DEFAULT_METHOD)!r} checkpoint into a "
+                               f"{getattr(model, 'method', DEFAULT_METHOD)!r} model")
+        if "projection" in payload:
+            model.projection.load_state_dict(payload["projection"])
         if payload.get("teacher") is not None:
             model.teacher.load_state_dict(payload["teacher"])
     except (RuntimeError, TypeError, AttributeError) as error:
@@ -127,15 +145,16 @@ def load_into(model: ReverseDistillation, payload: dict[str, Any], path: str | o
 
 
 def model_from_checkpoint(path: str | os.PathLike, expected_backbone: str | None = None,
-                          expected_image_size: int | None = None) -> tuple[ReverseDistillation, dict[str, Any]]:
-    """Rebuild the RD model a checkpoint was trained with (same teacher weights) and load it."""
-    payload = read_checkpoint(path, expected_backbone, expected_image_size)
+                          expected_image_size: int | None = None, expected_method: str | None = None
+                          ) -> tuple[ReverseDistillation, dict[str, Any]]:
+    """Rebuild the RD (or RD++) model a checkpoint was trained with (same teacher weights) and load it."""
+    payload = read_checkpoint(path, expected_backbone, expected_image_size, expected_method)
     weights_id: str = payload["teacher_weights"]
     weights_path = weights_id.removeprefix("file:") if weights_id.startswith("file:") else None
     with torch.random.fork_rng(devices=[]):
         if payload.get("teacher_seed") is not None:
             torch.manual_seed(int(payload["teacher_seed"]))  # the random teacher's initial state, as training built it
         model = build_model(payload["backbone"], pretrained=weights_id != "random", weights_path=weights_path,
-                            **payload["model_knobs"])
+                            method=payload.get("method", DEFAULT_METHOD), **payload["model_knobs"])
     load_into(model, payload, path)
     return model, payload

@@ -27,6 +27,7 @@ import instruments
 import layout_metrics
 import metrics
 import runs
+from backbone_facts import DEFAULT_METHOD, arm_label
 from capacity import count_parameters, forward_gflops
 from checkpoint import model_from_checkpoint
 from dataset import HOLDOUT_RULE, VALIDATION_FOLDER_RULE, AnomalyDataset
@@ -153,7 +154,7 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
                               f"for it before `main.py test`")
     torch_device = resolve_device(device)
     torch.backends.cudnn.benchmark = True  # one input size for the whole split: let cuDNN pick its kernels
-    model, payload = model_from_checkpoint(selected, config.backbone, config.image_size)
+    model, payload = model_from_checkpoint(selected, config.backbone, config.image_size, config.method)
     selected_epoch = int(payload["training_state"].get("epoch", 0))
     trained_epochs = checkpoint_epoch(config.checkpoint_path) if selected != config.checkpoint_path else selected_epoch
     fast = FastPath.resolve(replace(config, eval_amp=eval_amp), torch_device).scoring()
@@ -195,7 +196,7 @@ def evaluate_run(run_directory: str | Path, device: str = "auto", save_maps: boo
         "per_defect_image_auroc": metrics.per_defect_auroc(scores_cpu, labels, test_set.defect_types),
         "masks_available": test_set.has_masks,
         "eval_precision": str(fast.autocast_dtype or torch.float32).removeprefix("torch."),
-    }
+    } | ({} if config.method == DEFAULT_METHOD else {"method": config.method})  # an RD run's file as it always was
     aupimo = None
     if test_set.has_masks:
         pixel, aupimo = metrics.localisation_metrics(maps, masks.to(torch_device), labels, threshold)
@@ -309,7 +310,8 @@ def metrics_table(results: list[dict[str, Any]]) -> str:
     def pct(value: Any) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}"
 
-    rows = [{"run": f"{r['backbone']}/{r['category']}/seed{r['seed']}", "epochs": r.get("epochs"),
+    rows = [{"run": f"{arm_label(r['backbone'], r.get('method', DEFAULT_METHOD))}/{r['category']}/seed{r['seed']}",
+             "epochs": r.get("epochs"),
              "image AUROC": pct(r.get("image_auroc")), "pixel AUROC": pct(r.get("pixel_auroc")),
              "AUPRO": pct(r.get("aupro")), "AUPRO@5%": pct(r.get("aupro_5pct")), "AUPIMO": pct(r.get("aupimo")),
              "F1 @val-thr": pct(r.get("f1")), "SegF1 @val-thr": pct(r.get("seg_f1")),
@@ -322,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CheckpointError(f"--batch-size {args.batch_size}: expected at least 1")
     directories = [Path(d) for d in args.run_dir] if args.run_dir else \
-        select_runs(args.results, args.backbones, args.categories, args.seeds)
+        select_runs(args.results, args.backbones, args.categories, args.seeds, args.method)
     results = []
     for directory in directories:
         with runs.RunLock(directory):

@@ -84,7 +84,7 @@ def parse_devices(text: str) -> list[str]:
 def job_command(train_args: list[str], config: TrainConfig, device: str) -> list[str]:
     """``main.py train`` for this run alone; later flags override the sweep's selection and device."""
     return [sys.executable, str(MAIN), "train", *train_args, "--backbones", config.backbone,
-            "--categories", config.category, "--seeds", str(config.seed),
+            "--categories", config.category, "--seeds", str(config.seed), "--method", config.method,
             "--device", "cpu" if device == "cpu" else "cuda", "--no-eta"]
 
 
@@ -185,7 +185,7 @@ def slurm_script(configs: list[TrainConfig], train_args: list[str], args: argpar
     def q(text: object) -> str:
         return shlex.quote(str(text))
 
-    tasks = "\n".join(f"  {q(c.backbone)} {q(c.category)} {c.seed} {q(c.results)} {q(c.checkpoints)}"
+    tasks = "\n".join(f"  {q(c.backbone)} {q(c.method)} {q(c.category)} {c.seed} {q(c.results)} {q(c.checkpoints)}"
                        for c in configs)
     throttle = f"%{args.max_parallel}" if args.max_parallel else ""
     directives = [f"--job-name={args.job_name}", f"--array=0-{len(configs) - 1}{throttle}",
@@ -198,7 +198,7 @@ def slurm_script(configs: list[TrainConfig], train_args: list[str], args: argpar
     header = "\n".join(f"#SBATCH {d}" for d in directives)
     train = " ".join(q(a) for a in train_args)
     return f"""#!/usr/bin/env bash
-# Written by `launch.py --slurm`: one array task per (backbone, category, seed); each trains its run
+# Written by `launch.py --slurm`: one array task per (backbone, method, category, seed); each trains its run
 # (resuming from its last checkpoint: resubmit the same script after a failure) and then tests it.
 {header}
 set -euo pipefail
@@ -207,12 +207,12 @@ PYTHON=${{PYTHON:-{q(args.python)}}}
 TASKS=(
 {chr(10).join(f'  "{line.strip()}"' for line in tasks.splitlines())}
 )
-read -r BACKBONE CATEGORY SEED RESULTS CHECKPOINTS <<< "${{TASKS[${{SLURM_ARRAY_TASK_ID:?run me with sbatch}}]}}"
-echo "task ${{SLURM_ARRAY_TASK_ID}}: $BACKBONE/$CATEGORY/seed$SEED on $(hostname)"
-"$PYTHON" {q(MAIN)} train {train} --backbones "$BACKBONE" --categories "$CATEGORY" --seeds "$SEED" \\
-    --results "$RESULTS" --checkpoints "$CHECKPOINTS" --no-eta
+read -r BACKBONE METHOD CATEGORY SEED RESULTS CHECKPOINTS <<< "${{TASKS[${{SLURM_ARRAY_TASK_ID:?run me with sbatch}}]}}"
+echo "task ${{SLURM_ARRAY_TASK_ID}}: $BACKBONE/$CATEGORY/seed$SEED ($METHOD) on $(hostname)"
+"$PYTHON" {q(MAIN)} train {train} --backbones "$BACKBONE" --method "$METHOD" --categories "$CATEGORY" \\
+    --seeds "$SEED" --results "$RESULTS" --checkpoints "$CHECKPOINTS" --no-eta
 "$PYTHON" {q(MAIN)} test --results "$RESULTS" --checkpoints "$CHECKPOINTS" --backbones "$BACKBONE" \\
-    --categories "$CATEGORY" --seeds "$SEED"
+    --method "$METHOD" --categories "$CATEGORY" --seeds "$SEED"
 """
 
 

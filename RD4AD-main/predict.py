@@ -216,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     if threshold is None and args.run_dir is not None:
         threshold = run_threshold(args.run_dir, model, device, args.batch_size)
     config = TrainConfig(data_root="", category="", backbone=payload["backbone"], image_size=payload["image_size"],
-                         model_knobs=payload["model_knobs"], device=args.device)
+                         model_knobs=payload["model_knobs"], device=args.device,
+                         method=payload.get("method", TrainConfig.method))
     prediction = predict(model, config, images, device, args.batch_size, threshold)
     path = write_outputs(prediction, args.out, args.save_maps, args.save_masks)
     flagged = sum(decision == "anomalous" for decision in prediction.decisions)

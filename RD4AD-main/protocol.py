@@ -4,7 +4,9 @@ config.json, instead of asserting "same recipe".
 Within each category, every run of a pair (both arms, every seed) must have the same data root and format,
 split file, validation fraction and split seed, held-out file names, image size, epochs, batch size, learning
 rate, betas, precision and selection rule, and, when both arms are of one family (where the knobs mean the
-same), the same model knobs. ``recorded_settings`` turns one config.json into the run-table columns
+same), the same model knobs; runs of one method the same method settings (RD++'s fixed recipe, config.json "rdpp").
+A pair whose arms train with different methods (RD4AD and RD++, backbone_facts.METHODS) is a **method comparison**
+and its protocol says so first. ``recorded_settings`` turns one config.json into the run-table columns
 (runs.load_runs adds them to runs.csv); ``check_protocol`` compares them; the report names the result in its
 headline ("shared recipe", "per-arm tuned recipe (...tune.csv)" when ``main.py tune`` chose the differing
 values, or "differing recipes: ...") and lists every difference in its provenance lines. Reads results only.
@@ -18,10 +20,12 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from backbone_facts import DEFAULT_METHOD, method_label
 from errors import RDError
 
-__all__ = ["NOT_RECORDED", "PROTOCOL_FIELDS", "TUNED_FIELDS", "Difference", "PairProtocol", "check_protocol",
-           "differences_text", "headline_sentence", "names_digest", "recorded_settings", "refuse_same_recipe"]
+__all__ = ["METHOD_SETTINGS", "NOT_RECORDED", "PROTOCOL_FIELDS", "TUNED_FIELDS", "Difference", "PairProtocol",
+           "check_protocol", "differences_text", "headline_sentence", "names_digest", "recorded_settings",
+           "refuse_same_recipe"]
 
 NOT_RECORDED = "not recorded"
 # run-table column -> what it is; all compared within each category over every run of a pair
@@ -40,8 +44,10 @@ PROTOCOL_FIELDS: dict[str, str] = {
     "float_precision": "precision",
     "selection": "selection rule",
     "model_knobs": "model knobs",
+    "method_settings": "method settings",
 }
 KNOBS = "model_knobs"  # compared only between backbones of one family: another family's knobs mean other things
+METHOD_SETTINGS = "method_settings"  # compared only between runs of one method: RD4AD has none, RD++ its fixed recipe
 TUNED_FIELDS = ("lr", "betas", "epochs")  # what `main.py tune` chooses per arm (its grid: --lr, --beta1, --epochs)
 TUNED_BY = "tuned_by"  # config.json: the tune.csv whose choice a run's --config file holds
 _MISSING = ("", "unknown", "None", "nan", NOT_RECORDED)
@@ -93,8 +99,18 @@ def recorded_settings(config: dict[str, Any]) -> dict[str, str]:
         "betas": _betas(config),
         "float_precision": _precision(config),
         KNOBS: json.dumps(knobs, sort_keys=True) if isinstance(knobs, dict) else NOT_RECORDED,
+        METHOD_SETTINGS: _method_settings(config),
         TUNED_BY: _value(config, TUNED_BY),
     }
+
+
+def _method_settings(config: dict[str, Any]) -> str:
+    """The method's own fixed settings as recorded: RD++'s ``rdpp`` record, ``none`` for RD4AD (it has none)."""
+    method = config.get("method") or DEFAULT_METHOD
+    if method == DEFAULT_METHOD:
+        return "none"
+    settings = config.get(method)
+    return json.dumps(settings, sort_keys=True) if isinstance(settings, dict) else NOT_RECORDED
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,7 @@ class PairProtocol:
 
     pair: tuple[str, str]
     n_runs: int
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)  # the methods the pair's runs train with (two: a method comparison)
     differences: list[Difference] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)  # columns some run did not record
     tuned_by: list[str] = field(default_factory=list)  # the tune.csv files, when every run of the pair has one
@@ -130,13 +147,21 @@ class PairProtocol:
         return [column for column in PROTOCOL_FIELDS if column in found]
 
     @property
+    def method_comparison(self) -> bool:
+        """Whether the pair's arms train with different methods (RD4AD vs RD++)."""
+        return len(self.methods) > 1
+
+    @property
     def kind(self) -> str:
-        """``shared recipe``, ``per-arm tuned recipe (<tune.csv>)`` or ``differing recipes: <settings>``."""
+        """``shared recipe``, ``per-arm tuned recipe (<tune.csv>)`` or ``differing recipes: <settings>``, after
+        ``method comparison (RD4AD vs RD++); `` when the arms' methods differ."""
+        prefix = f"method comparison ({' vs '.join(map(method_label, self.methods))}); " if self.method_comparison \
+            else ""
         if not self.differences:
-            return "shared recipe"
+            return prefix + "shared recipe" + (" otherwise" if prefix else "")
         if self.tuned_by and set(self.differing) <= set(TUNED_FIELDS):
-            return f"per-arm tuned recipe ({', '.join(self.tuned_by)})"
-        return "differing recipes: " + ", ".join(PROTOCOL_FIELDS[column] for column in self.differing)
+            return prefix + f"per-arm tuned recipe ({', '.join(self.tuned_by)})"
+        return prefix + "differing recipes: " + ", ".join(PROTOCOL_FIELDS[column] for column in self.differing)
 
 
 def _column_differences(runs_frame: pd.DataFrame, column: str, family: FamilyOf) -> tuple[list[Difference], bool]:
@@ -144,9 +169,12 @@ def _column_differences(runs_frame: pd.DataFrame, column: str, family: FamilyOf)
     whether any run did not record it."""
     frame = runs_frame.assign(_value=runs_frame[column].astype(str))
     missing = frame["_value"].isin(_MISSING)
-    keys = ["category"] + (["_family"] if column == KNOBS else [])  # a run is named by backbone, category, seed
+    # a run is named by backbone, category, seed; knobs are compared within a family, method settings within a method
+    keys = ["category"] + (["_family"] if column == KNOBS else ["_method"] if column == METHOD_SETTINGS else [])
     if column == KNOBS:
         frame = frame.assign(_family=[family(name) for name in frame["backbone"]])
+    if column == METHOD_SETTINGS:
+        frame = frame.assign(_method=_methods_of(frame))
     differences = []
     for key, group in frame[~missing].groupby(keys, sort=True):
         if group["_value"].nunique() > 1:
@@ -164,7 +192,8 @@ def check_protocol(runs_frame: pd.DataFrame, pair: tuple[str, str] | None = None
     """
     frame = runs_frame if pair is None else runs_frame[runs_frame["backbone"].isin(pair)]
     names = pair or tuple(sorted(set(frame["backbone"])))
-    result = PairProtocol(tuple(names), len(frame))
+    methods = tuple(dict.fromkeys(sorted(set(_methods_of(frame)), key=lambda m: (m != DEFAULT_METHOD, m))))
+    result = PairProtocol(tuple(names), len(frame), methods or (DEFAULT_METHOD,))
     for column in PROTOCOL_FIELDS:
         if column not in frame.columns:
             result.unchecked.append(column)
@@ -176,6 +205,13 @@ def check_protocol(runs_frame: pd.DataFrame, pair: tuple[str, str] | None = None
     if TUNED_BY in frame.columns and len(frame) and not frame[TUNED_BY].astype(str).isin(_MISSING).any():
         result.tuned_by = sorted(set(frame[TUNED_BY].astype(str)))
     return result
+
+
+def _methods_of(frame: pd.DataFrame) -> list[str]:
+    """Each run's method (runs.load_runs' ``method`` column; RD4AD for a table from before RD++ existed)."""
+    if "method" not in frame.columns:
+        return [DEFAULT_METHOD] * len(frame)
+    return [str(m) if isinstance(m, str) and m else DEFAULT_METHOD for m in frame["method"]]
 
 
 def _grouped(differences: list[Difference]) -> list[str]:

@@ -2,9 +2,10 @@
 (``FastPath``), seeding, the batch order, the optimiser and one training step.
 
 The recipe is RD4AD's and is shared by every backbone (docs/reproduction.md#2-training-recipe): Adam
-over bottleneck + student, lr 0.005, betas (0.5, 0.999), batch 16, the last epoch's weights. The
-training loop that runs it lives in train.py; evaluation, the benchmark and the launcher build the
-same runs from here.
+over bottleneck + student, lr 0.005, betas (0.5, 0.999), batch 16, the last epoch's weights. ``--method
+rdpp`` trains RD++ instead (rdpp.py, docs/reproduction.md#11-rd-a-second-method): the projection gets its own Adam group
+(``make_optimizer``) and each step its noisy pairs and losses (``rdpp_train_step``). The training loop that
+runs it lives in train.py; evaluation, the benchmark and the launcher build the same runs from here.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+import rdpp
 import runs
+from backbone_facts import DEFAULT_METHOD, METHODS
 from backbones import build_model, check_knobs, get_backbone, teacher_weights_id
 from categories import validate_category
 from dataset import DATA_FORMATS, AnomalyDataset, normalize
@@ -30,10 +33,10 @@ from rd_model import ReverseDistillation, distillation_loss, validate_image_size
 __all__ = ["COMPILE_BACKEND_ENV", "IDENTITY_FIELDS", "SELECTIONS", "SELECT_LAST", "SELECT_SYNTHETIC_VAL", "Amp",
            "EvalAmp", "FastPath", "NonFiniteLoss", "TrainConfig", "build_run_model", "check_config",
            "check_resumable", "compiled_train_step", "device_batches", "epoch_batches", "make_optimizer",
-           "open_split", "seed_everything", "train_step"]
+           "open_split", "rdpp_train_step", "seed_everything", "train_step"]
 
 # Fields that must match for a run to be resumed (the others, e.g. epochs or device, may change).
-IDENTITY_FIELDS = ("backbone", "category", "seed", "data_root", "data_format", "split_csv", "image_size",
+IDENTITY_FIELDS = ("backbone", "method", "category", "seed", "data_root", "data_format", "split_csv", "image_size",
                    "batch_size", "lr", "beta1", "beta2", "val_fraction", "split_seed", "pretrained",
                    "teacher_weights_path", "model_knobs", "selection")
 
@@ -69,6 +72,7 @@ class TrainConfig:
     data_format: str = "auto"  # "auto", "mvtec", "visa" or "csv" (dataset.py)
     split_csv: str | None = None  # the split file of the "csv" format (VisA's is found in its root)
     backbone: str = "wide_resnet50_2"
+    method: str = DEFAULT_METHOD  # "rd" (RD4AD) or "rdpp" (RD++, rdpp.py): part of the run's identity and folder
     seed: int = 0
     image_size: int = 256
     epochs: int = 200
@@ -110,7 +114,7 @@ class TrainConfig:
 
     @property
     def key(self) -> runs.RunKey:
-        return runs.RunKey(self.backbone, self.category, self.seed)
+        return runs.RunKey(self.backbone, self.category, self.seed, self.method)
 
     @property
     def run_dir(self) -> Path:
@@ -145,7 +149,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "val_every": (lambda v: v >= 1, "at least 1"),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"amp": tuple(m.value for m in Amp), "eval_amp": tuple(m.value for m in EvalAmp),
-                                         "data_format": DATA_FORMATS}
+                                         "data_format": DATA_FORMATS, "method": tuple(METHODS)}
 
 
 def _expected_type(annotation: str) -> tuple[type, ...]:
@@ -301,7 +305,16 @@ def device_batches(n_images: int, batch_size: int, seed: int, epoch: int, device
 
 
 def make_optimizer(model: ReverseDistillation, config: TrainConfig) -> torch.optim.Adam:
-    """Adam over bottleneck + student; the fused kernel (same update) is ~8x faster per step on CPU."""
+    """Adam over bottleneck + student; the fused kernel (same update) is ~8x faster per step on CPU.
+
+    An RD++ model's projection is a second parameter group with RD++'s own lr and betas: the official code's
+    second Adam, with the same per-parameter updates (Adam keeps no state across parameters)."""
+    if isinstance(model, rdpp.RevisitedReverseDistillation):
+        distillation = [*model.bottleneck.parameters(), *model.student.parameters()]
+        groups: list[dict[str, Any]] = [
+            {"params": distillation},
+            {"params": list(model.projection.parameters()), "lr": rdpp.PROJECTION_LR, "betas": rdpp.PROJECTION_BETAS}]
+        return torch.optim.Adam(groups, lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=0.0, fused=True)
     return torch.optim.Adam(model.trainable_modules().parameters(), lr=config.lr,
                             betas=(config.beta1, config.beta2), weight_decay=0.0, fused=True)
 
@@ -312,7 +325,7 @@ def build_run_model(config: TrainConfig, announce: bool = True) -> tuple[Reverse
     torch.manual_seed(config.seed)  # the student's initial weights depend on the seed only
     try:
         model = build_model(config.backbone, pretrained=config.pretrained,
-                            weights_path=config.teacher_weights_path, **config.model_knobs)
+                            weights_path=config.teacher_weights_path, method=config.method, **config.model_knobs)
         return model, teacher_weights_id(config.backbone, config.pretrained, config.teacher_weights_path), None
     except WeightsError as error:
         if not config.fallback_random_teacher:
@@ -322,7 +335,8 @@ def build_run_model(config: TrainConfig, announce: bool = True) -> tuple[Reverse
         if announce:
             print(f"\n{'!' * 100}\nWARNING: {warning}\n{'!' * 100}\n", flush=True)
         torch.manual_seed(config.seed)
-        return build_model(config.backbone, pretrained=False, **config.model_knobs), "random", warning
+        return build_model(config.backbone, pretrained=False, method=config.method, **config.model_knobs), "random", \
+            warning
 
 
 def check_resumable(config: TrainConfig) -> None:
@@ -356,14 +370,41 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.
     return loss.detach(), [s.detach() for s in per_scale]
 
 
+def rdpp_train_step(model: rdpp.RevisitedReverseDistillation, optimizer: torch.optim.Optimizer, batch: torch.Tensor,
+                    noisy: torch.Tensor, shuffle: torch.Tensor, fast: FastPath, device: torch.device,
+                    fresh: bool = True, update: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One RD++ iteration (the official loop body): the network on the batch and its noisy copy under the training
+    autocast, ``L_distill + 0.2 L_proj`` in float32 with autocast off, backward. The gradients are cleared first when
+    ``fresh`` (the previous iteration stepped) and the optimiser steps when ``update`` (every
+    ``rdpp.ACCUMULATION_STEPS`` batches), so gradients add up over the batches in between as in the official loop.
+    Returns the loss and, detached, RD's three per-scale terms then ``rdpp.LOSS_TERMS``."""
+    with fast.autocast(device):
+        pair = model.projected_pair(batch, noisy)
+    terms = rdpp.projection_losses(pair.teacher_noisy, pair.projected_noisy, pair.projected, shuffle)
+    with fast.autocast(device):  # the official order: projection loss, then OCBE and student
+        student = model.student(model.bottleneck(pair.projected))
+    distill, per_scale = distillation_loss(pair.teacher, student)
+    loss = distill + rdpp.PROJECTION_WEIGHT * terms["projection"]
+    if fresh:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if update:
+        optimizer.step()
+    logged = [*per_scale, distill, *(terms[name] for name in rdpp.LOSS_TERMS[1:])]
+    return loss.detach(), [term.detach() for term in logged]
+
+
 # The torch.compile backend of ``--compile`` (default inductor). Tests select dynamo's "eager" backend with it:
 # the same tracing, guards and recompilation rules without minutes of code generation on a CPU.
 COMPILE_BACKEND_ENV = "RD_COMPILE_BACKEND"
 
 
-def compiled_train_step() -> Callable[..., tuple[torch.Tensor, list[torch.Tensor]]]:
-    """``train_step`` under torch.compile, compiled once per run: the batch dimension is marked dynamic, so the
-    smaller last batch of an epoch reuses the graph instead of compiling a second one.
+def compiled_train_step(step_function: Callable[..., tuple[torch.Tensor, list[torch.Tensor]]] = train_step
+                        ) -> Callable[..., tuple[torch.Tensor, list[torch.Tensor]]]:
+    """``train_step`` (or ``rdpp_train_step``) under torch.compile, compiled once per run: the batch dimension is
+    marked dynamic, so the smaller last batch of an epoch reuses the graph instead of compiling a second one. In
+    RD++'s step geomloss's Sinkhorn loop runs eagerly (``torch.compiler.disable``: its hundreds of iterations are
+    not traced), the rest is compiled.
 
     Call it once per run, before the run's first step: it empties dynamo's caches first. Dynamo keeps its
     compiled entries on ``train_step``'s code object, shared by every ``torch.compile`` wrapper, and guards
@@ -374,11 +415,13 @@ def compiled_train_step() -> Callable[..., tuple[torch.Tensor, list[torch.Tensor
     runs are sequential. Inductor's on-disk caches survive it, so an identical graph is not rebuilt.
     """
     torch._dynamo.reset()
-    compiled = torch.compile(train_step, backend=os.environ.get(COMPILE_BACKEND_ENV) or "inductor")
+    compiled = torch.compile(step_function, backend=os.environ.get(COMPILE_BACKEND_ENV) or "inductor")
 
-    def step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, fast: FastPath,
-             device: torch.device, loss_scale: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, *args: Any,
+             **kwargs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
         torch._dynamo.maybe_mark_dynamic(batch, 0)
-        return compiled(model, optimizer, batch, fast, device, loss_scale)
+        for tensor in args[:2] if step_function is rdpp_train_step else ():  # RD++'s noisy batch and shuffle
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        return compiled(model, optimizer, batch, *args, **kwargs)
 
     return step

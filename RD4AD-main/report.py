@@ -28,8 +28,8 @@ from documents import generated_markers, markdown_table, replace_marked_block
 from errors import RDError
 from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, category_stats, category_table,
                            distinct_values, efficiency_table, format_p, group_stats, group_table, is_synthetic,
-                           pairwise_table, per_defect_table, planning_display, primary_table, reference_table,
-                           values_list)
+                           method_backbone_table, pairwise_table, per_defect_table, planning_display, primary_table,
+                           reference_table, values_list)
 from runs import load_runs, synthetic_saturation_note, untested_runs
 from significance import EXACT_SIGNED_RANK, MAX_EDGES
 from protocol import differences_text, headline_sentence, refuse_same_recipe
@@ -202,6 +202,9 @@ def build_report(results: str | os.PathLike, pairs: Any = None, n_boot: int = N_
         "seed_power": planning_display(decision.planning, runs_frame),
         "efficiency": efficiency_table(runs_frame),
     }
+    methods = method_backbone_table(runs_frame)  # only when some backbone ran under two methods
+    if not methods.empty:
+        report.tables["method_backbone"] = methods
     report.why = why_parts(runs_frame, results, chosen)
     return report
 
@@ -352,6 +355,7 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         "over seeds; where categories have different seeds, the mean of each category's seed mean, without a std. "
         "Categories some backbone did not run are named in the last columns and not averaged.",
         markdown_table(report.tables["group_means"]), prov,
+        *_method_section(report, h, prov),
         f"{h} Overall means beside published references",
         "Reference rows are published MVTec AD 15-category means with their own protocols; they are never averaged "
         "with our results.",
@@ -382,6 +386,18 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         *_figure_markdown([item for item in figures if item.kind != "forest"], hh, link_prefix),
     ]
     return "\n\n".join(out) + "\n"
+
+
+def _method_section(report: Report, h: str, prov: str) -> list[str]:
+    """The descriptive method x backbone table, when the compared arms hold a backbone under two methods."""
+    if "method_backbone" not in report.tables:
+        return []
+    return [f"{h} Method × backbone (descriptive)",
+            "Each backbone's overall mean under each method (RD4AD, and RD++: docs/reproduction.md, section 11), "
+            "mean ± std over seeds of the per-seed means over the categories complete for every compared arm, and "
+            "the difference of the two means in points. Descriptive only: no interval and no test. A pair of arms "
+            "of different methods is labelled a method comparison in its protocol line.",
+            markdown_table(report.tables["method_backbone"]), prov]
 
 
 def _threshold_rules(runs_frame: pd.DataFrame) -> str:

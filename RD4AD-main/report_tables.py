@@ -8,13 +8,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from backbone_facts import DEFAULT_METHOD, METHODS, method_label, split_arm
 from comparison import (CONFIDENCE, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, backbone_family, group_members,
                         shared_categories, unfinished_flags)
 from runs import EFFICIENCY, METRICS
 
 __all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCES", "Reference", "aggregate_table", "category_stats",
            "category_table", "count_text", "distinct_values", "efficiency_table", "fmt", "format_mean_std",
-           "format_p", "group_stats", "group_table", "interval_text", "is_synthetic", "multi_dataset", "p_is",
+           "format_p", "group_stats", "group_table", "interval_text", "is_synthetic", "method_backbone_table",
+           "methods_per_backbone", "multi_dataset", "p_is",
            "pairwise_table", "per_defect_table", "planning_display", "primary_table", "reference_table",
            "values_list"]
 
@@ -219,12 +221,65 @@ def reference_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def efficiency_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Measured cost per backbone: mean over its runs (seeds and categories) of metrics.json efficiency."""
+def _arm_parts(runs_frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """arm label -> (registered backbone, method), from the runs table's own columns (runs.load_runs), or from the
+    label itself (backbone_facts.split_arm) for a table without them."""
+    if {"registered_backbone", "method"} <= set(runs_frame.columns):
+        return {arm: (str(backbone), str(method)) for arm, backbone, method in
+                runs_frame[["backbone", "registered_backbone", "method"]].drop_duplicates().itertuples(index=False)}
+    return {arm: split_arm(arm) for arm in set(runs_frame["backbone"])}
+
+
+def methods_per_backbone(runs_frame: pd.DataFrame) -> dict[str, list[str]]:
+    """registered backbone -> the methods it has runs of (METHODS order)."""
+    found: dict[str, set[str]] = {}
+    for backbone, method in _arm_parts(runs_frame).values():
+        found.setdefault(backbone, set()).add(method)
+    return {backbone: sorted(methods, key=list(METHODS).index) for backbone, methods in sorted(found.items())}
+
+
+def method_backbone_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Descriptive method x backbone table: per dataset and registered backbone, each method's overall mean ± std over
+    seeds (group_stats: the categories complete for every arm of the report) and the difference of the means,
+    RD++ − RD4AD in points. No interval, no test. Empty when no backbone has runs of two methods."""
+    if not any(len(methods) > 1 for methods in methods_per_backbone(runs_frame).values()):
+        return pd.DataFrame()
+    parts = _arm_parts(runs_frame)
+    stats = group_stats(runs_frame)
+    overall = stats[stats["group"] == OVERALL]
+    overall = overall.assign(_backbone=[parts[a][0] for a in overall["backbone"]],
+                             _method=[parts[a][1] for a in overall["backbone"]])
+    others = [m for m in METHODS if m != DEFAULT_METHOD]
     rows = []
+    for (dataset, backbone), frame in overall.groupby(["dataset", "_backbone"], sort=False):
+        cells: dict[str, str] = {}
+        for metric, label in PAIRED_METRICS.items():
+            by_method = frame[frame["metric"] == metric].set_index("_method")
+            for method in METHODS:
+                cells[f"{label} {method_label(method)} (%)"] = NOT_AVAILABLE if method not in by_method.index else \
+                    format_mean_std(by_method.at[method, "mean"], by_method.at[method, "std"])
+            for method in others:
+                both = {DEFAULT_METHOD, method} <= set(by_method.index)
+                change = by_method.at[method, "mean"] - by_method.at[DEFAULT_METHOD, "mean"] if both else float("nan")
+                name = f"{label} {method_label(method)} − {method_label(DEFAULT_METHOD)} (points)"
+                cells[name] = fmt(change, "+.2f", 100.0)
+        first = frame.iloc[0]
+        row = {"dataset": dataset} if multi_dataset(runs_frame) else {}
+        rows.append({**row, "backbone": backbone, "family": backbone_family(backbone),
+                     "n categories": int(first["n_categories"]), "n seeds": int(first["n_seeds"]), **cells,
+                     "flags": "; ".join(sorted({f for f in frame["flags"] if f}))})
+    return pd.DataFrame(rows)
+
+
+def efficiency_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
+    """Measured cost per backbone (arm): mean over its runs (seeds and categories) of metrics.json efficiency."""
+    rows = []
+    parts = _arm_parts(runs_frame)
     for backbone, frame in runs_frame.groupby("backbone", sort=True):
         top1 = frame["teacher_imagenet_top1"].dropna().unique()
-        row: dict[str, Any] = {"backbone": backbone, "family": backbone_family(backbone), "n runs": len(frame),
+        method = {"method": method_label(parts[backbone][1])} if len({m for _, m in parts.values()}) > 1 else {}
+        row: dict[str, Any] = {"backbone": backbone, "family": backbone_family(backbone), **method,
+                               "n runs": len(frame),
                                "teacher weights": distinct_values(frame, "teacher_weights"),
                                "teacher ImageNet top-1 (%)": ", ".join(f"{v:.2f}" for v in sorted(top1)) or NOT_AVAILABLE}
         for key, (label, scale, decimals) in EFFICIENCY.items():

@@ -1,11 +1,12 @@
 """Where a run's files live, what they hold, and the one place that reads and writes them.
 
-One run = one (backbone, category, seed). Its directory ``<results>/<backbone>/<category>/seed<k>/`` holds:
+One run = one (backbone, category, seed) of one method. Its directory ``<results>/<arm>/<category>/seed<k>/`` (the
+arm label, backbone_facts.arm_label: ``resnet50`` for RD4AD, ``resnet50+rdpp`` for RD++) holds:
 
 - ``config.json``   the full configuration of the run (every flag), the validation file names, the
                     teacher weights actually used (``teacher_weights``: e.g. ``"IMAGENET1K_V1"``,
                     ``"file:/path.pth"`` or ``"random"``), library versions and ``hardware``.
-- ``history.csv``   one row per epoch: ``HISTORY_COLUMNS``.
+- ``history.csv``   one row per epoch: ``HISTORY_COLUMNS`` (RD++ runs: then ``RDPP_LOSS_COLUMNS``).
 - ``metrics.json``  written by ``main.py test``: ``image_auroc``, ``pixel_auroc`` / ``aupro`` (``null``
                     when the data has no masks), ``f1_max`` (test-tuned), ``threshold`` and
                     ``threshold_rule`` (from validation normals only), ``accuracy``, ``precision``,
@@ -23,7 +24,7 @@ One run = one (backbone, category, seed). Its directory ``<results>/<backbone>/<
                     scale alone, each scale left out); skipped with ``test --no-scale-ablation``.
 - ``regions.csv``   one row per ground-truth region of the test masks (instruments.py): ``REGIONS_COLUMNS``.
 
-Checkpoints live apart, under ``<checkpoints>/<backbone>/<category>/seed<k>/last.pth`` (and ``best.pth``,
+Checkpoints live apart, under ``<checkpoints>/<arm>/<category>/seed<k>/last.pth`` (and ``best.pth``,
 the epoch kept by ``--selection synthetic-val``; see synthval.py).
 ``<results>/summary.csv`` has one row per evaluated run. Every file is written atomically (a
 temporary file in the same folder, then a rename), so a killed process never leaves half a file.
@@ -48,6 +49,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from backbone_facts import DEFAULT_METHOD, arm_label
 from categories import category_group
 from errors import CheckpointError, RDError
 from protocol import recorded_settings
@@ -55,9 +57,9 @@ from protocol import recorded_settings
 __all__ = [
     "LOCK_FILE", "TEMPORARY_SUFFIX", "RunLock", "RunLocked", "remove_stale_temporaries", "strict_json",
     "BEST_CHECKPOINT_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "EFFICIENCY", "HISTORY_COLUMNS", "HISTORY_FILE",
-    "AUPIMO_COLUMNS", "AUPIMO_FILE", "GRAD_NORM_COLUMNS", "MAPS_FILE", "METRICS", "METRICS_FILE", "REGIONS_COLUMNS",
-    "REGIONS_FILE", "SCALES_COLUMNS", "SCALES_FILE", "SCORES_FILE", "SUMMARY_COLUMNS", "SUMMARY_FILE",
-    "SYNTH_VAL_COLUMNS",
+    "AUPIMO_COLUMNS", "AUPIMO_FILE", "GRAD_NORM_COLUMNS", "MAPS_FILE", "METRICS", "METRICS_FILE", "RDPP_LOSS_COLUMNS",
+    "REGIONS_COLUMNS", "REGIONS_FILE", "SCALES_COLUMNS", "SCALES_FILE", "SCORES_FILE", "SUMMARY_COLUMNS",
+    "SUMMARY_FILE", "SYNTH_VAL_COLUMNS",
     "VAL_SCORES_FILE", "RunKey", "atomic_write", "atomic_write_json", "atomic_write_text", "best_checkpoint_path",
     "checkpoint_path", "find_runs", "key_of",
     "load_aupimo", "load_maps", "load_regions", "load_runs", "load_scales", "load_scores", "read_history", "read_json",
@@ -90,6 +92,8 @@ SYNTH_SATURATION = 0.99  # synthetic AUPRO above which the synthetic validation 
 HISTORY_COLUMNS = ("epoch", "loss", "loss_scale1", "loss_scale2", "loss_scale3", "val_loss",
                    "epoch_time_s", "images_per_s", "peak_memory_mb", *SYNTH_VAL_COLUMNS, *GRAD_NORM_COLUMNS)
 _OPTIONAL_HISTORY = (*SYNTH_VAL_COLUMNS, *GRAD_NORM_COLUMNS)
+# RD++ runs only (rdpp.LOSS_TERMS): the image-weighted epoch means of its loss terms, after HISTORY_COLUMNS
+RDPP_LOSS_COLUMNS = ("loss_distill", "loss_projection", "loss_ssot", "loss_reconstruct", "loss_contrast")
 # metrics.json key -> label; all are fractions in [0, 1], shown in percent.
 METRICS: dict[str, str] = {
     "image_auroc": "image AUROC",
@@ -122,18 +126,24 @@ RUN_FIRST = "run `main.py train` and `main.py test` first"
 
 @dataclass(frozen=True)
 class RunKey:
-    """Identity of one run."""
+    """Identity of one run: (backbone, category, seed) and the method; its folder is named by the arm label
+    (backbone_facts.arm_label: the bare backbone under RD4AD, ``backbone+rdpp`` under RD++)."""
 
     backbone: str
     category: str
     seed: int
+    method: str = DEFAULT_METHOD
+
+    @property
+    def arm(self) -> str:
+        return arm_label(self.backbone, self.method)
 
     @property
     def relative(self) -> Path:
-        return Path(self.backbone) / self.category / f"seed{self.seed}"
+        return Path(self.arm) / self.category / f"seed{self.seed}"
 
     def __str__(self) -> str:
-        return f"{self.backbone}/{self.category}/seed{self.seed}"
+        return f"{self.arm}/{self.category}/seed{self.seed}"
 
 
 def run_dir(results: str | os.PathLike, key: RunKey) -> Path:
@@ -157,7 +167,7 @@ def find_runs(results: str | os.PathLike, require: str = METRICS_FILE) -> list[P
 def key_of(directory: str | os.PathLike) -> RunKey:
     """The RunKey of a run directory, read from its config.json."""
     config = read_json(Path(directory) / CONFIG_FILE)
-    return RunKey(config["backbone"], config["category"], int(config["seed"]))
+    return RunKey(config["backbone"], config["category"], int(config["seed"]), config.get("method") or DEFAULT_METHOD)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -309,10 +319,12 @@ def _format_number(value: float | None) -> str:
 
 
 def write_history(path: str | os.PathLike, history: list[dict[str, float]]) -> None:
-    """history.csv: one row per epoch, ``HISTORY_COLUMNS`` (6 significant digits; empty when not measured)."""
-    lines = [",".join(HISTORY_COLUMNS)]
+    """history.csv: one row per epoch, ``HISTORY_COLUMNS`` (6 significant digits; empty when not measured), then
+    ``RDPP_LOSS_COLUMNS`` when the rows hold them (RD++ runs)."""
+    columns = HISTORY_COLUMNS + (RDPP_LOSS_COLUMNS if history and RDPP_LOSS_COLUMNS[0] in history[0] else ())
+    lines = [",".join(columns)]
     # rows of a run resumed from before the synthetic validation (or the gradient norms) existed lack their columns
-    lines += [",".join(_format_number(row.get(c) if c in _OPTIONAL_HISTORY else row[c]) for c in HISTORY_COLUMNS)
+    lines += [",".join(_format_number(row.get(c) if c in _OPTIONAL_HISTORY else row[c]) for c in columns)
               for row in history]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -593,6 +605,7 @@ def _run_row(directory: Path) -> dict[str, Any]:
     metrics = _read_results_json(metrics_path, "a JSON object written by `main.py test` (image_auroc, ...)")
     try:
         backbone, category, seed = str(config["backbone"]), str(config["category"]), int(config["seed"])
+        method = str(config.get("method") or DEFAULT_METHOD)  # runs from before RD++ existed are RD4AD
     except (KeyError, TypeError, ValueError) as error:
         raise _results_file_error(config_path, "a JSON object with backbone, category and an integer seed",
                                   error, RETRAIN) from None
@@ -606,7 +619,9 @@ def _run_row(directory: Path) -> dict[str, Any]:
     trained = _trained_epochs(directory, selection, metrics, metrics_path)
     synthetic_set = config.get("synthetic_set")  # synthval's provenance; absent before generator version 3
     return {
-        "backbone": backbone,
+        "backbone": arm_label(backbone, method),  # the arm: what pairs name and the statistics key by
+        "registered_backbone": backbone,  # the registry's name: family, capacity and weights facts
+        "method": method,
         "category": category,
         "seed": seed,
         "kind": category_group(category),
@@ -638,7 +653,9 @@ def _run_row(directory: Path) -> dict[str, Any]:
 def load_runs(results: str | os.PathLike) -> pd.DataFrame:
     """Every evaluated run under ``results``: one row per run, sorted by category, backbone, seed.
 
-    Columns: identity, ``kind`` (the category's report group), ``dataset`` (data format), provenance,
+    Columns: identity (``backbone`` is the arm label, backbone_facts.arm_label: the backbone itself for RD4AD runs,
+    ``backbone+rdpp`` for RD++ ones; ``registered_backbone`` and ``method`` are its parts), ``kind`` (the category's
+    report group), ``dataset`` (data format), provenance,
     ``requested_epochs`` / ``trained_epochs`` / ``unfinished`` (checkpoint short of the requested epochs),
     ``selection`` ("last" or "synthetic-val"), the rest of the recipe as recorded (``protocol.recorded_settings``:
     split file hash, validation fraction, split seed, held-out names' hash, batch size, lr, betas, precision, model
@@ -667,11 +684,12 @@ def untested_runs(results: str | os.PathLike) -> list[str]:
 
 
 def write_summary(results: str | os.PathLike) -> Path:
-    """Gather one row per evaluated run into ``results/summary.csv``."""
+    """Gather one row per evaluated run into ``results/summary.csv`` (``backbone``: the run's arm label)."""
     rows = []
     for directory in find_runs(results):
         metrics = read_json(directory / METRICS_FILE)
         flat = metrics | metrics.get("efficiency", {})
+        flat["backbone"] = arm_label(str(flat.get("backbone")), str(metrics.get("method") or DEFAULT_METHOD))
         rows.append({c: flat.get(c) for c in SUMMARY_COLUMNS})
     path = Path(results) / SUMMARY_FILE
     atomic_write_text(path, pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).to_csv(index=False))

@@ -20,11 +20,14 @@ from tqdm import tqdm
 
 import distributed
 import runs
-from backbones import build_model, check_teacher_weights, parse_backbones
+from backbone_facts import METHODS, split_arm
+from backbones import build_model, check_method, check_teacher_weights, parse_backbones
 from categories import OFFICIAL_COUNTS, validate_category
 from dataset import DATA_FORMATS, list_categories, split_train_val
 from errors import CheckpointError, DataError, RDError, WeightsError
-from recipe import SELECTIONS, Amp, EvalAmp, FastPath, TrainConfig, check_config, make_optimizer, open_split, train_step
+from rdpp import METHOD as RDPP, NoisePairs, noisy_images
+from recipe import (SELECTIONS, Amp, EvalAmp, FastPath, TrainConfig, check_config, make_optimizer, open_split,
+                    rdpp_train_step, train_step)
 from system_info import describe_hardware, synchronize
 
 __all__ = ["CONFIG_ONLY_KEYS", "SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments",
@@ -75,18 +78,25 @@ def resolve_categories(data_root: str, text: str, data_format: str = "auto", spl
     return names
 
 
-def select_runs(results: str | Path, backbones: str, categories: str, seeds: str) -> list[Path]:
-    """Trained run directories (with config.json) matching the filters; 'all' matches anything."""
+def select_runs(results: str | Path, backbones: str, categories: str, seeds: str, method: str | None = None
+                ) -> list[Path]:
+    """Trained run directories (with config.json) matching the filters; 'all' matches anything. A backbone matches
+    its runs under every method (its arm folders, backbone_facts.arm_label), an arm label its own; ``method``
+    (None: all) keeps one method's runs."""
     def wanted(text: str, flag: str, kind: type = str) -> set | None:
         return None if text == "all" else set(parse_list(text, flag, kind))
 
+    if method is not None:
+        check_method(method)
     b, c, s = wanted(backbones, "--backbones"), wanted(categories, "--categories"), wanted(seeds, "--seeds", int)
     found = [d for d in runs.find_runs(results, require=runs.CONFIG_FILE)
-             if (b is None or d.parts[-3] in b) and (c is None or d.parts[-2] in c)
+             if (b is None or d.parts[-3] in b or split_arm(d.parts[-3])[0] in b) and (c is None or d.parts[-2] in c)
+             and (method is None or split_arm(d.parts[-3])[1] == method)
              and (s is None or int(d.name.removeprefix("seed")) in s)]
     if not found:
+        chosen = "" if method is None else f" --method {method}"
         raise CheckpointError(f"no trained run under {results} matches --backbones {backbones} --categories "
-                              f"{categories} --seeds {seeds}: run `main.py train` first")
+                              f"{categories} --seeds {seeds}{chosen}: run `main.py train` first")
     return found
 
 
@@ -100,6 +110,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", help="folder of run directories (default results/)")
     parser.add_argument("--checkpoints", help="folder of checkpoints (default checkpoints/)")
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--method", choices=tuple(METHODS),
+                        help="rd (RD4AD) or rdpp (RD++, docs/reproduction.md section 11): train trains it (default rd, "
+                             "folders <backbone>+rdpp for RD++); test and the other commands keep that method's runs "
+                             "(default: all)")
 
 
 def add_data_format_arguments(parser: argparse.ArgumentParser) -> None:
@@ -369,14 +383,15 @@ def _same_setting(recorded: dict[str, Any], config: TrainConfig, hardware: dict[
     """Same backbone size, batch and fast path on the same kind of hardware: the throughput carries over."""
     keys = ("device", "gpu") if hardware["device"] == "cuda" else ("device", "cpu", "torch_threads")
     same_hardware = all(recorded.get("hardware", {}).get(k) == hardware.get(k) for k in keys)
-    return same_hardware and all(recorded.get(k) == getattr(config, k) for k in ("backbone", "image_size",
-                                                                                  "batch_size", "model_knobs"))
+    same_method = recorded.get("method", TrainConfig.method) == config.method
+    return same_hardware and same_method and all(recorded.get(k) == getattr(config, k)
+                                                 for k in ("backbone", "image_size", "batch_size", "model_knobs"))
 
 
 def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any],
                              world_size: int) -> Throughput | None:
     """Mean images/s of the epochs after the first in an earlier run of the same setting and world size."""
-    for config_file in sorted(Path(config.results).glob(f"{config.backbone}/*/seed*/{runs.CONFIG_FILE}")):
+    for config_file in sorted(Path(config.results).glob(f"{config.key.arm}/*/seed*/{runs.CONFIG_FILE}")):
         recorded = runs.read_json(config_file)
         if not _same_setting(recorded, config, hardware) or recorded.get("fast_path") != fast \
                 or recorded.get("world_size", 1) != world_size:
@@ -390,7 +405,7 @@ def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast
 def _throughput_from_bench(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any],
                            bench_file: str | None) -> Throughput | None:
     """The fast training images/s of a `main.py bench` output taken with the same setting."""
-    if not bench_file or not Path(bench_file).is_file():
+    if not bench_file or not Path(bench_file).is_file() or config.method == RDPP:  # bench times RD4AD's step
         return None
     try:
         bench = runs.read_json(bench_file)
@@ -410,16 +425,24 @@ def measure_throughput(config: TrainConfig, device: torch.device, steps: int = 2
     fast = FastPath.resolve(config, device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
-        model = fast.place(build_model(config.backbone, pretrained=False, **config.model_knobs), device)
+        model = fast.place(build_model(config.backbone, pretrained=False, method=config.method, **config.model_knobs),
+                           device)
         model.train()
         optimizer = make_optimizer(model, config)
         images = torch.randint(0, 256, (config.batch_size, 3, config.image_size, config.image_size),
                                dtype=torch.uint8, device=device)
+        noise = NoisePairs(0, config.image_size, device) if config.method == RDPP else None
         times = []
         for _ in tqdm(range(1 + steps), desc="timing steps for the estimate", unit="step", leave=False):
             synchronize(device)
             started = time.perf_counter()
-            train_step(model, optimizer, fast.prepare(images), fast, device)
+            batch = fast.prepare(images)
+            if noise is None:
+                train_step(model, optimizer, batch, fast, device)
+            else:  # RD++: noisy copy and two teacher passes per step (its optimiser steps every second one)
+                patches, shuffle = noise.epoch(1, [len(images)])[0]
+                rdpp_train_step(model, optimizer, batch, noisy_images(batch, noise.field, patches), shuffle, fast,
+                                device)
             synchronize(device)
             times.append(time.perf_counter() - started)
     del model, optimizer
@@ -471,7 +494,8 @@ def estimate_sweep(configs: list[TrainConfig], bench_file: str | None = "bench.j
         data_key = (config.data_root, config.category, config.val_fraction, config.split_seed)
         if data_key not in sizes:
             sizes[data_key] = train_images(config)
-        key = (config.backbone, config.image_size, config.batch_size, json.dumps(config.model_knobs, sort_keys=True))
+        key = (config.backbone, config.method, config.image_size, config.batch_size,
+               json.dumps(config.model_knobs, sort_keys=True))
         groups.setdefault(key, []).append((config.epochs - done) * sizes[data_key])
         representative.setdefault(key, config)
     lines, total = [], 0.0
@@ -486,7 +510,7 @@ def estimate_sweep(configs: list[TrainConfig], bench_file: str | None = "bench.j
         seconds = sum(images) / (speed.images_per_s * scale)
         total += seconds
         scaling = f" x {world.size} processes (assumed linear)" if scale != 1 else ""
-        lines.append(f"  {config.backbone} at {config.image_size} px, batch {config.batch_size}: {len(images)} run(s), "
+        lines.append(f"  {config.key.arm} at {config.image_size} px, batch {config.batch_size}: {len(images)} run(s), "
                      f"{sum(images):,} images x epochs at {speed.images_per_s:.1f} img/s{scaling} -> "
                      f"{format_duration(seconds)} (throughput from {speed.basis})")
     to_train = sum(len(images) for images in groups.values())

@@ -5,7 +5,9 @@ trains one model per (backbone, category, seed) with the same data, split and re
 docs/reproduction.md#2-training-recipe). The training images live on the device as uint8 and are
 normalised there (no DataLoader workers), the batch order of each epoch is a function of (seed, epoch)
 alone, and checkpoints hold the optimiser state, so a killed run resumed from its last checkpoint ends
-exactly where an uninterrupted one does.
+exactly where an uninterrupted one does. ``--method rdpp`` trains RD++ (rdpp.py): each batch gets its noisy copy
+and SSOT shuffle (drawn per epoch from the run's noise generator) and the optimiser steps every second batch; an
+unfinished checkpoint keeps the gradients of a batch not yet stepped, so a resume is exact there too.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 import distributed
+import rdpp
 import recipe
 import runs
 import selection_audit
@@ -78,6 +81,10 @@ def train_run(config: TrainConfig, restart: bool = False, quiet: bool = False, a
     synthval.check_settings(config)
     sweep.preflight_runs([config])  # device and data: checked before the run's folders and locks are made
     world = distributed.current()
+    if world.enabled and config.method == rdpp.METHOD:
+        raise RDError("--method rdpp runs on one process: its step (noisy pairs, two forward passes of the teacher, "
+                      "gradients accumulated over two batches) is not wrapped for torchrun's DistributedDataParallel; "
+                      "train RD++ runs with `main.py train` or launch.py (one run per device)")
     quiet = quiet or not world.is_main
     if world.enabled and config.batch_size % world.size:
         raise RDError(f"--batch-size {config.batch_size} is the global batch and must be divisible by the "
@@ -132,9 +139,9 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
     optimizer = make_optimizer(model, config)
 
     teacher_sha256 = teacher_digest(model)  # the teacher is frozen: hashed once, checked when resuming or testing
-    start_epoch, history = 0, []
+    start_epoch, history, pending = 0, [], False
     if config.checkpoint_path.is_file():
-        payload = read_checkpoint(config.checkpoint_path, config.backbone, config.image_size)
+        payload = read_checkpoint(config.checkpoint_path, config.backbone, config.image_size, config.method)
         load_into(model, payload, config.checkpoint_path)
         state = payload["training_state"]
         start_epoch, history = int(state["epoch"]), list(state["history"])
@@ -150,6 +157,7 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
                 f"(final checkpoints drop it: 3x smaller); --epochs {config.epochs} cannot continue it exactly. "
                 f"Pass --restart to train it from scratch, and --keep-optimizer to keep runs extendable")
         optimizer.load_state_dict(state["optimizer"])
+        pending = _restore_pending_gradients(optimizer, state.get("pending_gradients"), device)
         if world.is_main:
             print(f"{config.key}: resuming after epoch {start_epoch} of {config.epochs}")
 
@@ -176,12 +184,14 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
         "world_size": world.size,
         "sync_bn": sync_bn,  # as resolved: on by default under torchrun for a BatchNorm student
         "synthetic_set": validation.provenance() if validation is not None else None,
-    }
+    } | ({"rdpp": rdpp.recipe_record()} if config.method == rdpp.METHOD else {})
     if world.is_main:
         runs.atomic_write_json(config.run_dir / runs.CONFIG_FILE, record)
 
     audit = selection_audit.TestSetAudit(config, start_epoch) if world.is_main and config.audit_test else None
-    step = recipe.compiled_train_step() if fast.compile else recipe.train_step  # compiled once per run
+    noise = rdpp.NoisePairs(config.seed, config.image_size, device) if config.method == rdpp.METHOD else None
+    step_function = recipe.train_step if noise is None else recipe.rdpp_train_step
+    step = recipe.compiled_train_step(step_function) if fast.compile else step_function  # compiled once per run
     batches_per_epoch = sum(1 for _ in epoch_batches(len(train_images), config.batch_size, config.seed, 0,
                                                      world.rank, world.size))
     progress = tqdm(total=(config.epochs - start_epoch) * batches_per_epoch, desc=str(config.key), unit="batch",
@@ -190,14 +200,24 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
         net.train()
         reset_peak_memory(device)
         started, shown, seen = time.perf_counter(), 0.0, 0
-        sums = torch.zeros(4, device=device)  # loss and the 3 scales, image-weighted
+        # loss, the 3 scales (and RD++'s terms), image-weighted
+        sums = torch.zeros(4 + (0 if noise is None else len(rdpp.LOSS_TERMS)), device=device)
         grad_sums, steps = torch.zeros(2, device=device), 0  # gradient norms of bottleneck and student, per step
-        for indices, global_size in recipe.device_batches(len(train_images), config.batch_size, config.seed, epoch,
-                                                          device, world.rank, world.size):
+        batches = recipe.device_batches(len(train_images), config.batch_size, config.seed, epoch, device, world.rank,
+                                        world.size)
+        pairs = None if noise is None else noise.epoch(epoch, [len(indices) for indices, _ in batches])
+        for index, (indices, global_size) in enumerate(batches):
             batch = fast.prepare(train_images[indices])
-            loss, per_scale = step(net, optimizer, batch, fast, device,
+            if pairs is None:
+                loss, terms = step(net, optimizer, batch, fast, device,
                                    loss_scale=world.size * len(indices) / global_size)
-            sums += torch.stack([loss, *per_scale]) * len(indices)
+            else:  # RD++: the optimiser steps every ACCUMULATION_STEPS batches of the epoch, as the official loop
+                patches, shuffle = pairs[index]
+                update = (index + 1) % rdpp.ACCUMULATION_STEPS == 0
+                loss, terms = step(net, optimizer, batch, rdpp.noisy_images(batch, noise.field, patches), shuffle,
+                                   fast, device, fresh=not pending, update=update)
+                pending = not update
+            sums += torch.stack([loss, *terms]) * len(indices)
             grad_sums += gradient_norms(model)  # read after the step: the gradients stay until the next zero_grad
             steps += 1
             seen += len(indices)
@@ -207,8 +227,8 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
                 progress.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}",
                                      img_s=f"{world.size * seen / (shown - started):.1f}")
         totals = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([seen])]))
-        seen = int(totals[4])
-        means = (totals[:4] / seen).tolist()
+        seen = int(totals[-1])
+        means = (totals[:-1] / seen).tolist()
         if not all(math.isfinite(v) for v in means):
             progress.close()
             raise NonFiniteLoss(f"{config.key}: the loss became {means[0]} in epoch {epoch}; stopped. The last good "
@@ -223,6 +243,7 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
             "peak_memory_mb": peak_memory_mb(device),
             **dict(zip(runs.GRAD_NORM_COLUMNS, (grad_sums / max(steps, 1)).tolist())),
             **validation.columns(epoch, model, fast, device),
+            **dict(zip(runs.RDPP_LOSS_COLUMNS, means[4:])),  # RD++ runs only
         })
         runs.write_history(config.run_dir / runs.HISTORY_FILE, history)
         if audit is not None and validation.due(epoch):  # --audit-test: after the row, into its own file
@@ -235,6 +256,9 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
             training_state = {"epoch": epoch, "history": history, "synthetic_best": best}
             if epoch < config.epochs or config.keep_optimizer:
                 training_state["optimizer"] = optimizer.state_dict()
+                if pending:  # RD++: gradients of a batch not yet stepped (an odd last batch) carry into the next epoch
+                    training_state["pending_gradients"] = [p.grad for group in optimizer.param_groups
+                                                           for p in group["params"]]
             save_checkpoint(config.checkpoint_path, model, backbone=config.backbone, image_size=config.image_size,
                             teacher_weights=weights_id, model_knobs=config.model_knobs, training_state=training_state,
                             teacher_seed=config.seed if weights_id == "random" else None,
@@ -244,6 +268,19 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
     progress.close()
     distributed.barrier()  # the checkpoint is complete before any rank moves on
     return config.run_dir
+
+
+def _restore_pending_gradients(optimizer: torch.optim.Optimizer, gradients: list | None, device: torch.device) -> bool:
+    """Put an RD++ checkpoint's not-yet-stepped gradients back on the parameters; whether there were any."""
+    if not gradients:
+        return False
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(parameters) != len(gradients):
+        raise CheckpointError(f"the checkpoint's pending gradients ({len(gradients)}) do not fit the model's "
+                              f"{len(parameters)} parameters; train the run again with --restart")
+    for parameter, gradient in zip(parameters, gradients):
+        parameter.grad = None if gradient is None else gradient.to(device, memory_format=torch.preserve_format)
+    return True
 
 
 # --- the checkpoint of --selection synthetic-val (best.pth, beside last.pth)

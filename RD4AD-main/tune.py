@@ -12,7 +12,8 @@ grid entry. Written under ``--out``:
 
 - ``tune.csv``        every (backbone, category or ``pooled``, setting) with its scores and ``chosen``;
 - ``tune_runs.csv``   every run with its selected epoch and scores;
-- ``configs/<backbone>.json`` (``--pooled``) or ``configs/<backbone>/<category>.json``: the chosen settings,
+- ``configs/<backbone>.json`` (``--pooled``) or ``configs/<backbone>/<category>.json``: the chosen settings
+  (``<backbone>`` is the arm label: ``resnet50+rdpp`` for an RD++ arm, whose file records its method),
   which ``main.py train --config FILE`` takes as is (the study's --seeds, --results, ... come from its flags);
 - ``runs/<setting>/{results,checkpoints}/``: the tune runs, apart from any study run. A killed tune resumes
   like ``train``.
@@ -111,7 +112,7 @@ def score_runs(planned: list[tuple[Setting, TrainConfig]]) -> pd.DataFrame:
     rows = []
     for setting, config in planned:
         chosen = synthval.run_selection(config.run_dir, config.selection)
-        rows.append({"backbone": config.backbone, "category": config.category, "seed": config.seed,
+        rows.append({"backbone": config.key.arm, "category": config.category, "seed": config.seed,  # arm: +rdpp
                      "setting": setting.name, "lr": setting.lr, "beta1": setting.beta1, "epochs": setting.epochs,
                      "selection": config.selection, "selected_epoch": chosen["epoch"],
                      **{column: chosen[column] for column in _SCORES}, "run_dir": str(config.run_dir)})
@@ -163,7 +164,7 @@ def _write_config_files(table: pd.DataFrame, planned: list[tuple[Setting, TrainC
     """One config file per chosen (backbone, category or pooled)."""
     written = []
     for row in table[table["chosen"] == 1].itertuples():
-        matching = [c for s, c in planned if s.name == row.setting and c.backbone == row.backbone
+        matching = [c for s, c in planned if s.name == row.setting and c.key.arm == row.backbone
                     and (row.category == POOLED or c.category == row.category)]
         categories = sorted({c.category for c in matching})
         path = _config_path(out, row.backbone, row.category)

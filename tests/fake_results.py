@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RD4AD-main"))
 
 import metrics  # noqa: E402  (needs the path above)
 import runs  # noqa: E402
+from backbone_facts import DEFAULT_METHOD, split_arm  # noqa: E402
 
 BACKBONES = ("convnext_tiny", "resnet50", "wide_resnet50_2")
 THREE_FAMILIES = ("resnet50", "convnext_tiny", "swin_t")
@@ -39,7 +40,8 @@ N_GOOD = 10
 DEFECTS = {"scratch": 7, "stain": 7}
 STUDY_DEFECTS = {"crack": 40, "scratch": 40, "stain": 40}  # 30 good + 120 defective = 150 test images
 # How much higher defects score, per backbone: makes the backbones differ a little.
-SEPARATION = {"convnext_tiny": 1.6, "resnet50": 1.4, "wide_resnet50_2": 1.8, "swin_t": 1.7}
+SEPARATION = {"convnext_tiny": 1.6, "resnet50": 1.4, "wide_resnet50_2": 1.8, "swin_t": 1.7, "resnet50+rdpp": 1.9,
+              "convnext_tiny+rdpp": 1.5}
 PERFECT_SEPARATION = 20.0  # categories listed in ``perfect``: every backbone separates them completely
 
 
@@ -106,6 +108,7 @@ def write_category(data_root: Path, category: str, size: int = SIZE, n_good: int
 def _config(key: runs.RunKey, options: RunOptions, size: int) -> dict:
     config = {
         "backbone": key.backbone,
+        **({} if key.method == DEFAULT_METHOD else {"method": key.method, key.method: {"projection_lr": 0.001}}),
         "category": key.category,
         "seed": key.seed,
         "data_root": DATA_DIR,  # relative, as in `--data-root data/demo`: images resolve from the project root
@@ -132,7 +135,7 @@ def write_run(results: Path, images: list[FakeImage], key: runs.RunKey, options:
     rng = _rng(key)
     labels = np.array([image.label for image in images])
     separation = PERFECT_SEPARATION if options.perfect else \
-        options.separation if options.separation is not None else SEPARATION.get(key.backbone, 1.5)
+        options.separation if options.separation is not None else SEPARATION.get(key.arm, 1.5)
     scores = rng.normal(0.0, 0.5, len(images)) + separation * labels * rng.uniform(0.4, 1.2)
     scores = np.round(scores + 2.0, 6)
     val_scores = np.round(rng.normal(2.0, 0.5, 8), 6)
@@ -242,7 +245,9 @@ def write_fake_results(
                     perfect=category in perfect, selection=selection,
                     data_format=(data_formats or {}).get(category), compressed=compressed, quantize=quantize,
                     separation=(separation or {}).get(backbone))
-                write_run(results, images, runs.RunKey(backbone, category, seed), options, size)
+                # a backbone may be an arm label (``resnet50+rdpp``): its run records the backbone and the method
+                registered, method = split_arm(backbone)
+                write_run(results, images, runs.RunKey(registered, category, seed, method), options, size)
     return results
 
 

@@ -14,7 +14,8 @@ CODE_DIR = Path(__file__).resolve().parents[1] / "RD4AD-main"
 REPO_ROOT = CODE_DIR.parent
 MODULES = {path.stem: path for path in CODE_DIR.glob("*.py")}
 COMMANDS = {"main", "summary", "bench", "demo", "workflow", "launch", "predict", "tune", "analyse"}
-MODEL_MODULES = {"resnet", "de_resnet", "RD_ConvNeXt_Model", "rd_model", "backbones", "weights", "capacity"}
+MODEL_MODULES = {"resnet", "de_resnet", "RD_ConvNeXt_Model", "rd_model", "backbones", "weights", "capacity", "rdpp",
+                 "simplex_noise"}
 TRAINING_AND_REPORTING = {"train", "recipe", "sweep", "evaluate", "report", "report_tables", "claims", "decision",
                           "comparison", "plots", "runs", "checkpoint", "distributed", "metrics", "significance",
                           *COMMANDS}

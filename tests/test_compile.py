@@ -25,8 +25,8 @@ def test_compile_once_over_two_epochs_with_a_partial_batch(synthetic_root, tmp_p
     steps: list[tuple[int, int]] = []  # (batch size, graphs compiled so far) after each step
     compiled_train_step = recipe.compiled_train_step
 
-    def counting_step():
-        step = compiled_train_step()
+    def counting_step(*step_function):
+        step = compiled_train_step(*step_function)
 
         def counted(model, optimizer, batch, *args, **kwargs):
             result = step(model, optimizer, batch, *args, **kwargs)

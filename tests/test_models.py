@@ -213,7 +213,7 @@ def test_summary_json_and_doc_block(capsys, tmp_path):
     assert main.main(["summary", "--backbones", "convnext_tiny", "--image-size", "64", "--update-doc", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
-    assert "| convnext_tiny | IMAGENET1K_V1 (82.52 %) | 12,348,000 |" in text
+    assert "| convnext_tiny | RD4AD | IMAGENET1K_V1 (82.52 %) | 12,348,000 |" in text
     assert main.main(["summary", "--backbone", "nope"]) == 2
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 import sweep
+from backbone_facts import split_arm
 from backbones import BACKBONES
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
-NAMES = {"paper_wrn50", "fair_pair", "fair_pair_pretrain_matched", "big_pair", "full_study", "three_families"}
+NAMES = {"paper_wrn50", "fair_pair", "fair_pair_pretrain_matched", "big_pair", "full_study", "three_families",
+         "method_study"}
 
 
 def train_args(*argv: str) -> argparse.Namespace:
@@ -27,17 +29,24 @@ def test_the_presets_are_there():
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_preset_loads_and_validates(path, synthetic_root):
     raw = json.loads(path.read_text())
-    for pair in raw.get("pairs", []):
-        assert len(pair) == 2 and set(pair) <= set(raw["backbones"]) and set(pair) <= set(BACKBONES)
     sweeps = sweep.read_config_file(str(path))
+    methods = {s.get("method", "rd") for s in sweeps}
+    for pair in raw.get("pairs", []):  # arm labels: a backbone of the file under one of its methods
+        arms = [split_arm(name) for name in pair]
+        assert len(pair) == 2 and all(b in raw["backbones"] and b in BACKBONES and m in methods for b, m in arms)
     assert all(s["epochs"] == 200 and s["image_size"] == 256 and s["batch_size"] == 16 for s in sweeps)
     # the same file with the data pointed at generated data: every run config is built and checked
     configs = sweep.configs_from_args(train_args("--config", str(path), "--data-root", str(synthetic_root),
                                                  "--format", "auto", "--categories", "synth_object"))
     assert len(configs) == len(sweeps) * len(raw["backbones"]) * len(raw["seeds"])
     assert {c.backbone for c in configs} == set(raw["backbones"]) and all(c.lr == 0.005 for c in configs)
-    results = {c.results for c in configs}
-    assert len(results) == len(sweeps)  # one results folder per dataset: categories never collide
+    assert {c.method for c in configs} == methods
+    datasets = {c.results: set() for c in configs}
+    for config in configs:
+        datasets[config.results].add(config.data_root)
+    # one results folder per dataset: categories never collide (the methods of one dataset share a folder)
+    assert all(len(roots) == 1 for roots in datasets.values())
+    assert len(datasets) == len({s.get("results") for s in sweeps})
 
 
 def test_bad_config_files_name_the_field(tmp_path, synthetic_root):
