@@ -19,6 +19,7 @@ from scipy.ndimage import gaussian_filter
 
 import bench
 import runs
+import storage
 import sweep
 from errors import RDError
 from rd_model import GaussianBlur
@@ -90,9 +91,21 @@ def test_mvtec_sweep_size():
     # 3,629 training images minus the validation hold-out of each category (the stable rule on MVTec's file names)
     configs = [TrainConfig(data_root="", category=c) for c in bench.MVTEC_CATEGORIES]
     assert sum(map(sweep.official_train_images, configs)) == 3629 - 342
-    estimate = sweep.estimate_sweep(configs, throughput=sweep.Throughput(10.0, "given"), epochs_done=lambda _: 0,
-                                    train_images=sweep.official_train_images)
-    assert estimate.images == 200 * (3629 - 342) and estimate.total_s == pytest.approx(200 * (3629 - 342) / 10.0)
+    estimate = sweep.estimate_sweep(configs, throughput=sweep.Throughput(10.0, "given", scoring_images_per_s=40.0),
+                                    epochs_done=lambda _: 0, train_images=sweep.official_train_images,
+                                    val_images=sweep.official_val_images, write_bytes_per_s=1e8)
+    assert estimate.images == 200 * (3629 - 342) and estimate.train_s == pytest.approx(200 * (3629 - 342) / 10.0)
+    # issue 24: the validation passes and the checkpoints count too. Each epoch's validation loss over the 342
+    # held-out normals, and 20 synthetic-validation passes (every 10 epochs) over the normals and 2 copies of each
+    assert estimate.validation_s == pytest.approx((200 + 20 * 3) * 342 / 40.0)
+    # WRN-50-2 (the default): 19 checkpoints with Adam's moments (epochs 10 to 190) and the finished one, per run
+    sizes = storage.checkpoint_sizes(configs[0])
+    assert 0.99e9 < sizes.unfinished < 1.02e9 and 3 * sizes.finished == pytest.approx(sizes.unfinished, rel=0.01)
+    assert estimate.checkpoint_bytes == 15 * (19 * sizes.unfinished + sizes.finished)
+    assert estimate.checkpoint_s == pytest.approx(estimate.checkpoint_bytes / 1e8)
+    assert estimate.total_s == pytest.approx(estimate.train_s + estimate.validation_s + estimate.checkpoint_s)
+    printed = str(estimate)
+    assert "validation passes" in printed and "GB written" in printed and "--checkpoint-every" in printed
 
 
 def small_config(root: Path, tmp_path: Path, **overrides) -> TrainConfig:

@@ -100,3 +100,35 @@ def test_a_sweep_of_ten_runs_stays_compiled(monkeypatch, caplog):
     assert all(steps[0] > 0 and steps[1:] == [0] * 4 for steps in new_graphs), new_graphs
     assert len({steps[0] for steps in new_graphs}) == 1, new_graphs  # each run compiles the same graph set
     assert not [r.getMessage() for r in caplog.records if "limit" in r.getMessage()]
+
+
+def test_compile_without_a_compiler_is_one_paragraph_before_the_data_is_read(synthetic_root, tmp_path, monkeypatch,
+                                                                            capsys):
+    """Issue 24: inductor on a machine without its compiler used to end in a traceback after the data was loaded.
+    Now: exit 2, one paragraph naming what is missing and the flag to drop, no data opened, nothing created."""
+    import dataset
+    import toolchain
+    from helpers import run_main
+
+    monkeypatch.delenv(recipe.COMPILE_BACKEND_ENV, raising=False)  # inductor, the default
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+
+    def no_data(*_args, **_kwargs):
+        raise AssertionError("the data was opened before the toolchain was checked")
+
+    monkeypatch.setattr(dataset.AnomalyDataset, "__init__", no_data)
+    monkeypatch.chdir(tmp_path)
+    code = run_main("train", "--data-root", str(synthetic_root), "--categories", "synth_object", "--backbones",
+                    "resnet50", "--epochs", "1", "--image-size", "32", "--no-pretrained", "--device", "cpu",
+                    "--compile")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"C++ compiler CXX={tmp_path / 'no-such-c++'} (not found)" in err and "Drop --compile" in err
+    assert list(tmp_path.iterdir()) == []
+    # on CUDA: triton and a C compiler for its launcher; dynamo's eager backend needs nothing
+    monkeypatch.setattr(toolchain.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    missing = toolchain.missing_for_compile("cuda")
+    assert any("triton" in item for item in missing) and any("C compiler CC=" in item for item in missing)
+    monkeypatch.setenv(recipe.COMPILE_BACKEND_ENV, "eager")
+    assert toolchain.missing_for_compile("cuda") == toolchain.missing_for_compile("cpu") == []
