@@ -73,14 +73,18 @@ def test_bench_writes_every_figure_with_its_naive_reference(tmp_path, capsys):
     assert "minus_exact" in evaluation["metrics"]["aupro_200_thresholds"]
     # the ops the fast step dispatches, casts among them (none on CPU without autocast but the optimiser's)
     assert figures["train"]["fast"]["ops_per_step"] > figures["train"]["fast"]["casts_per_step"] >= 0
-    # evaluation in float32 as `main.py test`, then bf16: its speed and its metric change are reported
+    # evaluation in float32 as `main.py test`, then bf16: its speed and how far it moves the maps; its metric change
+    # is not reported on a random teacher with a barely trained student (issue 24: cuda_check.sh measures it on a
+    # trained run)
     assert evaluation["precision"] == "float32" and evaluation["tf32"] is False
     bf16 = evaluation["bf16_eval"]
     assert bf16["speedup"] > 0 and bf16["max_abs_map_diff"] > 0  # bf16 features do move the maps
-    for name in ("image_auroc", "pixel_auroc", "aupro"):
-        assert bf16["metrics"][name]["float32"] == evaluation["metrics"][name]["fast"]
-        assert bf16["metrics"][name]["change"] == bf16["metrics"][name]["bf16"] - bf16["metrics"][name]["float32"]
-    assert figures["sweep_estimate"]["train_images_per_epoch"] == 3629 - 342
+    assert "metrics" not in bf16 and bf16["metric_change"] == bench.BF16_METRICS_NOTE
+    estimate = figures["sweep_estimate"]
+    assert estimate["train_images_per_epoch"] == 3629 - 342
+    assert estimate["total_s"] == pytest.approx(estimate["train_s"] + estimate["validation_s"]
+                                                + estimate["checkpoint_s"] + estimate["eval_s"])
+    assert estimate["validation_s"] > 0 and estimate["checkpoint_s"] > 0 and estimate["write_bytes_per_s"] > 0
     assert any("identical metrics" in check["target"] for check in payload["targets"])
     printed = capsys.readouterr().out
     assert "training images/s" in printed and "random teachers" in printed and "speed-up" in printed
@@ -136,7 +140,8 @@ def test_sweep_estimate_from_history_bench_or_timed_steps(synthetic_root, tmp_pa
         "backbones": {"resnet50": {"fast_path": fast, "train": {"fast": {"images_per_s": 10.0}}}}}))
     estimate = estimate_sweep([other], bench_file=str(bench_file))
     assert "main.py bench" in str(estimate)
-    assert estimate.total_s == pytest.approx(3 * n_train / 10.0)
+    assert estimate.train_s == pytest.approx(3 * n_train / 10.0)
+    assert estimate.validation_s > 0 and estimate.checkpoint_s > 0  # scoring timed, the folder's write speed measured
 
     # neither: a few steps are timed
     estimate = estimate_sweep([other], bench_file=None)
@@ -188,8 +193,9 @@ def test_targets_checked_for_the_device_and_size_that_ran():
     verdicts = {c["target"]: c["met"] for c in bench.check_targets(_bench_payload("cuda", 256, 1200.0, 1.5, 1500.0))}
     assert verdicts["resnet50: CUDA training >= 1500 images/s at 256 px"] is False  # 1200 < 1500
     assert verdicts["wide_resnet50_2: CUDA training >= 800 images/s at 256 px"] is True
-    assert verdicts["resnet50: CUDA evaluation of a category < 2 s"] is True
-    assert verdicts["resnet50: 15-category 200-epoch sweep < 30 min"] is True
+    assert verdicts["resnet50: CUDA evaluation of a category < 2 s (167 images)"] is True
+    assert verdicts["resnet50: 15-category 200-epoch sweep < 30 min (training, validation passes, checkpoints and the "
+                    "test sets' evaluation)"] is True
     assert not any("CPU training" in target for target in verdicts)
     notes = [c["note"] for c in bench.check_targets(_bench_payload("cuda", 256, 1600.0, 3.0, 2000.0))
              if "identical" in c["target"]]
