@@ -11,6 +11,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import recipe
+from helpers import TinyStudent, TinyTeacher
 from rd_model import ReverseDistillation
 from recipe import TrainConfig
 from train import train_run
@@ -47,33 +48,6 @@ def test_compile_once_over_two_epochs_with_a_partial_batch(synthetic_root, tmp_p
     assert graphs[0] > 0 and graphs == [graphs[0]] * len(graphs), steps  # everything compiled at the first step
 
 
-class _TinyTeacher(torch.nn.Module):
-    """Three feature scales from a few convolutions: a stand-in teacher that traces in a fraction of a second."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(c, 4, 3, stride=2, padding=1) for c in (3, 4, 4))
-
-    def forward(self, x):
-        features = []
-        for conv in self.convs:
-            x = conv(x)
-            features.append(x)
-        return features
-
-
-class _TinyStudent(torch.nn.Module):
-    """Bottleneck and student in one: a BatchNorm (running statistics guarded like the real student's) per scale."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.heads = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4))
-                                         for _ in range(3))
-
-    def forward(self, features):
-        return [head(f) for head, f in zip(self.heads, features)]
-
-
 def test_a_sweep_of_ten_runs_stays_compiled(monkeypatch, caplog):
     """Issue 19: a sweep calls ``compiled_train_step`` once per run with a new model and optimiser. Every one of 10
     runs (more than dynamo's recompile limit of 8) compiles at its first step and then reuses its graphs, the
@@ -87,7 +61,7 @@ def test_a_sweep_of_ten_runs_stays_compiled(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="torch._dynamo"):
         for run in range(10):
             torch.manual_seed(run)
-            model = ReverseDistillation(_TinyTeacher(), torch.nn.Identity(), _TinyStudent())
+            model = ReverseDistillation(TinyTeacher(), torch.nn.Identity(), TinyStudent())
             optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=1e-3, fused=True)
             step = recipe.compiled_train_step()
             per_step = []
