@@ -26,6 +26,7 @@ from categories import validate_category
 from dataset import DATA_FORMATS, AnomalyDataset, normalize
 from errors import CheckpointError, RDError, WeightsError
 from rd_model import ReverseDistillation, distillation_loss, validate_image_size
+from toolchain import COMPILE_BACKEND_ENV, compile_backend
 
 __all__ = ["COMPILE_BACKEND_ENV", "IDENTITY_FIELDS", "SELECTIONS", "SELECT_LAST", "SELECT_SYNTHETIC_VAL", "Amp",
            "EvalAmp", "FastPath", "NonFiniteLoss", "TrainConfig", "build_run_model", "check_config",
@@ -356,11 +357,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.
     return loss.detach(), [s.detach() for s in per_scale]
 
 
-# The torch.compile backend of ``--compile`` (default inductor). Tests select dynamo's "eager" backend with it:
-# the same tracing, guards and recompilation rules without minutes of code generation on a CPU.
-COMPILE_BACKEND_ENV = "RD_COMPILE_BACKEND"
-
-
 def compiled_train_step() -> Callable[..., tuple[torch.Tensor, list[torch.Tensor]]]:
     """``train_step`` under torch.compile, compiled once per run: the batch dimension is marked dynamic, so the
     smaller last batch of an epoch reuses the graph instead of compiling a second one.
@@ -374,7 +370,7 @@ def compiled_train_step() -> Callable[..., tuple[torch.Tensor, list[torch.Tensor
     runs are sequential. Inductor's on-disk caches survive it, so an identical graph is not rebuilt.
     """
     torch._dynamo.reset()
-    compiled = torch.compile(train_step, backend=os.environ.get(COMPILE_BACKEND_ENV) or "inductor")
+    compiled = torch.compile(train_step, backend=compile_backend())
 
     def step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, fast: FastPath,
              device: torch.device, loss_scale: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:

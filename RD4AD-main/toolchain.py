@@ -14,9 +14,12 @@ import shutil
 import sysconfig
 
 from errors import RDError
-from recipe import COMPILE_BACKEND_ENV
 
-__all__ = ["check_compile_toolchain", "compile_backend", "missing_for_compile"]
+__all__ = ["COMPILE_BACKEND_ENV", "check_compile_toolchain", "compile_backend", "missing_for_compile"]
+
+# The torch.compile backend of ``--compile`` (default inductor). Tests select dynamo's "eager" backend with it:
+# the same tracing, guards and recompilation rules without minutes of code generation on a CPU.
+COMPILE_BACKEND_ENV = "RD_COMPILE_BACKEND"
 
 
 def compile_backend() -> str:
