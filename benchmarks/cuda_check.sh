@@ -13,14 +13,14 @@
 #   tests      75  pytest -m cuda (tests/test_cuda.py): GlobalBatchNorm's backward on CUDA kernels, channels_last,
 #                  in an NCCL group of one; the training step compiled by inductor; bf16 maps; the data path
 #   data       20  the synthetic categories at 256 px (main.py synth), generated once, read by every later section
-#   bench      75  main.py bench, resnet50, wide_resnet50_2 and convnext_tiny: training images/s with ops per step,
+#   bench      70  main.py bench, resnet50, wide_resnet50_2 and convnext_tiny: training images/s with ops per step,
 #                  inference, peak memory, the whole category's evaluation, bf16 evaluation speed; the naive
 #                  references at 1 step per round and 24 evaluated images (seconds, not minutes)
 #   fp32       20  the evaluation with TF32 off: fast and naive metrics identical (resnet50, 24 images)
-#   compile   120  the training step compiled by inductor and eager, alternating in one process; compile time
-#   commands  130  main.py train (2 runs, bf16, --compile, partial last batch, recompiles counted from dynamo's
-#                  log), test with the instruments, the bf16 metric change of a trained run at its stated loss,
-#                  checkpoint resume, predict
+#   compile   115  the training step compiled by inductor and eager, alternating in one process; compile time
+#   commands  140  main.py train (2 runs, bf16, --compile, partial last batch, recompiles counted from dynamo's
+#                  log), checkpoint resume of one run to 20 epochs, test with the instruments, the bf16 metric
+#                  change of that run at its stated loss, predict
 # Outputs go to $OUT (the device runner's result folder) or ./cuda_check_out, emptied first (a folder that is not
 # empty and was not made by this script is refused): <section>.json, the index cuda_check.json (status, seconds and
 # figures of each section, rewritten as each ends, so a timeout keeps what finished) and cuda_check.log.
@@ -60,20 +60,20 @@ INDEX="$DEST/cuda_check.json"
 DATA="$DEST/data"
 
 SECTIONS=(preflight tests data bench fp32 compile commands)
-declare -A BUDGET=([preflight]=10 [tests]=75 [data]=20 [bench]=75 [fp32]=20 [compile]=120 [commands]=130)
+declare -A BUDGET=([preflight]=10 [tests]=75 [data]=20 [bench]=70 [fp32]=20 [compile]=115 [commands]=140)
 declare -A WHAT=([preflight]="python, modules, GPU, compile toolchain, ImageNet weights"
-                 [tests]="pytest -m cuda" [data]="synthetic data, once" [bench]="main.py bench, 3 backbones"
+                 [tests]="pytest -m cuda" [data]="synthetic data, once" [bench]="main.py bench: fast paths, naive references"
                  [fp32]="evaluation with TF32 off" [compile]="compiled vs eager step, compile time"
-                 [commands]="train --compile bf16, test, bf16 change, resume, predict")
+                 [commands]="train --compile bf16, resume, test, bf16 change, predict")
 if [ "$DEVICE" = cpu ]; then  # dry run: the same sections at sizes a (shared, slow) CPU finishes; its own limits
   SCALE=${CUDA_CHECK_CPU_SCALE:-5}
-  SIZE=64 EVAL_IMAGES=32 TRAIN_BATCH=4 COMMANDS_SIZE=32 COMMANDS_BATCH=8 NAIVE_IMAGES=16
+  SIZE=64 EVAL_IMAGES=32 TRAIN_BATCH=4 COMMANDS_SIZE=32 COMMANDS_BATCH=8 NAIVE_IMAGES=16 RESUME_EPOCHS=2
   BENCH_BACKBONES=resnet50,convnext_tiny
   BENCH_SIZES=(--image-size 64 --eval-image-size 64 --batch-size 4 --rounds 1 --warmup 0 --steps 1 --threads 1)
   export RD_COMPILE_BACKEND=${RD_COMPILE_BACKEND:-eager}  # CPU inductor takes minutes: trace with dynamo only
 else
   SCALE=1
-  SIZE=256 EVAL_IMAGES=167 TRAIN_BATCH=16 COMMANDS_SIZE=256 COMMANDS_BATCH=16 NAIVE_IMAGES=24
+  SIZE=256 EVAL_IMAGES=167 TRAIN_BATCH=16 COMMANDS_SIZE=256 COMMANDS_BATCH=16 NAIVE_IMAGES=24 RESUME_EPOCHS=20
   BENCH_BACKBONES=resnet50,wide_resnet50_2,convnext_tiny
   BENCH_SIZES=(--image-size 256 --naive-steps 1)
 fi
@@ -222,7 +222,8 @@ print('yes' if f['compile_toolchain_missing'] and f['compile_backend'] == 'induc
   fi
   # 7. the real commands on a tiny study
   section commands "$PY" benchmarks/cuda_check_commands.py --data-root "$DATA" --device "$DEVICE" \
-    --image-size "$COMMANDS_SIZE" --batch-size "$COMMANDS_BATCH" --work "$DEST/study" --out "$DEST/commands.json" \
+    --image-size "$COMMANDS_SIZE" --batch-size "$COMMANDS_BATCH" --resume-epochs "$RESUME_EPOCHS" \
+    --work "$DEST/study" --out "$DEST/commands.json" \
     $([ "$PRETRAINED" = yes ] && echo --pretrained) $([ "$LACKING" = yes ] && echo --no-compile)
 
   echo "== done in $(elapsed) s; figures in $INDEX"

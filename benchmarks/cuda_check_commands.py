@@ -9,11 +9,12 @@ On the synthetic category ``synth_object`` of ROOT (main.py synth), ResNet-50, e
    leaves a partial last batch. Recompilations and graph breaks are counted from dynamo's own log
    (``TORCH_LOGS=recompiles,graph_breaks``), whatever the backend (inductor on a GPU); each run compiles once.
    (``--no-compile``: eagerly, where inductor's toolchain is missing.)
-2. ``test`` of both runs with the instruments (the scale ablation's scales.csv, regions.csv).
-3. the bf16 metric change: ``test --eval-amp bf16 --force`` of seed 0 against its float32 metrics, stated with the
-   run's final training and validation loss (a random teacher unless ``--pretrained``: no weights are downloaded).
-4. resume: seed 0 to 2 epochs (eager) continues from its epoch-1 checkpoint (with Adam's state: --keep-optimizer)
-   and leaves its first epoch unchanged.
+2. resume: seed 0 to ``--resume-epochs`` (eager) continues from its epoch-1 checkpoint (with Adam's state:
+   --keep-optimizer), leaves its first epoch unchanged, and trains the student the bf16 change is measured on.
+3. ``test`` of both runs with the instruments (the scale ablation's scales.csv, regions.csv).
+4. the bf16 metric change: ``test --eval-amp bf16 --force`` of seed 0 against its float32 metrics, stated with the
+   run's epochs and final training and validation loss (a random teacher unless ``--pretrained``: no weights are
+   downloaded).
 5. ``predict`` with seed 0 on the category's test images: scores.csv and an overlay per image.
 
 Every step's figures go to ``--out`` as it ends. Exit status: 0 when every command succeeded and every check held,
@@ -156,31 +157,35 @@ def test_step(study: Study) -> bool:
     bf16_file = study.run_dir(0) / "metrics.json"
     bf16 = json.loads(bf16_file.read_text()) if bf16_file.is_file() else {}
     float32 = tested[0]["metrics"]
-    train = study.figures["steps"].get("train", {}).get("runs", {}).get(0, {})
+    trained = read_history(study.run_dir(0))
     change = {name: None if bf16.get(name) is None or float32[name] is None else bf16[name] - float32[name]
               for name in METRICS}
     study.record("bf16_metric_change", {
         "exit_status": code, "seconds": seconds, "float32": float32,
         "bf16": {name: bf16.get(name) for name in METRICS}, "change": change,
-        "stated_at": {"epochs": len(train.get("loss", [])), "final_loss": (train.get("loss") or [None])[-1],
-                      "final_val_loss": (train.get("val_loss") or [None])[-1],
-                      "teacher_weights": train.get("teacher_weights"), "backbone": BACKBONE,
-                      "image_size": study.args.image_size},
-        "note": "seed 0 of the tiny study: the change is that of this model at this loss, not of a converged one"})
+        "stated_at": {"epochs": len(trained), "loss_by_epoch": [float(row["loss"]) for row in trained],
+                      "final_loss": float(trained[-1]["loss"]) if trained else None,
+                      "final_val_loss": float(trained[-1]["val_loss"]) if trained else None,
+                      "teacher_weights": study.figures["steps"].get("train", {}).get("runs", {}).get(0, {}).get(
+                          "teacher_weights"), "backbone": BACKBONE, "image_size": study.args.image_size},
+        "note": "seed 0 of the tiny study (one synthetic category): the change is that of this model at this loss, "
+                "not of a converged MVTec AD run"})
     ok &= study.check("test --eval-amp bf16 exits 0 and records bfloat16", code == 0
                       and bf16.get("eval_precision") == "bfloat16", bf16.get("eval_precision"))
     return ok
 
 
 def resume_step(study: Study) -> bool:
-    """Seed 0 from its epoch-1 checkpoint to 2 epochs (eager): its first epoch stays as it was."""
+    """Seed 0 from its epoch-1 checkpoint to --resume-epochs (eager): its first epoch stays as it was."""
     before = read_history(study.run_dir(0))
-    code, output, seconds = study.main_py("resume", *study.train_flags("0", 2))
+    epochs = study.args.resume_epochs
+    code, output, seconds = study.main_py("resume", *study.train_flags("0", epochs))
     after = read_history(study.run_dir(0))
     study.record("resume", {"exit_status": code, "seconds": seconds, "epochs_before": len(before),
                             "epochs_after": len(after)})
-    ok = study.check("train --epochs 2 resumes seed 0 after epoch 1", code == 0 and "resuming after epoch 1" in output)
-    ok &= study.check("2 epochs, the first unchanged", len(after) == 2 and after[:1] == before[:1])
+    ok = study.check(f"train --epochs {epochs} resumes seed 0 after epoch 1",
+                     code == 0 and "resuming after epoch 1" in output)
+    ok &= study.check(f"{epochs} epochs, the first unchanged", len(after) == epochs and after[:1] == before[:1])
     return ok
 
 
@@ -207,13 +212,17 @@ def main() -> int:
     parser.add_argument("--work", required=True, help="folder of the study's runs, checkpoints and logs")
     parser.add_argument("--out", required=True, help="JSON file of the figures, written after every step")
     parser.add_argument("--pretrained", action="store_true", help="ImageNet teacher weights are in the hub cache")
+    parser.add_argument("--resume-epochs", type=int, default=2,
+                        help="epochs seed 0 is resumed to (at least 2): the student the bf16 change is measured on")
     parser.add_argument("--no-compile", action="store_true",
                         help="train without --compile (inductor's toolchain is missing: cuda_check.sh's preflight)")
     args = parser.parse_args()
     study = Study(args)
     study.work.mkdir(parents=True, exist_ok=True)
     ok = True
-    for step in (train_step, test_step, resume_step, predict_step):
+    if args.resume_epochs < 2:
+        parser.error("--resume-epochs: expected at least 2 (the run trains 1 epoch first)")
+    for step in (train_step, resume_step, test_step, predict_step):
         print(f"== commands: {step.__name__.removesuffix('_step')}", flush=True)
         ok &= step(study)
     study.record("summary", {"all_checks_met": ok, "failed": [c["check"] for c in study.figures["checks"]
