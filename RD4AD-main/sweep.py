@@ -155,9 +155,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, grid_lrs: str | None = 
     parser.add_argument("--fallback-random-teacher", action="store_true", default=None,
                         help="demo only: if pretrained weights cannot be loaded, warn loudly and go on")
     parser.add_argument("--checkpoint-every", type=int,
-                        help=f"epochs between checkpoints (default {d.checkpoint_every}): a killed run resumes from the "
-                             f"last one; each holds Adam's moments too, 3x the weights (WRN-50-2: 1.0 GB), and the "
-                             f"estimate counts their writes")
+                        help=f"epochs between checkpoints (default {d.checkpoint_every}): a killed run resumes "
+                             f"from the last one; each holds Adam's moments too, 3x the weights (WRN-50-2: 1.0 GB), "
+                             f"and the estimate counts their writes")
     parser.add_argument("--keep-optimizer", action="store_true", default=None,
                         help="keep the optimiser state in the final checkpoint (3x larger) so that the run can be "
                              "extended with more --epochs later; unfinished checkpoints always keep it")

@@ -62,7 +62,8 @@ DATA="$DEST/data"
 SECTIONS=(preflight tests data bench fp32 compile commands)
 declare -A BUDGET=([preflight]=10 [tests]=75 [data]=20 [bench]=70 [fp32]=20 [compile]=115 [commands]=140)
 declare -A WHAT=([preflight]="python, modules, GPU, compile toolchain, ImageNet weights"
-                 [tests]="pytest -m cuda" [data]="synthetic data, once" [bench]="main.py bench: fast paths, naive references"
+                 [tests]="pytest -m cuda" [data]="synthetic data, once"
+                 [bench]="main.py bench: fast paths, naive references"
                  [fp32]="evaluation with TF32 off" [compile]="compiled vs eager step, compile time"
                  [commands]="train --compile bf16, resume, test, bf16 change, predict")
 if [ "$DEVICE" = cpu ]; then  # dry run: the same sections at sizes a (shared, slow) CPU finishes; its own limits
@@ -187,7 +188,8 @@ for name in ("resnet50", "wide_resnet50_2", "convnext_tiny"):
     weights = get_backbone(name).default_weights
     present[name] = (hub_checkpoint_dir() / weights_file_name(weights)).is_file()
 figures["imagenet_weights_present"] = present
-print("ImageNet teacher weights in the hub cache: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in present.items())
+print("ImageNet teacher weights in the hub cache: "
+      + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in present.items())
       + ("" if all(present.values()) else " (nothing is downloaded: the checks use random teachers where absent)"))
 json.dump(figures, open(out, "w"), indent=1)
 EOF

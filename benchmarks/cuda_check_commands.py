@@ -66,8 +66,9 @@ class Study:
 
     def train_flags(self, seeds: str, epochs: int) -> list[str]:
         a = self.args
-        return ["train", "--data-root", a.data_root, "--categories", CATEGORY, "--backbones", BACKBONE, "--seeds", seeds,
-                "--epochs", str(epochs), "--image-size", str(a.image_size), "--batch-size", str(a.batch_size),
+        return ["train", "--data-root", a.data_root, "--categories", CATEGORY, "--backbones", BACKBONE,
+                "--seeds", seeds, "--epochs", str(epochs), "--image-size", str(a.image_size),
+                "--batch-size", str(a.batch_size),
                 "--device", a.device, "--amp", "bf16", "--keep-optimizer", "--no-eta",
                 "--results", str(self.results), "--checkpoints", str(self.checkpoints),
                 *([] if a.pretrained else ["--no-pretrained"])]
@@ -149,8 +150,8 @@ def test_step(study: Study) -> bool:
     study.record("test", {"exit_status": code, "seconds": seconds, "runs": tested})
     ok = study.check("test (instruments on) exits 0", code == 0, code)
     ok &= study.check("metrics.json, scales.csv and regions.csv for both runs",
-                      all(t["metrics"]["aupro"] is not None and {"scales.csv", "regions.csv"} <= set(t["instrument_files"])
-                          for t in tested.values()))
+                      all(t["metrics"]["aupro"] is not None
+                          and {"scales.csv", "regions.csv"} <= set(t["instrument_files"]) for t in tested.values()))
 
     code, _, seconds = study.main_py("test_bf16", "test", "--run-dir", str(study.run_dir(0)), "--eval-amp", "bf16",
                                      "--force", "--device", study.args.device)
