@@ -26,13 +26,35 @@ from rdpp import RevisitedReverseDistillation
 from runs import atomic_write
 from system_info import library_versions
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "load_into", "model_from_checkpoint", "read_checkpoint", "save_checkpoint",
-           "teacher_digest"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "checkpoint_bytes", "load_into", "model_from_checkpoint", "read_checkpoint",
+           "save_checkpoint", "teacher_digest"]
 
 FORMAT = "rd4ad-swappable-backbones/checkpoint"
 FORMAT_VERSION = 2  # 1: a random teacher was stored whole; still read
 REQUIRED_KEYS = ("backbone", "image_size", "teacher_weights", "model_knobs", "bottleneck", "student",
                  "training_state")
+# torch.save's zip archive: per tensor a record (header, name, 64-byte alignment) and its pickle entry; plus the
+# metadata and the history (a few hundred bytes per epoch), well within the fixed part for thousands of epochs
+_BYTES_PER_TENSOR, _FIXED_BYTES = 512, 2**20
+
+
+def checkpoint_bytes(payload: Any) -> int:
+    """An upper estimate of the bytes ``torch.save(payload)`` writes: its tensors' bytes plus the archive's records
+    and metadata (meta-device tensors count as real ones: a checkpoint's size is known without building it)."""
+    tensors: list[torch.Tensor] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(payload)
+    return sum(t.numel() * t.element_size() for t in tensors) + _BYTES_PER_TENSOR * len(tensors) + _FIXED_BYTES
 
 
 def teacher_digest(model: ReverseDistillation) -> str:
@@ -77,7 +99,7 @@ def save_checkpoint(path: str | os.PathLike, model: ReverseDistillation, *, back
     }
     if isinstance(model, RevisitedReverseDistillation):
         payload |= {"method": model.method, "projection": model.projection.state_dict()}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), needed=checkpoint_bytes(payload))
 
 
 def read_checkpoint(path: str | os.PathLike, expected_backbone: str | None = None,

@@ -167,14 +167,16 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
                  ) -> tuple[Tensor, Tensor | None, Tensor | None, None, None]:
         x, weight, mean, var, count = ctx.saved_tensors
         with _autocast_off(x.device.type):
-            # local: dy * w / sqrt(var + eps), sum(dy * x_hat), sum(dy) (BatchNorm's backward kernel, eval mode)
+            # local: dy * w / sqrt(var + eps), sum(dy * x_hat), sum(dy) (BatchNorm's backward kernel, eval mode).
+            # The saved statistics are passed defined: CUDA's kernel asserts them on its channels_last path (and
+            # uses them there instead of the "running" ones); the global mean and 1 / sqrt(var + eps) are both
+            invstd = torch.rsqrt(var + ctx.eps)
             direct, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-                grad_out.contiguous(memory_format=_memory_format(x)), x, weight, mean, var, None, None, False,
+                grad_out.contiguous(memory_format=_memory_format(x)), x, weight, mean, var, mean, invstd, False,
                 ctx.eps, [True, True, True])
             sums = torch.cat([grad_bias, grad_weight])
             dist.all_reduce(sums)
             channels = x.shape[1]
-            invstd = torch.rsqrt(var + ctx.eps)
             scale = invstd / count if weight is None else weight.to(invstd.dtype) * invstd / count
             # the statistics' share of the input gradient: scale * (sum dy + x_hat * sum(dy * x_hat)), an affine
             # map of x per channel, computed by BatchNorm's kernel in its precision
@@ -270,7 +272,12 @@ class _TrainablePath(nn.Module):
 
 class DistributedRD(nn.Module):
     """An RD model for data-parallel training: same ``forward`` contract as ``ReverseDistillation``
-    (images -> teacher and student features), gradients of the trainable path averaged over the ranks."""
+    (images -> teacher and student features), gradients of the trainable path averaged over the ranks.
+
+    DDP broadcasts rank 0's buffers before every forward only where they can differ between the ranks: per-rank
+    BatchNorm statistics (``sync_bn`` off). ``GlobalBatchNorm`` updates every rank's running statistics from the
+    same all-reduced values, and a LayerNorm student has no statistics, so that broadcast would be a wasted
+    collective per step."""
 
     def __init__(self, model: ReverseDistillation, device: torch.device, sync_bn: bool = False) -> None:
         super().__init__()
@@ -278,8 +285,9 @@ class DistributedRD(nn.Module):
             model.bottleneck = convert_batchnorm(model.bottleneck)
             model.student = convert_batchnorm(model.student)
         self.model = model
-        self.path = DistributedDataParallel(_TrainablePath(model.bottleneck, model.student),
-                                            device_ids=[device.index] if device.type == "cuda" else None)
+        path = _TrainablePath(model.bottleneck, model.student)
+        self.path = DistributedDataParallel(path, device_ids=[device.index] if device.type == "cuda" else None,
+                                            broadcast_buffers=has_batchnorm(path) and not sync_bn)
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         teacher_features = self.model.teacher_features(images)

@@ -125,8 +125,9 @@ def validation_threshold(model: ReverseDistillation, run_directory: Path, device
 
 def predict(model: ReverseDistillation, config: TrainConfig, images: list[Path], device: torch.device,
             batch_size: int, threshold: float | None) -> Prediction:
-    """Score ``images`` with ``model`` exactly as ``main.py test`` scores test images."""
-    fast = FastPath.resolve(config, device)
+    """Score ``images`` with ``model`` exactly as ``main.py test`` scores test images (the scoring precision alone:
+    no teacher copy in the training precision, which scoring never runs in)."""
+    fast = FastPath.resolve(config, device).scoring()
     fast.place(model, device)
     pixels = read_images(images, config.image_size)
     maps = score_images(model, pixels, fast, device, batch_size, "predict")

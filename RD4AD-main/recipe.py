@@ -29,6 +29,7 @@ from categories import validate_category
 from dataset import DATA_FORMATS, AnomalyDataset, normalize
 from errors import CheckpointError, RDError, WeightsError
 from rd_model import ReverseDistillation, distillation_loss, validate_image_size
+from toolchain import COMPILE_BACKEND_ENV, compile_backend
 
 __all__ = ["COMPILE_BACKEND_ENV", "IDENTITY_FIELDS", "SELECTIONS", "SELECT_LAST", "SELECT_SYNTHETIC_VAL", "Amp",
            "EvalAmp", "FastPath", "NonFiniteLoss", "TrainConfig", "build_run_model", "check_config",
@@ -394,11 +395,6 @@ def rdpp_train_step(model: rdpp.RevisitedReverseDistillation, optimizer: torch.o
     return loss.detach(), [term.detach() for term in logged]
 
 
-# The torch.compile backend of ``--compile`` (default inductor). Tests select dynamo's "eager" backend with it:
-# the same tracing, guards and recompilation rules without minutes of code generation on a CPU.
-COMPILE_BACKEND_ENV = "RD_COMPILE_BACKEND"
-
-
 def compiled_train_step(step_function: Callable[..., tuple[torch.Tensor, list[torch.Tensor]]] = train_step
                         ) -> Callable[..., tuple[torch.Tensor, list[torch.Tensor]]]:
     """``train_step`` (or ``rdpp_train_step``) under torch.compile, compiled once per run: the batch dimension is
@@ -415,7 +411,7 @@ def compiled_train_step(step_function: Callable[..., tuple[torch.Tensor, list[to
     runs are sequential. Inductor's on-disk caches survive it, so an identical graph is not rebuilt.
     """
     torch._dynamo.reset()
-    compiled = torch.compile(step_function, backend=os.environ.get(COMPILE_BACKEND_ENV) or "inductor")
+    compiled = torch.compile(step_function, backend=compile_backend())
 
     def step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, *args: Any,
              **kwargs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:

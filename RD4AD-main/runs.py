@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
+import diskspace
 from backbone_facts import DEFAULT_METHOD, arm_label
 from categories import category_group
 from errors import CheckpointError, RDError
@@ -179,25 +180,39 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], needed: int | None = None) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     The file gets the permissions a plain ``open`` would give it (0644 under umask 022; ``mkstemp``'s own
     0600 would hide results from colleagues on a shared server). The temporary file is removed when
     ``write`` fails or the process is interrupted; one left by a SIGKILL is removed by
-    ``remove_stale_temporaries`` when its run starts again.
+    ``remove_stale_temporaries`` when its run starts again. A write that fails for lack of space (ENOSPC, a
+    quota, or torch's serializer coming up short) raises ``diskspace.DiskFull`` naming the file, the ``needed``
+    bytes (when the caller knows them) and the bytes free; ``path``'s previous version is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    except OSError as error:
+        if diskspace.is_write_failure(error):
+            raise diskspace.disk_full(path, needed, 0, diskspace.free_bytes(path.parent), error) from None
+        raise
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        if not diskspace.is_write_failure(error):
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        # the space the partial file holds comes back once it is gone (the writer may still hold it open until the
+        # exception is collected, so it is counted here rather than read after the removal)
+        partial = Path(tmp).stat() if Path(tmp).is_file() else None
+        free = diskspace.free_bytes(path.parent) + (partial.st_blocks * 512 if partial else 0)
         Path(tmp).unlink(missing_ok=True)
-        raise
+        raise diskspace.disk_full(path, needed, partial.st_size if partial else 0, free, error) from None
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -255,7 +270,8 @@ class RunLock:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8")
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), needed=len(data))
 
 
 def strict_json(data: Any) -> Any:

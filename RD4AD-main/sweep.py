@@ -18,22 +18,25 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+import diskspace
 import distributed
 import runs
+import storage
 from backbone_facts import METHODS, split_arm
 from backbones import build_model, check_method, check_teacher_weights, parse_backbones
 from categories import OFFICIAL_COUNTS, validate_category
 from dataset import DATA_FORMATS, list_categories, split_train_val
 from errors import CheckpointError, DataError, RDError, WeightsError
 from rdpp import METHOD as RDPP, NoisePairs, noisy_images
-from recipe import (SELECTIONS, Amp, EvalAmp, FastPath, TrainConfig, check_config, make_optimizer, open_split,
-                    rdpp_train_step, train_step)
+from recipe import (SELECT_SYNTHETIC_VAL, SELECTIONS, Amp, EvalAmp, FastPath, TrainConfig, check_config, make_optimizer,
+                    open_split, rdpp_train_step, train_step)
 from system_info import describe_hardware, synchronize
 
 __all__ = ["CONFIG_ONLY_KEYS", "SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments",
            "add_data_format_arguments", "add_fast_path_arguments", "add_train_arguments", "checkpoint_epoch",
            "configs_from_args", "estimate_sweep", "flag_of", "format_duration", "json_object", "measure_throughput",
-           "official_train_images", "parse_list", "preflight_runs", "preflight_teacher_weights", "read_config_file",
+           "official_train_images", "official_val_images", "parse_list", "preflight_runs", "preflight_teacher_weights",
+           "read_config_file",
            "resolve_categories", "select_runs", "teacher_weights_per_backbone"]
 
 SWEEP_DEFAULTS = {"backbones": "wide_resnet50_2", "categories": "all", "seeds": "0"}
@@ -165,7 +168,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, grid_lrs: str | None = 
                              "backbone, or a bare PATH for a one-backbone sweep")
     parser.add_argument("--fallback-random-teacher", action="store_true", default=None,
                         help="demo only: if pretrained weights cannot be loaded, warn loudly and go on")
-    parser.add_argument("--checkpoint-every", type=int, help=f"epochs between checkpoints (default {d.checkpoint_every})")
+    parser.add_argument("--checkpoint-every", type=int,
+                        help=f"epochs between checkpoints (default {d.checkpoint_every}): a killed run resumes "
+                             f"from the last one; each holds Adam's moments too, 3x the weights (WRN-50-2: 1.0 GB), "
+                             f"and the estimate counts their writes")
     parser.add_argument("--keep-optimizer", action="store_true", default=None,
                         help="keep the optimiser state in the final checkpoint (3x larger) so that the run can be "
                              "extended with more --epochs later; unfinished checkpoints always keep it")
@@ -196,6 +202,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, grid_lrs: str | None = 
     parser.add_argument("--resume", action="store_true",
                         help="require an existing checkpoint to continue (runs resume by default anyway)")
     parser.add_argument("--no-eta", action="store_true", help="do not estimate the sweep's time before it starts")
+    parser.add_argument("--skip-space-check", action="store_true",
+                        help="start even when the checkpoint or results folder lacks the free space for the largest "
+                             "checkpoint the sweep will write (checked before training; a warning instead)")
     parser.add_argument("--estimate-only", action="store_true",
                         help="print the sweep's estimated training time (and the teacher weights' status) and stop")
     parser.add_argument("--bench-json", default="bench.json",
@@ -372,11 +381,21 @@ def _train_images_on_disk(config: TrainConfig) -> int:
     return len(open_split(config, "train"))
 
 
+def _val_images_on_disk(config: TrainConfig) -> int:
+    return len(open_split(config, "val"))
+
+
+def official_val_images(config: TrainConfig) -> int:
+    """Validation normals a run holds out according to the official MVTec AD counts (no data needed)."""
+    return OFFICIAL_COUNTS[config.category][0] - official_train_images(config)
+
+
 @dataclass
 class Throughput:
     images_per_s: float
     basis: str
     world_size: int = 1  # processes that shared the work when it was measured
+    scoring_images_per_s: float | None = None  # forward-only scoring (validation), when measured with it
 
 
 def _same_setting(recorded: dict[str, Any], config: TrainConfig, hardware: dict[str, Any]) -> bool:
@@ -390,7 +409,8 @@ def _same_setting(recorded: dict[str, Any], config: TrainConfig, hardware: dict[
 
 def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any],
                              world_size: int) -> Throughput | None:
-    """Mean images/s of the epochs after the first in an earlier run of the same setting and world size."""
+    """Mean images/s of the epochs after the first in an earlier run of the same setting and world size (and its
+    scoring speed when that run was tested in float32)."""
     for config_file in sorted(Path(config.results).glob(f"{config.key.arm}/*/seed*/{runs.CONFIG_FILE}")):
         recorded = runs.read_json(config_file)
         if not _same_setting(recorded, config, hardware) or recorded.get("fast_path") != fast \
@@ -398,13 +418,20 @@ def _throughput_from_history(config: TrainConfig, hardware: dict[str, Any], fast
             continue
         speed = runs.steady_images_per_s(runs.read_history(config_file.parent))
         if speed is not None:
-            return Throughput(speed, f"history of {config_file.parent}", world_size)
+            scoring = None
+            metrics_file = config_file.parent / runs.METRICS_FILE
+            if metrics_file.is_file():
+                tested = runs.read_json(metrics_file)
+                ms = (tested.get("efficiency") or {}).get("inference_ms_per_image")
+                scoring = 1000.0 / ms if ms and tested.get("eval_precision") == "float32" else None
+            return Throughput(speed, f"history of {config_file.parent}", world_size, scoring)
     return None
 
 
 def _throughput_from_bench(config: TrainConfig, hardware: dict[str, Any], fast: dict[str, Any],
                            bench_file: str | None) -> Throughput | None:
-    """The fast training images/s of a `main.py bench` output taken with the same setting."""
+    """The fast training images/s (and scoring images/s at batch 32) of a `main.py bench` output taken with the
+    same setting."""
     if not bench_file or not Path(bench_file).is_file() or config.method == RDPP:  # bench times RD4AD's step
         return None
     try:
@@ -414,28 +441,30 @@ def _throughput_from_bench(config: TrainConfig, hardware: dict[str, Any], fast: 
                     "image_size": bench["settings"]["image_size"], "batch_size": bench["settings"]["batch_size"]}
         if not _same_setting(recorded, config, hardware) or figures["fast_path"] != fast:
             return None
-        return Throughput(float(figures["train"]["fast"]["images_per_s"]), f"{bench_file} (main.py bench)")
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        scoring = ((figures.get("inference") or {}).get("batch_32") or {}).get("fast", {}).get("images_per_s")
+        return Throughput(float(figures["train"]["fast"]["images_per_s"]), f"{bench_file} (main.py bench)",
+                          scoring_images_per_s=scoring)
+    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError):
         return None
 
 
-def measure_throughput(config: TrainConfig, device: torch.device, steps: int = 2) -> Throughput:
+def measure_throughput(config: TrainConfig, device: torch.device, steps: int = 2, train: bool = True) -> Throughput:
     """Time a few training steps of the run's model on random images (a random teacher: the speed does not
-    depend on the weights), after one warm-up step; the best step counts."""
+    depend on the weights), after one warm-up step, and a few scoring batches (float32 forward, as validation
+    scores); the best of each counts. ``train`` False times the scoring alone."""
     fast = FastPath.resolve(config, device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         model = fast.place(build_model(config.backbone, pretrained=False, method=config.method, **config.model_knobs),
                            device)
-        model.train()
         optimizer = make_optimizer(model, config)
         images = torch.randint(0, 256, (config.batch_size, 3, config.image_size, config.image_size),
                                dtype=torch.uint8, device=device)
         noise = NoisePairs(0, config.image_size, device) if config.method == RDPP else None
-        times = []
-        for _ in tqdm(range(1 + steps), desc="timing steps for the estimate", unit="step", leave=False):
-            synchronize(device)
-            started = time.perf_counter()
+        scoring = fast.scoring()
+
+        def train_once() -> None:
+            model.train()
             batch = fast.prepare(images)
             if noise is None:
                 train_step(model, optimizer, batch, fast, device)
@@ -443,75 +472,144 @@ def measure_throughput(config: TrainConfig, device: torch.device, steps: int = 2
                 patches, shuffle = noise.epoch(1, [len(images)])[0]
                 rdpp_train_step(model, optimizer, batch, noisy_images(batch, noise.field, patches), shuffle, fast,
                                 device)
-            synchronize(device)
-            times.append(time.perf_counter() - started)
+
+        def score_once() -> None:
+            model.eval()
+            with torch.no_grad(), scoring.autocast(device):
+                model.anomaly_map(scoring.prepare(images))
+
+        best = {}
+        for name, once in (("train", train_once), ("score", score_once))[0 if train else 1:]:
+            times = []
+            for _ in tqdm(range(1 + steps), desc=f"timing {name} steps for the estimate", unit="step", leave=False):
+                synchronize(device)
+                started = time.perf_counter()
+                once()
+                synchronize(device)
+                times.append(time.perf_counter() - started)
+            best[name] = config.batch_size / min(times[1:])
     del model, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Throughput(config.batch_size / min(times[1:]), f"{steps} timed training steps after a warm-up")
+    return Throughput(best.get("train", 0.0), f"{steps} timed training steps after a warm-up",
+                      scoring_images_per_s=best["score"])
 
 
 @dataclass
 class SweepEstimate:
-    """Estimated training time of the runs still to train; ``str()`` gives the printed summary."""
+    """Estimated time of the runs still to train: training steps, validation passes and checkpoint writes;
+    ``str()`` gives the printed summary."""
 
     total_s: float
     runs_to_train: int
     runs_complete: int
     images: int  # training images x epochs still to go, over all runs
     lines: list[str]
+    train_s: float = 0.0
+    validation_s: float = 0.0
+    checkpoint_s: float = 0.0
+    checkpoint_bytes: int = 0  # written over the sweep (each save, not what is kept)
 
     def __str__(self) -> str:
         if not self.runs_to_train:
             return "sweep estimate: every run is complete; nothing to train"
-        return "\n".join([f"sweep estimate: {format_duration(self.total_s)} of training for {self.runs_to_train} "
-                          f"run(s) to train ({self.runs_complete} complete); training steps only (the per-epoch "
-                          f"validation pass and `main.py test` come on top)", *self.lines])
+        return "\n".join([f"sweep estimate: {format_duration(self.total_s)} for {self.runs_to_train} run(s) to train "
+                          f"({self.runs_complete} complete): training steps {format_duration(self.train_s)}, "
+                          f"validation passes {format_duration(self.validation_s)}, checkpoints "
+                          f"{format_duration(self.checkpoint_s)} ({self.checkpoint_bytes / 1e9:.1f} GB written); "
+                          f"`main.py test` comes on top", *self.lines])
+
+
+@dataclass
+class _RunWork:
+    """What one run still does: training images x epochs, validation images scored, checkpoint bytes written."""
+
+    train_images: int
+    validation_images: int
+    checkpoint_bytes: int
+
+
+def _run_work(config: TrainConfig, done: int, n_train: int, n_val: int) -> _RunWork:
+    """Epochs after ``done``: the training images, each epoch's validation-loss pass over the held-out normals and
+    the synthetic-validation passes (every --val-every epochs and the last: the normals and two anomalous copies
+    of each, synthval.py), and the checkpoints (every --checkpoint-every epochs with Adam's moments, the last
+    without; best.pth under --selection synthetic-val at most once per synthetic-validation pass)."""
+    epochs = range(done + 1, config.epochs + 1)
+    passes = sum(1 for epoch in epochs if epoch % config.val_every == 0 or epoch == config.epochs)
+    sizes = storage.checkpoint_sizes(config)
+    best = passes * sizes.finished if config.selection == SELECT_SYNTHETIC_VAL else 0
+    written = storage.checkpoint_saves(config, done) * sizes.unfinished + sizes.finished + best
+    return _RunWork(len(epochs) * n_train, len(epochs) * n_val + passes * 3 * n_val, written)
 
 
 def estimate_sweep(configs: list[TrainConfig], bench_file: str | None = "bench.json", *,
                    throughput: Throughput | None = None,
                    epochs_done: Callable[[TrainConfig], int] = lambda c: checkpoint_epoch(c.checkpoint_path),
-                   train_images: Callable[[TrainConfig], int] = _train_images_on_disk) -> SweepEstimate:
-    """The estimated training time of the runs still to train: images left x epochs / throughput.
+                   train_images: Callable[[TrainConfig], int] = _train_images_on_disk,
+                   val_images: Callable[[TrainConfig], int] = _val_images_on_disk,
+                   write_bytes_per_s: float | None = None) -> SweepEstimate:
+    """The estimated time of the runs still to train: training images x epochs / throughput, the validation
+    images scored / scoring speed, and the checkpoint bytes / the write speed measured in the checkpoint folder.
 
     By default the runs' progress comes from their checkpoints, their size from the data on disk, and the
     throughput of each (backbone, size, batch, knobs) from, in this order: an earlier run's history.csv
-    with the same setting and hardware, a bench.json of the same, or a few timed steps. ``bench``
-    projects a study it has no data for by passing ``throughput`` (measured), ``epochs_done`` (none)
-    and ``train_images`` (the official counts).
+    with the same setting and hardware, a bench.json of the same, or a few timed steps (scoring, where the
+    source has no scoring speed, is timed too). ``bench`` projects a study it has no data for by passing
+    ``throughput`` (measured), ``epochs_done`` (none), ``train_images`` and ``val_images`` (the official counts)
+    and ``write_bytes_per_s`` (measured beside its output).
     """
     world = distributed.current()
     device = distributed.device_for(configs[0].device)
     hardware = describe_hardware(device)
-    sizes: dict[tuple, int] = {}
-    groups: dict[tuple, list[int]] = {}  # (backbone, size, batch, knobs) -> images x epochs left per run
+    sizes: dict[tuple, tuple[int, int]] = {}
+    groups: dict[tuple, list[_RunWork]] = {}  # (backbone, size, batch, knobs) -> the work left per run
     representative: dict[tuple, TrainConfig] = {}
+    write_speeds: dict[Path, float] = {}
+    checkpoint_s = 0.0
     for config in configs:
         done = epochs_done(config)
         if done >= config.epochs:
             continue
         data_key = (config.data_root, config.category, config.val_fraction, config.split_seed)
         if data_key not in sizes:
-            sizes[data_key] = train_images(config)
+            sizes[data_key] = (train_images(config), val_images(config))
+        work = _run_work(config, done, *sizes[data_key])
+        folder = diskspace.existing_folder(config.checkpoint_path.parent)
+        if write_bytes_per_s is None and folder not in write_speeds:
+            write_speeds[folder] = storage.measure_write_speed(folder)
+        checkpoint_s += work.checkpoint_bytes / (write_bytes_per_s or write_speeds[folder])
         key = (config.backbone, config.method, config.image_size, config.batch_size,
                json.dumps(config.model_knobs, sort_keys=True))
-        groups.setdefault(key, []).append((config.epochs - done) * sizes[data_key])
+        groups.setdefault(key, []).append(work)
         representative.setdefault(key, config)
-    lines, total = [], 0.0
-    for key, images in groups.items():
+    lines, train_s, validation_s = [], 0.0, 0.0
+    for key, works in groups.items():
         config = representative[key]
         fast = FastPath.resolve(config, device).as_dict()
         speed = (throughput
                  or _throughput_from_history(config, hardware, fast, world.size)
                  or _throughput_from_bench(config, hardware, fast, bench_file)
                  or measure_throughput(config, device))
+        scoring = speed.scoring_images_per_s or measure_throughput(config, device, train=False).scoring_images_per_s
         scale = world.size / speed.world_size
-        seconds = sum(images) / (speed.images_per_s * scale)
-        total += seconds
+        images = sum(w.train_images for w in works)
+        seconds = images / (speed.images_per_s * scale)
+        validated = sum(w.validation_images for w in works)
+        scored = validated / scoring  # rank 0 validates alone
+        train_s, validation_s = train_s + seconds, validation_s + scored
         scaling = f" x {world.size} processes (assumed linear)" if scale != 1 else ""
-        lines.append(f"  {config.key.arm} at {config.image_size} px, batch {config.batch_size}: {len(images)} run(s), "
-                     f"{sum(images):,} images x epochs at {speed.images_per_s:.1f} img/s{scaling} -> "
-                     f"{format_duration(seconds)} (throughput from {speed.basis})")
-    to_train = sum(len(images) for images in groups.values())
-    return SweepEstimate(total, to_train, len(configs) - to_train, sum(map(sum, groups.values())), lines)
+        lines.append(f"  {config.key.arm} at {config.image_size} px, batch {config.batch_size}: {len(works)} run(s), "
+                     f"{images:,} images x epochs at {speed.images_per_s:.1f} img/s{scaling} -> "
+                     f"{format_duration(seconds)} (throughput from {speed.basis}); {validated:,} validation images "
+                     f"at {scoring:.1f} img/s -> {format_duration(scored)}")
+    if write_speeds or write_bytes_per_s:
+        speeds = ", ".join(f"{speed / 1e6:.0f} MB/s in {folder}" for folder, speed in write_speeds.items()) or \
+            f"{write_bytes_per_s / 1e6:.0f} MB/s given"
+        written = sum(w.checkpoint_bytes for works in groups.values() for w in works)
+        lines.append(f"  checkpoints: {written / 1e9:.2f} GB written at {speeds} (synced) -> "
+                     f"{format_duration(checkpoint_s)}; one every --checkpoint-every epochs with Adam's moments")
+    to_train = sum(len(works) for works in groups.values())
+    every = [w for works in groups.values() for w in works]
+    return SweepEstimate(train_s + validation_s + checkpoint_s, to_train, len(configs) - to_train,
+                         sum(w.train_images for w in every), lines, train_s, validation_s, checkpoint_s,
+                         sum(w.checkpoint_bytes for w in every))

@@ -119,11 +119,13 @@ def warm_up_batch_sizes(run_batch: Callable[[int], object], n_images: int, batch
     return sizes
 
 
-def alternate(paths: dict[str, Callable[[], None]], rounds: int, warmup: int, work: int, device: torch.device,
-              desc: str, resident: dict[str, Callable[[], float]] | None = None) -> dict[str, Measure]:
+def alternate(paths: dict[str, Callable[[], None]], rounds: int, warmup: int, work: int | dict[str, int],
+              device: torch.device, desc: str, resident: dict[str, Callable[[], float]] | None = None
+              ) -> dict[str, Measure]:
     """Run each path ``warmup`` times untimed, then ``rounds`` timed rounds, alternating the paths. A path's
     peak memory is measured around its own round (peak reset there) less ``resident[name]()``: the MB that the
-    other paths keep on the device meanwhile (their models and optimiser states)."""
+    other paths keep on the device meanwhile (their models and optimiser states). ``work``: images (or steps) per
+    round, one figure for every path or one per path (a slow reference path may do less per round)."""
     for _ in range(warmup):
         for run_once in paths.values():
             run_once()
@@ -138,7 +140,8 @@ def alternate(paths: dict[str, Callable[[], None]], rounds: int, warmup: int, wo
                 synchronize(device)
                 times[name].append(time.perf_counter() - started)
             peaks[name] = max(peaks[name], memory.peak_mb)
-    return {name: Measure(times[name], peaks[name], work) for name in paths}
+    per_path = work if isinstance(work, dict) else dict.fromkeys(paths, work)
+    return {name: Measure(times[name], peaks[name], per_path[name]) for name in paths}
 
 
 class ForwardTimer:

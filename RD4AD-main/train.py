@@ -28,8 +28,10 @@ import rdpp
 import recipe
 import runs
 import selection_audit
+import storage
 import sweep
 import synthval
+import toolchain
 from backbones import get_backbone, teacher_imagenet_top1
 from checkpoint import load_into, read_checkpoint, save_checkpoint, teacher_digest
 from errors import CheckpointError, RDError
@@ -313,15 +315,20 @@ def run(args: argparse.Namespace) -> int:
     configs = sweep.configs_from_args(args)
     if not configs:
         raise RDError("no run selected: --categories, --backbones and --seeds must each name at least one")
+    for name in sorted({config.device for config in configs if config.compile}):  # before any data is read
+        toolchain.check_compile_toolchain(distributed.device_for(name).type)
     if args.resume:
         missing = [str(c.checkpoint_path) for c in configs if not c.checkpoint_path.is_file()]
         if missing:
             raise CheckpointError(f"--resume: no checkpoint to resume at {', '.join(missing[:3])}")
     sweep.preflight_runs(configs)  # every run's device and data before any folder exists
     weights_status = sweep.preflight_teacher_weights(configs)  # every rank: a failure stops all before they join
+    space_warnings = [] if args.estimate_only else storage.check_free_space(
+        configs, lambda config: 0 if args.restart else sweep.checkpoint_epoch(config.checkpoint_path),
+        args.skip_space_check)
     with distributed.process_group(configs[0].device) as world:
         if world.is_main:
-            print("teacher weights:\n" + "\n".join(weights_status), flush=True)
+            print("\n".join(["teacher weights:", *weights_status, *space_warnings]), flush=True)
             print(f"training {len(configs)} run(s): " + ", ".join(str(c.key) for c in configs)
                   + (f" on {world.size} processes" if world.enabled else ""))
             if args.estimate_only or (not args.no_eta and not args.restart):

@@ -11,6 +11,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import recipe
+from helpers import TinyStudent, TinyTeacher
 from rd_model import ReverseDistillation
 from recipe import TrainConfig
 from train import train_run
@@ -47,33 +48,6 @@ def test_compile_once_over_two_epochs_with_a_partial_batch(synthetic_root, tmp_p
     assert graphs[0] > 0 and graphs == [graphs[0]] * len(graphs), steps  # everything compiled at the first step
 
 
-class _TinyTeacher(torch.nn.Module):
-    """Three feature scales from a few convolutions: a stand-in teacher that traces in a fraction of a second."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(c, 4, 3, stride=2, padding=1) for c in (3, 4, 4))
-
-    def forward(self, x):
-        features = []
-        for conv in self.convs:
-            x = conv(x)
-            features.append(x)
-        return features
-
-
-class _TinyStudent(torch.nn.Module):
-    """Bottleneck and student in one: a BatchNorm (running statistics guarded like the real student's) per scale."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.heads = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4))
-                                         for _ in range(3))
-
-    def forward(self, features):
-        return [head(f) for head, f in zip(self.heads, features)]
-
-
 def test_a_sweep_of_ten_runs_stays_compiled(monkeypatch, caplog):
     """Issue 19: a sweep calls ``compiled_train_step`` once per run with a new model and optimiser. Every one of 10
     runs (more than dynamo's recompile limit of 8) compiles at its first step and then reuses its graphs, the
@@ -87,7 +61,7 @@ def test_a_sweep_of_ten_runs_stays_compiled(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="torch._dynamo"):
         for run in range(10):
             torch.manual_seed(run)
-            model = ReverseDistillation(_TinyTeacher(), torch.nn.Identity(), _TinyStudent())
+            model = ReverseDistillation(TinyTeacher(), torch.nn.Identity(), TinyStudent())
             optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=1e-3, fused=True)
             step = recipe.compiled_train_step()
             per_step = []
@@ -100,3 +74,35 @@ def test_a_sweep_of_ten_runs_stays_compiled(monkeypatch, caplog):
     assert all(steps[0] > 0 and steps[1:] == [0] * 4 for steps in new_graphs), new_graphs
     assert len({steps[0] for steps in new_graphs}) == 1, new_graphs  # each run compiles the same graph set
     assert not [r.getMessage() for r in caplog.records if "limit" in r.getMessage()]
+
+
+def test_compile_without_a_compiler_is_one_paragraph_before_the_data_is_read(synthetic_root, tmp_path, monkeypatch,
+                                                                            capsys):
+    """Issue 24: inductor on a machine without its compiler used to end in a traceback after the data was loaded.
+    Now: exit 2, one paragraph naming what is missing and the flag to drop, no data opened, nothing created."""
+    import dataset
+    import toolchain
+    from helpers import run_main
+
+    monkeypatch.delenv(recipe.COMPILE_BACKEND_ENV, raising=False)  # inductor, the default
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+
+    def no_data(*_args, **_kwargs):
+        raise AssertionError("the data was opened before the toolchain was checked")
+
+    monkeypatch.setattr(dataset.AnomalyDataset, "__init__", no_data)
+    monkeypatch.chdir(tmp_path)
+    code = run_main("train", "--data-root", str(synthetic_root), "--categories", "synth_object", "--backbones",
+                    "resnet50", "--epochs", "1", "--image-size", "32", "--no-pretrained", "--device", "cpu",
+                    "--compile")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"C++ compiler CXX={tmp_path / 'no-such-c++'} (not found)" in err and "Drop --compile" in err
+    assert list(tmp_path.iterdir()) == []
+    # on CUDA: triton and a C compiler for its launcher; dynamo's eager backend needs nothing
+    monkeypatch.setattr(toolchain.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    missing = toolchain.missing_for_compile("cuda")
+    assert any("triton" in item for item in missing) and any("C compiler CC=" in item for item in missing)
+    monkeypatch.setenv(recipe.COMPILE_BACKEND_ENV, "eager")
+    assert toolchain.missing_for_compile("cuda") == toolchain.missing_for_compile("cpu") == []

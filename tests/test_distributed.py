@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import distributed
 import runs
@@ -89,6 +91,8 @@ def _rd_gradients(rank: int, world_size: int, sync_bn: bool) -> dict[str, torch.
     torch.manual_seed(0)
     model = build_model("resnet50", pretrained=False).double()
     net = distributed.DistributedRD(model, torch.device("cpu"), sync_bn) if world_size > 1 else model
+    if world_size > 1:  # rank 0's buffers are broadcast only where they can differ: per-rank statistics
+        assert net.path.broadcast_buffers is (not sync_bn)
     net.train()
     images = torch.randn(8, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     teacher, student = net(images.tensor_split(world_size)[rank])
@@ -206,14 +210,50 @@ def test_global_batchnorm_reads_nothing_back_and_keeps_float32_statistics(monkey
     torch.testing.assert_close(low.float(), reference(images.to(torch.bfloat16).float()), atol=2e-2, rtol=2e-2)
 
 
-def test_global_batchnorm_gradients_equal_batchnorm_in_a_group_of_one_rank(monkeypatch):
+class CudaBatchNormBackwardContract(TorchDispatchMode):
+    """``aten.native_batch_norm_backward`` as CUDA's kernel computes it, on the CPU: the saved mean and inverse std
+    must be defined (CUDA asserts it on its channels_last path, where the fused kernel is skipped) and, when not
+    empty, they are what it normalises with, in eval mode as in training. Torch's CPU kernel accepts ``None`` and
+    ignores them in eval mode, which is how a backward that CUDA rejects passed the CPU tests."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func is not torch.ops.aten.native_batch_norm_backward.default:
+            return func(*args, **(kwargs or {}))
+        grad_out, x, weight, running_mean, running_var, save_mean, save_invstd, train, eps, mask = args
+        assert save_mean is not None and save_invstd is not None, "save_mean should always be defined"
+        accumulate = torch.promote_types(x.dtype, torch.float32)
+        assert save_mean.dtype == save_invstd.dtype == accumulate, (save_mean.dtype, save_invstd.dtype)
+        if save_mean.numel():
+            mean, invstd = save_mean, save_invstd
+        else:
+            assert not train and running_mean is not None and running_var is not None
+            mean, invstd = running_mean.to(accumulate), torch.rsqrt(running_var.to(accumulate) + eps)
+        assert not train, "GlobalBatchNorm asks for the eval-mode backward"
+        shape = (1, -1, 1, 1)
+        centred = (x - mean.view(shape)) * invstd.view(shape)
+        scale = invstd if weight is None else invstd * weight
+        return grad_out * scale.view(shape), (grad_out * centred).sum((0, 2, 3)), grad_out.sum((0, 2, 3))
+
+
+def test_the_contract_stand_in_rejects_undefined_saved_statistics():
+    x, grad = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), correction=0)
+    with CudaBatchNormBackwardContract(), pytest.raises(AssertionError, match="save_mean should always be defined"):
+        torch.ops.aten.native_batch_norm_backward(grad, x, None, mean, var, None, None, False, 1e-5,
+                                                  [True, True, True])
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_global_batchnorm_gradients_equal_batchnorm_in_a_group_of_one_rank(monkeypatch, memory_format):
     """The custom backward (one all-reduce of sum(dy) and sum(dy * x_hat)) against autograd through BatchNorm2d,
-    in float64, with the group's all-reduce standing in as the identity; channels_last as the students run."""
+    in float64, with the group's all-reduce standing in as the identity; channels_last (as the students run) and
+    contiguous. GlobalBatchNorm's backward runs under CUDA's contract for BatchNorm's backward kernel
+    (``CudaBatchNormBackwardContract``): undefined saved statistics would fail here as they fail on a GPU."""
     monkeypatch.setattr(distributed, "current", lambda: distributed.World(0, 2, 0))
     monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor, *args, **kwargs: tensor)
     generator = torch.Generator().manual_seed(0)
     images = (torch.randn(5, 3, 4, 6, dtype=torch.float64, generator=generator) * 3 + 7)
-    images = images.contiguous(memory_format=torch.channels_last)
+    images = images.contiguous(memory_format=memory_format)
     upstream = torch.randn(5, 3, 4, 6, dtype=torch.float64, generator=generator)
     results = []
     for layer in (distributed.GlobalBatchNorm(3), torch.nn.BatchNorm2d(3)):
@@ -223,7 +263,9 @@ def test_global_batchnorm_gradients_equal_batchnorm_in_a_group_of_one_rank(monke
             layer.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
             layer.running_mean.fill_(6.0)  # the shift of the one-pass combination
         x = images.clone().requires_grad_()
-        (layer(x) * upstream).sum().backward()
+        contract = CudaBatchNormBackwardContract() if isinstance(layer, distributed.GlobalBatchNorm) else nullcontext()
+        with contract:
+            (layer(x) * upstream).sum().backward()
         results.append([layer(images.clone()).detach(), x.grad, layer.weight.grad, layer.bias.grad,
                         layer.running_mean.clone(), layer.running_var.clone()])
     for ours, reference in zip(*results):

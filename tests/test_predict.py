@@ -82,3 +82,22 @@ def test_predict_names_an_unreadable_image(tested_run, tmp_path, capsys):
     assert "broken.png" in err and "Traceback" not in err
     assert run_main("predict", "--run-dir", str(tested_run.run_dir), "--images", str(tmp_path / "none")) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_predict_keeps_no_teacher_copy_in_the_training_precision(tested_run, synthetic_root):
+    """Issue 24: predict scores in float32 (test's default), so a run trained in bf16 (CUDA's default) gets no bf16
+    teacher copy it would never use; ``--eval-amp bf16`` settings still get theirs."""
+    from dataclasses import replace
+
+    import torch
+
+    from checkpoint import model_from_checkpoint
+    from predict import predict
+
+    images = sorted((synthetic_root / "synth_object" / "test" / "good").glob("*.png"))[:2]
+    model, _ = model_from_checkpoint(tested_run.checkpoint_path)
+    trained_in_bf16 = replace(tested_run, amp="bf16")
+    predict(model, trained_in_bf16, images, torch.device("cpu"), 2, None)
+    assert model.teacher_copies() == []
+    predict(model, replace(trained_in_bf16, eval_amp="bf16"), images, torch.device("cpu"), 2, None)
+    assert [next(copy.parameters()).dtype for copy in model.teacher_copies()] == [torch.bfloat16]
