@@ -4,7 +4,8 @@ the interval's coverage, the rejection rate under the null and the power at the 
 difference, against gates; the table goes to docs/calibration.md with the command that made it.
 
 Suites are a registry (SUITES: name -> function(n_studies, seed) -> rows of calibration_table.CALIBRATION_COLUMNS),
-so another instrument's calibration is one more entry. The "primary" suite simulates studies of C categories x S seeds:
+so another instrument's calibration is one more entry (with its description in SUITE_TEXTS): "images"
+(calibration_images.py) checks the per-image AUPIMO answers. The "primary" suite simulates studies of C categories x S seeds:
 categories with their own true differences (spread `category_sd`) and seed-to-seed sds (spread `seed_spread` on the
 log scale), test-image noise shared by a category's seeds, and per scenario categories at the ceiling (true
 difference 0, most cells exactly 0: both arms perfect) or seeds missing and extra (S − 1, S, S + 1 in turn).
@@ -28,6 +29,7 @@ from scipy import stats
 from tqdm import tqdm
 
 import runs
+from calibration_images import images_suite, images_text
 from calibration_table import (CALIBRATION_COLUMNS, COVERAGE_GATE, POWER_GATE, PROMISED_POWER, SIZE_GATE,
                                gate_passes)
 from documents import markdown_table
@@ -36,7 +38,7 @@ from inference import ALPHA, BASES, answer_cells, fixed_arrays, new_arrays
 from planning import N_PLAN_DRAWS, Components, detectable, null_thresholds, solve_detectable
 from significance import seeded_rng
 
-__all__ = ["N_QUESTIONS", "N_STUDIES", "SCENARIOS", "SUITES", "Scenario", "add_arguments", "calibrate",
+__all__ = ["N_QUESTIONS", "N_STUDIES", "SCENARIOS", "SUITES", "SUITE_TEXTS", "Scenario", "add_arguments", "calibrate",
            "calibration_markdown", "primary_suite", "run", "scenario_rows", "simulate_cells"]
 
 N_QUESTIONS = 3  # the default primary family: the planning table's level is Holm's first step, ALPHA / 3
@@ -241,7 +243,8 @@ def primary_suite(n_studies: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
 
 
-SUITES: dict[str, Callable[[int, int], pd.DataFrame]] = {"primary": primary_suite}
+SUITES: dict[str, Callable[[int, int], pd.DataFrame]] = {"primary": primary_suite, "images": images_suite}
+SUITE_TEXTS: dict[str, Callable[[], str]] = {"images": images_text}  # what a suite simulates, for the markdown
 
 
 def calibrate(n_studies: int = N_STUDIES, seed: int = 0, suites: list[str] | None = None) -> pd.DataFrame:
@@ -287,6 +290,7 @@ def calibration_markdown(table: pd.DataFrame, command: str, seconds: float) -> s
         "do not edit by hand.",
         __doc__.split("\n\n", 1)[1].replace("\n", " ").strip(),
         _scenario_text(),
+        *[SUITE_TEXTS[name]() for name in dict.fromkeys(table["suite"]) if name in SUITE_TEXTS],
         f"Gates: coverage of the {100 * (1 - ALPHA):.0f} % interval within {COVERAGE_GATE[0]}-{COVERAGE_GATE[1]} "
         f"(or the answer says it cannot be computed for the design), rejection rate at alpha {ALPHA} under no "
         f"difference at most {SIZE_GATE}, power at the planning table's detectable difference (its promise: "

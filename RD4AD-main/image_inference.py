@@ -178,7 +178,10 @@ def image_answers(units: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.Dat
             usable.append(table)
         else:
             left_out[category] = "one seed" if n >= 2 else "fewer than 2 images"
-    notes = ["left out: " + "; ".join(f"{c} ({why})" for c, why in left_out.items())] if left_out else []
+    reasons: dict[str, list[str]] = {}  # the categories left out for the same reason, named together
+    for category, why in left_out.items():
+        reasons.setdefault(why, []).append(category)
+    notes = ["left out: " + "; ".join(f"{', '.join(cs)} ({why})" for why, cs in reasons.items())] if left_out else []
     if usable:
         arrays = over_categories_arrays([table[None] for table in usable], confidence)
         overall = _row(OVERALL_ROW, len(usable), _seeds_text([t.shape[1] for t in usable]), usable, arrays, "",

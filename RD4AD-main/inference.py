@@ -387,7 +387,7 @@ def answer_columns(answers: Answers) -> dict[str, object]:
     """One answered question as a table row (ANSWER_COLUMNS)."""
     fixed, new, check = answers.fixed, answers.new, answers.signed_rank
     wins_a, wins_b = answers.wins
-    notes = [note for note in (fixed.note, new.note) if note]
+    notes = [note for note in dict.fromkeys((fixed.note, new.note)) if note]  # one note once
     if answers.unpaired:
         notes.insert(0, "runs without the other arm's seed left out: " +
                      "; ".join(f"{c} ({which})" for c, which in answers.unpaired.items()))

@@ -64,13 +64,13 @@ def _reason(metric: str, frame: pd.DataFrame) -> str:
     if metric in _PIXEL and frame["pixel_auroc"].isna().all():
         return "no run has ground-truth masks"
     if metric == "aupimo":
-        low = AUPIMO_FPR_BAND[0]
-        return (f"no run's normal test pixels resolve its false-positive band ({low:g} to {AUPIMO_FPR_BAND[1]:g}: "
-                f"at least {1 / low:,.0f} normal test pixels; these runs have at most "
-                f"{_normal_pixels(frame):,}), or they were tested before it existed; larger images (--image-size) or "
-                f"more normal test images measure it, {_RETEST}")
+        low, high = (f"{value:.0e}".replace("e-0", "e-") for value in AUPIMO_FPR_BAND)
+        return (f"no run's normal test pixels resolve its false-positive band ({low} to {high} needs at least "
+                f"{1 / AUPIMO_FPR_BAND[0]:,.0f} normal test pixels; these runs have at most "
+                f"{_normal_pixels(frame):,}): test at a larger --image-size or with more normal test images (runs "
+                "tested before AUPIMO existed: `main.py test --force`)")
     if metric == "spro":
-        return "the runs have no sPRO (MVTec LOCO's defects_config.json saturation thresholds): " + _RETEST
+        return f"the runs have no sPRO (it needs MVTec LOCO's defects_config.json saturation thresholds); {_RETEST}"
     return f"the runs were tested before it existed, or re-thresholded without their maps; {_RETEST}"
 
 
