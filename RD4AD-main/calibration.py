@@ -5,8 +5,8 @@ difference, against gates; the table goes to docs/calibration.md with the comman
 
 Suites are a registry (SUITES: name -> function(n_studies, seed) -> rows of calibration_table.CALIBRATION_COLUMNS),
 so another instrument's calibration is one more entry (with its description in SUITE_TEXTS): "images"
-(calibration_images.py) checks the per-image AUPIMO answers. The "primary" suite simulates studies of C categories x S seeds:
-categories with their own true differences (spread `category_sd`) and seed-to-seed sds (spread `seed_spread` on the
+(calibration_images.py) checks the per-image AUPIMO answers. The "primary" suite simulates studies of C categories x
+S seeds: categories with their own true differences (spread `category_sd`) and seed-to-seed sds (spread `seed_spread` on the
 log scale), test-image noise shared by a category's seeds, and per scenario categories at the ceiling (true
 difference 0, most cells exactly 0: both arms perfect) or seeds missing and extra (S − 1, S, S + 1 in turn).
 """

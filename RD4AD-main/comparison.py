@@ -1,10 +1,12 @@
 """The comparison's numbers: which backbone pairs are compared, the resampling replicates of every run, the
 paired tests per category and seed, and the tests over categories (overall and per group).
 
-Per category and seed, the unit of resampling is the test image (with its mask), the same draws for every backbone
-and seed of a category; every replicate metric is a weighted sum of per-image statistics (significance.py), so a
-study of 15 categories x 3 seeds x 2 backbones at 256 px takes seconds, not hours. Over categories, every pair, group
-and metric is answered by inference.py from the cells (category, seed) both backbones ran: both answers, each
+The metrics are paired_metrics.PAIRED_METRICS, each where some run of the dataset measured it. Per category and
+seed, the unit of resampling is the test image (with its mask), the same draws for every backbone and seed of a
+category; every replicate metric is a weighted sum of per-image statistics (significance.py, resample_metrics.py;
+AUPIMO's mean over the anomalous images both runs of a pair scored; sPRO has no per-image statistics), so a study
+of 15 categories x 3 seeds x 2 backbones at 256 px takes seconds, not hours. Over categories, every pair, group and
+metric is answered by inference.py from the cells (category, seed) both backbones ran: both answers, each
 interval from the same t statistic as its p. Point estimates come from metrics.json (the tables' numbers).
 Tables are formatted in report_tables.py and worded in claims.py; nothing here formats text for readers except
 the notes. The primary questions and their answers are decision.py's; this module corrects the exploratory family.
@@ -34,12 +36,12 @@ from significance import (PixelStats, auroc_replicates, benjamini_hochberg, binn
                           stratified_multiplicities)
 
 __all__ = ["AGGREGATE_COLUMNS", "ALPHA", "ARM", "CONFIDENCE", "CategoryDraws", "Comparison", "DEFAULT_PRIMARY_METRICS",
-           "EXPLORATORY", "LOW_FPR_LIMIT", "METRIC_LABELS", "N_BOOT", "NOT_AVAILABLE", "OVERALL", "PAIRED_METRICS", "POWER", "PRIMARY", "RunResamples",
-           "TEST_COLUMNS", "aggregate_tests", "answer_pair", "backbone_family", "category_intervals", "compare_runs",
-           "compute_resamples", "epoch_text", "group_members", "pair_cells", "pair_label", "parse_pairs",
-           "per_category_tests", "per_defect_stats", "read_config_json", "read_pairs_config", "resolve_pairs",
-           "retest_command", "run_index", "run_name", "run_resamples", "shared_categories", "unfinished_flags",
-           "with_exploratory"]
+           "EXPLORATORY", "LOW_FPR_LIMIT", "METRIC_LABELS", "NOT_AVAILABLE", "N_BOOT", "OVERALL", "PAIRED_METRICS",
+           "PER_IMAGE", "POWER", "PRIMARY", "RunResamples", "TEST_COLUMNS", "aggregate_tests", "answer_pair",
+           "backbone_family", "category_intervals", "compare_runs", "compute_resamples", "epoch_text", "group_members",
+           "pair_cells", "pair_label", "parse_pairs", "per_category_tests", "per_defect_stats", "read_config_json",
+           "read_pairs_config", "resolve_pairs", "retest_command", "run_index", "run_name", "run_resamples",
+           "shared_categories", "unfinished_flags", "with_exploratory"]
 
 # The metrics tested (PAIRED_METRICS: metrics.json key -> label, fractions in [0, 1]) are paired_metrics.py's.
 METRIC_LABELS: dict[str, str] = {**METRICS, **PAIRED_METRICS}

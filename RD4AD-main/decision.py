@@ -83,7 +83,8 @@ def parse_claim_basis(value: Any, source: str) -> str:
 
 def parse_primary(value: Any, source: str) -> list[PrimaryQuestion]:
     """The "primary" list: objects with "pair" ([a, b] or "a,b"), "metric" (a metrics.json key of the paired
-    metrics, e.g. "aupimo" or "aupro_5pct") and optionally "group" (default overall); an RDError naming ``source`` and the entry otherwise."""
+    metrics, e.g. "aupimo" or "aupro_5pct") and optionally "group" (default overall); an RDError naming ``source``
+    and the entry otherwise."""
     if not isinstance(value, list) or not value:
         raise RDError(f"{source} \"primary\": expected a non-empty list of {{\"pair\": [a, b], \"metric\": ..., "
                       f"\"group\": ...}} objects, got {value!r}")

@@ -1,6 +1,6 @@
 """The report's MVTec LOCO AD table: each category's results split by anomaly kind, logical (a missing, extra or
 misplaced part: global context) and structural (local damage), beside their mean. Descriptive: mean ± std over
-seeds, no test (the paired tables test the metrics they share with every data set)."""
+seeds, no test (the paired tables test the shared metrics and, over categories, sPRO's mean over both kinds)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -12,8 +12,8 @@ from comparison import (CONFIDENCE, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, back
                         shared_categories, unfinished_flags)
 from runs import EFFICIENCY, METRICS
 
-__all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCE_METRICS", "REFERENCES", "Reference", "aggregate_table", "category_stats",
-           "category_table", "count_text", "distinct_values", "efficiency_table", "fmt", "format_mean_std",
+__all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCE_METRICS", "REFERENCES", "Reference", "aggregate_table",
+           "category_stats", "category_table", "count_text", "distinct_values", "efficiency_table", "fmt", "format_mean_std",
            "format_p", "group_stats", "group_table", "interval_text", "is_synthetic", "multi_dataset", "p_is",
            "pairwise_table", "per_defect_table", "planning_display", "primary_table", "reference_table",
            "values_list"]
