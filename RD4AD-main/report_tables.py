@@ -306,7 +306,7 @@ def aggregate_table(aggregate: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.Dat
 
 
 def pairwise_table(tests: pd.DataFrame) -> pd.DataFrame:
-    """The per-category, per-seed paired tests of all three metrics, formatted (values in percent)."""
+    """The per-category, per-seed paired tests of every paired metric, formatted (values in percent)."""
     rows = []
     for row in tests.itertuples():
         rows.append({
