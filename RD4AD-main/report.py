@@ -360,7 +360,8 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         "Per dataset, the groups of categories.group_order() and then overall, over the categories every backbone ran "
         "(any seed, metric measured; every category weighs the same): each seed's mean over them, then mean ± std "
         "over seeds; where categories have different seeds, the mean of each category's seed mean, without a std. "
-        "Categories some backbone did not run are named in the last columns and not averaged.",
+        "Categories some backbone did not run are named in the last columns and not averaged (a metric no run "
+        "measured is named once, in the notes at the top).",
         markdown_table(report.tables["group_means"]), prov,
         f"{h} Overall means beside published references",
         "Reference rows are published MVTec AD 15-category means with their own protocols; they are never averaged "
