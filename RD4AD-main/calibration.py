@@ -4,9 +4,10 @@ the interval's coverage, the rejection rate under the null and the power at the 
 difference, against gates; the table goes to docs/calibration.md with the command that made it.
 
 Suites are a registry (SUITES: name -> function(n_studies, seed) -> rows of calibration_table.CALIBRATION_COLUMNS),
-so another instrument's calibration is one more entry. The "primary" suite simulates studies of C categories x S seeds:
-categories with their own true differences (spread `category_sd`) and seed-to-seed sds (spread `seed_spread` on the
-log scale), test-image noise shared by a category's seeds, and per scenario categories at the ceiling (true
+so another instrument's calibration is one more entry (with its description in SUITE_TEXTS): "images"
+(calibration_images.py) checks the per-image AUPIMO answers, "why" (why_calibration.py) the Why section's intervals.
+The "primary" suite simulates studies of C categories x S seeds: categories with their own true differences (spread
+`category_sd`) and seed-to-seed sds (spread `seed_spread` on the log scale), test-image noise shared by a category's seeds, and per scenario categories at the ceiling (true
 difference 0, most cells exactly 0: both arms perfect) or seeds missing and extra (S − 1, S, S + 1 in turn).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 import runs
 import why_calibration
+from calibration_images import images_suite, images_text
 from calibration_table import (CALIBRATION_COLUMNS, COVERAGE_GATE, POWER_GATE, PROMISED_POWER, SIZE_GATE,
                                gate_passes)
 from documents import markdown_table
@@ -243,7 +245,8 @@ def primary_suite(n_studies: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
 
 
-SUITES: dict[str, Callable[[int, int], pd.DataFrame]] = {"primary": primary_suite, "why": why_calibration.rows}
+SUITES: dict[str, Callable[[int, int], pd.DataFrame]] = {"primary": primary_suite, "images": images_suite,
+                                                          "why": why_calibration.rows}
 # Studies per scenario of a full run, where a suite's studies cost more than the primary answers' (default N_STUDIES)
 SUITE_STUDIES: dict[str, int] = {"why": why_calibration.N_STUDIES}
 
@@ -254,7 +257,8 @@ def _primary_text() -> str:
 
 
 # What each suite simulates, for docs/calibration.md
-SUITE_TEXTS: dict[str, Callable[[], str]] = {"primary": _primary_text, "why": why_calibration.describe}
+SUITE_TEXTS: dict[str, Callable[[], str]] = {"primary": _primary_text, "images": images_text,
+                                              "why": why_calibration.describe}
 
 
 def calibrate(n_studies: int | None = None, seed: int = 0, suites: list[str] | None = None) -> pd.DataFrame:

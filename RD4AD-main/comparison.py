@@ -1,10 +1,12 @@
 """The comparison's numbers: which backbone pairs are compared, the resampling replicates of every run, the
 paired tests per category and seed, and the tests over categories (overall and per group).
 
-Per category and seed, the unit of resampling is the test image (with its mask), the same draws for every backbone
-and seed of a category; every replicate metric is a weighted sum of per-image statistics (significance.py), so a
-study of 15 categories x 3 seeds x 2 backbones at 256 px takes seconds, not hours. Over categories, every pair, group
-and metric is answered by inference.py from the cells (category, seed) both backbones ran: both answers, each
+The metrics are paired_metrics.PAIRED_METRICS, each where some run of the dataset measured it. Per category and
+seed, the unit of resampling is the test image (with its mask), the same draws for every backbone and seed of a
+category; every replicate metric is a weighted sum of per-image statistics (significance.py, resample_metrics.py;
+AUPIMO's mean over the anomalous images both runs of a pair scored; sPRO has no per-image statistics), so a study
+of 15 categories x 3 seeds x 2 backbones at 256 px takes seconds, not hours. Over categories, every pair, group and
+metric is answered by inference.py from the cells (category, seed) both backbones ran: both answers, each
 interval from the same t statistic as its p. Point estimates come from metrics.json (the tables' numbers).
 Tables are formatted in report_tables.py and worded in claims.py; nothing here formats text for readers except
 the notes. The primary questions and their answers are decision.py's; this module corrects the exploratory family.
@@ -24,23 +26,24 @@ from tqdm import tqdm
 from backbone_facts import FAIR_PAIR, backbone_family, registry_order
 from categories import OTHER_GROUP, group_order
 from errors import RDError
-from runs import MAPS_FILE, METRICS, load_maps, load_scores
+from runs import MAPS_FILE, METRICS, load_aupimo, load_maps, load_scores
 from inference import ALPHA, CONFIDENCE, answer_columns, compare_arms, paired_cells
 from inference import category_intervals as cell_intervals
+from paired_metrics import CATEGORY_TESTED, DEFAULT_PRIMARY_METRICS, PAIRED_METRICS, measured_metrics
+from resample_metrics import mean_replicates, seg_f1_counts, seg_f1_replicates
 from significance import (PixelStats, auroc_replicates, benjamini_hochberg, binned_metrics, bootstrap_p_value,
                           delong_test, percentile_interval, pixel_replicates, pixel_stats, seeded_rng,
                           stratified_multiplicities)
 
-__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "ARM", "CONFIDENCE", "CategoryDraws", "Comparison", "EXPLORATORY",
-           "METRIC_LABELS", "N_BOOT", "NOT_AVAILABLE", "OVERALL", "PAIRED_METRICS", "POWER", "PRIMARY", "RunResamples",
-           "TEST_COLUMNS", "aggregate_tests", "answer_pair", "backbone_family", "category_intervals", "compare_runs",
-           "compute_resamples", "epoch_text", "group_members", "pair_cells", "pair_label", "parse_pairs",
-           "per_category_tests", "per_defect_stats", "read_config_json", "read_pairs_config", "resolve_pairs",
-           "retest_command", "run_index", "run_name", "run_resamples", "shared_categories", "unfinished_flags",
-           "with_exploratory"]
+__all__ = ["AGGREGATE_COLUMNS", "ALPHA", "ARM", "CONFIDENCE", "CategoryDraws", "Comparison", "DEFAULT_PRIMARY_METRICS",
+           "EXPLORATORY", "LOW_FPR_LIMIT", "METRIC_LABELS", "NOT_AVAILABLE", "N_BOOT", "OVERALL", "PAIRED_METRICS",
+           "PER_IMAGE", "POWER", "PRIMARY", "RunResamples", "TEST_COLUMNS", "aggregate_tests", "answer_pair",
+           "backbone_family", "category_intervals", "compare_runs", "compute_resamples", "epoch_text", "group_members",
+           "pair_cells", "pair_label", "parse_pairs", "per_category_tests", "per_defect_stats", "read_config_json",
+           "read_pairs_config", "resolve_pairs", "retest_command", "run_index", "run_name", "run_resamples",
+           "shared_categories", "unfinished_flags", "with_exploratory"]
 
-# The metrics tested: metrics.json key -> label (fractions in [0, 1]).
-PAIRED_METRICS: dict[str, str] = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
+# The metrics tested (PAIRED_METRICS: metrics.json key -> label, fractions in [0, 1]) are paired_metrics.py's.
 METRIC_LABELS: dict[str, str] = {**METRICS, **PAIRED_METRICS}
 ARM = "backbone"  # the runs table's arm column (inference.py takes arm names as opaque strings)
 POWER = 0.8
@@ -51,6 +54,8 @@ PRIMARY, EXPLORATORY = "primary", "exploratory"  # the two families of tests (de
 # with 2000 on the 2-core CPU (benchmarks/compare_benchmark.py).
 N_BOOT = 2000
 MIN_PER_CLASS = 2  # DeLong needs at least two defective and two normal images
+LOW_FPR_LIMIT = 0.05  # aupro_5pct's limit (metrics.AUPRO_LIMITS)
+PIXEL_KEYS = ("pixel_auroc", "aupro", "aupro_5pct", "seg_f1")  # resampled from maps.npz
 NOT_AVAILABLE = "n/a"
 OVERALL = "overall"
 AGGREGATE_COLUMNS = ["pair", "group", "metric", "n_categories", "n_cells", "seeds", "mean_diff", "ci_low_fixed",
@@ -195,7 +200,8 @@ class RunResamples:
     pro_curve: tuple[np.ndarray, np.ndarray] | None = None
     per_defect: dict[str, dict[str, float]] = field(default_factory=dict)
     exact: bool = False
-
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. AUPIMO of each common image (NaN: none)
+    notes: dict[str, str] = field(default_factory=dict)  # metric -> why it has no replicates (besides pixel_note)
 
 
 def _common_images(category: str, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -236,13 +242,14 @@ def _image_part(scores: pd.DataFrame, draws: CategoryDraws) -> tuple[dict, dict,
     return {"image_auroc": value}, {"image_auroc": replicates}, per_defect
 
 
-def _stats_for(run: pd.Series, draws: CategoryDraws) -> tuple[PixelStats | None, str]:
-    """The run's pixel statistics on the common images, or None and the reason."""
+def _stats_for(run: pd.Series, draws: CategoryDraws) -> tuple[PixelStats | None, np.ndarray | None, str]:
+    """The run's pixel statistics on the common images and its per-image SegF1 counts at its threshold, or None
+    and the reason."""
     if np.isnan(run["pixel_auroc"]) and np.isnan(run["aupro"]):
-        return None, "not measured (no ground-truth masks)"
+        return None, None, "not measured (no ground-truth masks)"
     data = load_maps(run["run_dir"])
     if data is None:
-        return None, f"no maps.npz in {run['run_dir']}"
+        return None, None, f"no maps.npz in {run['run_dir']}"
     maps_file = Path(run["run_dir"]) / MAPS_FILE
     rewrite = f"`{retest_command(str(Path(run['run_dir']).parents[2]))}` rewrites it"
     index = {str(path): i for i, path in enumerate(data["paths"])}
@@ -253,26 +260,44 @@ def _stats_for(run: pd.Series, draws: CategoryDraws) -> tuple[PixelStats | None,
     rows = np.array([index[path] for path in draws.paths])
     masks = data["masks"][rows]
     if not masks.any():
-        return None, "not measured (the masks hold no defect pixel)"
+        return None, None, "not measured (the masks hold no defect pixel)"
     try:
-        return pixel_stats(data["maps"][rows], masks), ""
+        maps = data["maps"][rows]
+        return pixel_stats(maps, masks), seg_f1_counts(maps, masks, float(run["threshold"])), ""
     except ValueError as error:
         raise RDError(f"{maps_file}: {error}; {rewrite}") from None
 
 
+def _aupimo_part(run: pd.Series, draws: CategoryDraws, result: RunResamples) -> None:
+    """The run's AUPIMO of each common image (aupimo.csv; NaN for normal and unscored images), or why none."""
+    table = load_aupimo(run["run_dir"]) if not np.isnan(run["aupimo"]) else None
+    if table is None:
+        result.notes["aupimo"] = "not measured (metrics.json aupimo is null: its band is not resolved)" if \
+            np.isnan(run["aupimo"]) else f"no aupimo.csv in {run['run_dir']}"
+        return
+    values = table.drop_duplicates("path").set_index("path")["aupimo"]
+    result.per_image["aupimo"] = values.reindex(draws.paths).to_numpy(dtype=np.float64)
+
+
 def run_resamples(run: pd.Series, draws: CategoryDraws) -> RunResamples:
-    """Every resampled metric of one run on its category's draws (and its binned full-sample check)."""
+    """Every resampled metric of one run on its category's draws (and its binned full-sample check); per-image
+    metrics (AUPIMO) are kept per image and resampled per pair (only the images both runs scored)."""
     scores = load_scores(run["run_dir"])
     values, replicates, per_defect = _image_part(scores, draws)
     result = RunResamples(len(draws.paths), len(scores) - len(draws.paths), values, replicates, per_defect=per_defect)
-    stats, result.pixel_note = _stats_for(run, draws)
+    _aupimo_part(run, draws, result)
+    stats, counts, result.pixel_note = _stats_for(run, draws)
     if stats is None:
-        result.values.update(pixel_auroc=float("nan"), aupro=float("nan"))
-        result.replicates.update(pixel_auroc=None, aupro=None)
+        result.values.update(dict.fromkeys(PIXEL_KEYS, float("nan")))
+        result.replicates.update(dict.fromkeys(PIXEL_KEYS))
         return result
     with np.errstate(divide="ignore", invalid="ignore"):
         full_auroc, full_aupro, result.pro_curve = binned_metrics(stats)
         result.replicates["pixel_auroc"], result.replicates["aupro"] = pixel_replicates(stats, draws.weights)
+        _, result.replicates["aupro_5pct"] = pixel_replicates(stats, draws.weights, LOW_FPR_LIMIT)
+        result.values["aupro_5pct"] = binned_metrics(stats, LOW_FPR_LIMIT)[1]
+        result.replicates["seg_f1"] = seg_f1_replicates(counts, draws.weights)
+        result.values["seg_f1"] = float(seg_f1_replicates(counts, np.ones((1, len(counts))))[0])
         subsets = _defect_subsets(draws)
         if subsets:
             type_auroc, type_aupro = pixel_replicates(stats, np.stack(list(subsets.values())))
@@ -280,7 +305,8 @@ def run_resamples(run: pd.Series, draws: CategoryDraws) -> RunResamples:
                 result.per_defect.setdefault(name, {}).update(pixel_auroc=float(auroc), aupro=float(aupro))
     result.values.update(pixel_auroc=full_auroc, aupro=full_aupro)
     if result.n_unmatched == 0:
-        result.binning_error = {key: abs(result.values[key] - run[key]) for key in ("pixel_auroc", "aupro")}
+        result.binning_error = {key: abs(result.values[key] - run[key]) for key in PIXEL_KEYS
+                                if np.isfinite(run[key])}
     result.exact = stats.exact
     return result
 
@@ -375,6 +401,24 @@ def _tie_note(value_a: float, value_b: float, replicate_diff: np.ndarray | None,
     return ""
 
 
+PER_IMAGE = ("aupimo",)  # metrics kept per image (RunResamples.per_image), resampled over the images both runs scored
+
+
+def _per_image_pair(metric: str, resampled: tuple[RunResamples, RunResamples],
+                    draws: CategoryDraws) -> tuple[float, float, np.ndarray, np.ndarray] | str:
+    """A per-image metric of two runs on the images both scored: their means and replicates (the category's draws
+    restricted to those images), or why there are none."""
+    arrays = [res.per_image.get(metric) for res in resampled]
+    if arrays[0] is None or arrays[1] is None:
+        return "not tested: " + "; ".join(res.notes.get(metric, "") for res in resampled if metric in res.notes)
+    both = np.isfinite(arrays[0]) & np.isfinite(arrays[1])
+    if not both.any():
+        return f"not tested: no test image has {PAIRED_METRICS[metric]} in both runs"
+    means = [float(array[both].mean()) for array in arrays]
+    replicates = [mean_replicates(array[both], draws.weights[:, both]) for array in arrays]
+    return means[0], means[1], replicates[0], replicates[1]
+
+
 def _test_row(pair: tuple[str, str], category: str, seed: int, metric: str, runs: tuple[pd.Series, pd.Series],
               resampled: tuple[RunResamples, RunResamples], draws: CategoryDraws, results: str) -> dict[str, Any]:
     a, b = pair
@@ -386,12 +430,19 @@ def _test_row(pair: tuple[str, str], category: str, seed: int, metric: str, runs
         "flags": unfinished_flags(pd.DataFrame(list(runs))),
     }
     unmatched = row["n_unmatched"] > 0
-    value_a = res_a.values[metric] if unmatched else runs[0][metric]
-    value_b = res_b.values[metric] if unmatched else runs[1][metric]
-    rep_a, rep_b = res_a.replicates[metric], res_b.replicates[metric]
+    value_a = res_a.values.get(metric, np.nan) if unmatched else runs[0][metric]
+    value_b = res_b.values.get(metric, np.nan) if unmatched else runs[1][metric]
+    rep_a, rep_b = res_a.replicates.get(metric), res_b.replicates.get(metric)
     if np.isnan(runs[0][metric]) or np.isnan(runs[1][metric]):
-        row["note"] = res_a.pixel_note or res_b.pixel_note or "not measured: no value in metrics.json"
+        row["note"] = res_a.notes.get(metric) or res_b.notes.get(metric) or res_a.pixel_note or res_b.pixel_note \
+            or "not measured: no value in metrics.json"
         return row
+    if metric in PER_IMAGE:
+        found = _per_image_pair(metric, resampled, draws)
+        if isinstance(found, str):
+            row["note"] = found
+            return row
+        value_a, value_b, rep_a, rep_b = found
     row.update(value_a=value_a, value_b=value_b, difference=value_a - value_b)
     if rep_a is None or rep_b is None:
         note = (res_a.pixel_note or res_b.pixel_note) if metric != "image_auroc" else \
@@ -400,6 +451,7 @@ def _test_row(pair: tuple[str, str], category: str, seed: int, metric: str, runs
             f"not tested: {note}"
         return row
     replicate_diff = rep_a - rep_b
+    replicate_diff = replicate_diff[np.isfinite(replicate_diff)]  # a resample without the metric's images
     row["ci_low"], row["ci_high"] = percentile_interval(replicate_diff, CONFIDENCE)
     tie = _tie_note(value_a, value_b, replicate_diff, metric)
     if tie:
@@ -420,9 +472,12 @@ def _test_row(pair: tuple[str, str], category: str, seed: int, metric: str, runs
 
 def per_category_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], draws: dict[str, CategoryDraws],
                        resamples: dict[str, RunResamples], results: str) -> pd.DataFrame:
-    """One row per pair, category, seed run by both backbones and metric: values, difference, bootstrap interval,
-    p (DeLong for image AUROC, bootstrap z for the pixel metrics) or the reason it is not tested."""
+    """One row per pair, category, seed run by both backbones and metric (those of CATEGORY_TESTED some run of the
+    dataset measured): values, difference, bootstrap interval, p (DeLong for image AUROC, bootstrap z for the others)
+    or the reason it is not tested."""
     index, rows = run_index(runs_frame), []
+    tested = {dataset: measured_metrics(frame, CATEGORY_TESTED) for dataset, frame in runs_frame.groupby("dataset")}
+    datasets = runs_frame.groupby("category")["dataset"].first().to_dict()
     for pair in pairs:
         for category in sorted(set(runs_frame["category"])):
             seeds = sorted({s for (bb, c, s) in index if bb == pair[0] and c == category}
@@ -431,7 +486,7 @@ def per_category_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]], d
                 runs = (index[(pair[0], category, seed)], index[(pair[1], category, seed)])
                 resampled = (resamples[runs[0]["run_dir"]], resamples[runs[1]["run_dir"]])
                 rows += [_test_row(pair, category, seed, metric, runs, resampled, draws[category], results)
-                         for metric in PAIRED_METRICS]
+                         for metric in tested[datasets[category]]]
     frame = pd.DataFrame(rows, columns=TEST_COLUMNS)
     for column in ("value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "p_bh"):
         frame[column] = frame[column].astype(float)
@@ -460,10 +515,13 @@ def answer_pair(runs_frame: pd.DataFrame, pair: tuple[str, str], dataset: str, g
 
 
 def aggregate_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
-    """Per pair, dataset, group (then overall) and metric: the mean over categories of the seed-averaged difference
-    a − b and both answers (inference.py), the signed-rank check and the wins of each side."""
+    """Per pair, dataset, group (then overall) and metric (those some run of the dataset measured): the mean over
+    categories of the seed-averaged difference a − b and both answers (inference.py), the signed-rank check and the
+    wins of each side."""
+    measured = {dataset: measured_metrics(frame) for dataset, frame in runs_frame.groupby("dataset")}
     rows = [answer_pair(runs_frame, pair, dataset, group, categories, metric)
-            for pair in pairs for dataset, group, categories in group_members(runs_frame) for metric in PAIRED_METRICS]
+            for pair in pairs for dataset, group, categories in group_members(runs_frame)
+            for metric in measured[dataset]]
     frame = pd.DataFrame(rows).reindex(columns=AGGREGATE_COLUMNS)
     for column in ("mean_diff", "ci_low_fixed", "ci_high_fixed", "p_fixed", "p_fixed_bh", "ci_low_new", "ci_high_new",
                    "p_new", "p_new_bh", "p_signed_rank", "min_reachable_p_signed_rank", "df_fixed", "df_new"):
@@ -477,11 +535,12 @@ def category_intervals(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -
     """Per pair, group, category and metric: the seed-averaged difference over the seeds both backbones ran and its
     t interval from that category's own seeds (test images fixed; none with one seed): the forest plots' points."""
     rows = []
+    measured = {dataset: measured_metrics(frame) for dataset, frame in runs_frame.groupby("dataset")}
     for pair in pairs:
         for dataset, group, categories in group_members(runs_frame):
             if group == OVERALL:
                 continue
-            for metric in PAIRED_METRICS:
+            for metric in measured[dataset]:
                 cells, _ = pair_cells(runs_frame[runs_frame["dataset"] == dataset], pair, categories, metric)
                 for row in cell_intervals(cells).itertuples():
                     rows.append({"pair": pair_label(pair), "dataset": dataset, "group": group,

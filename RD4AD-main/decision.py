@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from comparison import (ALPHA, OVERALL, PAIRED_METRICS, POWER, answer_pair, group_members, pair_cells, pair_label,
-                        parse_pairs, read_config_json, read_pairs_config)
+from comparison import (ALPHA, DEFAULT_PRIMARY_METRICS, OVERALL, PAIRED_METRICS, POWER, answer_pair, group_members,
+                        pair_cells, pair_label, parse_pairs, read_config_json, read_pairs_config)
 from errors import RDError
 from inference import ANSWER_COLUMNS, BASES, family_table
 from planning import components_from_cells, detectable
@@ -83,7 +83,8 @@ def parse_claim_basis(value: Any, source: str) -> str:
 
 def parse_primary(value: Any, source: str) -> list[PrimaryQuestion]:
     """The "primary" list: objects with "pair" ([a, b] or "a,b"), "metric" (a metrics.json key of the paired
-    metrics) and optionally "group" (default overall); an RDError naming ``source`` and the entry otherwise."""
+    metrics, e.g. "aupimo" or "aupro_5pct") and optionally "group" (default overall); an RDError naming ``source``
+    and the entry otherwise."""
     if not isinstance(value, list) or not value:
         raise RDError(f"{source} \"primary\": expected a non-empty list of {{\"pair\": [a, b], \"metric\": ..., "
                       f"\"group\": ...}} objects, got {value!r}")
@@ -122,8 +123,9 @@ def read_study_plan(path: str | Path | None) -> StudyPlan:
 
 
 def default_primary(pairs: list[tuple[str, str]]) -> list[PrimaryQuestion]:
-    """Each compared pair on overall image AUROC, pixel AUROC and AUPRO."""
-    return [PrimaryQuestion(pair, metric) for pair in pairs for metric in PAIRED_METRICS]
+    """Each compared pair on overall image AUROC, pixel AUROC and AUPRO (DEFAULT_PRIMARY_METRICS: the newer paired
+    metrics are primary only where a study config declares them)."""
+    return [PrimaryQuestion(pair, metric) for pair in pairs for metric in DEFAULT_PRIMARY_METRICS]
 
 
 def check_primary(questions: list[PrimaryQuestion], pairs: list[tuple[str, str]], runs_frame: pd.DataFrame,

@@ -35,7 +35,7 @@ from significance import SignedRankResult, holm, signed_rank_test
 __all__ = ["ALPHA", "ANSWER_COLUMNS", "BASES", "CELL_COLUMNS", "CONFIDENCE", "SE_FLOOR", "Answer", "Answers", "TArrays",
            "answer_cells", "answer_columns", "cell_matrix", "category_intervals", "check_cells", "compare_arms",
            "contrast_cells", "family_table", "fixed_arrays", "new_arrays", "paired_cells", "paired_units",
-           "question_table", "unit_cells"]
+           "question_table", "t_answer", "unit_cells"]
 
 ALPHA = 0.05  # the level of every test; intervals are at 1 - ALPHA
 CONFIDENCE = 1.0 - ALPHA
@@ -71,8 +71,8 @@ class TArrays:
 SE_FLOOR = 1e-12
 
 
-def _t_answer(estimate: np.ndarray, se: np.ndarray, df: np.ndarray, computable: np.ndarray, confidence: float,
-              scale: np.ndarray) -> TArrays:
+def t_answer(estimate: np.ndarray, se: np.ndarray, df: np.ndarray, computable: np.ndarray, confidence: float,
+             scale: np.ndarray) -> TArrays:
     """t = estimate / se on ``df`` degrees of freedom: p and the interval from the one statistic; not computable
     where se is 0 up to floating-point noise (SE_FLOOR x ``scale``, the data's largest magnitude)."""
     ok = computable & np.isfinite(se) & (se > SE_FLOOR * scale) & np.isfinite(df) & (df > 0)
@@ -113,7 +113,7 @@ def fixed_arrays(cells: np.ndarray, confidence: float = CONFIDENCE) -> TArrays:
         df = variance ** 2 / (part ** 2 / np.maximum(n - 1, 1)).sum(axis=-1)
     n_categories = cells.shape[-2]
     scale = np.nanmax(np.abs(cells), axis=(-2, -1))
-    return _t_answer(means.mean(axis=-1), np.sqrt(variance) / n_categories, df, df_pool >= 1, confidence, scale)
+    return t_answer(means.mean(axis=-1), np.sqrt(variance) / n_categories, df, df_pool >= 1, confidence, scale)
 
 
 def new_arrays(means: np.ndarray, confidence: float = CONFIDENCE) -> TArrays:
@@ -124,9 +124,9 @@ def new_arrays(means: np.ndarray, confidence: float = CONFIDENCE) -> TArrays:
     estimate = means.mean(axis=-1)
     if n_categories < 2:
         nan = np.full(estimate.shape, np.nan)
-        return _t_answer(estimate, nan, nan, np.zeros(estimate.shape, bool), confidence, nan)
+        return t_answer(estimate, nan, nan, np.zeros(estimate.shape, bool), confidence, nan)
     se = means.std(axis=-1, ddof=1) / np.sqrt(n_categories)
-    return _t_answer(estimate, se, np.full(estimate.shape, n_categories - 1.0), np.ones(estimate.shape, bool),
+    return t_answer(estimate, se, np.full(estimate.shape, n_categories - 1.0), np.ones(estimate.shape, bool),
                      confidence, np.abs(means).max(axis=-1))
 
 
@@ -387,12 +387,15 @@ def answer_columns(answers: Answers) -> dict[str, object]:
     """One answered question as a table row (ANSWER_COLUMNS)."""
     fixed, new, check = answers.fixed, answers.new, answers.signed_rank
     wins_a, wins_b = answers.wins
-    notes = [note for note in (fixed.note, new.note) if note]
+    notes = [note for note in dict.fromkeys((fixed.note, new.note)) if note]  # one note once
     if answers.unpaired:
         notes.insert(0, "runs without the other arm's seed left out: " +
                      "; ".join(f"{c} ({which})" for c, which in answers.unpaired.items()))
     if answers.excluded:
-        notes.insert(0, "left out: " + "; ".join(f"{c} ({why})" for c, why in answers.excluded.items()))
+        reasons: dict[str, list[str]] = {}  # categories left out for the same reason are named together
+        for category, why in answers.excluded.items():
+            reasons.setdefault(why, []).append(category)
+        notes.insert(0, "left out: " + "; ".join(f"{', '.join(cs)} ({why})" for why, cs in reasons.items()))
     return {"n_categories": answers.n_categories, "n_cells": int(answers.seeds.sum()), "seeds": answers.seeds_text(),
             "mean_diff": fixed.estimate, "ci_low_fixed": fixed.ci_low, "ci_high_fixed": fixed.ci_high,
             "p_fixed": fixed.p_value, "df_fixed": fixed.df, "ci_low_new": new.ci_low, "ci_high_new": new.ci_high,

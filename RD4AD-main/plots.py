@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from comparison import PAIRED_METRICS, backbone_family, retest_command
+from comparison import DEFAULT_PRIMARY_METRICS, PAIRED_METRICS, backbone_family, retest_command
 from metrics import image_auroc, roc_curve
 from runs import MAPS_FILE, METRICS, atomic_write, load_maps, load_scores, read_history
 
@@ -518,10 +518,14 @@ def _caption(kind: str, caption: str, runs_frame: pd.DataFrame, category: str, r
 
 
 def _forest_items(comparison) -> list[FigureItem]:
+    """A forest plot per pair and metric of the default primary family or of a declared primary question."""
     items = []
-    for pair in dict.fromkeys(comparison.aggregate["pair"]):
+    aggregate = comparison.aggregate
+    for pair in dict.fromkeys(aggregate["pair"]):
         a, b = pair.split(" vs ")
-        for metric, label in PAIRED_METRICS.items():
+        declared = aggregate.loc[(aggregate["pair"] == pair) & (aggregate["family"] == "primary"), "metric"]
+        for metric in dict.fromkeys([*DEFAULT_PRIMARY_METRICS, *declared]):
+            label = PAIRED_METRICS[metric]
             figure = forest_figure(comparison.intervals, comparison.aggregate, pair, metric)
             name = f"forest_{a}_vs_{b}_{metric}"
             caption = (f"Forest plot, {label}, {a} − {b}: each category's difference (mean over its seeds) with "

@@ -19,8 +19,8 @@ import pandas as pd
 import runs
 from claims import (DEFINITIONS, NOTHING_TO_COMPARE, aggregate_sentence, category_test_sentence, claim_basis_text,
                     conclusions_text, primary_console_line)
-from comparison import (ALPHA, CONFIDENCE, N_BOOT, POWER, Comparison, compare_runs, epoch_text, parse_pairs,
-                        resolve_pairs, run_name)
+from comparison import (ALPHA, CONFIDENCE, N_BOOT, PAIRED_METRICS, POWER, Comparison, compare_runs, epoch_text,
+                        parse_pairs, resolve_pairs, run_name)
 from backbone_facts import backbone_family
 from decision import (CLAIM_BASES, PLANNED_SEEDS, Decision, StudyPlan, check_primary, decide, default_primary,
                       read_study_plan)
@@ -31,6 +31,8 @@ from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, ca
                            method_backbone_table, pairwise_table, per_defect_table, planning_display, primary_table,
                            reference_table, values_list)
 from runs import load_runs, synthetic_saturation_note, untested_runs
+from paired_metrics import unmeasured_note
+from per_image import image_table, image_tests, image_text
 from significance import EXACT_SIGNED_RANK, MAX_EDGES
 from protocol import differences_text, headline_sentence, refuse_same_recipe
 from report_kinds import anomaly_kind_table, anomaly_kind_text
@@ -161,6 +163,7 @@ class Report:
     left_out: list[str] = field(default_factory=list)  # evaluated backbones in no pair
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     why: list[WhyPart] = field(default_factory=list)  # the Why section's instruments (why.py)
+    images: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-image AUPIMO tests (per_image.py)
 
     @property
     def tests(self) -> pd.DataFrame:
@@ -189,7 +192,7 @@ def build_report(results: str | os.PathLike, pairs: Any = None, n_boot: int = N_
     comparison = compare_runs(runs_frame, chosen, n_boot, str(results), [q.key for q in questions])
     decision = decide(runs_frame, plan, chosen)
     report = Report(str(results), runs_frame, chosen, comparison, decision, n_boot,
-                    sorted(set(all_runs["backbone"]) - compared))
+                    sorted(set(all_runs["backbone"]) - compared), images=image_tests(runs_frame, chosen))
     report.tables = {
         "primary_tests_table": primary_table(decision.primary, runs_frame),
         "aggregate_tests_table": aggregate_table(comparison.aggregate, runs_frame),
@@ -197,6 +200,7 @@ def build_report(results: str | os.PathLike, pairs: Any = None, n_boot: int = N_
         "group_means": group_table(runs_frame),
         "reference": reference_table(runs_frame),
         "pairwise_tests": pairwise_table(comparison.tests),
+        "aupimo_images": image_table(report.images, runs_frame),
         "per_defect": per_defect_table(comparison.per_defect, runs_frame),
         "anomaly_kinds": anomaly_kind_table(runs_frame),  # MVTec LOCO: logical vs structural (empty otherwise)
         "seed_power": planning_display(decision.planning, runs_frame),
@@ -220,12 +224,14 @@ def _binning_note(report: Report) -> str:
     if not errors:
         return "No run has maps.npz with masks: the pixel metrics have no intervals."
     exact = sum(r.exact for r in report.comparison.resamples.values() if r.binning_error)
-    worst = {key: max(e[key] for e in errors) for key in ("pixel_auroc", "aupro")}
+    worst = {key: max(e[key] for e in errors if key in e) for key in PAIRED_METRICS
+             if any(key in e for e in errors)}
     return (f"Pixel metrics are resampled from per-image histograms of maps.npz (float16) on a grid of up to "
             f"{MAX_EDGES} thresholds per run ({exact} of {len(errors)} runs have fewer distinct normal scores, so "
-            f"their grid is exact); on all images they reproduce each run's metrics.json within "
-            f"{worst['pixel_auroc']:.1e} (pixel AUROC) and {worst['aupro']:.1e} (AUPRO), the largest difference "
-            "over the runs.")
+            f"their grid is exact), SegF1 from each image's pixel counts at the run's threshold; on all images they "
+            "reproduce each run's metrics.json within " +
+            ", ".join(f"{value:.1e} ({PAIRED_METRICS[key]})" for key, value in worst.items()) +
+            ", the largest difference over the runs.")
 
 
 def tests_method(report: Report) -> str:
@@ -233,9 +239,13 @@ def tests_method(report: Report) -> str:
     return (
         "For each category and each seed run by both backbones, the runs' scores.csv files (and maps.npz) are joined "
         "on the image path, so both values come from exactly the same test images. Difference = metric(a) − "
-        f"metric(b). Image AUROC: DeLong's test for correlated ROC curves (two-sided). Pixel AUROC and AUPRO: a "
-        f"paired bootstrap over test images with their masks ({report.n_boot} resamples, class counts kept, the same "
-        "draws for both backbones), p from its standard error (normal approximation). Every interval is the "
+        f"metric(b). Image AUROC: DeLong's test for correlated ROC curves (two-sided). Pixel AUROC, AUPRO (to FPR "
+        "0.3 and to 0.05), SegF1 at each run's validation threshold and mean AUPIMO: a paired bootstrap over test "
+        f"images with their masks ({report.n_boot} resamples, class counts kept, the same draws for both backbones), "
+        "p from its standard error (normal approximation); AUPIMO's mean is over the anomalous images both runs "
+        "scored, and the normal images, which set its false-positive band, are not redrawn. sPRO has no test here "
+        "(its per-region overlaps are not kept per image): it enters the tests over categories only. Every interval "
+        "is the "
         f"bootstrap's {CONFIDENCE:.0%} percentile interval. A category where both models are perfect, or identical on "
         "every resample, is not tested and says so. Seeds are tested one by one: each is one trained model per "
         "backbone. " + _binning_note(report) + f" Pixel metrics are computed at the training image size "
@@ -313,7 +323,7 @@ def report_notes(report: Report) -> list[str]:
     runs_frame = report.runs
     return [note for note in (teacher_warning(runs_frame), unfinished_warning(runs_frame), synthetic_note(runs_frame),
                               untested_note(report), not_compared_note(report),
-                              synthetic_saturation_note(runs_frame)) if note]
+                              synthetic_saturation_note(runs_frame), unmeasured_note(runs_frame)) if note]
 
 
 def render_body(report: Report, figures: list[FigureItem], level: int, link_prefix: str) -> str:
@@ -353,20 +363,24 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         "Per dataset, the groups of categories.group_order() and then overall, over the categories every backbone ran "
         "(any seed, metric measured; every category weighs the same): each seed's mean over them, then mean ± std "
         "over seeds; where categories have different seeds, the mean of each category's seed mean, without a std. "
-        "Categories some backbone did not run are named in the last columns and not averaged.",
+        "Categories some backbone did not run are named in the last columns and not averaged (a metric no run "
+        "measured is named once, in the notes at the top).",
         markdown_table(report.tables["group_means"]), prov,
         *_method_section(report, h, prov),
         f"{h} Overall means beside published references",
         "Reference rows are published MVTec AD 15-category means with their own protocols; they are never averaged "
         "with our results.",
         markdown_table(report.tables["reference"]), prov,
-        f"{h} Per-category paired tests of all three metrics (exploratory)",
+        f"{h} Per-category paired tests of every paired metric (exploratory)",
     ]
     if report.comparison.tests.empty:
         out.append(NOTHING_TO_COMPARE)
     else:
         out += [tests_method(report), markdown_table(report.tables["pairwise_tests"]),
                 f"_{provenance(_pair_runs(report))}_"]
+    out += [f"{h} AUPIMO per image (exploratory)", image_text(report.images)]
+    if not report.images.empty:
+        out += [markdown_table(report.tables["aupimo_images"]), f"_{provenance(_pair_runs(report))}_"]
     out += [
         f"{h} Per defect type",
         "Image AUROC of each defect type's images against the good images; pixel AUROC and AUPRO on the good images "
@@ -430,6 +444,7 @@ def _numeric_tables(report: Report) -> dict[str, pd.DataFrame]:
         "category_stats": category_stats(report.runs),
         "group_stats": group_stats(report.runs),
         "pairwise_tests_numeric": comparison.tests,
+        "aupimo_images_numeric": report.images,
         "category_intervals": comparison.intervals,
         "primary_tests": report.decision.primary,
         "seed_power_numeric": report.decision.planning,
@@ -526,8 +541,9 @@ def headline_console(report: Report) -> str:
     lines = [f"Primary questions (a − b, points; Holm within the primary family; claim basis: {basis}):"]
     lines += [primary_console_line(row) for row in report.decision.primary.itertuples()]
     exploratory = report.comparison.aggregate.query("family == 'exploratory'")
-    lines.append(f"Exploratory: {len(exploratory)} tests over categories and {len(report.comparison.tests)} "
-                 "per-category tests (Benjamini-Hochberg within each table; see the report).")
+    lines.append(f"Exploratory: {len(exploratory)} tests over categories, {len(report.comparison.tests)} "
+                 f"per-category tests and {len(report.images)} per-image AUPIMO tests (Benjamini-Hochberg within each "
+                 "table; see the report).")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """The report's MVTec LOCO AD table: each category's results split by anomaly kind, logical (a missing, extra or
 misplaced part: global context) and structural (local damage), beside their mean. Descriptive: mean ± std over
-seeds, no test (the paired tables test the metrics they share with every data set)."""
+seeds, no test (the paired tables test the shared metrics and, over categories, sPRO's mean over both kinds)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -71,4 +71,5 @@ def anomaly_kind_text(runs_frame: pd.DataFrame) -> str:
             "or misplaced), structural ones are local damage. Image AUROC: that kind's images against the good ones; "
             f"AU-sPRO: saturated per-region overlap integrated to FPR {', '.join(sorted(limits))} and divided by it, "
             "on that kind's images plus the good ones (docs/reproduction.md, section 10); 'mean of both' is their "
-            "mean. Percent, mean ± std over seeds; descriptive, not tested.")
+            "mean. Percent, mean ± std over seeds; descriptive, not tested here (the tests over categories test sPRO, "
+            "the mean of both, as a paired metric).")

@@ -13,10 +13,10 @@ from comparison import (CONFIDENCE, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, back
                         shared_categories, unfinished_flags)
 from runs import EFFICIENCY, METRICS
 
-__all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCES", "Reference", "aggregate_table", "category_stats",
-           "category_table", "count_text", "distinct_values", "efficiency_table", "fmt", "format_mean_std",
-           "format_p", "group_stats", "group_table", "interval_text", "is_synthetic", "method_backbone_table",
-           "methods_per_backbone", "multi_dataset", "p_is",
+__all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCE_METRICS", "REFERENCES", "Reference", "aggregate_table",
+           "category_stats", "category_table", "count_text", "distinct_values", "efficiency_table", "fmt",
+           "format_mean_std", "format_p", "group_stats", "group_table", "interval_text", "is_synthetic",
+           "method_backbone_table", "methods_per_backbone", "multi_dataset", "p_is",
            "pairwise_table", "per_defect_table", "planning_display", "primary_table", "reference_table",
            "values_list"]
 
@@ -42,6 +42,7 @@ REFERENCES = (
               "full training set; keeps the best test epoch (selected on the test set), epochs set per category; "
               "AUPRO from RD4AD's per-image compute_pro (docs/reproduction.md, section 5)"),
 )
+REFERENCE_METRICS = ("image_auroc", "pixel_auroc", "aupro")  # what the references publish
 OUR_PROTOCOL = ("this report: training set minus the validation hold-out (about 10 %, drawn per image name); "
                 "{selection}; standard AUPRO (MVTec, FPR up to 0.3)")
 
@@ -144,14 +145,17 @@ def group_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
     mean over the group's shared categories (each weighs the same, MVTec's convention) and its spread over seeds.
 
     A category enters when every backbone of the report ran it with the metric measured, whatever its seeds; the
-    others are named in ``left_out`` and never averaged. ``n_values``: seeds (or categories, when their seeds
+    others are named in ``left_out`` and never averaged (unless no run of the dataset measured the metric: then the
+    report's notes name it once, paired_metrics.unmeasured_note). ``n_values``: seeds (or categories, when their seeds
     differ) behind the mean; ``n_seeds``: "3", or "2-4" when categories have different seed counts.
     """
     rows = []
     for metric in METRICS:
         for dataset, group, shared, missing in _group_blocks(runs_frame, metric):
             members = runs_frame[(runs_frame["dataset"] == dataset) & runs_frame["category"].isin(shared)]
-            left_out = " | ".join(f"{c}: {why}" for c, why in missing.items())
+            # a metric no run of the dataset measured is named once in the report's notes, not per category
+            measured = runs_frame.loc[runs_frame["dataset"] == dataset, metric].notna().any()
+            left_out = " | ".join(f"{c}: {why}" for c, why in missing.items()) if measured else ""
             for backbone in sorted(set(runs_frame["backbone"])):
                 frame = members[members["backbone"] == backbone]
                 mean, std, count, seeds = _backbone_group_mean(frame, metric)
@@ -208,14 +212,14 @@ def reference_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
     for backbone, frame in overall.groupby("backbone", sort=True):
         by_metric = frame.set_index("metric")
         cells = {PAIRED_METRICS[m] + " (%)": format_mean_std(by_metric.at[m, "mean"], by_metric.at[m, "std"])
-                 for m in PAIRED_METRICS}
+                 for m in REFERENCE_METRICS}
         note = " (synthetic data: not comparable)" if is_synthetic(runs_frame) else \
             "" if dataset == "mvtec" else f" ({dataset} data: not comparable)"
         rows.append({"row": "ours", "method": f"{backbone} ({backbone_family(backbone)})", **cells,
                      "protocol": OUR_PROTOCOL.format(selection=selection) + note,
                      "flags": frame["flags"].iloc[0]})
     for reference in REFERENCES:
-        cells = {PAIRED_METRICS[m] + " (%)": f"{reference.values[m]:.1f}" for m in PAIRED_METRICS}
+        cells = {PAIRED_METRICS[m] + " (%)": f"{reference.values[m]:.1f}" for m in REFERENCE_METRICS}
         rows.append({"row": "reference (published)", "method": reference.method, **cells,
                      "protocol": reference.protocol, "flags": ""})
     return pd.DataFrame(rows)
@@ -357,7 +361,7 @@ def aggregate_table(aggregate: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.Dat
 
 
 def pairwise_table(tests: pd.DataFrame) -> pd.DataFrame:
-    """The per-category, per-seed paired tests of all three metrics, formatted (values in percent)."""
+    """The per-category, per-seed paired tests of every paired metric, formatted (values in percent)."""
     rows = []
     for row in tests.itertuples():
         rows.append({
@@ -391,6 +395,15 @@ def per_defect_table(per_defect: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.D
     return pd.DataFrame(rows)
 
 
+def _left_out(row: Any, runs_frame: pd.DataFrame) -> str:
+    """The categories a primary answer left out; one phrase, not one per category, when no run measured the metric
+    (the report's notes say why: paired_metrics.unmeasured_note)."""
+    frame = runs_frame[runs_frame["dataset"] == row.dataset]
+    if row.metric not in frame.columns or frame[row.metric].isna().all():
+        return f"every category: no run measured {PAIRED_METRICS[row.metric]} (see the notes at the top)"
+    return row.excluded or ""
+
+
 def primary_table(primary: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFrame:
     """The primary questions, formatted: each answer's interval beside its raw p (one t statistic) and its Holm p
     (Holm within the primary family), the signed-rank check, the verdict on the claim basis and the seed counts."""
@@ -406,7 +419,7 @@ def primary_table(primary: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFra
             **_answer_cells(row, "new", "Holm", row.p_new_holm),
             "signed-rank p": _check_cell(row), "claim basis": row.claim_basis,
             "Holm p < 0.05 on the claim basis": "yes" if row.significant else "no",
-            "left out": row.excluded or "", "flags": row.flags,
+            "left out": _left_out(row, runs_frame), "flags": row.flags,
         })
     return pd.DataFrame(rows)
 

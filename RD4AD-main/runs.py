@@ -60,7 +60,7 @@ __all__ = [
     "BEST_CHECKPOINT_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "EFFICIENCY", "HISTORY_COLUMNS", "HISTORY_FILE",
     "AUPIMO_COLUMNS", "AUPIMO_FILE", "GRAD_NORM_COLUMNS", "MAPS_FILE", "METRICS", "METRICS_FILE", "RDPP_LOSS_COLUMNS",
     "REGIONS_COLUMNS", "REGIONS_FILE", "SCALES_COLUMNS", "SCALES_FILE", "SCORES_FILE", "SUMMARY_COLUMNS",
-    "SUMMARY_FILE", "SYNTH_VAL_COLUMNS",
+    "SUMMARY_FILE", "SYNTH_VAL_COLUMNS", "TESTED_ONLY",
     "VAL_SCORES_FILE", "RunKey", "atomic_write", "atomic_write_json", "atomic_write_text", "best_checkpoint_path",
     "checkpoint_path", "find_runs", "key_of",
     "load_aupimo", "load_maps", "load_regions", "load_runs", "load_scales", "load_scores", "read_history", "read_json",
@@ -110,6 +110,7 @@ METRICS: dict[str, str] = {
     "seg_f1": "SegF1 @val-thr",
     "seg_f1_max": "SegF1-max (test-tuned)",
 }
+TESTED_ONLY = ("spro",)  # read for the paired tables only (MVTec LOCO; report_kinds.py shows it per anomaly type)
 # metrics.json["efficiency"] key -> (label, scale, decimals)
 EFFICIENCY: dict[str, tuple[str, float, int]] = {
     "trainable_params": ("trainable params (M)", 1e-6, 2),
@@ -661,7 +662,7 @@ def _run_row(directory: Path) -> dict[str, Any]:
         "hardware": format_hardware(config.get("hardware")),
         "threshold": _number(metrics.get("threshold"), metrics_path, "threshold"),
         "threshold_rule": str(metrics.get("threshold_rule") or "unknown"),
-        **{key: _number(metrics.get(key), metrics_path, key) for key in METRICS},
+        **{key: _number(metrics.get(key), metrics_path, key) for key in (*METRICS, *TESTED_ONLY)},
         **{key: _number(efficiency.get(key), metrics_path, f"efficiency.{key}") for key in EFFICIENCY},
     }
 

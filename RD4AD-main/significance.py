@@ -1,5 +1,5 @@
 """Is a difference between two models real? Paired tests on the same test images, resampling
-replicates of all three metrics, tests over categories, and the multiple-comparison correction.
+replicates of the paired metrics, tests over categories, and the multiple-comparison correction.
 
 - ``delong_test``: DeLong, DeLong & Clarke-Pearson (1988) test of two correlated AUROCs, with the
   fast midrank structural components of Sun & Xu (2014); checked against pROC's published example.

@@ -1,7 +1,8 @@
 """Fabricated but well-formed run directories for the report tests (TEST FIXTURES ONLY).
 
 Writes, under ``root``: ``data/<category>/...`` small PNG test images and masks in the MVTec layout,
-and ``results/<backbone>/<category>/seed<k>/`` with every file of the ``runs.py`` contract. The
+and ``results/<backbone>/<category>/seed<k>/`` with every file of the ``runs.py`` contract (aupimo.csv and the
+low-false-alarm metrics included). The
 numbers are made up (scores drawn so that defects tend to score higher; maps that are noise plus the
 defect masks); never cite them. The metrics in metrics.json are computed from those scores and maps
 with metrics.py, so they agree with the files as a real run's do.
@@ -43,6 +44,8 @@ STUDY_DEFECTS = {"crack": 40, "scratch": 40, "stain": 40}  # 30 good + 120 defec
 SEPARATION = {"convnext_tiny": 1.6, "resnet50": 1.4, "wide_resnet50_2": 1.8, "swin_t": 1.7, "resnet50+rdpp": 1.9,
               "convnext_tiny+rdpp": 1.5}
 PERFECT_SEPARATION = 20.0  # categories listed in ``perfect``: every backbone separates them completely
+# AUPIMO's band for the fake runs: 32 px test sets have ~10^4 normal pixels, too few for the default 1e-5 to 1e-4
+FAKE_AUPIMO_BAND = (1e-3, 1e-2)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class RunOptions:
     compressed: bool = True
     quantize: bool = False  # maps in steps of 1/8: few distinct scores, so binned pixel statistics are exact
     separation: float | None = None  # how much higher defects score; None: SEPARATION of the backbone
+    aupimo_band: tuple[float, float] | None = FAKE_AUPIMO_BAND  # None: metrics' default band (unresolved at 32 px)
 
 
 def _rng(*parts: object) -> np.random.Generator:
@@ -162,9 +166,22 @@ def write_run(results: Path, images: list[FakeImage], key: runs.RunKey, options:
         if options.with_maps:
             save = np.savez_compressed if options.compressed else np.savez
             save(directory / runs.MAPS_FILE, maps=maps, masks=masks, paths=np.array([image.path for image in images]))
-        pixel = metrics.pixel_metrics(maps.astype(np.float32), masks)
+        pixel = _localisation(directory, images, maps, masks, labels, threshold, options)
     _write_metrics(directory, key, scores, labels, [image.defect_type for image in images], threshold, pixel,
                    options, rng)
+
+
+def _localisation(directory: Path, images: list[FakeImage], maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
+                  threshold: float, options: RunOptions) -> dict:
+    """metrics.json's pixel entries as `test` writes them (AUPIMO null where its band is not resolved), and
+    aupimo.csv with one row per anomalous image."""
+    band = options.aupimo_band or metrics.AUPIMO_FPR_BAND
+    values, aupimo = metrics.localisation_metrics(maps.astype(np.float32), masks, labels, threshold, fpr_band=band)
+    anomalous = np.flatnonzero(labels == 1)
+    runs.write_aupimo(directory, [images[i].path for i in anomalous], [images[i].defect_type for i in anomalous],
+                      aupimo.per_image[anomalous].tolist())
+    return {**values, "aupimo": aupimo.mean if aupimo.resolved else None, "aupimo_fpr_band": list(band),
+            "n_aupimo_images": int(np.isfinite(aupimo.per_image).sum())}
 
 
 def _write_metrics(directory: Path, key: runs.RunKey, scores: np.ndarray, labels: np.ndarray, types: list[str],
@@ -216,6 +233,7 @@ def write_fake_results(
     quantize: bool = False,
     separation: dict[str, float] | None = None,
     extra: Iterable[tuple[str, str, int]] = (),
+    aupimo_band: tuple[float, float] | None = FAKE_AUPIMO_BAND,
 ) -> Path:
     """Write data and results under ``root``; return the results directory.
 
@@ -226,7 +244,8 @@ def write_fake_results(
     ``data_formats``: category -> config "data_format"; ``selection``: config "selection" of every run;
     ``quantize``: maps in steps of 1/8 (few distinct scores: the report's binned pixel statistics are exact);
     ``separation``: backbone -> how much higher its defects score (default SEPARATION): a difference you set;
-    ``extra``: (backbone, category, seed) runs written besides ``seeds`` (a category with more seeds than the rest).
+    ``extra``: (backbone, category, seed) runs written besides ``seeds`` (a category with more seeds than the rest);
+    ``aupimo_band``: AUPIMO's FPR band (None: the metrics' default, which 32 px test sets cannot resolve).
     """
     root = Path(root)
     data_root, results = root / DATA_DIR, root / "results"
@@ -244,7 +263,7 @@ def write_fake_results(
                     trained_epochs=EPOCHS - 1 if (backbone, category, seed) in short else EPOCHS,
                     perfect=category in perfect, selection=selection,
                     data_format=(data_formats or {}).get(category), compressed=compressed, quantize=quantize,
-                    separation=(separation or {}).get(backbone))
+                    separation=(separation or {}).get(backbone), aupimo_band=aupimo_band)
                 # a backbone may be an arm label (``resnet50+rdpp``): its run records the backbone and the method
                 registered, method = split_arm(backbone)
                 write_run(results, images, runs.RunKey(registered, category, seed, method), options, size)

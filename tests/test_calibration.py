@@ -14,7 +14,7 @@ import calibration_table
 
 
 def test_a_small_calibration_meets_loose_gates() -> None:
-    table = calibration.calibrate(n_studies=300, seed=3, suites=["primary"])
+    table = calibration.calibrate(n_studies=300, seed=3, suites=["primary"])  # "images": test_per_image.py
     assert list(table.columns) == calibration_table.CALIBRATION_COLUMNS and len(table) == 36
     assert set(zip(table["n_categories"], table["n_seeds"])) == {(c, s) for c in (5, 15) for s in (1, 3, 5)}
     uncomputed = table[table["coverage"].isna()]
@@ -65,4 +65,4 @@ def test_the_command_writes_the_table_with_the_command_that_made_it(tmp_path: Pa
     assert main.main(["calibrate", "--suite", "fake", "--studies", "12", "--out", str(out)]) == 1  # a gate missed
     assert "**0 of 1 rows pass**" in out.read_text(encoding="utf-8")
     assert main.main(["calibrate", "--suite", "nothing", "--out", str(out)]) == 2
-    assert "--suite nothing: expected one of primary, why, fake" in capsys.readouterr().err
+    assert "--suite nothing: expected one of primary, images, why, fake" in capsys.readouterr().err

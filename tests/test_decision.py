@@ -174,10 +174,48 @@ def test_primary_tests_csv_and_console(fair_report: report.Report, tmp_path: Pat
     assert text.index("**Claim basis: on these categories**") < text.index("## Primary questions")
 
 
+def test_the_default_family_stays_three_questions_beside_the_new_exploratory_metrics(
+        fair_report: report.Report) -> None:
+    """The new paired metrics are exploratory: the default primary answers are those of the three-metric family."""
+    primary = fair_report.decision.primary
+    assert primary["metric"].tolist() == list(decision.DEFAULT_PRIMARY_METRICS) == ["image_auroc", "pixel_auroc",
+                                                                                     "aupro"]
+    alone = inference.question_table(fair_report.runs, [(*FAIR_PAIR, metric) for metric in primary["metric"]],
+                                     arm="backbone")
+    columns = ["mean_diff", "ci_low_fixed", "ci_high_fixed", "p_fixed", "p_fixed_holm", "p_new", "p_new_holm",
+               "significant"]
+    pd.testing.assert_frame_equal(primary[columns].reset_index(drop=True), alone[columns], check_dtype=False)
+    aggregate = fair_report.comparison.aggregate
+    new = aggregate[aggregate["metric"].isin(["aupro_5pct", "aupimo", "seg_f1"])]
+    assert len(new) == 3 * 3 and set(new["family"]) == {"exploratory"}  # texture, object, overall
+    exploratory = aggregate[aggregate["family"] == "exploratory"]
+    assert exploratory["p_fixed_bh"].equals(significance.benjamini_hochberg(exploratory["p_fixed"]))
+
+
+def test_a_declared_aupimo_question_is_answered(six_by_three: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "study.json", pairs=[list(FAIR_PAIR)],
+                          primary=[{"pair": list(FAIR_PAIR), "metric": "aupimo"},
+                                   {"pair": list(FAIR_PAIR), "metric": "image_auroc"}])
+    rep = report.build_report(six_by_three, n_boot=10, config=config)
+    primary = rep.decision.primary.set_index("metric")
+    answers = inference.compare_arms(rep.runs, *FAIR_PAIR, "aupimo", arm="backbone")
+    row = primary.loc["aupimo"]
+    assert row["p_fixed"] == pytest.approx(answers.fixed.p_value) and row["n_categories"] == 6
+    assert row["p_fixed_holm"] == pytest.approx(significance.holm(primary["p_fixed"])["aupimo"])
+    aggregate = rep.comparison.aggregate.set_index(["group", "metric"])
+    assert aggregate.at[("overall", "aupimo"), "family"] == "primary"
+    assert aggregate.at[("overall", "pixel_auroc"), "family"] == "exploratory"  # not declared: exploratory now
+    text = report.conclusions_markdown(rep)
+    assert "**overall**, AUPIMO (mean), resnet50 − convnext_tiny (primary): mean difference" in text
+    images = rep.images.set_index("category")  # and the per-image table answers every category
+    assert set(images.index) == {*SIX, "overall"} and images["p_value"].notna().all()
+
+
 @pytest.mark.parametrize("values, message", [
     ({"claim_basis": "everything"}, r"\"claim_basis\": expected one of 'fixed-categories', 'new-categories'"),
     ({"primary": []}, r"\"primary\": expected a non-empty list"),
-    ({"primary": [{"pair": ["resnet50", "convnext_tiny"], "metric": "f1"}]}, r"\"primary\"\[0\] \"metric\""),
+    ({"primary": [{"pair": ["resnet50", "convnext_tiny"], "metric": "f1"}]},
+     r"\"primary\"\[0\] \"metric\": expected one of image_auroc, pixel_auroc, aupro, aupro_5pct, aupimo, seg_f1, spro"),
     ({"primary": [{"pair": "resnet50", "metric": "aupro"}]}, r"\"primary\"\[0\] \"pair\""),
     ({"primary": [{"pair": ["resnet50", "convnext_tiny"], "metric": "aupro", "seed": 0}]}, r"\"primary\"\[0\]"),
     ({"primary": [{"pair": ["convnext_tiny", "resnet50"], "metric": "aupro"}]}, r"pair convnext_tiny,resnet50 is not"),

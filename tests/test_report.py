@@ -14,13 +14,15 @@ import pytest
 
 import claims
 import comparison
+import image_inference
 import report
 import runs
 from backbones import FAIR_PAIR
 from errors import RDError
 from fake_results import THREE_FAMILIES, write_fake_results
 import report_tables
-from significance import holm
+from significance import benjamini_hochberg, holm
+from scipy import stats
 
 CODE_DIR = Path(__file__).resolve().parents[1] / "RD4AD-main"
 PORTFOLIO = CODE_DIR / "RD_Model_Comparison_Portfolio.md"
@@ -36,13 +38,16 @@ SECTIONS = (
     "## Metrics per category and backbone",
     "## Group and overall means",
     "## Overall means beside published references",
-    "## Per-category paired tests of all three metrics (exploratory)",
+    "## Per-category paired tests of every paired metric (exploratory)",
+    "## AUPIMO per image (exploratory)",
     "## Per defect type",
     "## Efficiency",
     "## Figures",
 )
-TABLES = ("primary_tests", "primary_tests_table", "aggregate_tests", "aggregate_tests_table", "seed_power_numeric", "category_metrics", "group_means", "reference", "pairwise_tests",
-          "pairwise_tests_numeric", "per_defect", "seed_power", "efficiency", "runs", "category_intervals")
+TABLES = ("primary_tests", "primary_tests_table", "aggregate_tests", "aggregate_tests_table", "seed_power_numeric",
+          "category_metrics", "group_means", "reference", "pairwise_tests", "pairwise_tests_numeric", "per_defect",
+          "seed_power", "efficiency", "runs", "category_intervals", "aupimo_images", "aupimo_images_numeric")
+MEASURED = [metric for metric in comparison.PAIRED_METRICS if metric != "spro"]  # the fake runs are not MVTec LOCO
 
 
 def copy_project(results: Path, destination: Path, *skip: str) -> Path:
@@ -108,7 +113,7 @@ def test_report_has_every_section_table_and_figure(reports: tuple[Path, Path]) -
     for pair in ("resnet50 vs convnext_tiny", f"resnet50 vs {RANDOM_BACKBONE}"):
         rows = aggregate[aggregate["pair"] == pair]
         assert set(zip(rows["group"], rows["metric"])) == {(g, m) for g in ("texture", "object", "overall")
-                                                           for m in comparison.PAIRED_METRICS}
+                                                           for m in MEASURED}
     links = re.findall(r"\]\((figures/[^)]+\.png)\)", text)
     kinds = {Path(link).stem.split("_")[0] for link in links}
     assert kinds == {"forest", "bars", "roc", "pro", "hist", "gallery", "extremes", "why"}  # why: the histories
@@ -156,7 +161,7 @@ CLAIM_WORDS = re.compile(r"\b(higher|lower|better|worse|significant(ly)?|outperf
                          re.IGNORECASE)
 NAME = r"[\w.-]+"
 P = r"[=<] [0-9.e+-]+"  # claims.p_is: "= 0.0312" or "< 1e-10"
-METRIC = "|".join(comparison.PAIRED_METRICS.values())
+METRIC = "|".join(map(re.escape, comparison.PAIRED_METRICS.values()))
 HEAD = rf"\*\*(?P<group>[^*]+)\*\*, (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME})"
 DIFFERENCE = (r"mean difference (?P<diff>[+-]\d+\.\d\d) points over (?P<n>\d+) categor(?:y|ies) × (?P<seeds>[\d-]+) "
               r"seeds?")
@@ -288,7 +293,10 @@ def test_every_claim_in_the_report_is_backed_by_its_tables(reports: tuple[Path, 
         adjusted = aggregate[f"p_{answer}_bh"].dropna()
         assert adjusted.ge(aggregate.loc[adjusted.index, f"p_{answer}"]).all()
         assert aggregate.loc[aggregate["family"] == "primary", f"p_{answer}_bh"].isna().all()
-    assert set(aggregate.loc[aggregate["group"] == "overall", "family"]) == {"primary"}
+    overall = aggregate[aggregate["group"] == "overall"]
+    primary = overall["metric"].isin(comparison.DEFAULT_PRIMARY_METRICS)
+    assert set(overall.loc[primary, "family"]) == {"primary"} and set(overall.loc[~primary, "family"]) == {
+        "exploratory"}  # the new metrics are exploratory unless a config declares them
 
 
 def test_a_claim_that_the_tables_do_not_back_is_caught(reports: tuple[Path, Path]) -> None:
@@ -371,6 +379,61 @@ def test_different_category_sets_are_not_silently_averaged(results: Path, tmp_pa
     rep = report.build_report(copy, "resnet50,convnext_tiny", n_boot=20)
     overall = rep.comparison.aggregate.query("group == 'overall' and metric == 'image_auroc'").iloc[0]
     assert overall["n_categories"] == 1 and "synth_texture (convnext_tiny has no run)" in overall["note"]
+
+
+def test_the_new_metrics_and_the_per_image_table_reach_the_report(reports: tuple[Path, Path], results: Path) -> None:
+    out = reports[0]
+    tests, runs_frame = table(out, "pairwise_tests_numeric"), runs.load_runs(results)
+    assert set(tests["metric"]) == set(MEASURED)  # sPRO (MVTec LOCO only) has no per-category test
+    for metric in ("aupro_5pct", "aupimo", "seg_f1"):  # each value is its run's metrics.json value
+        row = tests.query("metric == @metric and category == 'synth_object' and seed == 1").iloc[0]
+        run = runs_frame.query("backbone == @row.backbone_a and category == 'synth_object' and seed == 1").iloc[0]
+        assert row["value_a"] == pytest.approx(run[metric], abs=1e-9) and row["test"] == "bootstrap"
+        assert row["ci_low"] <= row["difference"] <= row["ci_high"] and 0 <= row["p_value"] <= 1
+    assert "AUPRO to FPR 0.05" in set(table(out, "aggregate_tests_table")["metric"])
+    images = table(out, "aupimo_images_numeric")
+    assert images["p_bh"].tolist() == pytest.approx(benjamini_hochberg(images["p_value"]).tolist())
+    pair = images[images["pair"] == "resnet50 vs convnext_tiny"].set_index("category")
+    assert list(pair.index) == ["synth_object", "overall"]  # synth_texture has no masks, so no AUPIMO
+    # brute force from the aupimo.csv files: a − b per image path, averaged over the seeds, t over the images
+    side = {backbone: pd.concat({seed: runs.load_aupimo(results / backbone / "synth_object" / f"seed{seed}")
+                                 .set_index("path")["aupimo"] for seed in (0, 1)}, axis=1)
+            for backbone in ("resnet50", "convnext_tiny")}
+    differences = (side["resnet50"] - side["convnext_tiny"]).dropna()
+    expected = stats.ttest_1samp(differences.mean(axis=1), 0.0)
+    row = pair.loc["synth_object"]
+    assert row["p_value"] == pytest.approx(expected.pvalue, rel=1e-9) and row["n_images"] == len(differences)
+    assert row["ci_low"] == pytest.approx(expected.confidence_interval(0.95).low, rel=1e-9)
+    overall = image_inference.over_categories_arrays([differences.to_numpy()[None]])
+    assert pair.at["overall", "p_value"] == pytest.approx(overall.p_value[0], rel=1e-9)
+    text = (out / "report.md").read_text(encoding="utf-8")
+    section = text.split("## AUPIMO per image (exploratory)")[1].split("\n## ")[0]
+    assert "**Per category** (these trainings, new images)" in section and "**Overall** (on these" in section
+    assert "| synth_object | images | 2 |" in section and "overall (mean of 1 category) | images and seeds |" in section
+
+
+def test_a_metric_no_run_measured_is_named_once(tmp_path: Path) -> None:
+    """AUPIMO unresolved everywhere (the default band on 32 px test sets): no per-category flood, one note."""
+    results = write_fake_results(tmp_path, backbones=FAIR_PAIR, categories=("synth_object", "synth_texture"),
+                                 seeds=(0, 1), aupimo_band=None)
+    config = tmp_path / "study.json"
+    config.write_text(json.dumps({"primary": [{"pair": list(FAIR_PAIR), "metric": "aupimo"},
+                                              {"pair": list(FAIR_PAIR), "metric": "aupro_5pct"}]}), encoding="utf-8")
+    rep = report.build_report(results, n_boot=10, config=config)
+    assert "aupimo" not in set(rep.comparison.aggregate["metric"]) | set(rep.tests["metric"]) and rep.images.empty
+    assert "aupro_5pct" in set(rep.comparison.aggregate["metric"])  # the other new metrics are tested
+    assert not report.group_stats(rep.runs)["left_out"].str.contains("AUPIMO").any()
+    assert not rep.tables["group_means"]["left out (not averaged)"].str.len().any()
+    notes = [note for note in report.report_notes(rep) if "AUPIMO" in note]
+    assert len(notes) == 1 and "needs at least 100,000 normal test pixels; these runs have at most 10,240" in notes[0]
+    assert "--image-size" in notes[0] and "synth_object" not in notes[0]
+    primary = rep.tables["primary_tests_table"].set_index("metric")
+    assert primary.at["AUPIMO (mean)", "left out"] == ("every category: no run measured AUPIMO (mean) (see the "
+                                                       "notes at the top)")
+    assert primary.at["AUPRO to FPR 0.05", "left out"] == ""
+    text = report.render_report(rep, [])
+    assert text.count("AUPIMO (mean) not measured") <= 2  # the primary row's note, at most, and its sentence
+    assert "No pair has per-image AUPIMO in both backbones here" in text
 
 
 def test_holm_adjustment() -> None:

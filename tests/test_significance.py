@@ -38,10 +38,17 @@ def _exact(metric: str, run_dir: str, paths: np.ndarray, images: np.ndarray) -> 
     order = {str(p): i for i, p in enumerate(data["paths"])}
     rows = np.array([order[p] for p in paths])[images]
     maps, masks = data["maps"][rows].astype(np.float32), data["masks"][rows]
+    if metric == "seg_f1":  # at the run's validation threshold, as `test` computes it
+        threshold = runs.read_json(Path(run_dir) / runs.METRICS_FILE)["threshold"]
+        labels = scores["label"].to_numpy()[images]
+        return metrics.localisation_metrics(maps, masks, labels, threshold, fpr_band=(0.1, 1.0))[0]["seg_f1"]
+    if metric == "aupro_5pct":
+        return metrics.aupro(maps, masks, comparison.LOW_FPR_LIMIT)
     return metrics.pixel_auroc(maps, masks) if metric == "pixel_auroc" else metrics.aupro(maps, masks)
 
 
-@pytest.mark.parametrize("metric", list(comparison.PAIRED_METRICS))
+# the metrics resampled per run (AUPIMO is resampled per pair of runs, its means checked in test_per_image.py)
+@pytest.mark.parametrize("metric", ["image_auroc", "pixel_auroc", "aupro", "aupro_5pct", "seg_f1"])
 def test_run_replicates_equal_a_brute_force_loop(tiny: Path, metric: str) -> None:
     frame = runs.load_runs(tiny)
     draws, resamples = comparison.compute_resamples(frame, N_BOOT)
