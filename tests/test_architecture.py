@@ -124,10 +124,10 @@ def test_no_reference_to_a_document_outside_the_repository():
 
 
 # The modules that read results files (and render them): none may reach model code, even through another module.
-RESULTS_READERS = {"runs", "comparison", "decision", "significance", "report", "report_tables", "claims", "plots",
-                   "documents", "why", "backbone_facts", "why_part", "why_stats", "why_scales", "why_regions",
-                   "why_stability", "why_locality", "why_audit", "why_files", "protocol", "report_kinds", "inference",
-                   "planning", "calibration", "calibration_table"}
+RESULTS_READERS = {"runs", "atomic_files", "comparison", "decision", "significance", "report", "report_tables",
+                   "claims", "plots", "documents", "why", "backbone_facts", "why_part", "why_stats", "why_scales",
+                   "why_regions", "why_stability", "why_locality", "why_audit", "why_files", "protocol",
+                   "report_kinds", "inference", "planning", "calibration", "calibration_table"}
 
 
 def _reachable(name: str) -> set[str]:
