@@ -127,7 +127,9 @@ def test_no_reference_to_a_document_outside_the_repository():
 RESULTS_READERS = {"runs", "atomic_files", "comparison", "decision", "significance", "report", "report_tables",
                    "claims", "plots", "documents", "why", "backbone_facts", "why_part", "why_stats", "why_scales",
                    "why_regions", "why_stability", "why_locality", "why_audit", "why_files", "protocol",
-                   "report_kinds", "inference", "planning", "calibration", "calibration_table"}
+                   "report_kinds", "inference", "planning", "calibration", "calibration_table",
+                   "calibration_images", "why_calibration", "paired_metrics", "image_inference", "per_image",
+                   "resample_metrics"}
 
 
 def _reachable(name: str) -> set[str]:
