@@ -133,13 +133,12 @@ def interaction_cells(runs: pd.DataFrame, question: InteractionQuestion, categor
         alone = [f"under {name}: {why[category]}" for name, why in zip(names, (unpaired_1, unpaired_2))
                  if category in why]
         if category in set(cells["category"]):
-            lacking = [f"under {name}: seed {seed}" for name, side, other in zip(names, (first, second),
-                                                                                   (second, first))
+            lacking = [f"under {name}: {' and '.join(pair)} seed {seed} (the other method's pair lacks that seed)"
+                       for name, pair, side, other in zip(names, question.pairs, (first, second), (second, first))
                        for seed in sorted(set(side.loc[side["category"] == category, "seed"])
                                           - set(other.loc[other["category"] == category, "seed"]))]
             if alone or lacking:
-                unpaired[str(category)] = "; ".join(alone + [f"{item} (the other method's pair lacks it)"
-                                                             for item in lacking])
+                unpaired[str(category)] = "; ".join(alone + lacking)
             continue
         if not reasons:
             reasons = [f"no seed all four arms ran ({names[0]} pair: seeds {_seeds_text(first, category)}; "

@@ -267,7 +267,7 @@ def method_backbone_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
         first = frame.iloc[0]
         row = {"dataset": dataset} if multi_dataset(runs_frame) else {}
         rows.append({**row, "backbone": backbone, "family": backbone_family(backbone),
-                     "n categories": int(first["n_categories"]), "n seeds": int(first["n_seeds"]), **cells,
+                     "n categories": int(first["n_categories"]), "n seeds": first["n_seeds"], **cells,
                      "flags": "; ".join(sorted({f for f in frame["flags"] if f}))})
     return pd.DataFrame(rows)
 
