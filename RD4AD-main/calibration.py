@@ -49,6 +49,7 @@ __all__ = ["N_QUESTIONS", "N_STUDIES", "SCENARIOS", "SUITES", "SUITE_STUDIES", "
 N_QUESTIONS = 3  # the default primary family: the planning table's level is Holm's first step, ALPHA / 3
 N_STUDIES = 20000  # per scenario: the Monte Carlo error of a size or coverage is about 0.0016
 TIDY_CHECKS = 3  # studies per scenario also answered through the tidy path (inference.answer_cells): same numbers
+TIDY_INTERACTION_CHECKS = 1  # the same through the interaction's tidy path (four arms' runs: slower, one suffices)
 PROMISE_DEALS = 64  # deals of seed sds and ceilings the "on these categories" promise averages over
 PROMISE_DRAWS = 32_000  # simulated studies behind that promise (its power's Monte Carlo error about 0.002); fewer
 # (16 per simulated study) in a small run
@@ -223,11 +224,11 @@ def _tidy_interaction(rows: list[tuple[str, int, float]]):
 
 def _tidy_note(answer: str, cells: np.ndarray, contrast: bool = False) -> str:
     """The first study answered through the tidy path the report takes (for a contrast, the interaction's, from four
-    arms' values), and checked against the fast path: the same p and interval (for TIDY_CHECKS studies); returns the
-    first study's note (why it was not computed)."""
+    arms' values), and checked against the fast path: the same p and interval (for TIDY_CHECKS studies, a contrast's
+    TIDY_INTERACTION_CHECKS); returns the first study's note (why it was not computed)."""
     arrays = _answer_arrays(answer, cells)
     notes = []
-    for study in range(min(TIDY_CHECKS, len(cells))):
+    for study in range(min(TIDY_INTERACTION_CHECKS if contrast else TIDY_CHECKS, len(cells))):
         rows = [(f"c{c:02d}", s, value) for c, row in enumerate(cells[study]) for s, value in enumerate(row)
                 if not np.isnan(value)]
         tidy = (_tidy_interaction(rows) if contrast else
