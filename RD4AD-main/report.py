@@ -549,8 +549,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "\"pairs\", else the fair pair when both are present, else the only two backbones")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="study config file (JSON) with \"pairs\" (compared), \"primary\" (the primary "
-                             "questions: [{\"pair\": [a, b], \"metric\": ..., \"group\": ...}]) and \"claim_basis\" "
-                             "(fixed-categories or new-categories); its other keys are for other commands")
+                             "questions: [{\"pair\": [a, b], \"metric\": ..., \"group\": ...}], or an interaction "
+                             "{\"interaction\": {\"backbones\": [a, b], \"methods\": [m1, m2]}, \"metric\": ...}) and "
+                             "\"claim_basis\" (fixed-categories or new-categories); its other keys are for other "
+                             "commands")
     parser.add_argument("--n-boot", type=int, default=N_BOOT,
                         help="bootstrap resamples over test images (the per-category tests and intervals)")
 

@@ -4,6 +4,7 @@ leaves the pair questions' raw answers as they were. The end-to-end run from tra
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,9 @@ def test_the_answer_is_in_primary_tests_csv_the_planning_table_and_the_report(bu
            "(31 runs, from their config.json): **method comparison across methods (RD++ vs RD4AD), backbone " \
            "comparison within each**; within RD++: shared recipe; within RD4AD: shared recipe" in text
     assert assert_claims_backed(text, out / "tables") >= 2 * 3 + 2  # the interaction sentence twice, checked
+    forged = re.sub(r"(larger under RD\+\+ in )(\d+)", lambda m: f"{m[1]}{int(m[2]) + 1}", text, count=1)
+    with pytest.raises(AssertionError):  # a count the table does not back is caught
+        assert_claims_backed(forged, out / "tables")
     console = report.headline_console(built).splitlines()
     assert console[3].startswith("  (resnet50+rdpp − convnext_tiny+rdpp) − (resnet50 − convnext_tiny), overall, ")
 

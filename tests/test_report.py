@@ -203,14 +203,21 @@ COUNT_CLAIM = re.compile(r"Per category and seed \(exploratory\): (?P<k>\d+) of 
 LABEL_TO_METRIC = {label: key for key, label in comparison.PAIRED_METRICS.items()}
 
 
-def _row_of(match: re.Match, frame: pd.DataFrame) -> pd.Series:
-    rows = frame[(frame["pair"] == f"{match['a']} vs {match['b']}") & (frame["group"] == match["group"])
+def _table_row(match: re.Match, frame: pd.DataFrame, label: str) -> pd.Series:
+    """The one row of ``frame`` a sentence names (its pair label, group and metric), with the sentence's mean
+    difference, seeds, category count and wins checked against it."""
+    rows = frame[(frame["pair"] == label) & (frame["group"] == match["group"])
                  & (frame["metric"] == LABEL_TO_METRIC[match["metric"]])]
     assert len(rows) == 1, match.group(0)
     row = rows.iloc[0]
     assert f"{row['mean_diff'] * 100:+.2f}" == match["diff"] and str(row["seeds"]) == match["seeds"]
     assert (int(match["n"]), int(match["wins_a"]), int(match["wins_b"])) == (row["n_categories"], row["wins_a"],
                                                                               row["wins_b"])
+    return row
+
+
+def _row_of(match: re.Match, frame: pd.DataFrame) -> pd.Series:
+    row = _table_row(match, frame, f"{match['a']} vs {match['b']}")
     assert (match["a2"], match["b2"]) == (match["a"], match["b"])
     _check_sides(match, row, match["a"], match["b"])
     _check_answers(match, row)
@@ -259,14 +266,7 @@ def _check_primary(match: re.Match, primary: pd.DataFrame) -> None:
 
 def _check_interaction(match: re.Match, primary: pd.DataFrame) -> None:
     """An interaction sentence against its primary_tests.csv row: numbers, answers, verdict and its direction."""
-    label = f"({match['a1']} vs {match['b1']}) vs ({match['a2']} vs {match['b2']})"
-    rows = primary[(primary["pair"] == label) & (primary["group"] == match["group"])
-                   & (primary["metric"] == LABEL_TO_METRIC[match["metric"]])]
-    assert len(rows) == 1, match.group(0)
-    row = rows.iloc[0]
-    assert f"{row['mean_diff'] * 100:+.2f}" == match["diff"] and str(row["seeds"]) == match["seeds"]
-    assert (int(match["n"]), int(match["wins_a"]), int(match["wins_b"])) == (row["n_categories"], row["wins_a"],
-                                                                              row["wins_b"])
+    row = _table_row(match, primary, f"({match['a1']} vs {match['b1']}) vs ({match['a2']} vs {match['b2']})")
     assert match["a1"].startswith(match["a"]) and match["b2"].startswith(match["b"])
     _check_sides(match, row, match["m1"], match["m2"])
     _check_answers(match, row)
