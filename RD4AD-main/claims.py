@@ -143,9 +143,10 @@ def primary_console_line(row: Any) -> str:
     """The console's one line per primary question: each interval beside its own raw p, then the Holm p."""
     verdict = "significant" if row.significant else "not significant"
     return (f"  {question_text(row.pair)}, {row.group}, {PAIRED_METRICS[row.metric]}: {row.mean_diff * 100:+.2f} "
-            f"points; on these categories CI {interval_text(row.ci_low_fixed, row.ci_high_fixed)} p {format_p(row.p_fixed)} "
-            f"p_holm {format_p(row.p_fixed_holm)}; to new categories CI {interval_text(row.ci_low_new, row.ci_high_new)}"
-            f" p {format_p(row.p_new)} p_holm {format_p(row.p_new_holm)}; {CLAIM_BASES[row.claim_basis]}: {verdict}")
+            f"points; on these categories CI {interval_text(row.ci_low_fixed, row.ci_high_fixed)} "
+            f"p {format_p(row.p_fixed)} p_holm {format_p(row.p_fixed_holm)}; to new categories CI "
+            f"{interval_text(row.ci_low_new, row.ci_high_new)} p {format_p(row.p_new)} "
+            f"p_holm {format_p(row.p_new_holm)}; {CLAIM_BASES[row.claim_basis]}: {verdict}")
 
 
 def aggregate_sentence(row: Any, multi: bool = False) -> str:

@@ -9,11 +9,12 @@ answers of inference.py, each a t statistic with its interval and p:
   seed-averaged differences.
 Cells are the (category, seed) pairs both backbones ran; a category with more or fewer seeds enters with the seeds
 it has, every category weighs the same, and one without a cell is named. A question may also be an interaction
-(interaction.py: two backbones under two methods, cells the four arms' difference of differences), answered alike. Holm's correction runs over the primary
-family alone, for each answer, so printing more exploratory tables or comparing more pairs leaves a declared
-question's answer unchanged; the verdict uses the Holm-adjusted p of the claim basis, while the printed interval is
-the raw one that matches the raw p. Everything else is exploratory (comparison.with_exploratory). The planning
-table (planning.py) simulates the answers' own tests under the study's variance components.
+(interaction.py: two backbones under two methods, cells the four arms' difference of differences), answered alike.
+Holm's correction runs over the primary family alone, for each answer, so printing more exploratory tables or
+comparing more pairs leaves a declared question's answer unchanged; the verdict uses the Holm-adjusted p of the
+claim basis, while the printed interval is the raw one that matches the raw p. Everything else is exploratory
+(comparison.with_exploratory). The planning table (planning.py) simulates the answers' own tests under the study's
+variance components.
 """
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ class InteractionQuestion:
     def pairs(self) -> tuple[tuple[str, str], tuple[str, str]]:
         """The backbone pair under each method, as arm labels: ((a+m1, b+m1), (a+m2, b+m2))."""
         a, b = self.backbones
-        return tuple((arm_label(a, method), arm_label(b, method)) for method in self.methods)  # type: ignore[return-value]
+        first, second = ((arm_label(a, method), arm_label(b, method)) for method in self.methods)
+        return first, second
 
     @property
     def arms(self) -> tuple[str, ...]:

@@ -8,10 +8,11 @@ same), the same model knobs; runs of one method the same method settings (RD++'s
 A pair whose arms train with different methods (RD4AD and RD++, backbone_facts.METHODS) is a **method comparison**
 and its protocol says so first; an interaction (two backbones under two methods, interaction.py) is a method
 comparison across the methods and a backbone comparison within each, and its protocol line lists the differing
-recipes within each method as a pair's, then those between the methods. ``recorded_settings`` turns one config.json into the run-table columns
-(runs.load_runs adds them to runs.csv); ``check_protocol`` compares them; the report names the result in its
-headline ("shared recipe", "per-arm tuned recipe (...tune.csv)" when ``main.py tune`` chose the differing
-values, or "differing recipes: ...") and lists every difference in its provenance lines. Reads results only.
+recipes within each method as a pair's, then those between the methods. ``recorded_settings`` turns one config.json
+into the run-table columns (runs.load_runs adds them to runs.csv); ``check_protocol`` compares them; the report
+names the result in its headline ("shared recipe", "per-arm tuned recipe (...tune.csv)" when ``main.py tune`` chose
+the differing values, or "differing recipes: ...") and lists every difference in its provenance lines. Reads results
+only.
 """
 from __future__ import annotations
 

@@ -399,7 +399,8 @@ def primary_table(primary: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFra
     for row in primary.itertuples():
         dataset = {"dataset": row.dataset} if multi_dataset(runs_frame) else {}
         rows.append({
-            "pair (a − b)": question_text(row.pair), **dataset, "group": row.group, "metric": PAIRED_METRICS[row.metric],
+            "pair (a − b)": question_text(row.pair), **dataset, "group": row.group,
+            "metric": PAIRED_METRICS[row.metric],
             "n categories": row.n_categories, "seeds per category": row.seed_counts,
             "mean difference (points)": fmt(row.mean_diff, "+.2f", 100.0),
             **_answer_cells(row, "fixed", "Holm", row.p_fixed_holm),
