@@ -302,8 +302,8 @@ def interaction_markdown(report: Report) -> str:
     rows = report.decision.primary[[is_interaction(label) for label in report.decision.primary["pair"]]]
     if rows.empty:
         return ("No interaction question is declared, so this table is not tested: a study config's \"primary\" "
-                "list declares one as {\"interaction\": {\"backbones\": [a, b], \"methods\": [\"rdpp\", \"rd\"]}, "
-                "\"metric\": \"aupro\"} (configs/method_study.json does), passed with `--config`.")
+                "list declares one as `{\"interaction\": {\"backbones\": [a, b], \"methods\": [\"rdpp\", \"rd\"]}, "
+                "\"metric\": \"aupro\"}` (configs/method_study.json does), passed with `--config`.")
     multi = multi_dataset(report.runs)
     sentences = "\n".join(f"- {interaction_sentence(row, multi)}" for row in rows.itertuples())
     return (f"The interaction (primary; the same answer as in the primary section):\n\n{sentences}\n\n"
@@ -363,8 +363,7 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         f"Compared pairs (a − b): {pairs}.",
         claim_basis_text(report.decision),
         f"{h} Primary questions",
-        headline_sentence(runs_frame, report.pairs, backbone_family),
-        *_interaction_protocols(report),
+        "\n".join([headline_sentence(runs_frame, report.pairs, backbone_family), *_interaction_protocols(report)]),
         primary_text(report),
         *_figure_markdown(forest, None, link_prefix),
         markdown_table(report.tables["primary_tests_table"]), prov,
