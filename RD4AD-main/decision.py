@@ -8,13 +8,13 @@ answers of inference.py, each a t statistic with its interval and p:
 - **to new categories** (``new-categories``): random are also the categories; Student's t over the categories'
   seed-averaged differences.
 Cells are the (category, seed) pairs both backbones ran; a category with more or fewer seeds enters with the seeds
-it has, every category weighs the same, and one without a cell is named. A question may also be an interaction
-(interaction.py: two backbones under two methods, cells the four arms' difference of differences), answered alike.
-Holm's correction runs over the primary family alone, for each answer, so printing more exploratory tables or
-comparing more pairs leaves a declared question's answer unchanged; the verdict uses the Holm-adjusted p of the
-claim basis, while the printed interval is the raw one that matches the raw p. Everything else is exploratory
-(comparison.with_exploratory). The planning table (planning.py) simulates the answers' own tests under the study's
-variance components.
+it has, every category weighs the same, and one without a cell is named. Holm's correction runs over the primary
+family alone, for each answer, so printing more exploratory tables or comparing more pairs leaves a declared
+question's answer unchanged; the verdict uses the Holm-adjusted p of the claim basis, while the printed interval is
+the raw one that matches the raw p. Everything else is exploratory (comparison.with_exploratory). The planning
+table (planning.py) simulates the answers' own tests under the study's variance components.
+A primary question may also be an interaction (interaction.py: two backbones under two methods, cells the four
+arms' difference of differences), answered alike within the same family.
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ from interaction import INTERACTION, INTERACTION_KEYS, InteractionQuestion, answ
 from planning import components_from_cells, detectable
 from significance import seeded_rng
 
-__all__ = ["CLAIM_BASES", "DEFAULT_CLAIM_BASIS", "Decision", "InteractionQuestion", "PLANNED_SEEDS",
-           "PLANNING_COLUMNS", "PRIMARY_COLUMNS", "PrimaryQuestion", "Question", "StudyPlan", "check_primary", "decide",
-           "default_primary", "parse_claim_basis", "parse_primary", "planning_rows", "planning_table", "primary_tests",
-           "read_study_plan"]
+__all__ = ["CLAIM_BASES", "DEFAULT_CLAIM_BASIS", "Decision", "PLANNED_SEEDS", "PLANNING_COLUMNS", "PRIMARY_COLUMNS",
+           "PrimaryQuestion", "StudyPlan", "check_primary", "decide", "default_primary", "parse_claim_basis",
+           "parse_primary", "planning_rows", "planning_table", "primary_tests", "read_study_plan"]
+__all__ += ["InteractionQuestion", "Question"]  # a primary question may be an interaction (interaction.py)
 
 # claim_basis value -> what the answer generalises to (the report's wording)
 CLAIM_BASES = BASES

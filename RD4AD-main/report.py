@@ -43,9 +43,10 @@ if TYPE_CHECKING:
 __all__ = ["BEGIN_MARKER", "DEFINITIONS", "END_MARKER", "REFERENCES", "Reference", "Report", "add_arguments",
            "aggregate_sentence", "build_report", "category_stats", "category_table", "category_test_sentence",
            "conclusions_markdown", "efficiency_table", "format_p", "group_stats", "group_table", "headline_console",
-           "headline_text", "interaction_markdown", "is_synthetic", "planning_text", "prepare_portfolio",
-           "primary_text", "protocol_text", "provenance", "reference_table", "render_report", "replace_generated_block",
-           "report_notes", "run", "synthetic_note", "teacher_warning", "tests_method", "untested_note", "write_report"]
+           "headline_text", "is_synthetic", "planning_text", "prepare_portfolio", "primary_text", "protocol_text",
+           "provenance", "reference_table", "render_report", "replace_generated_block", "report_notes", "run",
+           "synthetic_note", "teacher_warning", "tests_method", "untested_note", "write_report"]
+__all__ += ["interaction_markdown"]  # the interaction answer beside the method x backbone table (issue 26)
 
 BEGIN_MARKER, END_MARKER = generated_markers("compare")
 # ----------------------------------------------------------------------------------------------
