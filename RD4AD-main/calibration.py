@@ -7,8 +7,13 @@ Suites are a registry (SUITES: name -> function(n_studies, seed) -> rows of cali
 so another instrument's calibration is one more entry (with its description in SUITE_TEXTS): "images"
 (calibration_images.py) checks the per-image AUPIMO answers, "why" (why_calibration.py) the Why section's intervals.
 The "primary" suite simulates studies of C categories x S seeds: categories with their own true differences (spread
-`category_sd`) and seed-to-seed sds (spread `seed_spread` on the log scale), test-image noise shared by a category's seeds, and per scenario categories at the ceiling (true
-difference 0, most cells exactly 0: both arms perfect) or seeds missing and extra (S − 1, S, S + 1 in turn).
+`category_sd`) and seed-to-seed sds (spread `seed_spread` on the log scale), test-image noise shared by a category's
+seeds, and per scenario categories at the ceiling (true difference 0, most cells exactly 0: both arms perfect) or
+seeds missing and extra (S − 1, S, S + 1 in turn). Its "interaction" scenarios simulate the interaction question's
+cells (interaction.py): each cell one pair's cell minus another pair's (four arms, so the seed noise of two pairs),
+both pairs drawn as above with their own effects, image noise and seed sds, and in "interaction, one method at the
+ceiling" the second pair (the stronger method) at the ceiling (its cells mostly exactly 0, so the contrast's cell is
+the first pair's) in a share of the categories.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from calibration_table import (CALIBRATION_COLUMNS, COVERAGE_GATE, POWER_GATE, P
 from documents import markdown_table
 from errors import RDError
 from inference import ALPHA, BASES, answer_cells, fixed_arrays, new_arrays
+from interaction import InteractionQuestion, compare_interaction
 from planning import N_PLAN_DRAWS, Components, detectable, null_thresholds, solve_detectable
 from significance import seeded_rng
 
@@ -46,6 +52,7 @@ __all__ = ["N_QUESTIONS", "N_STUDIES", "SCENARIOS", "SUITES", "SUITE_STUDIES", "
 N_QUESTIONS = 3  # the default primary family: the planning table's level is Holm's first step, ALPHA / 3
 N_STUDIES = 20000  # per scenario: the Monte Carlo error of a size or coverage is about 0.0016
 TIDY_CHECKS = 3  # studies per scenario also answered through the tidy path (inference.answer_cells): same numbers
+TIDY_INTERACTION_CHECKS = 1  # the same through the interaction's tidy path (four arms' runs: slower, one suffices)
 PROMISE_DEALS = 64  # deals of seed sds and ceilings the "on these categories" promise averages over
 PROMISE_DRAWS = 32_000  # simulated studies behind that promise (its power's Monte Carlo error about 0.002); fewer
 # (16 per simulated study) in a small run
@@ -67,6 +74,7 @@ class Scenario:
     zero_cell: float = 0.6  # in a ceiling category, the chance that a cell is exactly 0 (both arms perfect)
     ceiling_sd: float = 0.001  # sd of a ceiling category's non-zero cells
     ragged: bool = False  # seeds per category S, S + 1, S − 1 in turn (at least 1): missing and extra seeds
+    contrast: bool = False  # interaction cells: a pair's cell minus a second pair's (only the second at the ceiling)
 
     @property
     def seeds(self) -> np.ndarray:
@@ -88,10 +96,13 @@ class Scenario:
         """The seed-to-seed variance of a ceiling category's cells (mean 0)."""
         return (1 - self.zero_cell) * self.ceiling_sd ** 2
 
-    def deal(self, n_studies: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Per study, each category's seed sd (a random order of seed_sds) and whether it sits at the ceiling."""
+    def deal(self, n_studies: int, rng: np.random.Generator,
+             ceiling: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per study, each category's seed sd (a random order of seed_sds) and whether it sits at the ceiling (with
+        probability ``ceiling``, default the scenario's)."""
         order = np.argsort(rng.random((n_studies, self.n_categories)), axis=1)
-        return self.seed_sds[order], rng.random((n_studies, self.n_categories)) < self.ceiling
+        chance = self.ceiling if ceiling is None else ceiling
+        return self.seed_sds[order], rng.random((n_studies, self.n_categories)) < chance
 
 
 def _scenarios() -> list[Scenario]:
@@ -101,6 +112,8 @@ def _scenarios() -> list[Scenario]:
             plain = Scenario("spread, image noise", categories, seeds)
             out += [plain, replace(plain, name="ceiling ties, zero cells", ceiling=0.2),
                     replace(plain, name="missing and extra seeds", ragged=True)]
+            out += [replace(plain, name="interaction, four arms", contrast=True),
+                    replace(plain, name="interaction, one method at the ceiling", contrast=True, ceiling=0.2)]
     return out
 
 
@@ -113,22 +126,39 @@ def simulate_cells(scenario: Scenario, n_studies: int, rng: np.random.Generator,
     (the mean over its categories of their expected differences on their test sets) and the "to new categories"
     truth (the population mean: ceiling categories included). With ``fixed_truth`` each study's categories off the
     ceiling are shifted to make its truth that value (a study with every category at the ceiling keeps 0)."""
-    sds, ceiling = scenario.deal(n_studies, rng)
-    seeds, n_categories = scenario.seeds, scenario.n_categories
-    effect = new_truth / (1 - scenario.ceiling) + scenario.category_sd * rng.standard_normal((n_studies, n_categories))
-    effect += scenario.image_sd * rng.standard_normal(effect.shape)
-    effect[ceiling] = 0.0
+    if scenario.contrast:  # (a − b under m1) − (a − b under m2): only the second pair sits at the ceiling
+        first, noise, _, _ = _pair_draws(scenario, n_studies, rng, new_truth, 0.0)
+        second, second_noise, zero, _ = _pair_draws(scenario, n_studies, rng, 0.0, scenario.ceiling)
+        effect, noise = first - second, noise - np.where(zero, 0.0, second_noise)
+        free = np.ones(effect.shape, dtype=bool)  # the first pair's effects carry a shift
+    else:
+        effect, noise, zero, ceiling = _pair_draws(scenario, n_studies, rng, new_truth / (1 - scenario.ceiling),
+                                                   scenario.ceiling)
+        free = ~ceiling
     if fixed_truth is not None:
-        free = (~ceiling).sum(axis=1)
-        shift = (fixed_truth * n_categories - effect.sum(axis=1)) / np.maximum(free, 1)
-        effect += np.where(ceiling, 0.0, shift[:, None])
-    width = int(seeds.max())
-    noise = rng.standard_normal((n_studies, n_categories, width))
-    cells = effect[:, :, None] + noise * np.where(ceiling, scenario.ceiling_sd, sds)[:, :, None]
-    zero = (rng.random(cells.shape) < scenario.zero_cell) & ceiling[:, :, None]
-    cells[zero] = 0.0
-    cells[:, np.arange(width)[None, :] >= seeds[:, None]] = np.nan
+        shift = (fixed_truth * scenario.n_categories - effect.sum(axis=1)) / np.maximum(free.sum(axis=1), 1)
+        effect += np.where(free, shift[:, None], 0.0)
+    cells = effect[:, :, None] + noise
+    if not scenario.contrast:
+        cells[zero] = 0.0  # both arms perfect: exactly 0
+    cells[:, np.arange(cells.shape[2])[None, :] >= scenario.seeds[:, None]] = np.nan
     return cells, effect.mean(axis=1), new_truth
+
+
+def _pair_draws(scenario: Scenario, n_studies: int, rng: np.random.Generator, mean: float,
+                ceiling: float) -> tuple[np.ndarray, ...]:
+    """One pair's draws for every study: each category's true difference (with its test-image noise; 0 at the
+    ceiling), its cells' seed noise (S_max per category), which cells are exactly 0 and which categories sit at the
+    ceiling (with probability ``ceiling``)."""
+    sds, at_ceiling = scenario.deal(n_studies, rng, ceiling)
+    shape = (n_studies, scenario.n_categories)
+    effect = mean + scenario.category_sd * rng.standard_normal(shape)
+    effect += scenario.image_sd * rng.standard_normal(shape)
+    effect[at_ceiling] = 0.0
+    noise = rng.standard_normal((*shape, int(scenario.seeds.max())))
+    noise *= np.where(at_ceiling, scenario.ceiling_sd, sds)[:, :, None]
+    zero = (rng.random(noise.shape) < scenario.zero_cell) & at_ceiling[:, :, None]
+    return effect, noise, zero, at_ceiling
 
 
 def _promised_difference(answer: str, scenario: Scenario, level: float, rng: np.random.Generator,
@@ -142,17 +172,22 @@ def _promised_difference(answer: str, scenario: Scenario, level: float, rng: np.
     seeds = scenario.seeds
     if answer == "fixed-categories":
         sds, ceiling = scenario.deal(PROMISE_DEALS, rng)
-        deals = Components(np.where(ceiling, scenario.ceiling_var, sds ** 2), 0.0)
+        seed_var = np.where(ceiling, scenario.ceiling_var, sds ** 2)
+        if scenario.contrast:  # the first pair's seed noise adds to the second's (at the ceiling or not)
+            seed_var = seed_var + scenario.deal(PROMISE_DEALS, rng, 0.0)[0] ** 2
+        deals = Components(seed_var, 0.0)
         thresholds = null_thresholds(answer, deals, seeds, level, rng, max(1, draws // PROMISE_DEALS))
         delta = float("nan") if thresholds is None else solve_detectable(*thresholds, PROMISED_POWER)
         return delta, delta
     share = 1 - scenario.ceiling
     seed_var = np.full(scenario.n_categories, share * np.mean(scenario.seed_sds ** 2)
-                       + scenario.ceiling * scenario.ceiling_var)
+                       + scenario.ceiling * scenario.ceiling_var + scenario.contrast * np.mean(scenario.seed_sds ** 2))
+    effects = scenario.category_sd ** 2 + scenario.image_sd ** 2
     delta, previous, first = 0.0, -1.0, float("nan")
     for _ in range(PROMISE_ITERATIONS):
-        spread = share * (scenario.category_sd ** 2 + scenario.image_sd ** 2) + \
-            scenario.ceiling / share * delta ** 2  # a share at 0, the rest at delta / share
+        # a share at 0, the rest at delta / share; a contrast: the first pair's effects, less the second's (a share
+        # of them at the ceiling), every category shifted by delta alike
+        spread = (1 + share) * effects if scenario.contrast else share * effects + scenario.ceiling / share * delta ** 2
         previous, delta = delta, detectable(answer, Components(seed_var, spread), seeds, level, PROMISED_POWER,
                                             seeded_rng("promise", scenario.name, scenario.n_categories,
                                                        scenario.n_seeds), min(draws, N_PLAN_DRAWS))
@@ -179,15 +214,28 @@ def _simulate(answer: str, scenario: Scenario, n_studies: int, rng: np.random.Ge
     return cells, np.full(n_studies, new)
 
 
-def _tidy_note(answer: str, cells: np.ndarray) -> str:
-    """The first study answered through the tidy path the report takes, and checked against the fast path: the same
-    p and interval (for TIDY_CHECKS studies); returns the first study's note (why it was not computed)."""
+def _tidy_interaction(rows: list[tuple[str, int, float]]):
+    """The interaction path of the report (interaction.compare_interaction) on a tidy runs table of four arms whose
+    difference of differences is each cell: a − b is +d/2 under RD++ and −d/2 under RD4AD."""
+    question = InteractionQuestion(("a", "b"), ("rdpp", "rd"), "value")
+    (a1, b1), (a2, b2) = question.pairs
+    runs_table = pd.DataFrame([(arm, category, seed, value) for category, seed, d in rows
+                               for arm, value in ((a1, 0.5 + d / 2), (b1, 0.5), (a2, 0.5), (b2, 0.5 + d / 2))],
+                              columns=["arm", "category", "seed", "value"])
+    return compare_interaction(runs_table, question, arm="arm")
+
+
+def _tidy_note(answer: str, cells: np.ndarray, contrast: bool = False) -> str:
+    """The first study answered through the tidy path the report takes (for a contrast, the interaction's, from four
+    arms' values), and checked against the fast path: the same p and interval (for TIDY_CHECKS studies, a contrast's
+    TIDY_INTERACTION_CHECKS); returns the first study's note (why it was not computed)."""
     arrays = _answer_arrays(answer, cells)
     notes = []
-    for study in range(min(TIDY_CHECKS, len(cells))):
+    for study in range(min(TIDY_INTERACTION_CHECKS if contrast else TIDY_CHECKS, len(cells))):
         rows = [(f"c{c:02d}", s, value) for c, row in enumerate(cells[study]) for s, value in enumerate(row)
                 if not np.isnan(value)]
-        tidy = answer_cells(pd.DataFrame(rows, columns=["category", "seed", "difference"])).answer(answer)
+        tidy = (_tidy_interaction(rows) if contrast else
+                answer_cells(pd.DataFrame(rows, columns=["category", "seed", "difference"]))).answer(answer)
         expected = (arrays.p_value[study], arrays.low[study], arrays.high[study])
         if not np.allclose((tidy.p_value, tidy.ci_low, tidy.ci_high), expected, rtol=1e-9, atol=1e-12,
                            equal_nan=True):
@@ -203,7 +251,7 @@ def _answer_row(answer: str, scenario: Scenario, n_studies: int, rng: np.random.
     delta, at = _promised_difference(answer, scenario, level, rng, min(PROMISE_DRAWS, 16 * n_studies))
     null_cells, _ = _simulate(answer, scenario, n_studies, rng, 0.0)
     null = _answer_arrays(answer, null_cells)
-    note = _tidy_note(answer, null_cells)
+    note = _tidy_note(answer, null_cells, scenario.contrast)
     if np.isnan(null.p_value).all():
         said = note.startswith("cannot be computed for this design")
         return {"coverage": np.nan, "size": np.nan, "power": np.nan, "promised_power": np.nan, "passes": said,

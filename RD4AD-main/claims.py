@@ -13,10 +13,11 @@ import pandas as pd
 
 from comparison import ALPHA, CONFIDENCE, PAIRED_METRICS, Comparison
 from decision import CLAIM_BASES, Decision
+from interaction import interaction_parts, is_interaction, question_text
 from report_tables import count_text, format_p, interval_text, multi_dataset, p_is
 
 __all__ = ["DEFINITIONS", "NOTHING_TO_COMPARE", "aggregate_sentence", "category_test_sentence", "claim_basis_text",
-           "conclusions_text", "primary_console_line", "primary_sentence", "tie_lines"]
+           "conclusions_text", "interaction_sentence", "primary_console_line", "primary_sentence", "tie_lines"]
 
 # Sentences that use a claim word only to define it; everything else with such a word is a checked claim.
 DEFINITIONS = (
@@ -85,34 +86,67 @@ def claim_basis_text(decision: Decision) -> str:
             "shown beside it for information only.")
 
 
+def _verdict(row: Any, direction: str) -> str:
+    """The verdict on the claim basis: ``significant (<direction>)``, not significant, or not tested."""
+    basis = row.p_fixed_holm if row.claim_basis == "fixed-categories" else row.p_new_holm
+    if pd.isna(basis):
+        return "not tested"
+    return f"significant ({direction})" if row.significant else "not significant"
+
+
+def _answers(row: Any) -> str:
+    fixed = _answer(row, "fixed", "Holm", row.p_fixed_holm)
+    new = _answer(row, "new", "Holm", row.p_new_holm)
+    return f"on these categories: {fixed}; to new categories: {new}; {_check(row)}"
+
+
 def primary_sentence(row: Any, multi: bool = False) -> str:
     """One primary question's two answers and the verdict on the claim basis, from primary_tests.csv only. The
     direction of a significant verdict is the sign of the claim basis's estimate (the mean over categories)."""
+    if is_interaction(row.pair):
+        return interaction_sentence(row, multi)
     a, b = row.pair.split(" vs ")
     head = _head(row, multi, "primary")
     if pd.isna(row.mean_diff):
         return f"{head}: not averaged ({row.note})."
-    fixed = _answer(row, "fixed", "Holm", row.p_fixed_holm)
-    new = _answer(row, "new", "Holm", row.p_new_holm)
-    basis = row.p_fixed_holm if row.claim_basis == "fixed-categories" else row.p_new_holm
-    if pd.isna(basis):
-        verdict = "not tested"
-    elif row.significant:
-        verdict = f"significant ({a if row.mean_diff > 0 else b} higher on average)"
-    else:
-        verdict = "not significant"
-    return (f"{head}: {_difference(row)}; on these categories: {fixed}; to new categories: {new}; {_check(row)}. "
-            f"On the claim basis ({CLAIM_BASES[row.claim_basis]}): {verdict}; {_wins(row)}")
+    verdict = _verdict(row, f"{a if row.mean_diff > 0 else b} higher on average")
+    return (f"{head}: {_difference(row)}; {_answers(row)}. On the claim basis ({CLAIM_BASES[row.claim_basis]}): "
+            f"{verdict}; {_wins(row)}")
+
+
+def interaction_sentence(row: Any, multi: bool = False) -> str:
+    """An interaction's two answers and its verdict, from primary_tests.csv only: the difference of differences
+    (a − b under one method) − (a − b under the other), and under which method a − b is larger (the sign of the
+    mean over categories; when most categories point the other way, the sentence says so)."""
+    (a, b), (first, second) = interaction_parts(row.pair)
+    head = (f"**{_group_label(row, multi)}**, {PAIRED_METRICS[row.metric]}, {question_text(row.pair)} (primary, "
+            f"interaction: does {a} − {b} differ between {first} and {second}?)")
+    if pd.isna(row.mean_diff):
+        return f"{head}: not averaged ({row.note})."
+    larger = lambda method: f"{a} − {b} larger under {method}"  # noqa: E731
+    mean_side = first if row.mean_diff > 0 else second
+    verdict = _verdict(row, f"{larger(mean_side)} than under {second if mean_side == first else first} on average")
+    ties = row.n_categories - row.wins_a - row.wins_b
+    total = count_text(row.n_categories, "category")
+    wins = f"{larger(first)} in {row.wins_a}, under {second} in {row.wins_b}" + (
+        f", tied in {ties} of {total}" if ties else f" of {total}")
+    most_side = first if row.wins_a > row.wins_b else second if row.wins_b > row.wins_a else None
+    if row.mean_diff and most_side and most_side != mean_side:
+        wins += f"; the mean says larger under {mean_side}, most categories say under {most_side}"
+    seeds = str(row.seeds)
+    return (f"{head}: mean difference of differences {row.mean_diff * 100:+.2f} points over {total} × {seeds} "
+            f"seed{'' if seeds == '1' else 's'}; {_answers(row)}. On the claim basis ({CLAIM_BASES[row.claim_basis]}): "
+            f"{verdict}; {wins}.")
 
 
 def primary_console_line(row: Any) -> str:
     """The console's one line per primary question: each interval beside its own raw p, then the Holm p."""
-    a, b = row.pair.split(" vs ")
     verdict = "significant" if row.significant else "not significant"
-    return (f"  {a} − {b}, {row.group}, {PAIRED_METRICS[row.metric]}: {row.mean_diff * 100:+.2f} points; on these "
-            f"categories CI {interval_text(row.ci_low_fixed, row.ci_high_fixed)} p {format_p(row.p_fixed)} "
-            f"p_holm {format_p(row.p_fixed_holm)}; to new categories CI {interval_text(row.ci_low_new, row.ci_high_new)}"
-            f" p {format_p(row.p_new)} p_holm {format_p(row.p_new_holm)}; {CLAIM_BASES[row.claim_basis]}: {verdict}")
+    return (f"  {question_text(row.pair)}, {row.group}, {PAIRED_METRICS[row.metric]}: {row.mean_diff * 100:+.2f} "
+            f"points; on these categories CI {interval_text(row.ci_low_fixed, row.ci_high_fixed)} "
+            f"p {format_p(row.p_fixed)} p_holm {format_p(row.p_fixed_holm)}; to new categories CI "
+            f"{interval_text(row.ci_low_new, row.ci_high_new)} p {format_p(row.p_new)} "
+            f"p_holm {format_p(row.p_new_holm)}; {CLAIM_BASES[row.claim_basis]}: {verdict}")
 
 
 def aggregate_sentence(row: Any, multi: bool = False) -> str:

@@ -13,6 +13,8 @@ family alone, for each answer, so printing more exploratory tables or comparing 
 question's answer unchanged; the verdict uses the Holm-adjusted p of the claim basis, while the printed interval is
 the raw one that matches the raw p. Everything else is exploratory (comparison.with_exploratory). The planning
 table (planning.py) simulates the answers' own tests under the study's variance components.
+A primary question may also be an interaction (interaction.py: two backbones under two methods, cells the four
+arms' difference of differences), answered alike within the same family.
 """
 from __future__ import annotations
 
@@ -28,12 +30,15 @@ from comparison import (ALPHA, DEFAULT_PRIMARY_METRICS, OVERALL, PAIRED_METRICS,
                         pair_cells, pair_label, parse_pairs, read_config_json, read_pairs_config)
 from errors import RDError
 from inference import ANSWER_COLUMNS, BASES, family_table
+from interaction import INTERACTION, INTERACTION_KEYS, InteractionQuestion, answer_interaction, interaction_cells, \
+    parse_interaction
 from planning import components_from_cells, detectable
 from significance import seeded_rng
 
 __all__ = ["CLAIM_BASES", "DEFAULT_CLAIM_BASIS", "Decision", "PLANNED_SEEDS", "PLANNING_COLUMNS", "PRIMARY_COLUMNS",
            "PrimaryQuestion", "StudyPlan", "check_primary", "decide", "default_primary", "parse_claim_basis",
            "parse_primary", "planning_rows", "planning_table", "primary_tests", "read_study_plan"]
+__all__ += ["InteractionQuestion", "Question"]  # a primary question may be an interaction (interaction.py)
 
 # claim_basis value -> what the answer generalises to (the report's wording)
 CLAIM_BASES = BASES
@@ -63,13 +68,22 @@ class PrimaryQuestion:
         """(pair label, group, metric): how the tests over categories name it."""
         return pair_label(self.pair), self.group, self.metric
 
+    @property
+    def pairs(self) -> tuple[tuple[str, str]]:
+        """The pairs the question compares (an InteractionQuestion has two)."""
+        return (self.pair,)
+
+
+# A primary question: a pair's difference, or the interaction of two methods and two backbones (interaction.py).
+Question = PrimaryQuestion | InteractionQuestion
+
 
 @dataclass(frozen=True)
 class StudyPlan:
     """What a study config file says about the comparison: pairs, primary questions, claim basis (None: default)."""
 
     pairs: list[tuple[str, str]] | None
-    primary: list[PrimaryQuestion] | None
+    primary: list[Question] | None
     claim_basis: str
     source: str  # "--config FILE" or "" (no file)
 
@@ -81,28 +95,38 @@ def parse_claim_basis(value: Any, source: str) -> str:
     return value
 
 
-def parse_primary(value: Any, source: str) -> list[PrimaryQuestion]:
+def parse_primary(value: Any, source: str) -> list[Question]:
     """The "primary" list: objects with "pair" ([a, b] or "a,b"), "metric" (a metrics.json key of the paired
-    metrics, e.g. "aupimo" or "aupro_5pct") and optionally "group" (default overall); an RDError naming ``source``
-    and the entry otherwise."""
+    metrics, e.g. "aupimo" or "aupro_5pct") and optionally "group" (default overall), or with "interaction"
+    ({"backbones": [a, b], "methods": [m1, m2]}: interaction.py) instead of "pair"; an RDError naming ``source`` and
+    the entry otherwise."""
     if not isinstance(value, list) or not value:
         raise RDError(f"{source} \"primary\": expected a non-empty list of {{\"pair\": [a, b], \"metric\": ..., "
                       f"\"group\": ...}} objects, got {value!r}")
     questions = []
     for number, item in enumerate(value):
         where = f"{source} \"primary\"[{number}]"
-        if not isinstance(item, dict) or not {"pair", "metric"} <= set(item) or set(item) - QUESTION_KEYS:
+        interaction = isinstance(item, dict) and INTERACTION in item
+        if interaction and (not {INTERACTION, "metric"} <= set(item) or set(item) - INTERACTION_KEYS):
+            raise RDError(f"{where}: expected an object with \"{INTERACTION}\" and \"metric\" (and optionally "
+                          f"\"group\"), got {item!r}")
+        if not interaction and (not isinstance(item, dict) or not {"pair", "metric"} <= set(item)
+                                or set(item) - QUESTION_KEYS):
             raise RDError(f"{where}: expected an object with \"pair\" and \"metric\" (and optionally \"group\"), "
-                          f"got {item!r}")
-        pairs = parse_pairs(item["pair"], f"{where} \"pair\"")
-        if not pairs or len(pairs) != 1:
-            raise RDError(f"{where} \"pair\": expected one pair [a, b], got {item['pair']!r}")
+                          f"or with \"{INTERACTION}\" instead of \"pair\", got {item!r}")
+        if interaction:
+            backbones, methods = parse_interaction(item[INTERACTION], where)
+        else:
+            pairs = parse_pairs(item["pair"], f"{where} \"pair\"")
+            if not pairs or len(pairs) != 1:
+                raise RDError(f"{where} \"pair\": expected one pair [a, b], got {item['pair']!r}")
         if item["metric"] not in PAIRED_METRICS:
             raise RDError(f"{where} \"metric\": expected one of {', '.join(PAIRED_METRICS)}, got {item['metric']!r}")
         group = item.get("group", OVERALL)
         if not isinstance(group, str) or not group:
             raise RDError(f"{where} \"group\": expected a group name such as \"overall\" or \"texture\", got {group!r}")
-        question = PrimaryQuestion(pairs[0], item["metric"], group)
+        question = InteractionQuestion(backbones, methods, item["metric"], group) if interaction else \
+            PrimaryQuestion(pairs[0], item["metric"], group)
         if question in questions:
             raise RDError(f"{where}: the same question as an earlier entry ({question.key})")
         questions.append(question)
@@ -128,23 +152,39 @@ def default_primary(pairs: list[tuple[str, str]]) -> list[PrimaryQuestion]:
     return [PrimaryQuestion(pair, metric) for pair in pairs for metric in DEFAULT_PRIMARY_METRICS]
 
 
-def check_primary(questions: list[PrimaryQuestion], pairs: list[tuple[str, str]], runs_frame: pd.DataFrame,
+def check_primary(questions: list[Question], pairs: list[tuple[str, str]], runs_frame: pd.DataFrame,
                   source: str) -> None:
-    """Every primary question names a compared pair (as a − b) and a group these runs have; else an RDError."""
+    """Every primary question names a compared pair (as a − b), or for an interaction four compared arms, and a
+    group these runs have; else an RDError."""
     where = f"{source} \"primary\"" if source else "primary"
     groups = sorted({group for _, group, _ in group_members(runs_frame)})
+    compared = {arm for pair in pairs for arm in pair}
     for question in questions:
-        if question.pair not in pairs:
+        missing = [arm for arm in question.arms if arm not in compared] if isinstance(question, InteractionQuestion) \
+            else []
+        if missing:
+            raise RDError(f"{where}: the interaction {question.key[0]} needs the arms {', '.join(missing)}, which no "
+                          f"compared pair names (compared, as a,b: {'; '.join(','.join(p) for p in pairs)}); add the "
+                          f"pairs {' and '.join(','.join(p) for p in question.pairs)} to \"pairs\" or --pair")
+        if isinstance(question, PrimaryQuestion) and question.pair not in pairs:
             raise RDError(f"{where}: pair {','.join(question.pair)} is not compared (compared, as a,b: "
                           f"{'; '.join(','.join(p) for p in pairs)}); add it to \"pairs\" or --pair")
         if question.group not in groups:
             raise RDError(f"{where}: group {question.group!r} has no runs here; groups: {', '.join(groups)}")
 
 
-def primary_tests(runs_frame: pd.DataFrame, questions: list[PrimaryQuestion], claim_basis: str) -> pd.DataFrame:
+def _answer_row(runs_frame: pd.DataFrame, question: Question, dataset: str, group: str,
+                categories: list[str]) -> dict[str, Any]:
+    if isinstance(question, InteractionQuestion):
+        return answer_interaction(runs_frame, question, dataset, group, categories)
+    return answer_pair(runs_frame, question.pair, dataset, group, categories, question.metric)
+
+
+def primary_tests(runs_frame: pd.DataFrame, questions: list[Question], claim_basis: str) -> pd.DataFrame:
     """One row per primary question (and dataset): both answers (inference.py), Holm over the primary family for
-    each, and whether it is significant on the claim basis (its Holm-adjusted p below ALPHA)."""
-    rows = [answer_pair(runs_frame, question.pair, dataset, group, categories, question.metric)
+    each (pair questions and interactions together), and whether it is significant on the claim basis (its
+    Holm-adjusted p below ALPHA)."""
+    rows = [_answer_row(runs_frame, question, dataset, group, categories)
             for question in questions for dataset, group, categories in group_members(runs_frame)
             if group == question.group]
     columns = ["pair", "metric", "group", "dataset", *ANSWER_COLUMNS, "flags"]
@@ -182,11 +222,19 @@ def planning_rows(cells: pd.DataFrame, n_questions: int, key: tuple[str, ...]) -
     return rows
 
 
-def planning_table(runs_frame: pd.DataFrame, questions: list[PrimaryQuestion], primary: pd.DataFrame) -> pd.DataFrame:
+def _question_cells(frame: pd.DataFrame, question: Question, categories: list[str]) -> pd.DataFrame:
+    if isinstance(question, InteractionQuestion):
+        return interaction_cells(frame, question, categories)[0]
+    return pair_cells(frame, question.pair, categories, question.metric)[0]
+
+
+def planning_table(runs_frame: pd.DataFrame, questions: list[Question], primary: pd.DataFrame) -> pd.DataFrame:
     """How many seeds? Per primary question, dataset and answer: the smallest true difference detected with POWER at
     Holm's first step (ALPHA / number of primary tests) for 1, 3 and 5 seeds per category, from simulating the
     answer's test under the seed variances (per category) and, for the answer about new categories, the spread of
-    the categories (their seed-averaged differences' variance less the seed part, floored at 0)."""
+    the categories (their seed-averaged differences' variance less the seed part, floored at 0). An interaction's
+    cells (differences of differences) enter the same variance model: a cell is its category's effect plus seed
+    noise (now of four runs), calibrated by calibration.py's interaction scenarios."""
     members = {(dataset, group): categories for dataset, group, categories in group_members(runs_frame)}
     rows = []
     for question in questions:
@@ -194,11 +242,12 @@ def planning_table(runs_frame: pd.DataFrame, questions: list[PrimaryQuestion], p
         for _, row in primary[(primary["pair"] == label) & (primary["group"] == group)
                               & (primary["metric"] == metric)].iterrows():
             frame = runs_frame[runs_frame["dataset"] == row["dataset"]]
-            cells, _ = pair_cells(frame, question.pair, members[(row["dataset"], group)], metric)
+            cells = _question_cells(frame, question, members[(row["dataset"], group)])
             base = {"pair": row["pair"], "dataset": row["dataset"], "group": group, "metric": metric,
                     "n_categories": row["n_categories"], "seeds": row["seeds"], "observed_diff": row["mean_diff"]}
             if cells.empty:
-                rows += [{**base, "answer": answer, "note": "no category has a cell of both backbones"}
+                arms = "all four arms" if isinstance(question, InteractionQuestion) else "both backbones"
+                rows += [{**base, "answer": answer, "note": f"no category has a cell of {arms}"}
                          for answer in BASES.values()]
                 continue
             rows += [{**base, **plan} for plan in planning_rows(cells, len(primary), (*question.key, row["dataset"]))]
@@ -209,7 +258,7 @@ def planning_table(runs_frame: pd.DataFrame, questions: list[PrimaryQuestion], p
 class Decision:
     """The primary family's answers and the planning table, with where the questions came from."""
 
-    questions: list[PrimaryQuestion]
+    questions: list[Question]
     claim_basis: str
     declared: bool  # the config file declared them (else the default family)
     source: str

@@ -6,10 +6,13 @@ split file, validation fraction and split seed, held-out file names, image size,
 rate, betas, precision and selection rule, and, when both arms are of one family (where the knobs mean the
 same), the same model knobs; runs of one method the same method settings (RD++'s fixed recipe, config.json "rdpp").
 A pair whose arms train with different methods (RD4AD and RD++, backbone_facts.METHODS) is a **method comparison**
-and its protocol says so first. ``recorded_settings`` turns one config.json into the run-table columns
-(runs.load_runs adds them to runs.csv); ``check_protocol`` compares them; the report names the result in its
-headline ("shared recipe", "per-arm tuned recipe (...tune.csv)" when ``main.py tune`` chose the differing
-values, or "differing recipes: ...") and lists every difference in its provenance lines. Reads results only.
+and its protocol says so first; an interaction (two backbones under two methods, interaction.py) is a method
+comparison across the methods and a backbone comparison within each, and its protocol line lists the differing
+recipes within each method as a pair's, then those between the methods. ``recorded_settings`` turns one config.json
+into the run-table columns (runs.load_runs adds them to runs.csv); ``check_protocol`` compares them; the report
+names the result in its headline ("shared recipe", "per-arm tuned recipe (...tune.csv)" when ``main.py tune`` chose
+the differing values, or "differing recipes: ...") and lists every difference in its provenance lines. Reads results
+only.
 """
 from __future__ import annotations
 
@@ -20,12 +23,12 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from backbone_facts import DEFAULT_METHOD, method_label
+from backbone_facts import DEFAULT_METHOD, method_label, split_arm
 from errors import RDError
 
 __all__ = ["METHOD_SETTINGS", "NOT_RECORDED", "PROTOCOL_FIELDS", "TUNED_FIELDS", "Difference", "PairProtocol",
-           "check_protocol", "differences_text", "headline_sentence", "names_digest", "recorded_settings",
-           "refuse_same_recipe"]
+           "check_protocol", "differences_text", "headline_sentence", "interaction_line", "names_digest",
+           "recorded_settings", "refuse_same_recipe"]
 
 NOT_RECORDED = "not recorded"
 # run-table column -> what it is; all compared within each category over every run of a pair
@@ -248,6 +251,32 @@ def headline_sentence(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]],
             text += f"; not checked (not recorded by some runs): {_unchecked(check)}"
         lines.append(f"- {text}.")
     return "\n".join(lines)
+
+
+def interaction_line(runs_frame: pd.DataFrame, pairs: tuple[tuple[str, str], tuple[str, str]],
+                     family: FamilyOf = lambda name: name) -> str:
+    """The headline's protocol line of an interaction (a − b under one method against a − b under the other): a
+    method comparison across the methods and a backbone comparison within each; each method's pair checked as a pair
+    is, then the settings that differ only between the methods (model knobs within a family, method settings within
+    a method, as everywhere)."""
+    arms = [arm for pair in pairs for arm in pair]
+    frame = runs_frame[runs_frame["backbone"].isin(arms)]
+    whole = check_protocol(frame, None, family)
+    within = [check_protocol(frame, pair, family) for pair in pairs]
+    methods = [method_label(split_arm(pair[0])[1]) for pair in pairs]
+    label = " − ".join(f"({pair[0]} − {pair[1]})" for pair in pairs)
+    text = (f"Protocol of the interaction {label} ({whole.n_runs} runs, from their config.json): **method comparison "
+            f"across methods ({' vs '.join(methods)}), backbone comparison within each**")
+    for method, check in zip(methods, within):
+        text += f"; within {method}: {check.kind}" + (f" ({'; '.join(_grouped(check.differences))})"
+                                                     if check.differences else "")
+    seen = {(d.column, d.category) for check in within for d in check.differences}
+    between = [d for d in whole.differences if (d.column, d.category) not in seen]
+    text += f"; between the methods: {'; '.join(_grouped(between))}" if between else \
+        "; between the methods: no other setting differs"
+    if whole.unchecked:
+        text += f"; not checked (not recorded by some runs): {_unchecked(whole)}"
+    return f"- {text}."
 
 
 def refuse_same_recipe(text: str, runs_frame: pd.DataFrame, where: str, family: FamilyOf = lambda name: name) -> None:

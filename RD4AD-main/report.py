@@ -18,7 +18,7 @@ import pandas as pd
 
 import runs
 from claims import (DEFINITIONS, NOTHING_TO_COMPARE, aggregate_sentence, category_test_sentence, claim_basis_text,
-                    conclusions_text, primary_console_line)
+                    conclusions_text, interaction_sentence, primary_console_line)
 from comparison import (ALPHA, CONFIDENCE, N_BOOT, PAIRED_METRICS, POWER, Comparison, compare_runs, epoch_text,
                         parse_pairs, resolve_pairs, run_name)
 from backbone_facts import backbone_family
@@ -26,15 +26,16 @@ from decision import (CLAIM_BASES, PLANNED_SEEDS, Decision, StudyPlan, check_pri
                       read_study_plan)
 from documents import generated_markers, markdown_table, replace_marked_block
 from errors import RDError
+from interaction import InteractionQuestion, is_interaction
 from report_tables import (PROTOCOLS, REFERENCES, Reference, aggregate_table, category_stats, category_table,
                            distinct_values, efficiency_table, format_p, group_stats, group_table, is_synthetic,
-                           method_backbone_table, pairwise_table, per_defect_table, planning_display, primary_table,
-                           reference_table, values_list)
+                           method_backbone_table, multi_dataset, pairwise_table, per_defect_table, planning_display,
+                           primary_table, reference_table, values_list)
 from runs import load_runs, synthetic_saturation_note, untested_runs
 from paired_metrics import unmeasured_note
 from per_image import image_table, image_tests, image_text
 from significance import EXACT_SIGNED_RANK, MAX_EDGES
-from protocol import differences_text, headline_sentence, refuse_same_recipe
+from protocol import differences_text, headline_sentence, interaction_line, refuse_same_recipe
 from report_kinds import anomaly_kind_table, anomaly_kind_text
 from why import WhyPart, render_why, why_parts, why_tables
 
@@ -47,6 +48,7 @@ __all__ = ["BEGIN_MARKER", "DEFINITIONS", "END_MARKER", "REFERENCES", "Reference
            "headline_text", "is_synthetic", "planning_text", "prepare_portfolio", "primary_text", "protocol_text",
            "provenance", "reference_table", "render_report", "replace_generated_block", "report_notes", "run",
            "synthetic_note", "teacher_warning", "tests_method", "untested_note", "write_report"]
+__all__ += ["interaction_markdown"]  # the interaction answer beside the method x backbone table (issue 26)
 
 BEGIN_MARKER, END_MARKER = generated_markers("compare")
 # ----------------------------------------------------------------------------------------------
@@ -281,8 +283,42 @@ def primary_text(report: Report) -> str:
         "while the Holm-adjusted p is 0.05 or more. A verdict's direction is the sign of the mean; when most "
         "categories point the other way, the sentence says so. docs/calibration.md (`main.py calibrate`) "
         "checks both answers' coverage and level, and the planning table's power, in simulated studies. "
-        + " ".join(DEFINITIONS)
+        + _interaction_text(decision) + " ".join(DEFINITIONS)
     )
+
+
+def _interactions(decision: Decision) -> list[InteractionQuestion]:
+    return [question for question in decision.questions if isinstance(question, InteractionQuestion)]
+
+
+def _interaction_text(decision: Decision) -> str:
+    """How an interaction question is answered, when the study declares one ("" otherwise)."""
+    if not _interactions(decision):
+        return ""
+    return ("An interaction question, (a − b under one method) − (a − b under the other), is answered the same way "
+            "from its own cells: a cell is a (category, seed) pair all four arms ran (seed k of each arm; the arms' "
+            "runs are independent, so pairing them by seed number adds no assumption), its difference the difference "
+            "of the two pairs' differences; its Holm correction is the primary family's, with the pair questions. ")
+
+
+def _interaction_protocols(report: Report) -> list[str]:
+    """The protocol line of each interaction's four arms (once per set of arms)."""
+    pairs = dict.fromkeys(question.pairs for question in _interactions(report.decision))
+    return [interaction_line(report.runs, pair, backbone_family) for pair in pairs]
+
+
+def interaction_markdown(report: Report) -> str:
+    """The interaction answers beside the method x backbone table: each declared interaction's sentence and its row
+    of the primary table (the same numbers as the primary section), or how to declare one."""
+    rows = report.decision.primary[[is_interaction(label) for label in report.decision.primary["pair"]]]
+    if rows.empty:
+        return ("No interaction question is declared, so this table is not tested: a study config's \"primary\" "
+                "list declares one as `{\"interaction\": {\"backbones\": [a, b], \"methods\": [\"rdpp\", \"rd\"]}, "
+                "\"metric\": \"aupro\"}` (configs/method_study.json does), passed with `--config`.")
+    multi = multi_dataset(report.runs)
+    sentences = "\n".join(f"- {interaction_sentence(row, multi)}" for row in rows.itertuples())
+    return (f"The interaction (primary; the same answer as in the primary section):\n\n{sentences}\n\n"
+            + markdown_table(primary_table(rows, report.runs)))
 
 
 def headline_text(report: Report) -> str:
@@ -338,7 +374,7 @@ def render_body(report: Report, figures: list[FigureItem], level: int, link_pref
         f"Compared pairs (a − b): {pairs}.",
         claim_basis_text(report.decision),
         f"{h} Primary questions",
-        headline_sentence(runs_frame, report.pairs, backbone_family),
+        "\n".join([headline_sentence(runs_frame, report.pairs, backbone_family), *_interaction_protocols(report)]),
         primary_text(report),
         *_figure_markdown(forest, None, link_prefix),
         markdown_table(report.tables["primary_tests_table"]), prov,
@@ -411,7 +447,7 @@ def _method_section(report: Report, h: str, prov: str) -> list[str]:
             "mean ± std over seeds of the per-seed means over the categories complete for every compared arm, and "
             "the difference of the two means in points. Descriptive only: no interval and no test. A pair of arms "
             "of different methods is labelled a method comparison in its protocol line.",
-            markdown_table(report.tables["method_backbone"]), prov]
+            markdown_table(report.tables["method_backbone"]), prov, interaction_markdown(report)]
 
 
 def _threshold_rules(runs_frame: pd.DataFrame) -> str:
@@ -528,8 +564,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "\"pairs\", else the fair pair when both are present, else the only two backbones")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="study config file (JSON) with \"pairs\" (compared), \"primary\" (the primary "
-                             "questions: [{\"pair\": [a, b], \"metric\": ..., \"group\": ...}]) and \"claim_basis\" "
-                             "(fixed-categories or new-categories); its other keys are for other commands")
+                             "questions: [{\"pair\": [a, b], \"metric\": ..., \"group\": ...}], or an interaction "
+                             "{\"interaction\": {\"backbones\": [a, b], \"methods\": [m1, m2]}, \"metric\": ...}) and "
+                             "\"claim_basis\" (fixed-categories or new-categories); its other keys are for other "
+                             "commands")
     parser.add_argument("--n-boot", type=int, default=N_BOOT,
                         help="bootstrap resamples over test images (the per-category tests and intervals)")
 

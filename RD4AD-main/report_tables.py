@@ -11,6 +11,7 @@ import pandas as pd
 from backbone_facts import DEFAULT_METHOD, METHODS, method_label, split_arm
 from comparison import (CONFIDENCE, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, backbone_family, group_members,
                         shared_categories, unfinished_flags)
+from interaction import label_arms, question_text
 from runs import EFFICIENCY, METRICS
 
 __all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCE_METRICS", "REFERENCES", "Reference", "aggregate_table",
@@ -270,7 +271,7 @@ def method_backbone_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
         first = frame.iloc[0]
         row = {"dataset": dataset} if multi_dataset(runs_frame) else {}
         rows.append({**row, "backbone": backbone, "family": backbone_family(backbone),
-                     "n categories": int(first["n_categories"]), "n seeds": int(first["n_seeds"]), **cells,
+                     "n categories": int(first["n_categories"]), "n seeds": first["n_seeds"], **cells,
                      "flags": "; ".join(sorted({f for f in frame["flags"] if f}))})
     return pd.DataFrame(rows)
 
@@ -409,10 +410,10 @@ def primary_table(primary: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFra
     (Holm within the primary family), the signed-rank check, the verdict on the claim basis and the seed counts."""
     rows = []
     for row in primary.itertuples():
-        a, b = row.pair.split(" vs ")
         dataset = {"dataset": row.dataset} if multi_dataset(runs_frame) else {}
         rows.append({
-            "pair (a − b)": f"{a} − {b}", **dataset, "group": row.group, "metric": PAIRED_METRICS[row.metric],
+            "pair (a − b)": question_text(row.pair), **dataset, "group": row.group,
+            "metric": PAIRED_METRICS[row.metric],
             "n categories": row.n_categories, "seeds per category": row.seed_counts,
             "mean difference (points)": fmt(row.mean_diff, "+.2f", 100.0),
             **_answer_cells(row, "fixed", "Holm", row.p_fixed_holm),
@@ -430,19 +431,19 @@ def planning_display(planning: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.Dat
     design or a variance is unknown."""
     rows = []
     for row in planning.itertuples():
-        a, b = row.pair.split(" vs ")
         dataset = {"dataset": row.dataset} if multi_dataset(runs_frame) else {}
         detectable = {f"detectable with {column.split('_')[1]} seed{'s' if column.endswith('s') else ''} (points)":
                       fmt(getattr(row, column), ".2f", 100.0) for column in planning.columns
                       if column.startswith("detectable_")}
-        rows.append({"pair (a − b)": f"{a} − {b}", **dataset, "group": row.group, "metric": PAIRED_METRICS[row.metric],
+        rows.append({"pair (a − b)": question_text(row.pair), **dataset, "group": row.group,
+                     "metric": PAIRED_METRICS[row.metric],
                      "answer": row.answer, "n categories": row.n_categories, "seeds per category now": row.seeds,
                      "seed sd (points)": fmt(row.seed_sd, ".2f", 100.0),
                      "category sd (points)": fmt(row.category_sd, ".2f", 100.0) if row.answer == "to new categories"
                      else "not used", **detectable,
                      "observed |mean difference| (points)": fmt(abs(row.observed_diff), ".2f", 100.0),
                      "note": row.note if isinstance(row.note, str) else "",
-                     "flags": unfinished_flags(runs_frame[runs_frame["backbone"].isin((a, b))
+                     "flags": unfinished_flags(runs_frame[runs_frame["backbone"].isin(label_arms(row.pair))
                                                           & (runs_frame["dataset"] == row.dataset)])})
     return pd.DataFrame(rows)
 

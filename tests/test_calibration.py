@@ -15,7 +15,7 @@ import calibration_table
 
 def test_a_small_calibration_meets_loose_gates() -> None:
     table = calibration.calibrate(n_studies=300, seed=3, suites=["primary"])  # "images": test_per_image.py
-    assert list(table.columns) == calibration_table.CALIBRATION_COLUMNS and len(table) == 36
+    assert list(table.columns) == calibration_table.CALIBRATION_COLUMNS and len(table) == 60  # 30 scenarios x 2
     assert set(zip(table["n_categories"], table["n_seeds"])) == {(c, s) for c in (5, 15) for s in (1, 3, 5)}
     uncomputed = table[table["coverage"].isna()]
     assert set(zip(uncomputed["answer"], uncomputed["n_seeds"])) == {("on these categories", 1)}
@@ -24,7 +24,8 @@ def test_a_small_calibration_meets_loose_gates() -> None:
     assert computed["coverage"].between(0.88, 0.995).all(), computed[["scenario", "answer", "coverage"]]
     assert (computed["size"] <= 0.1).all(), computed[["scenario", "answer", "size"]]
     promised = computed.dropna(subset=["promised_power"])
-    assert len(promised) >= 24 and ((promised["power"] - promised["promised_power"]).abs() <= 0.12).all()
+    assert len(promised) >= 40 and ((promised["power"] - promised["promised_power"]).abs() <= 0.12).all()
+    assert table["scenario"].str.startswith("interaction").sum() == 24  # the interaction's cells: two pairs' contrast
     assert (table["studies"] == 300).all() and table["passes"].dtype == bool
 
 
@@ -40,6 +41,23 @@ def test_the_simulator_makes_what_it_says() -> None:
     assert 0.02 < tied.mean() < 0.15 and ((cells == 0).any(axis=2) & ~tied).any()  # tied categories, zero cells
     cells, _, new_truth = calibration.simulate_cells(ceiling, 4000, rng, new_truth=0.02)
     assert np.nanmean(cells) == pytest.approx(new_truth, abs=0.001)  # the population mean, ceilings included
+
+
+def test_the_interaction_scenarios_simulate_two_pairs_contrast() -> None:
+    """An interaction cell is one pair's cell minus another's: the seed variance of two pairs, never exactly 0 where
+    only the second pair sits at the ceiling, and the truths it says."""
+    rng = np.random.default_rng(1)
+    plain = calibration.Scenario("p", 15, 5)
+    contrast = calibration.Scenario("c", 15, 5, contrast=True, ceiling=0.3)
+    variance = lambda cells: np.nanmean(np.nanvar(cells, axis=2, ddof=1))  # noqa: E731
+    cells, truth, _ = calibration.simulate_cells(contrast, 2000, rng, fixed_truth=0.01)
+    assert truth == pytest.approx(np.full(2000, 0.01)) and not (cells == 0).any()
+    pair_variance = np.mean(plain.seed_sds ** 2)
+    expected = pair_variance + 0.7 * pair_variance + 0.3 * contrast.ceiling_var  # first pair + second (30 % ceiling)
+    assert variance(cells) == pytest.approx(expected, rel=0.03)
+    assert variance(calibration.simulate_cells(plain, 2000, rng)[0]) == pytest.approx(pair_variance, rel=0.03)
+    cells, _, new_truth = calibration.simulate_cells(contrast, 4000, rng, new_truth=0.02)
+    assert np.nanmean(cells) == pytest.approx(new_truth, abs=0.001)
 
 
 def _fake_suite(n_studies: int, seed: int) -> pd.DataFrame:

@@ -159,7 +159,8 @@ def test_pixel_metrics_without_masks_are_na(reports: tuple[Path, Path], results:
 
 CLAIM_WORDS = re.compile(r"\b(higher|lower|better|worse|significant(ly)?|outperforms?|superior|inferior|beats?)\b",
                          re.IGNORECASE)
-NAME = r"[\w.-]+"
+NAME = r"[\w.+-]+"  # a backbone or an arm label (resnet50+rdpp)
+METHOD = r"RD4AD|RD\+\+"
 P = r"[=<] [0-9.e+-]+"  # claims.p_is: "= 0.0312" or "< 1e-10"
 METRIC = "|".join(map(re.escape, comparison.PAIRED_METRICS.values()))
 HEAD = rf"\*\*(?P<group>[^*]+)\*\*, (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME})"
@@ -192,24 +193,52 @@ CATEGORY_CLAIM = re.compile(
     rf"\*\*(?P<category>[^*]+)\*\*, seed (?P<seed>\d+), (?P<metric>{METRIC}), (?P<a>{NAME}) − (?P<b>{NAME}): "
     rf"(?P<diff>[+-]\d+\.\d\d) points \((?P<test>DeLong|bootstrap), BH-adjusted p (?P<p_bh>{P}); exploratory lead: "
     rf"(?P<winner>{NAME}) higher\)\.")
+INTERACTION_CLAIM = re.compile(  # claims.interaction_sentence
+    rf"\*\*(?P<group>[^*]+)\*\*, (?P<metric>{METRIC}), \((?P<a1>{NAME}) − (?P<b1>{NAME})\) − \((?P<a2>{NAME}) − "
+    rf"(?P<b2>{NAME})\) \(primary, interaction: does (?P<a>{NAME}) − (?P<b>{NAME}) differ between (?P<m1>{METHOD}) and "
+    rf"(?P<m2>{METHOD})\?\): mean difference of differences (?P<diff>[+-]\d+\.\d\d) points over (?P<n>\d+) "
+    rf"categor(?:y|ies) × (?P<seeds>[\d-]+) seeds?; on these categories: {_answer_pattern('fixed', 'Holm')}; to new "
+    rf"categories: {_answer_pattern('new', 'Holm')}; {CHECK}\. On the claim basis \((?P<basis>on these categories|"
+    rf"to new categories)\): (?P<verdict>significant \((?P=a) − (?P=b) larger under (?P<winner>{METHOD}) than under "
+    rf"(?P<loser>{METHOD}) on average\)|not significant|not tested); (?P=a) − (?P=b) larger under (?P=m1) in "
+    rf"(?P<wins_a>\d+), under (?P=m2) in (?P<wins_b>\d+)(?:, tied in (?P<tied>\d+))? of (?P=n) categor(?:y|ies)"
+    rf"(?:; the mean says larger under (?P<mean_side>{METHOD}), most categories say under (?P<most_side>{METHOD}))?\.")
 COUNT_CLAIM = re.compile(r"Per category and seed \(exploratory\): (?P<k>\d+) of (?P<n>\d+) tests have a "
                          r"Benjamini-Hochberg-adjusted p below 0\.05 \(false-discovery rate within this table\)\.")
 LABEL_TO_METRIC = {label: key for key, label in comparison.PAIRED_METRICS.items()}
 
 
-def _row_of(match: re.Match, frame: pd.DataFrame) -> pd.Series:
-    rows = frame[(frame["pair"] == f"{match['a']} vs {match['b']}") & (frame["group"] == match["group"])
+def _table_row(match: re.Match, frame: pd.DataFrame, label: str) -> pd.Series:
+    """The one row of ``frame`` a sentence names (its pair label, group and metric), with the sentence's mean
+    difference, seeds, category count and wins checked against it."""
+    rows = frame[(frame["pair"] == label) & (frame["group"] == match["group"])
                  & (frame["metric"] == LABEL_TO_METRIC[match["metric"]])]
     assert len(rows) == 1, match.group(0)
     row = rows.iloc[0]
     assert f"{row['mean_diff'] * 100:+.2f}" == match["diff"] and str(row["seeds"]) == match["seeds"]
     assert (int(match["n"]), int(match["wins_a"]), int(match["wins_b"])) == (row["n_categories"], row["wins_a"],
                                                                               row["wins_b"])
+    return row
+
+
+def _row_of(match: re.Match, frame: pd.DataFrame) -> pd.Series:
+    row = _table_row(match, frame, f"{match['a']} vs {match['b']}")
     assert (match["a2"], match["b2"]) == (match["a"], match["b"])
-    mean_side = match["a"] if row["mean_diff"] > 0 else match["b"] if row["mean_diff"] < 0 else None
-    most_side = match["a"] if row["wins_a"] > row["wins_b"] else match["b"] if row["wins_b"] > row["wins_a"] else None
+    _check_sides(match, row, match["a"], match["b"])
+    _check_answers(match, row)
+    return row
+
+
+def _check_sides(match: re.Match, row: pd.Series, a: str, b: str) -> None:
+    """The "the mean says ..., most categories say ..." clause: there exactly when the two disagree."""
+    mean_side = a if row["mean_diff"] > 0 else b if row["mean_diff"] < 0 else None
+    most_side = a if row["wins_a"] > row["wins_b"] else b if row["wins_b"] > row["wins_a"] else None
     disagree = mean_side is not None and most_side is not None and mean_side != most_side
     assert (match["mean_side"], match["most_side"]) == ((mean_side, most_side) if disagree else (None, None))
+
+
+def _check_answers(match: re.Match, row: pd.Series) -> None:
+    """Each answer's interval beside its own raw p, and the signed-rank check: the numbers of the table."""
     for answer in ("fixed", "new"):  # each interval beside its own raw p: the numbers of the table
         if pd.isna(row[f"p_{answer}"]):
             assert match[f"reason_{answer}"] is not None and match[f"p_{answer}"] is None
@@ -219,7 +248,6 @@ def _row_of(match: re.Match, frame: pd.DataFrame) -> pd.Series:
         excludes_zero = row[f"ci_low_{answer}"] > 0 or row[f"ci_high_{answer}"] < 0
         assert excludes_zero == (row[f"p_{answer}"] < comparison.ALPHA)  # the pair printed side by side agrees
     assert match["p_check"] == _p_text(row["p_signed_rank"])
-    return row
 
 
 def _p_text(value: float) -> str | None:
@@ -239,6 +267,22 @@ def _check_primary(match: re.Match, primary: pd.DataFrame) -> None:
         assert match["winner"] == (match["a"] if row["mean_diff"] > 0 else match["b"])
     else:
         assert not bool(row["significant"]) and basis >= comparison.ALPHA
+
+
+def _check_interaction(match: re.Match, primary: pd.DataFrame) -> None:
+    """An interaction sentence against its primary_tests.csv row: numbers, answers, verdict and its direction."""
+    row = _table_row(match, primary, f"({match['a1']} vs {match['b1']}) vs ({match['a2']} vs {match['b2']})")
+    assert match["a1"].startswith(match["a"]) and match["b2"].startswith(match["b"])
+    _check_sides(match, row, match["m1"], match["m2"])
+    _check_answers(match, row)
+    assert match["adj_fixed"] == _p_text(row["p_fixed_holm"]) and match["adj_new"] == _p_text(row["p_new_holm"])
+    basis = row["p_fixed_holm"] if row["claim_basis"] == "fixed-categories" else row["p_new_holm"]
+    if match["verdict"].startswith("significant"):
+        assert bool(row["significant"]) and basis < comparison.ALPHA
+        assert (match["winner"], match["loser"]) == ((match["m1"], match["m2"]) if row["mean_diff"] > 0 else
+                                                     (match["m2"], match["m1"]))
+    else:
+        assert not bool(row["significant"]) and (pd.isna(basis) == (match["verdict"] == "not tested"))
 
 
 def _check_aggregate(match: re.Match, aggregate: pd.DataFrame) -> None:
@@ -265,7 +309,8 @@ def assert_claims_backed(text: str, tables: Path) -> int:
     for sentence in report.DEFINITIONS:
         text = text.replace(sentence, "")
     checked = 0
-    for pattern, check in ((PRIMARY_CLAIM, lambda m: _check_primary(m, primary)),
+    for pattern, check in ((INTERACTION_CLAIM, lambda m: _check_interaction(m, primary)),
+                           (PRIMARY_CLAIM, lambda m: _check_primary(m, primary)),
                            (AGGREGATE_CLAIM, lambda m: _check_aggregate(m, aggregate)),
                            (CATEGORY_CLAIM, lambda m: _check_category(m, tests))):
         for match in pattern.finditer(text):
