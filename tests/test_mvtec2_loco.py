@@ -1,6 +1,7 @@
 """MVTec AD 2 and MVTec LOCO AD end to end on generated trees (32 px, 1 epoch, random teachers): train with the
-layouts' own validation normals, test (LOCO's sPRO per anomaly type, AD 2's private sets left unscored), predict
-on a private set, compare with the logical / structural table, and the tester notebook on those results."""
+layouts' own validation normals (AD 2 by `main.py train`, LOCO by the two trainer notebooks), test (LOCO's sPRO per
+anomaly type, AD 2's private sets left unscored), predict on a private set, compare with the logical / structural
+table, and the tester notebook on those results."""
 from __future__ import annotations
 
 import subprocess
@@ -19,15 +20,28 @@ TRAIN = ["--backbones", "resnet50,convnext_tiny", "--categories", "all", "--epoc
          "--batch-size", "4", "--no-pretrained", "--no-eta", "--device", "cpu"]
 
 
+def papermill(name: str, out: Path, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "papermill", str(CODE_DIR / name), str(out), "--cwd", str(CODE_DIR),
+                           "--kernel", "python3", "--no-progress-bar", *options],
+                          capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def studied(tmp_path_factory):
-    """Both generated trees trained and tested by the fair pair into one results folder."""
+    """Both generated trees trained and tested by the fair pair into one results folder: MVTec AD 2 from the command
+    line, MVTec LOCO by the two trainer notebooks (each trains and tests its backbone)."""
     root = tmp_path_factory.mktemp("ad2_loco")
     generate_ad2(root / "ad2", image_size=32, n_train=6, n_validation=2, n_test=6, n_private=2)
     generate_loco(root / "loco", image_size=32, n_train=6, n_validation=2, n_test=6)
     folders = ["--results", str(root / "results"), "--checkpoints", str(root / "checkpoints")]
-    for data in ("ad2", "loco"):
-        assert run_main("train", "--data-root", str(root / data), *TRAIN, *folders) == 0
+    assert run_main("train", "--data-root", str(root / "ad2"), *TRAIN, *folders) == 0
+    for name, backbone in (("RD_Trainer.ipynb", "resnet50"), ("RD_ConvNeXt_Trainer.ipynb", "convnext_tiny")):
+        done = papermill(name, root / f"{backbone}.ipynb", "-p", "DEMO", "True", "-p", "DATA_ROOT", str(root / "loco"),
+                         "-p", "BACKBONE", backbone, "-p", "EPOCHS", "1", "-p", "IMAGE_SIZE", "32", "-p", "BATCH_SIZE",
+                         "4", "-p", "DEVICE", "cpu", "-p", "PRETRAINED", "False", "-p", "RESULTS", str(root / "results"),
+                         "-p", "CHECKPOINTS", str(root / "checkpoints"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "synth_loco" in (root / f"{backbone}.ipynb").read_text(encoding="utf-8")  # its metrics table
     assert run_main("test", *folders, "--device", "cpu", "--no-scale-ablation") == 0
     return root
 
@@ -95,11 +109,8 @@ def test_compare_reports_logical_and_structural_anomalies(studied):
 
 def test_tester_notebook_on_the_new_layouts(studied):
     out = studied / "tester.ipynb"
-    done = subprocess.run([sys.executable, "-m", "papermill", str(CODE_DIR / "RD_Tester.ipynb"), str(out),
-                           "--cwd", str(CODE_DIR), "--kernel", "python3", "--no-progress-bar",
-                           "-p", "RESULTS_DIR", str(studied / "results"), "-p", "OUT_DIR", str(studied / "nb_report"),
-                           "-p", "PAIR", "resnet50,convnext_tiny", "-p", "N_BOOT", "20"],
-                          capture_output=True, text=True, timeout=600)
+    done = papermill("RD_Tester.ipynb", out, "-p", "RESULTS_DIR", str(studied / "results"), "-p", "OUT_DIR",
+                     str(studied / "nb_report"), "-p", "PAIR", "resnet50,convnext_tiny", "-p", "N_BOOT", "20")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Logical and structural anomalies" in (studied / "nb_report" / "report.md").read_text(encoding="utf-8")
     shown = out.read_text(encoding="utf-8")
