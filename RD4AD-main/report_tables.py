@@ -15,8 +15,8 @@ from interaction import label_arms, question_text
 from runs import EFFICIENCY, METRICS
 
 __all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCE_METRICS", "REFERENCES", "Reference", "aggregate_table",
-           "category_stats", "category_table", "count_text", "distinct_values", "efficiency_table", "fmt",
-           "format_mean_std", "format_p", "group_stats", "group_table", "interval_text", "is_synthetic",
+           "category_stats", "category_table", "count_text", "detectable_text", "distinct_values", "efficiency_table",
+           "fmt", "format_mean_std", "format_p", "group_stats", "group_table", "interval_text", "is_synthetic",
            "method_backbone_table", "methods_per_backbone", "multi_dataset", "p_is",
            "pairwise_table", "per_defect_table", "planning_display", "primary_table", "reference_table",
            "values_list"]
@@ -425,6 +425,12 @@ def primary_table(primary: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def detectable_text(value: float) -> str:
+    """A detectable difference in points; one beyond the metric's whole range (a difference of fractions is at most
+    1) says so instead of printing a number no study could reach."""
+    return "> 100: out of reach" if np.isfinite(value) and abs(value) > 1.0 else fmt(value, ".2f", 100.0)
+
+
 def planning_display(planning: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.DataFrame:
     """How many seeds? per primary question and answer: the spreads the plan rests on and the smallest detectable
     difference for 1, 3 and 5 seeds per category, in points; n/a where the answer cannot be computed with that
@@ -433,7 +439,7 @@ def planning_display(planning: pd.DataFrame, runs_frame: pd.DataFrame) -> pd.Dat
     for row in planning.itertuples():
         dataset = {"dataset": row.dataset} if multi_dataset(runs_frame) else {}
         detectable = {f"detectable with {column.split('_')[1]} seed{'s' if column.endswith('s') else ''} (points)":
-                      fmt(getattr(row, column), ".2f", 100.0) for column in planning.columns
+                      detectable_text(getattr(row, column)) for column in planning.columns
                       if column.startswith("detectable_")}
         rows.append({"pair (a − b)": question_text(row.pair), **dataset, "group": row.group,
                      "metric": PAIRED_METRICS[row.metric],

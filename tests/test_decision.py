@@ -300,3 +300,13 @@ def test_an_extra_seed_in_one_category_keeps_every_category(tmp_path: Path) -> N
     others = rep.runs.query("category != 'cable' and backbone == 'resnet50'").groupby("category")["image_auroc"].mean()
     mean = groups.set_index(["backbone", "metric"]).loc[("resnet50", "image_auroc"), "mean"]
     assert mean == pytest.approx((cable + others.sum()) / 4)  # every category weighs the same
+
+
+def test_a_detectable_difference_beyond_the_metrics_range_is_named_out_of_reach() -> None:
+    """With 2 categories the "to new categories" t has 1 degree of freedom: its detectable difference can exceed the
+    100 points a metric in [0, 1] can differ by; the table says so instead of printing e.g. 793 points."""
+    from report_tables import detectable_text
+
+    assert detectable_text(7.9341) == "> 100: out of reach" and detectable_text(-1.5) == "> 100: out of reach"
+    assert detectable_text(0.0535) == "5.35" and detectable_text(1.0) == "100.00"
+    assert detectable_text(float("nan")) == "n/a"
