@@ -271,7 +271,8 @@ def _row(answer: str, scenario: Scenario, n_studies: int, tally: Tally) -> dict:
 def rows(n_studies: int, seed: int, scenarios: list[Scenario] | None = None) -> pd.DataFrame:
     """The calibration table (calibration_table.CALIBRATION_COLUMNS): per answer and scenario, ``n_studies`` null
     and ``n_studies`` alternative studies. Coverage counts every interval of the alternative studies (4 maps x 3
-    metrics per scale study, 4 size bins per region study, 4 metrics per stability study), size every interval of the null studies.
+    metrics per scale study, 4 size bins per region study, 4 metrics per stability study), size every interval of
+    the null studies.
     ``passes``: coverage within COVERAGE_GATE and size at most SIZE_GATE, or no interval where the design cannot
     give one."""
     out = []

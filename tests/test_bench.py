@@ -44,7 +44,8 @@ def bench_args(tmp_path: Path, **overrides) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--backbones", "convnext_tiny", "--image-size", "64", "--device", "cpu",
-                              "--eval-image-size", "96", "--eval-images", "32", "--batch-size", "4", "--rounds", "1", "--warmup", "0",
+                              "--eval-image-size", "96", "--eval-images", "32", "--batch-size", "4",
+                              "--rounds", "1", "--warmup", "0",
                               "--out", str(tmp_path / "bench.json")])
     return argparse.Namespace(**(vars(args) | overrides))
 
