@@ -22,6 +22,7 @@ import diskspace
 import distributed
 import runs
 import storage
+import toolchain
 from backbone_facts import METHODS, split_arm
 from backbones import build_model, check_method, check_teacher_weights, parse_backbones
 from categories import OFFICIAL_COUNTS, validate_category
@@ -33,7 +34,8 @@ from recipe import (SELECT_SYNTHETIC_VAL, SELECTIONS, Amp, EvalAmp, FastPath, Tr
 from system_info import describe_hardware, synchronize
 
 __all__ = ["CONFIG_ONLY_KEYS", "SWEEP_DEFAULTS", "SweepEstimate", "Throughput", "add_common_arguments",
-           "add_data_format_arguments", "add_fast_path_arguments", "add_train_arguments", "checkpoint_epoch",
+           "add_data_format_arguments", "add_fast_path_arguments", "add_train_arguments", "check_compile_toolchains",
+           "checkpoint_epoch",
            "configs_from_args", "estimate_sweep", "flag_of", "format_duration", "json_object", "measure_throughput",
            "official_train_images", "official_val_images", "parse_list", "preflight_runs", "preflight_teacher_weights",
            "read_config_file",
@@ -307,6 +309,12 @@ def teacher_weights_per_backbone(text: str | None, backbones: list[str]) -> dict
                           f"({', '.join(backbones)})")
         mapping[name.strip()] = path.strip()
     return mapping
+
+
+def check_compile_toolchains(configs: list[TrainConfig]) -> None:
+    """Before any data is read: every device that a ``--compile`` run trains on has inductor's toolchain."""
+    for name in sorted({config.device for config in configs if config.compile}):
+        toolchain.check_compile_toolchain(distributed.device_for(name).type)
 
 
 def preflight_runs(configs: list[TrainConfig]) -> None:

@@ -31,7 +31,6 @@ import selection_audit
 import storage
 import sweep
 import synthval
-import toolchain
 from backbones import get_backbone, teacher_imagenet_top1
 from checkpoint import load_into, read_checkpoint, save_checkpoint, teacher_digest
 from errors import CheckpointError, RDError
@@ -315,8 +314,7 @@ def run(args: argparse.Namespace) -> int:
     configs = sweep.configs_from_args(args)
     if not configs:
         raise RDError("no run selected: --categories, --backbones and --seeds must each name at least one")
-    for name in sorted({config.device for config in configs if config.compile}):  # before any data is read
-        toolchain.check_compile_toolchain(distributed.device_for(name).type)
+    sweep.check_compile_toolchains(configs)  # before any data is read
     if args.resume:
         missing = [str(c.checkpoint_path) for c in configs if not c.checkpoint_path.is_file()]
         if missing:

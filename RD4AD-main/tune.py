@@ -96,6 +96,7 @@ def _base_configs(args: argparse.Namespace) -> list[TrainConfig]:
     configs = sweep.configs_from_args(plain)
     if not configs:
         raise RDError("no run selected: --categories, --backbones and --seeds must each name at least one")
+    sweep.check_compile_toolchains(configs)  # before any data is read
     return configs
 
 

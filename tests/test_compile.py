@@ -7,6 +7,7 @@ The number of compiled graphs (torch._dynamo's counters) is read after every ste
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
@@ -76,10 +77,12 @@ def test_a_sweep_of_ten_runs_stays_compiled(monkeypatch, caplog):
     assert not [r.getMessage() for r in caplog.records if "limit" in r.getMessage()]
 
 
-def test_compile_without_a_compiler_is_one_paragraph_before_the_data_is_read(synthetic_root, tmp_path, monkeypatch,
-                                                                            capsys):
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_compile_without_a_compiler_is_one_paragraph_before_the_data_is_read(command, synthetic_root, tmp_path,
+                                                                            monkeypatch, capsys):
     """Issue 24: inductor on a machine without its compiler used to end in a traceback after the data was loaded.
-    Now: exit 2, one paragraph naming what is missing and the flag to drop, no data opened, nothing created."""
+    Now, for train and for tune's grid: exit 2, one paragraph naming what is missing and the flag to drop, no data
+    opened, nothing created."""
     import dataset
     import toolchain
     from helpers import run_main
@@ -92,7 +95,7 @@ def test_compile_without_a_compiler_is_one_paragraph_before_the_data_is_read(syn
 
     monkeypatch.setattr(dataset.AnomalyDataset, "__init__", no_data)
     monkeypatch.chdir(tmp_path)
-    code = run_main("train", "--data-root", str(synthetic_root), "--categories", "synth_object", "--backbones",
+    code = run_main(command, "--data-root", str(synthetic_root), "--categories", "synth_object", "--backbones",
                     "resnet50", "--epochs", "1", "--image-size", "32", "--no-pretrained", "--device", "cpu",
                     "--compile")
     err = capsys.readouterr().err
