@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
+from atomic_files import atomic_write
 from backbone_facts import DEFAULT_METHOD
 from backbones import build_model
 from errors import CheckpointError
 from rd_model import ReverseDistillation
 from rdpp import RevisitedReverseDistillation
-from runs import atomic_write
 from system_info import library_versions
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "checkpoint_bytes", "load_into", "model_from_checkpoint", "read_checkpoint",
