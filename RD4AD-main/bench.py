@@ -74,9 +74,8 @@ from storage import measure_write_speed
 from timing import ForwardTimer, Measure, PeakMemory, alternate, count_ops, resident_mb, warm_up_batch_sizes
 
 __all__ = ["BF16_METRICS_NOTE", "EQUAL_TOLERANCE", "EVAL_CATEGORY", "EVAL_RATIO_TARGET", "BenchData", "EpochFeed",
-           "add_arguments", "bench_backbone", "bench_train_images", "bf16_evaluation", "check_targets",
-           "compared_subset", "compile_counters", "evaluation_section", "format_report", "load_data", "run", "set_tf32",
-           "study_estimate"]
+           "add_arguments", "bench_backbone", "bf16_evaluation", "check_targets", "evaluation_section", "format_report",
+           "load_data", "run", "set_tf32", "study_estimate"]
 
 EVAL_CATEGORY = "synth_object"  # RGB, the second category synth writes
 NAIVE_AUPRO_THRESHOLDS = 200
@@ -135,8 +134,6 @@ def train_section(model: ReverseDistillation, naive: ReverseDistillation, config
     model.train()
     naive.train()
     optimizer = recipe.make_optimizer(model, config)
-    naive_optimizer = torch.optim.Adam(naive.trainable_modules().parameters(), lr=config.lr,
-                                       betas=(config.beta1, config.beta2))
     step = recipe.compiled_train_step() if fast.compile else recipe.train_step
     # whole batches only (as most steps of a real epoch): every step then does the same work; several per epoch,
     # so that, as in train.py, the epoch's indices go to the device once for several steps
@@ -144,7 +141,6 @@ def train_section(model: ReverseDistillation, naive: ReverseDistillation, config
     if not usable:
         raise RDError(f"--batch-size {config.batch_size}: larger than the {len(data.train_images)} training images")
     feed = EpochFeed(data.train_images[:usable].to(device), config.batch_size, config.seed, device)
-    generator = torch.Generator().manual_seed(0)
 
     def fast_step(run_step: Callable[..., Any] = step) -> None:
         run_step(model, optimizer, feed.next(fast), fast, device)
@@ -154,11 +150,6 @@ def train_section(model: ReverseDistillation, naive: ReverseDistillation, config
             for _ in range(args.steps):
                 fast_step(run_step)
         return run_round
-
-    def naive_round() -> None:
-        for _ in range(args.naive_steps):
-            indices = torch.randperm(usable, generator=generator)[:config.batch_size]
-            naive_train_step(naive, naive_optimizer, data.train_images, indices, device)
 
     result: dict[str, Any] = {"batch_size": config.batch_size, "steps_per_epoch": usable // config.batch_size}
     if fast.compile:
@@ -170,9 +161,18 @@ def train_section(model: ReverseDistillation, naive: ReverseDistillation, config
         result["compile_s"] = time.perf_counter() - started
         result["graphs_compiled"] = compile_counters() - graphs
         paths = {"fast": rounds_of(step), "eager": rounds_of(recipe.train_step)}
-        work = {"fast": args.steps * config.batch_size, "eager": args.steps * config.batch_size}
+        work: int | dict[str, int] = args.steps * config.batch_size
         resident = None
-    else:
+    else:  # the naive path's optimiser and batch sampler: made only where it is measured (not under --compile)
+        naive_optimizer = torch.optim.Adam(naive.trainable_modules().parameters(), lr=config.lr,
+                                           betas=(config.beta1, config.beta2))
+        generator = torch.Generator().manual_seed(0)
+
+        def naive_round() -> None:
+            for _ in range(args.naive_steps):
+                indices = torch.randperm(usable, generator=generator)[:config.batch_size]
+                naive_train_step(naive, naive_optimizer, data.train_images, indices, device)
+
         paths = {"fast": rounds_of(step), "naive": naive_round}
         work = {"fast": args.steps * config.batch_size, "naive": args.naive_steps * config.batch_size}
         resident = {"fast": lambda: resident_mb([naive, naive_optimizer], device),
@@ -534,8 +534,10 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="rd4ad_bench_") as scratch:
         root = args.data_root or scratch
         if not args.data_root:
+            # normal training images: enough for the whole batches of one benchmark epoch once 10 % are held out for
+            # validation, and a partial last batch in a training run of the same data (benchmarks/cuda_check.sh too)
             generate(root, categories=2, image_size=max(size, args.eval_image_size),
-                     n_train=bench_train_images(args.batch_size), n_test=args.eval_images, seed=0)
+                     n_train=TRAIN_STEPS_PER_EPOCH * args.batch_size * 10 // 9 + 8, n_test=args.eval_images, seed=0)
         data = load_data(root, size)
         eval_data = data if args.eval_image_size == size else load_data(root, args.eval_image_size)
         if len(eval_data.test_images) < INFERENCE_BATCH:
@@ -554,12 +556,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(payload))
     print(f"written: {args.out}")
     return 0
-
-
-def bench_train_images(batch_size: int) -> int:
-    """Normal training images to generate: enough for the whole batches of one benchmark epoch once 10 % are held out
-    for validation, and a partial last batch in a training run of the same data."""
-    return TRAIN_STEPS_PER_EPOCH * batch_size * 10 // 9 + 8
 
 
 def _write(payload: dict[str, Any], load_start: tuple[float, float, float], out: str) -> None:

@@ -78,7 +78,8 @@ else
   BENCH_BACKBONES=resnet50,wide_resnet50_2,convnext_tiny
   BENCH_SIZES=(--image-size 256 --naive-steps 1)
 fi
-# training images: 8 whole benchmark batches after the 10 % validation hold-out, and a partial last batch in train
+# training images: 8 whole benchmark batches (bench.py TRAIN_STEPS_PER_EPOCH) after the 10 % validation hold-out, and a
+# partial last batch in train: the figure bench.py run generates when it makes its own data
 TRAIN_IMAGES=$(( 8 * TRAIN_BATCH * 10 / 9 + 8 ))
 
 started=$(date +%s)
