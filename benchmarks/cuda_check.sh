@@ -99,6 +99,8 @@ PY=$(pick_python)
 index() {  # index SECTION STATUS SECONDS FILE [NOTE]: add a finished section to cuda_check.json (atomically)
   "$PY" - "$INDEX" "$1" "$2" "$3" "$4" "$DEVICE" "${5:-}" <<'EOF'
 import json, os, sys, time
+sys.path.insert(0, "RD4AD-main")
+from atomic_files import atomic_write_text
 index, section, status, seconds, figures_file, device, note = sys.argv[1:]
 payload = json.load(open(index)) if os.path.isfile(index) else {"device": device, "sections": {}}
 entry = {"exit_status": int(status), "seconds": int(seconds), "file": os.path.basename(figures_file),
@@ -108,9 +110,7 @@ if note:
 if os.path.isfile(figures_file):
     entry["figures"] = json.load(open(figures_file))
 payload["sections"][section] = entry
-with open(index + ".tmp", "w") as handle:
-    json.dump(payload, handle, indent=1)
-os.replace(index + ".tmp", index)
+atomic_write_text(index, json.dumps(payload, indent=1))
 EOF
 }
 

@@ -34,6 +34,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "RD4AD-main"))
+
+from atomic_files import atomic_write_text  # noqa: E402  (needs the path above)
+from runs import (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, REGIONS_FILE, SCALES_FILE, RunKey,  # noqa: E402
+                  run_dir)
+
 MAIN = ROOT / "RD4AD-main" / "main.py"
 CATEGORY, BACKBONE = "synth_object", "resnet50"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -51,7 +57,7 @@ class Study:
                                         "steps": {}, "checks": []}
 
     def run_dir(self, seed: int) -> Path:
-        return self.results / BACKBONE / CATEGORY / f"seed{seed}"
+        return run_dir(self.results, RunKey(BACKBONE, CATEGORY, seed))
 
     def main_py(self, name: str, *argv: str, env: dict[str, str] | None = None) -> tuple[int, str, float]:
         """``main.py ARGV`` as a process; its output is kept in WORK/<name>.log. (exit status, output, seconds)"""
@@ -80,14 +86,11 @@ class Study:
 
     def record(self, step: str, figures: dict[str, Any]) -> None:
         self.figures["steps"][step] = figures
-        out = Path(self.args.out)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(self.figures, indent=1) + "\n")
-        os.replace(tmp, out)
+        atomic_write_text(self.args.out, json.dumps(self.figures, indent=1) + "\n")
 
 
 def read_history(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "history.csv"
+    path = run_dir / HISTORY_FILE
     return list(csv.DictReader(path.open())) if path.is_file() else []
 
 
@@ -108,7 +111,7 @@ def train_step(study: Study) -> bool:
                                           env={"TORCH_LOGS": "recompiles,graph_breaks"})
     runs = {}
     for seed in (0, 1):
-        config_file = study.run_dir(seed) / "config.json"
+        config_file = study.run_dir(seed) / CONFIG_FILE
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         history = read_history(study.run_dir(seed))
         runs[seed] = {"epochs": len(history), "fast_path": config.get("fast_path"), "n_train": config.get("n_train"),
@@ -143,7 +146,7 @@ def test_step(study: Study) -> bool:
     tested = {}
     for seed in (0, 1):
         run_dir = study.run_dir(seed)
-        metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+        metrics = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).is_file() else {}
         tested[seed] = {"metrics": {name: metrics.get(name) for name in METRICS},
                         "eval_precision": metrics.get("eval_precision"),
                         "instrument_files": sorted(p.name for p in run_dir.glob("*.csv"))}
@@ -151,11 +154,11 @@ def test_step(study: Study) -> bool:
     ok = study.check("test (instruments on) exits 0", code == 0, code)
     ok &= study.check("metrics.json, scales.csv and regions.csv for both runs",
                       all(t["metrics"]["aupro"] is not None
-                          and {"scales.csv", "regions.csv"} <= set(t["instrument_files"]) for t in tested.values()))
+                          and {SCALES_FILE, REGIONS_FILE} <= set(t["instrument_files"]) for t in tested.values()))
 
     code, _, seconds = study.main_py("test_bf16", "test", "--run-dir", str(study.run_dir(0)), "--eval-amp", "bf16",
                                      "--force", "--device", study.args.device)
-    bf16_file = study.run_dir(0) / "metrics.json"
+    bf16_file = study.run_dir(0) / METRICS_FILE
     bf16 = json.loads(bf16_file.read_text()) if bf16_file.is_file() else {}
     float32 = tested[0]["metrics"]
     trained = read_history(study.run_dir(0))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "RD4AD-main"))
+
+from atomic_files import atomic_write_text  # noqa: E402  (needs the path above)
 
 
 class Recorder:
@@ -42,9 +44,7 @@ def main() -> int:
     outcomes = [t["outcome"] for t in recorder.tests]
     payload = {"exit_status": status, "seconds": round(time.perf_counter() - started, 1),
                **{name: outcomes.count(name) for name in ("passed", "failed", "skipped")}, "tests": recorder.tests}
-    tmp = f"{args.out}.tmp"
-    Path(tmp).write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(payload, indent=1) + "\n")
     return status
 
 
