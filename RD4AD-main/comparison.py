@@ -26,14 +26,15 @@ from tqdm import tqdm
 from backbone_facts import FAIR_PAIR, backbone_family, registry_order
 from categories import OTHER_GROUP, group_order
 from errors import RDError
+from metrics import AUPRO_LIMITS
 from runs import MAPS_FILE, METRICS, load_aupimo, load_maps, load_scores
 from inference import ALPHA, CONFIDENCE, answer_columns, compare_arms, paired_cells
 from inference import category_intervals as cell_intervals
 from paired_metrics import CATEGORY_TESTED, DEFAULT_PRIMARY_METRICS, PAIRED_METRICS, measured_metrics
 from resample_metrics import mean_replicates, seg_f1_counts, seg_f1_replicates
-from significance import (PixelStats, auroc_replicates, benjamini_hochberg, binned_metrics, bootstrap_p_value,
-                          delong_test, percentile_interval, pixel_replicates, pixel_stats, seeded_rng,
-                          stratified_multiplicities)
+from significance import (PixelStats, aupro_replicates, auroc_replicates, benjamini_hochberg, binned_metrics,
+                          bootstrap_p_value, delong_test, percentile_interval, pixel_replicates, pixel_stats,
+                          seeded_rng, stratified_multiplicities)
 
 __all__ = ["AGGREGATE_COLUMNS", "ALPHA", "ARM", "CONFIDENCE", "CategoryDraws", "Comparison", "DEFAULT_PRIMARY_METRICS",
            "EXPLORATORY", "LOW_FPR_LIMIT", "METRIC_LABELS", "NOT_AVAILABLE", "N_BOOT", "OVERALL", "PAIRED_METRICS",
@@ -54,7 +55,7 @@ PRIMARY, EXPLORATORY = "primary", "exploratory"  # the two families of tests (de
 # with 2000 on the 2-core CPU (benchmarks/compare_benchmark.py).
 N_BOOT = 2000
 MIN_PER_CLASS = 2  # DeLong needs at least two defective and two normal images
-LOW_FPR_LIMIT = 0.05  # aupro_5pct's limit (metrics.AUPRO_LIMITS)
+LOW_FPR_LIMIT = AUPRO_LIMITS[1]  # aupro_5pct's limit (0.05: the low-false-alarm one that `test` reports)
 PIXEL_KEYS = ("pixel_auroc", "aupro", "aupro_5pct", "seg_f1")  # resampled from maps.npz
 NOT_AVAILABLE = "n/a"
 OVERALL = "overall"
@@ -294,8 +295,8 @@ def run_resamples(run: pd.Series, draws: CategoryDraws) -> RunResamples:
     with np.errstate(divide="ignore", invalid="ignore"):
         full_auroc, full_aupro, result.pro_curve = binned_metrics(stats)
         result.replicates["pixel_auroc"], result.replicates["aupro"] = pixel_replicates(stats, draws.weights)
-        _, result.replicates["aupro_5pct"] = pixel_replicates(stats, draws.weights, LOW_FPR_LIMIT)
-        result.values["aupro_5pct"] = binned_metrics(stats, LOW_FPR_LIMIT)[1]
+        result.replicates["aupro_5pct"] = aupro_replicates(stats, draws.weights, LOW_FPR_LIMIT)
+        result.values["aupro_5pct"] = float(aupro_replicates(stats, np.ones((1, len(stats.normal))), LOW_FPR_LIMIT)[0])
         result.replicates["seg_f1"] = seg_f1_replicates(counts, draws.weights)
         result.values["seg_f1"] = float(seg_f1_replicates(counts, np.ones((1, len(counts))))[0])
         subsets = _defect_subsets(draws)
