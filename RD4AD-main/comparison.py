@@ -28,7 +28,7 @@ from categories import OTHER_GROUP, group_order
 from errors import RDError
 from metrics import AUPRO_LIMITS
 from runs import MAPS_FILE, METRICS, load_aupimo, load_maps, load_scores
-from inference import ALPHA, CONFIDENCE, answer_columns, compare_arms, paired_cells
+from inference import ALPHA, CONFIDENCE, Answers, answer_columns, compare_arms, paired_cells
 from inference import category_intervals as cell_intervals
 from paired_metrics import CATEGORY_TESTED, DEFAULT_PRIMARY_METRICS, PAIRED_METRICS, measured_metrics
 from resample_metrics import mean_replicates, seg_f1_counts, seg_f1_replicates
@@ -39,10 +39,10 @@ from significance import (PixelStats, aupro_replicates, auroc_replicates, benjam
 __all__ = ["AGGREGATE_COLUMNS", "ALPHA", "ARM", "CONFIDENCE", "CategoryDraws", "Comparison", "DEFAULT_PRIMARY_METRICS",
            "EXPLORATORY", "LOW_FPR_LIMIT", "METRIC_LABELS", "NOT_AVAILABLE", "N_BOOT", "OVERALL", "PAIRED_METRICS",
            "PER_IMAGE", "POWER", "PRIMARY", "RunResamples", "TEST_COLUMNS", "aggregate_tests", "answer_pair",
-           "backbone_family", "category_intervals", "compare_runs", "compute_resamples", "epoch_text", "group_members",
-           "pair_cells", "pair_label", "parse_pairs", "per_category_tests", "per_defect_stats", "read_config_json",
-           "read_pairs_config", "resolve_pairs", "retest_command", "run_index", "run_name", "run_resamples",
-           "shared_categories", "unfinished_flags", "with_exploratory"]
+           "answer_row", "backbone_family", "category_intervals", "compare_runs", "compute_resamples", "epoch_text",
+           "group_members", "pair_cells", "pair_label", "parse_pairs", "per_category_tests", "per_defect_stats",
+           "read_config_json", "read_pairs_config", "resolve_pairs", "retest_command", "run_index", "run_name",
+           "run_resamples", "shared_categories", "unfinished_flags", "with_exploratory"]
 
 # The metrics tested (PAIRED_METRICS: metrics.json key -> label, fractions in [0, 1]) are paired_metrics.py's.
 METRIC_LABELS: dict[str, str] = {**METRICS, **PAIRED_METRICS}
@@ -510,9 +510,17 @@ def answer_pair(runs_frame: pd.DataFrame, pair: tuple[str, str], dataset: str, g
     """One pair, dataset, group and metric answered: labels, inference.answer_columns and the unfinished flags."""
     frame = runs_frame[runs_frame["dataset"] == dataset]
     answers = compare_arms(frame, pair[0], pair[1], metric, ARM, categories)
-    members = frame[frame["backbone"].isin(pair) & frame["category"].isin(list(answers.differences.index))]
-    return {"pair": pair_label(pair), "group": group, "metric": metric, "dataset": dataset,
-            **answer_columns(answers), "flags": unfinished_flags(members)}
+    return answer_row(frame, pair, answers, (pair_label(pair), group, metric, dataset))
+
+
+def answer_row(frame: pd.DataFrame, arms: Iterable[str], answers: Answers,
+               labels: tuple[str, str, str, str]) -> dict[str, Any]:
+    """A primary or aggregate table row: labels (pair, group, metric, dataset), inference.answer_columns and the
+    unfinished flags of the arms' runs in the answered categories (shared by pair and interaction questions)."""
+    members = frame[frame[ARM].isin(list(arms)) & frame["category"].isin(list(answers.differences.index))]
+    label, group, metric, dataset = labels
+    return {"pair": label, "group": group, "metric": metric, "dataset": dataset, **answer_columns(answers),
+            "flags": unfinished_flags(members)}
 
 
 def aggregate_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:

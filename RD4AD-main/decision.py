@@ -29,7 +29,7 @@ import pandas as pd
 from comparison import (ALPHA, DEFAULT_PRIMARY_METRICS, OVERALL, PAIRED_METRICS, POWER, answer_pair, group_members,
                         pair_cells, pair_label, parse_pairs, read_config_json, read_pairs_config)
 from errors import RDError
-from inference import ANSWER_COLUMNS, BASES, family_table
+from inference import BASES, family_table
 from interaction import INTERACTION, INTERACTION_KEYS, InteractionQuestion, answer_interaction, interaction_cells, \
     parse_interaction
 from planning import components_from_cells, detectable
@@ -187,8 +187,7 @@ def primary_tests(runs_frame: pd.DataFrame, questions: list[Question], claim_bas
     rows = [_answer_row(runs_frame, question, dataset, group, categories)
             for question in questions for dataset, group, categories in group_members(runs_frame)
             if group == question.group]
-    columns = ["pair", "metric", "group", "dataset", *ANSWER_COLUMNS, "flags"]
-    frame = family_table([{key: row[key] for key in columns} for row in rows], claim_basis, ALPHA)
+    frame = family_table(rows, claim_basis, ALPHA)
     return frame.reindex(columns=PRIMARY_COLUMNS) if len(frame) else pd.DataFrame(columns=PRIMARY_COLUMNS)
 
 

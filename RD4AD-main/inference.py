@@ -32,7 +32,7 @@ from scipy import stats
 from errors import RDError
 from significance import SignedRankResult, holm, signed_rank_test
 
-__all__ = ["ALPHA", "ANSWER_COLUMNS", "BASES", "CELL_COLUMNS", "CONFIDENCE", "SE_FLOOR", "Answer", "Answers", "TArrays",
+__all__ = ["ALPHA", "BASES", "CELL_COLUMNS", "CONFIDENCE", "SE_FLOOR", "Answer", "Answers", "TArrays",
            "answer_cells", "answer_columns", "cell_matrix", "category_intervals", "check_cells", "compare_arms",
            "contrast_cells", "family_table", "fixed_arrays", "new_arrays", "paired_cells", "paired_units",
            "question_table", "t_answer", "unit_cells"]
@@ -42,11 +42,6 @@ CONFIDENCE = 1.0 - ALPHA
 # basis -> what its answer generalises to (the report's wording)
 BASES = {"fixed-categories": "on these categories", "new-categories": "to new categories"}
 CELL_COLUMNS = ["category", "seed", "difference"]
-# The numeric columns of one answered question (answer_columns), in table order.
-ANSWER_COLUMNS = ["n_categories", "n_cells", "seeds", "mean_diff", "ci_low_fixed", "ci_high_fixed", "p_fixed",
-                  "df_fixed", "ci_low_new", "ci_high_new", "p_new", "df_new", "p_signed_rank",
-                  "min_reachable_p_signed_rank", "signed_rank_method", "wins_a", "wins_b", "seed_counts", "excluded",
-                  "note_fixed", "note_new", "note"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,7 +379,7 @@ def contrast_cells(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
 # a family of questions
 # ----------------------------------------------------------------------------------------------------
 def answer_columns(answers: Answers) -> dict[str, object]:
-    """One answered question as a table row (ANSWER_COLUMNS)."""
+    """One answered question as a table row: counts, both answers, the signed-rank check, wins and notes."""
     fixed, new, check = answers.fixed, answers.new, answers.signed_rank
     wins_a, wins_b = answers.wins
     notes = [note for note in dict.fromkeys((fixed.note, new.note)) if note]  # one note once
