@@ -20,7 +20,7 @@ import pandas as pd
 from backbone_facts import ARM_SEPARATOR, METHODS, arm_label, method_label, split_arm
 from comparison import ARM, OVERALL, answer_row, pair_label
 from errors import RDError
-from inference import Answers, answer_cells, contrast_cells, paired_cells
+from inference import Answers, answer_cells, contrast_cells, paired_cells, seed_list_text
 
 __all__ = ["INTERACTION", "INTERACTION_KEYS", "InteractionQuestion", "answer_interaction", "compare_interaction",
            "interaction_cells", "interaction_parts", "is_interaction", "label_arms", "parse_interaction",
@@ -114,7 +114,7 @@ def interaction_parts(label: str) -> tuple[tuple[str, str], tuple[str, str]]:
 # cells and answers
 # ----------------------------------------------------------------------------------------------------
 def _seeds_text(cells: pd.DataFrame, category: str) -> str:
-    return ", ".join(map(str, sorted(cells.loc[cells["category"] == category, "seed"]))) or "none"
+    return seed_list_text(cells.loc[cells["category"] == category, "seed"])
 
 
 def interaction_cells(runs: pd.DataFrame, question: InteractionQuestion, categories: list[str] | None = None,
