@@ -27,10 +27,10 @@ from backbone_facts import FAIR_PAIR, backbone_family, registry_order
 from categories import OTHER_GROUP, group_order
 from errors import RDError
 from metrics import AUPRO_LIMITS
-from runs import MAPS_FILE, METRICS, load_aupimo, load_maps, load_scores
+from runs import MAPS_FILE, load_aupimo, load_maps, load_scores
 from inference import ALPHA, CONFIDENCE, Answers, answer_columns, compare_arms, paired_cells
 from inference import category_intervals as cell_intervals
-from paired_metrics import CATEGORY_TESTED, DEFAULT_PRIMARY_METRICS, PAIRED_METRICS, measured_metrics
+from paired_metrics import CATEGORY_TESTED, DEFAULT_PRIMARY_METRICS, METRIC_LABELS, PAIRED_METRICS, measured_metrics
 from resample_metrics import mean_replicates, seg_f1_counts, seg_f1_replicates
 from significance import (PixelStats, aupro_replicates, auroc_replicates, benjamini_hochberg, binned_metrics,
                           bootstrap_p_value, delong_test, percentile_interval, pixel_replicates, pixel_stats,
@@ -44,8 +44,8 @@ __all__ = ["AGGREGATE_COLUMNS", "ALPHA", "ARM", "CONFIDENCE", "CategoryDraws", "
            "read_config_json", "read_pairs_config", "resolve_pairs", "retest_command", "run_index", "run_name",
            "run_resamples", "shared_categories", "unfinished_flags", "with_exploratory"]
 
-# The metrics tested (PAIRED_METRICS: metrics.json key -> label, fractions in [0, 1]) are paired_metrics.py's.
-METRIC_LABELS: dict[str, str] = {**METRICS, **PAIRED_METRICS}
+# The metrics tested (PAIRED_METRICS: metrics.json key -> label, fractions in [0, 1]) and every metric's label
+# (METRIC_LABELS) are paired_metrics.py's.
 ARM = "backbone"  # the runs table's arm column (inference.py takes arm names as opaque strings)
 POWER = 0.8
 PRIMARY, EXPLORATORY = "primary", "exploratory"  # the two families of tests (decision.py)
@@ -549,8 +549,9 @@ def category_intervals(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -
         for dataset, group, categories in group_members(runs_frame):
             if group == OVERALL:
                 continue
+            frame = runs_frame[runs_frame["dataset"] == dataset]
             for metric in measured[dataset]:
-                cells, _ = pair_cells(runs_frame[runs_frame["dataset"] == dataset], pair, categories, metric)
+                cells, _ = pair_cells(frame, pair, categories, metric)
                 for row in cell_intervals(cells).itertuples():
                     rows.append({"pair": pair_label(pair), "dataset": dataset, "group": group,
                                  "category": row.category, "metric": metric, "n_seeds": row.n_seeds,
