@@ -33,11 +33,11 @@ import scipy
 from scipy import stats
 from tqdm import tqdm
 
-import runs
 import why_calibration
+from atomic_files import atomic_write_text
 from calibration_images import images_suite, images_text
 from calibration_table import (CALIBRATION_COLUMNS, COVERAGE_GATE, POWER_GATE, PROMISED_POWER, SIZE_GATE,
-                               gate_passes)
+                               TIDY_CHECKS, gate_passes, interval_checks, refused_row)
 from documents import markdown_table
 from errors import RDError
 from inference import ALPHA, BASES, answer_cells, fixed_arrays, new_arrays
@@ -51,7 +51,6 @@ __all__ = ["N_QUESTIONS", "N_STUDIES", "SCENARIOS", "SUITES", "SUITE_STUDIES", "
 
 N_QUESTIONS = 3  # the default primary family: the planning table's level is Holm's first step, ALPHA / 3
 N_STUDIES = 20000  # per scenario: the Monte Carlo error of a size or coverage is about 0.0016
-TIDY_CHECKS = 3  # studies per scenario also answered through the tidy path (inference.answer_cells): same numbers
 TIDY_INTERACTION_CHECKS = 1  # the same through the interaction's tidy path (four arms' runs: slower, one suffices)
 PROMISE_DEALS = 64  # deals of seed sds and ceilings the "on these categories" promise averages over
 PROMISE_DRAWS = 32_000  # simulated studies behind that promise (its power's Monte Carlo error about 0.002); fewer
@@ -253,26 +252,18 @@ def _answer_row(answer: str, scenario: Scenario, n_studies: int, rng: np.random.
     null = _answer_arrays(answer, null_cells)
     note = _tidy_note(answer, null_cells, scenario.contrast)
     if np.isnan(null.p_value).all():
-        said = note.startswith("cannot be computed for this design")
-        return {"coverage": np.nan, "size": np.nan, "power": np.nan, "promised_power": np.nan, "passes": said,
-                "note": f"the answer says: {note}"}
+        return refused_row(note)
     alt_cells, truth = _simulate(answer, scenario, n_studies, rng, at if np.isfinite(at) else 0.0)
     alt = _answer_arrays(answer, alt_cells)
-    coverage = float(np.mean((alt.low <= truth) & (truth <= alt.high)))
-    size = float(np.mean(null.p_value < ALPHA))
+    checks = interval_checks(null, alt, truth)
     power = float(np.mean(alt.p_value < level)) if np.isfinite(delta) else np.nan
     promised = PROMISED_POWER if np.isfinite(delta) else np.nan
-    agree = all(np.array_equal(arrays.p_value < ALPHA, (arrays.low > 0) | (arrays.high < 0)) for arrays in (null, alt))
     notes = [f"detectable difference {delta * 100:.2f} points" if np.isfinite(delta) else
              f"no difference reaches {PROMISED_POWER:.0%} power (the categories' spread grows with it); coverage at "
-             f"{at * 100:.2f} points"]
-    uncomputed = float(np.mean(np.isnan(alt.p_value)))
-    if uncomputed:
-        notes.append(f"{uncomputed:.1%} of studies cannot compute the answer (counted as not covering)")
-    if not agree:
-        notes.append("an interval disagrees with its p")
-    return {"coverage": coverage, "size": size, "power": power, "promised_power": promised,
-            "passes": agree and gate_passes(coverage, size, power, promised), "note": "; ".join(notes)}
+             f"{at * 100:.2f} points", *checks.notes]
+    return {"coverage": checks.coverage, "size": checks.size, "power": power, "promised_power": promised,
+            "passes": checks.agree and gate_passes(checks.coverage, checks.size, power, promised),
+            "note": "; ".join(notes)}
 
 
 def scenario_rows(scenario: Scenario, n_studies: int, seed: int) -> list[dict]:
@@ -403,6 +394,6 @@ def run(args: argparse.Namespace) -> int:
     text = calibration_markdown(table, command.strip(), seconds)
     print(_display(table).to_string(index=False))
     print(f"{int(table['passes'].sum())} of {len(table)} rows pass ({_worst(table)}); {seconds:.0f} s")
-    runs.atomic_write_text(Path(args.out), text)
+    atomic_write_text(Path(args.out), text)
     print(f"wrote {args.out}")
     return 0 if table["passes"].all() else 1

@@ -9,9 +9,9 @@ import pandas as pd
 from scipy import stats
 from tqdm import tqdm
 
-from calibration_table import CALIBRATION_COLUMNS, gate_passes
+from calibration_table import CALIBRATION_COLUMNS, TIDY_CHECKS, gate_passes, interval_checks, refused_row
 from image_inference import image_answers, over_categories_arrays, per_category_arrays
-from inference import ALPHA, TArrays
+from inference import TArrays
 from significance import seeded_rng
 
 __all__ = ["COVERAGE_DELTA", "IMAGE_SCENARIOS", "OVER_CATEGORIES", "PER_CATEGORY", "ImageScenario", "images_suite",
@@ -20,7 +20,6 @@ __all__ = ["COVERAGE_DELTA", "IMAGE_SCENARIOS", "OVER_CATEGORIES", "PER_CATEGORY
 PER_CATEGORY = "per category (these trainings, new images)"
 OVER_CATEGORIES = "over categories (new images and trainings)"
 COVERAGE_DELTA = 0.05  # the difference between the arms' latent levels in the studies that measure coverage
-TIDY_CHECKS = 3  # studies per scenario also answered through the tidy path (image_answers): the same numbers
 SIZE_SOLVE_STEPS = 60  # bisection steps that put a per-category study's truth at 0 (interval 2^-60 of [-1, 1])
 
 
@@ -175,13 +174,10 @@ def _row(scenario: ImageScenario, n_studies: int, seed: int) -> dict:
             "n_categories": scenario.n_categories, "n_seeds": scenario.n_seeds, "studies": n_studies,
             "power": np.nan, "promised_power": np.nan}
     if null is None or np.isnan(null.p_value).all():
-        return {**base, "coverage": np.nan, "size": np.nan,
-                "passes": note.startswith("cannot be computed for this design"), "note": f"the answer says: {note}"}
+        return {**base, **refused_row(note)}
     alt_tables, truths = simulate_images(scenario, n_studies, rng, COVERAGE_DELTA)
     alt, truth = _arrays(scenario, alt_tables), _truth(scenario, truths)
-    coverage = float(np.mean((alt.low <= truth) & (truth <= alt.high)))
-    size = float(np.mean(null.p_value < ALPHA))
-    agree = all(np.array_equal(arrays.p_value < ALPHA, (arrays.low > 0) | (arrays.high < 0)) for arrays in (null, alt))
+    checks = interval_checks(null, alt, truth)
     ties = float(np.mean(np.concatenate([table.ravel() for table in alt_tables]) == 0))
     notes = [f"{sizes.min()}-{sizes.max()} images per category" if sizes.min() != sizes.max() else
              f"{sizes[0]} images", f"{ties:.0%} of the differences tied at 0",
@@ -189,13 +185,9 @@ def _row(scenario: ImageScenario, n_studies: int, seed: int) -> dict:
     left_out = int((~_usable(scenario)).sum()) if scenario.answer == OVER_CATEGORIES else 0
     if left_out:
         notes.append(f"{left_out} single-seed categor{'y' if left_out == 1 else 'ies'} left out, as the answer names")
-    uncomputed = float(np.mean(np.isnan(alt.p_value)))
-    if uncomputed:
-        notes.append(f"{uncomputed:.1%} of studies cannot compute the answer (counted as not covering)")
-    if not agree:
-        notes.append("an interval disagrees with its p")
-    return {**base, "coverage": coverage, "size": size, "passes": agree and gate_passes(coverage, size, np.nan, np.nan),
-            "note": "; ".join(notes)}
+    passes = checks.agree and gate_passes(checks.coverage, checks.size, np.nan, np.nan)
+    return {**base, "coverage": checks.coverage, "size": checks.size, "passes": passes,
+            "note": "; ".join([*notes, *checks.notes])}
 
 
 def images_text() -> str:

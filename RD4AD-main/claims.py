@@ -39,9 +39,10 @@ def _head(row: Any, multi: bool, family: str) -> str:
     return f"**{_group_label(row, multi)}**, {PAIRED_METRICS[row.metric]}, {a} − {b} ({family})"
 
 
-def _difference(row: Any) -> str:
+def _difference(row: Any, what: str = "mean difference") -> str:
+    """The mean difference (``what``: an interaction's is a difference of differences) over categories × seeds."""
     seeds = str(row.seeds)
-    return (f"mean difference {row.mean_diff * 100:+.2f} points over {count_text(row.n_categories, 'category')} × "
+    return (f"{what} {row.mean_diff * 100:+.2f} points over {count_text(row.n_categories, 'category')} × "
             f"{seeds} seed{'' if seeds == '1' else 's'}")
 
 
@@ -62,13 +63,18 @@ def _check(row: Any) -> str:
             f"{format_p(row.min_reachable_p_signed_rank)})")
 
 
+def _tally(row: Any, a_side: str, b_side: str) -> str:
+    """How many categories favour each side, then the ties, out of all categories (a pair's and an interaction's)."""
+    ties = row.n_categories - row.wins_a - row.wins_b
+    total = count_text(row.n_categories, "category")
+    return f"{a_side} in {row.wins_a}, {b_side} in {row.wins_b}" + (
+        f", tied in {ties} of {total}" if ties else f" of {total}")
+
+
 def _wins(row: Any) -> str:
     """The categories on each side, and a warning when the mean and the majority of categories disagree."""
     a, b = row.pair.split(" vs ")
-    ties = row.n_categories - row.wins_a - row.wins_b
-    total = count_text(row.n_categories, "category")
-    text = f"{a} higher in {row.wins_a}, {b} higher in {row.wins_b}" + (
-        f", tied in {ties} of {total}" if ties else f" of {total}")
+    text = _tally(row, f"{a} higher", f"{b} higher")
     mean_side = a if row.mean_diff > 0 else b if row.mean_diff < 0 else None
     most_side = a if row.wins_a > row.wins_b else b if row.wins_b > row.wins_a else None
     if mean_side and most_side and mean_side != most_side:
@@ -94,9 +100,10 @@ def _verdict(row: Any, direction: str) -> str:
     return f"significant ({direction})" if row.significant else "not significant"
 
 
-def _answers(row: Any) -> str:
-    fixed = _answer(row, "fixed", "Holm", row.p_fixed_holm)
-    new = _answer(row, "new", "Holm", row.p_new_holm)
+def _answers(row: Any, correction: str = "Holm") -> str:
+    """Both answers, each with its p adjusted by ``correction`` (Holm: primary, BH: exploratory), and the check."""
+    fixed = _answer(row, "fixed", correction, getattr(row, f"p_fixed_{correction.lower()}"))
+    new = _answer(row, "new", correction, getattr(row, f"p_new_{correction.lower()}"))
     return f"on these categories: {fixed}; to new categories: {new}; {_check(row)}"
 
 
@@ -126,17 +133,12 @@ def interaction_sentence(row: Any, multi: bool = False) -> str:
     larger = lambda method: f"{a} − {b} larger under {method}"  # noqa: E731
     mean_side = first if row.mean_diff > 0 else second
     verdict = _verdict(row, f"{larger(mean_side)} than under {second if mean_side == first else first} on average")
-    ties = row.n_categories - row.wins_a - row.wins_b
-    total = count_text(row.n_categories, "category")
-    wins = f"{larger(first)} in {row.wins_a}, under {second} in {row.wins_b}" + (
-        f", tied in {ties} of {total}" if ties else f" of {total}")
+    wins = _tally(row, larger(first), f"under {second}")
     most_side = first if row.wins_a > row.wins_b else second if row.wins_b > row.wins_a else None
     if row.mean_diff and most_side and most_side != mean_side:
         wins += f"; the mean says larger under {mean_side}, most categories say under {most_side}"
-    seeds = str(row.seeds)
-    return (f"{head}: mean difference of differences {row.mean_diff * 100:+.2f} points over {total} × {seeds} "
-            f"seed{'' if seeds == '1' else 's'}; {_answers(row)}. On the claim basis ({CLAIM_BASES[row.claim_basis]}): "
-            f"{verdict}; {wins}.")
+    return (f"{head}: {_difference(row, 'mean difference of differences')}; {_answers(row)}. On the claim basis "
+            f"({CLAIM_BASES[row.claim_basis]}): {verdict}; {wins}.")
 
 
 def primary_console_line(row: Any) -> str:
@@ -154,10 +156,7 @@ def aggregate_sentence(row: Any, multi: bool = False) -> str:
     head = _head(row, multi, "exploratory")
     if pd.isna(row.mean_diff):
         return f"{head}: not averaged ({row.note})."
-    fixed = _answer(row, "fixed", "BH", row.p_fixed_bh)
-    new = _answer(row, "new", "BH", row.p_new_bh)
-    return f"{head}: {_difference(row)}; on these categories: {fixed}; to new categories: {new}; {_check(row)}; " \
-           f"{_wins(row)}"
+    return f"{head}: {_difference(row)}; {_answers(row, 'BH')}; {_wins(row)}"
 
 
 def category_test_sentence(row: Any) -> str:

@@ -26,25 +26,26 @@ from tqdm import tqdm
 from backbone_facts import FAIR_PAIR, backbone_family, registry_order
 from categories import OTHER_GROUP, group_order
 from errors import RDError
-from runs import MAPS_FILE, METRICS, load_aupimo, load_maps, load_scores
-from inference import ALPHA, CONFIDENCE, answer_columns, compare_arms, paired_cells
+from metrics import AUPRO_LIMITS
+from runs import MAPS_FILE, load_aupimo, load_maps, load_scores
+from inference import ALPHA, CONFIDENCE, Answers, answer_columns, compare_arms, paired_cells
 from inference import category_intervals as cell_intervals
-from paired_metrics import CATEGORY_TESTED, DEFAULT_PRIMARY_METRICS, PAIRED_METRICS, measured_metrics
+from paired_metrics import CATEGORY_TESTED, DEFAULT_PRIMARY_METRICS, METRIC_LABELS, PAIRED_METRICS, measured_metrics
 from resample_metrics import mean_replicates, seg_f1_counts, seg_f1_replicates
-from significance import (PixelStats, auroc_replicates, benjamini_hochberg, binned_metrics, bootstrap_p_value,
-                          delong_test, percentile_interval, pixel_replicates, pixel_stats, seeded_rng,
-                          stratified_multiplicities)
+from significance import (PixelStats, aupro_replicates, auroc_replicates, benjamini_hochberg, binned_metrics,
+                          bootstrap_p_value, delong_test, percentile_interval, pixel_replicates, pixel_stats,
+                          seeded_rng, stratified_multiplicities)
 
 __all__ = ["AGGREGATE_COLUMNS", "ALPHA", "ARM", "CONFIDENCE", "CategoryDraws", "Comparison", "DEFAULT_PRIMARY_METRICS",
            "EXPLORATORY", "LOW_FPR_LIMIT", "METRIC_LABELS", "NOT_AVAILABLE", "N_BOOT", "OVERALL", "PAIRED_METRICS",
            "PER_IMAGE", "POWER", "PRIMARY", "RunResamples", "TEST_COLUMNS", "aggregate_tests", "answer_pair",
-           "backbone_family", "category_intervals", "compare_runs", "compute_resamples", "epoch_text", "group_members",
-           "pair_cells", "pair_label", "parse_pairs", "per_category_tests", "per_defect_stats", "read_config_json",
-           "read_pairs_config", "resolve_pairs", "retest_command", "run_index", "run_name", "run_resamples",
-           "shared_categories", "unfinished_flags", "with_exploratory"]
+           "answer_row", "backbone_family", "category_intervals", "compare_runs", "compute_resamples", "epoch_text",
+           "group_members", "pair_cells", "pair_label", "parse_pairs", "per_category_tests", "per_defect_stats",
+           "read_config_json", "read_pairs_config", "resolve_pairs", "retest_command", "run_index", "run_name",
+           "run_resamples", "shared_categories", "unfinished_flags", "with_exploratory"]
 
-# The metrics tested (PAIRED_METRICS: metrics.json key -> label, fractions in [0, 1]) are paired_metrics.py's.
-METRIC_LABELS: dict[str, str] = {**METRICS, **PAIRED_METRICS}
+# The metrics tested (PAIRED_METRICS: metrics.json key -> label, fractions in [0, 1]) and every metric's label
+# (METRIC_LABELS) are paired_metrics.py's.
 ARM = "backbone"  # the runs table's arm column (inference.py takes arm names as opaque strings)
 POWER = 0.8
 PRIMARY, EXPLORATORY = "primary", "exploratory"  # the two families of tests (decision.py)
@@ -54,7 +55,7 @@ PRIMARY, EXPLORATORY = "primary", "exploratory"  # the two families of tests (de
 # with 2000 on the 2-core CPU (benchmarks/compare_benchmark.py).
 N_BOOT = 2000
 MIN_PER_CLASS = 2  # DeLong needs at least two defective and two normal images
-LOW_FPR_LIMIT = 0.05  # aupro_5pct's limit (metrics.AUPRO_LIMITS)
+LOW_FPR_LIMIT = AUPRO_LIMITS[1]  # aupro_5pct's limit (0.05: the low-false-alarm one that `test` reports)
 PIXEL_KEYS = ("pixel_auroc", "aupro", "aupro_5pct", "seg_f1")  # resampled from maps.npz
 NOT_AVAILABLE = "n/a"
 OVERALL = "overall"
@@ -294,8 +295,8 @@ def run_resamples(run: pd.Series, draws: CategoryDraws) -> RunResamples:
     with np.errstate(divide="ignore", invalid="ignore"):
         full_auroc, full_aupro, result.pro_curve = binned_metrics(stats)
         result.replicates["pixel_auroc"], result.replicates["aupro"] = pixel_replicates(stats, draws.weights)
-        _, result.replicates["aupro_5pct"] = pixel_replicates(stats, draws.weights, LOW_FPR_LIMIT)
-        result.values["aupro_5pct"] = binned_metrics(stats, LOW_FPR_LIMIT)[1]
+        result.replicates["aupro_5pct"] = aupro_replicates(stats, draws.weights, LOW_FPR_LIMIT)
+        result.values["aupro_5pct"] = float(aupro_replicates(stats, np.ones((1, len(stats.normal))), LOW_FPR_LIMIT)[0])
         result.replicates["seg_f1"] = seg_f1_replicates(counts, draws.weights)
         result.values["seg_f1"] = float(seg_f1_replicates(counts, np.ones((1, len(counts))))[0])
         subsets = _defect_subsets(draws)
@@ -509,9 +510,17 @@ def answer_pair(runs_frame: pd.DataFrame, pair: tuple[str, str], dataset: str, g
     """One pair, dataset, group and metric answered: labels, inference.answer_columns and the unfinished flags."""
     frame = runs_frame[runs_frame["dataset"] == dataset]
     answers = compare_arms(frame, pair[0], pair[1], metric, ARM, categories)
-    members = frame[frame["backbone"].isin(pair) & frame["category"].isin(list(answers.differences.index))]
-    return {"pair": pair_label(pair), "group": group, "metric": metric, "dataset": dataset,
-            **answer_columns(answers), "flags": unfinished_flags(members)}
+    return answer_row(frame, pair, answers, (pair_label(pair), group, metric, dataset))
+
+
+def answer_row(frame: pd.DataFrame, arms: Iterable[str], answers: Answers,
+               labels: tuple[str, str, str, str]) -> dict[str, Any]:
+    """A primary or aggregate table row: labels (pair, group, metric, dataset), inference.answer_columns and the
+    unfinished flags of the arms' runs in the answered categories (shared by pair and interaction questions)."""
+    members = frame[frame[ARM].isin(list(arms)) & frame["category"].isin(list(answers.differences.index))]
+    label, group, metric, dataset = labels
+    return {"pair": label, "group": group, "metric": metric, "dataset": dataset, **answer_columns(answers),
+            "flags": unfinished_flags(members)}
 
 
 def aggregate_tests(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
@@ -540,8 +549,9 @@ def category_intervals(runs_frame: pd.DataFrame, pairs: list[tuple[str, str]]) -
         for dataset, group, categories in group_members(runs_frame):
             if group == OVERALL:
                 continue
+            frame = runs_frame[runs_frame["dataset"] == dataset]
             for metric in measured[dataset]:
-                cells, _ = pair_cells(runs_frame[runs_frame["dataset"] == dataset], pair, categories, metric)
+                cells, _ = pair_cells(frame, pair, categories, metric)
                 for row in cell_intervals(cells).itertuples():
                     rows.append({"pair": pair_label(pair), "dataset": dataset, "group": group,
                                  "category": row.category, "metric": metric, "n_seeds": row.n_seeds,

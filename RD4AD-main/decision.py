@@ -29,15 +29,16 @@ import pandas as pd
 from comparison import (ALPHA, DEFAULT_PRIMARY_METRICS, OVERALL, PAIRED_METRICS, POWER, answer_pair, group_members,
                         pair_cells, pair_label, parse_pairs, read_config_json, read_pairs_config)
 from errors import RDError
-from inference import ANSWER_COLUMNS, BASES, family_table
+from inference import BASES, family_table
 from interaction import INTERACTION, INTERACTION_KEYS, InteractionQuestion, answer_interaction, interaction_cells, \
     parse_interaction
 from planning import components_from_cells, detectable
+from report_tables import count_text
 from significance import seeded_rng
 
-__all__ = ["CLAIM_BASES", "DEFAULT_CLAIM_BASIS", "Decision", "PLANNED_SEEDS", "PLANNING_COLUMNS", "PRIMARY_COLUMNS",
-           "PrimaryQuestion", "StudyPlan", "check_primary", "decide", "default_primary", "parse_claim_basis",
-           "parse_primary", "planning_rows", "planning_table", "primary_tests", "read_study_plan"]
+__all__ = ["CLAIM_BASES", "DEFAULT_CLAIM_BASIS", "DETECTABLE_COLUMNS", "Decision", "PLANNED_SEEDS", "PLANNING_COLUMNS",
+           "PRIMARY_COLUMNS", "PrimaryQuestion", "StudyPlan", "check_primary", "decide", "default_primary",
+           "parse_claim_basis", "parse_primary", "planning_rows", "planning_table", "primary_tests", "read_study_plan"]
 __all__ += ["InteractionQuestion", "Question"]  # a primary question may be an interaction (interaction.py)
 
 # claim_basis value -> what the answer generalises to (the report's wording)
@@ -49,9 +50,10 @@ PRIMARY_COLUMNS = ["pair", "metric", "group", "n_categories", "n_cells", "seeds"
                    "claim_basis", "significant", "p_signed_rank", "min_reachable_p_signed_rank", "wins_a", "wins_b",
                    "dataset", "df_fixed", "df_new", "signed_rank_method", "seed_counts", "excluded", "note_fixed",
                    "note_new", "note", "flags"]
+# seeds per category -> the planning table's column of the difference detectable with them
+DETECTABLE_COLUMNS = {s: "detectable_" + count_text(s, "seed").replace(" ", "_") for s in PLANNED_SEEDS}
 PLANNING_COLUMNS = ["pair", "dataset", "group", "metric", "n_categories", "seeds", "observed_diff", "answer",
-                    "seed_sd", "category_sd", *(f"detectable_{s}_seed{'s' if s > 1 else ''}" for s in PLANNED_SEEDS),
-                    "note"]
+                    "seed_sd", "category_sd", *DETECTABLE_COLUMNS.values(), "note"]
 QUESTION_KEYS = {"pair", "metric", "group"}
 
 
@@ -187,13 +189,8 @@ def primary_tests(runs_frame: pd.DataFrame, questions: list[Question], claim_bas
     rows = [_answer_row(runs_frame, question, dataset, group, categories)
             for question in questions for dataset, group, categories in group_members(runs_frame)
             if group == question.group]
-    columns = ["pair", "metric", "group", "dataset", *ANSWER_COLUMNS, "flags"]
-    frame = family_table([{key: row[key] for key in columns} for row in rows], claim_basis, ALPHA)
+    frame = family_table(rows, claim_basis, ALPHA)
     return frame.reindex(columns=PRIMARY_COLUMNS) if len(frame) else pd.DataFrame(columns=PRIMARY_COLUMNS)
-
-
-def _seed_word(seeds: int) -> str:
-    return f"{seeds} seed{'s' if seeds > 1 else ''}"
 
 
 def planning_rows(cells: pd.DataFrame, n_questions: int, key: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -203,11 +200,11 @@ def planning_rows(cells: pd.DataFrame, n_questions: int, key: tuple[str, ...]) -
     components = components_from_cells(cells)
     alpha = ALPHA / n_questions
     seed_sd = math.sqrt(float(np.mean(components.seed_var))) if components.seed_known else np.nan
+    category_sd = math.sqrt(components.category_var) if np.isfinite(components.category_var) else np.nan
     rows = []
     for answer, label in BASES.items():
-        values = {f"detectable_{_seed_word(s).replace(' ', '_')}":
-                  detectable(answer, components, s, alpha, POWER, seeded_rng("planning", *key, answer, s))
-                  for s in PLANNED_SEEDS}
+        values = {column: detectable(answer, components, s, alpha, POWER, seeded_rng("planning", *key, answer, s))
+                  for s, column in DETECTABLE_COLUMNS.items()}
         notes = []
         if answer == "fixed-categories":
             notes.append("1 seed: cannot be computed (no seed-to-seed variance)")
@@ -215,7 +212,6 @@ def planning_rows(cells: pd.DataFrame, n_questions: int, key: tuple[str, ...]) -
             notes.append("seed-to-seed variance unknown (one seed per category here)")
         if components.n_categories < 2 and answer == "new-categories":
             notes.append("fewer than 2 categories: cannot be computed")
-        category_sd = math.sqrt(components.category_var) if np.isfinite(components.category_var) else np.nan
         rows.append({"answer": label, "seed_sd": seed_sd,
                      "category_sd": category_sd if answer == "new-categories" else np.nan, **values,
                      "note": "; ".join(notes)})

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from errors import RDError
-from inference import CONFIDENCE, TArrays, new_arrays, t_answer
+from inference import CONFIDENCE, TArrays, new_arrays, seed_range_text, t_answer
 
 __all__ = ["IMAGE_ANSWER_COLUMNS", "OVERALL_ROW", "CrossedParts", "crossed_parts", "crossed_tables", "image_answers",
            "over_categories_arrays", "per_category_arrays"]
@@ -108,13 +108,6 @@ def per_category_arrays(differences: np.ndarray, confidence: float = CONFIDENCE)
 # ----------------------------------------------------------------------------------------------------
 # a tidy table of per-image differences
 # ----------------------------------------------------------------------------------------------------
-def _seeds_text(counts: list[int]) -> str:
-    if not counts:
-        return "0"
-    low, high = min(counts), max(counts)
-    return str(low) if low == high else f"{low}-{high}"
-
-
 def crossed_tables(units: pd.DataFrame) -> dict[str, tuple[np.ndarray, str]]:
     """Per category: its (n images, S seeds) table of differences, over the images present in every seed of that
     category (sorted by unit and seed), and a note naming the images left out because some seed lacks them."""
@@ -184,7 +177,7 @@ def image_answers(units: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.Dat
     notes = ["left out: " + "; ".join(f"{', '.join(cs)} ({why})" for why, cs in reasons.items())] if left_out else []
     if usable:
         arrays = over_categories_arrays([table[None] for table in usable], confidence)
-        overall = _row(OVERALL_ROW, len(usable), _seeds_text([t.shape[1] for t in usable]), usable, arrays, "",
+        overall = _row(OVERALL_ROW, len(usable), seed_range_text([t.shape[1] for t in usable]), usable, arrays, "",
                        "the differences")
     else:
         overall = _row(OVERALL_ROW, 0, "0", [], None, "cannot be computed for this design: no category has two "

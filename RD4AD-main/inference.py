@@ -22,7 +22,7 @@ majority's direction; it has no interval and decides nothing. calibration.py che
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import numpy as np
@@ -32,21 +32,17 @@ from scipy import stats
 from errors import RDError
 from significance import SignedRankResult, holm, signed_rank_test
 
-__all__ = ["ALPHA", "ANSWER_COLUMNS", "BASES", "CELL_COLUMNS", "CONFIDENCE", "SE_FLOOR", "Answer", "Answers", "TArrays",
+__all__ = ["ALPHA", "BASES", "CELL_COLUMNS", "CONFIDENCE", "SE_FLOOR", "Answer", "Answers", "TArrays",
            "answer_cells", "answer_columns", "cell_matrix", "category_intervals", "check_cells", "compare_arms",
            "contrast_cells", "family_table", "fixed_arrays", "new_arrays", "paired_cells", "paired_units",
-           "question_table", "t_answer", "unit_cells"]
+           "question_table", "seed_list_text", "seed_range_text", "t_answer", "t_quantiles",
+           "unit_cells"]
 
 ALPHA = 0.05  # the level of every test; intervals are at 1 - ALPHA
 CONFIDENCE = 1.0 - ALPHA
 # basis -> what its answer generalises to (the report's wording)
 BASES = {"fixed-categories": "on these categories", "new-categories": "to new categories"}
 CELL_COLUMNS = ["category", "seed", "difference"]
-# The numeric columns of one answered question (answer_columns), in table order.
-ANSWER_COLUMNS = ["n_categories", "n_cells", "seeds", "mean_diff", "ci_low_fixed", "ci_high_fixed", "p_fixed",
-                  "df_fixed", "ci_low_new", "ci_high_new", "p_new", "df_new", "p_signed_rank",
-                  "min_reachable_p_signed_rank", "signed_rank_method", "wins_a", "wins_b", "seed_counts", "excluded",
-                  "note_fixed", "note_new", "note"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -71,6 +67,13 @@ class TArrays:
 SE_FLOOR = 1e-12
 
 
+def t_quantiles(df: np.ndarray, probability: float) -> np.ndarray:
+    """Student's t quantile at ``probability`` for each of ``df`` (its shape), computed once per distinct df: a batch
+    of simulated studies has few distinct df (C − 1: just one), and the quantile is the costly part."""
+    distinct, inverse = np.unique(df, return_inverse=True)
+    return stats.t.ppf(probability, distinct)[inverse.reshape(np.shape(df))]
+
+
 def t_answer(estimate: np.ndarray, se: np.ndarray, df: np.ndarray, computable: np.ndarray, confidence: float,
              scale: np.ndarray) -> TArrays:
     """t = estimate / se on ``df`` degrees of freedom: p and the interval from the one statistic; not computable
@@ -79,8 +82,7 @@ def t_answer(estimate: np.ndarray, se: np.ndarray, df: np.ndarray, computable: n
     safe_se, safe_df = np.where(ok, se, 1.0), np.where(ok, df, 1.0)
     statistic = estimate / safe_se
     p_value = 2.0 * stats.t.sf(np.abs(statistic), safe_df)
-    distinct, inverse = np.unique(safe_df, return_inverse=True)  # one quantile per distinct df (C - 1: just one)
-    half = stats.t.ppf(0.5 + confidence / 2.0, distinct)[inverse.reshape(np.shape(safe_df))] * safe_se
+    half = t_quantiles(safe_df, 0.5 + confidence / 2.0) * safe_se
     nan = np.full(np.shape(estimate), np.nan)
     pick = lambda values: np.where(ok, values, nan)  # noqa: E731
     return TArrays(np.asarray(estimate, dtype=np.float64), pick(se), pick(df), pick(statistic), pick(p_value),
@@ -99,8 +101,9 @@ def fixed_arrays(cells: np.ndarray, confidence: float = CONFIDENCE) -> TArrays:
         raise ValueError("every category needs at least one cell")
     # Deviations from the category's first cell: equal cells give exactly 0 (a mean would leave rounding noise).
     shifted = np.where(present, cells - cells[..., :1], 0.0)
-    means = cells[..., 0] + shifted.sum(axis=-1) / n
-    centred = np.where(present, shifted - (shifted.sum(axis=-1) / n)[..., None], 0.0)
+    mean_shift = shifted.sum(axis=-1) / n
+    means = cells[..., 0] + mean_shift
+    centred = np.where(present, shifted - mean_shift[..., None], 0.0)
     ss = (centred ** 2).sum(axis=-1)
     multi = n >= 2
     df_pool = (n - 1).sum(axis=-1)
@@ -213,10 +216,7 @@ class Answers:
 
     def seeds_text(self) -> str:
         """"3", or "2-4" when categories have different seed counts."""
-        if self.seeds.empty:
-            return "0"
-        low, high = int(self.seeds.min()), int(self.seeds.max())
-        return str(low) if low == high else f"{low}-{high}"
+        return seed_range_text(self.seeds)
 
     def seed_counts_text(self) -> str:
         """The seed count of every category that differs from the most common one: "bottle 4; the others 3"."""
@@ -231,7 +231,7 @@ def _answer(basis: str, arrays: TArrays, confidence: float, note: str) -> Answer
     value = lambda array: float(np.asarray(array).reshape(-1)[0])  # noqa: E731
     answer = Answer(basis, value(arrays.estimate), value(arrays.low), value(arrays.high), value(arrays.p_value),
                     value(arrays.statistic), value(arrays.df), value(arrays.se), confidence)
-    return answer if answer.computed else Answer(**{**answer.__dict__, "note": note})
+    return answer if answer.computed else replace(answer, note=note)
 
 
 def _fixed_note(seeds: pd.Series, matrix: np.ndarray) -> str:
@@ -264,9 +264,8 @@ def answer_cells(cells: pd.DataFrame, confidence: float = CONFIDENCE, excluded: 
     if not categories:
         empty = Answer("", np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, confidence,
                        "not averaged: no category has a cell of both arms")
-        return Answers(Answer(**{**empty.__dict__, "basis": "fixed-categories"}),
-                       Answer(**{**empty.__dict__, "basis": "new-categories"}), signed_rank_test([]), differences,
-                       seeds, **notes)
+        return Answers(replace(empty, basis="fixed-categories"), replace(empty, basis="new-categories"),
+                       signed_rank_test([]), differences, seeds, **notes)
     fixed = _answer("fixed-categories", fixed_arrays(matrix[None], confidence), confidence,
                     _fixed_note(seeds, matrix))
     new = _answer("new-categories", new_arrays(differences.to_numpy()[None], confidence), confidence,
@@ -296,8 +295,18 @@ def _require_columns(frame: pd.DataFrame, columns: Iterable[str], source: str) -
                       f"(columns: {', '.join(map(str, frame.columns))})")
 
 
-def _seeds_text(seeds: Iterable) -> str:
+def seed_list_text(seeds: Iterable) -> str:
+    """The seeds in order, "0, 1, 2", or "none": how a note names the seeds an arm (or a pair) ran."""
     return ", ".join(map(str, sorted(seeds))) or "none"
+
+
+def seed_range_text(counts: Iterable[int]) -> str:
+    """The categories' seed counts as "3", or "2-4" when they differ ("0" without any)."""
+    counts = [int(count) for count in counts]
+    if not counts:
+        return "0"
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def paired_cells(runs: pd.DataFrame, a: str, b: str, metric: str, arm: str = "arm",
@@ -325,7 +334,7 @@ def paired_cells(runs: pd.DataFrame, a: str, b: str, metric: str, arm: str = "ar
         both = sorted(measured[0] & measured[1])
         rows += [(category, seed, runs_of[0][seed] - runs_of[1][seed]) for seed in both]
         if both:
-            alone = [f"{name} seed {_seeds_text(found - measured[1 - i])}" for i, (name, found)
+            alone = [f"{name} seed {seed_list_text(found - measured[1 - i])}" for i, (name, found)
                      in enumerate(zip((a, b), measured)) if found - measured[1 - i]]
             if alone:
                 unpaired[str(category)] = "; ".join(alone)
@@ -334,8 +343,8 @@ def paired_cells(runs: pd.DataFrame, a: str, b: str, metric: str, arm: str = "ar
         reasons += [f"{metric} not measured for {name}" for name, have, ok in zip((a, b), seeds, measured)
                     if have and not ok]
         if not reasons:
-            reasons = [f"no seed both arms ran ({a}: seeds {_seeds_text(measured[0])}; "
-                       f"{b}: seeds {_seeds_text(measured[1])})"]
+            reasons = [f"no seed both arms ran ({a}: seeds {seed_list_text(measured[0])}; "
+                       f"{b}: seeds {seed_list_text(measured[1])})"]
         excluded[str(category)] = "; ".join(reasons)
     return pd.DataFrame(rows, columns=CELL_COLUMNS), excluded, unpaired
 
@@ -384,7 +393,7 @@ def contrast_cells(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
 # a family of questions
 # ----------------------------------------------------------------------------------------------------
 def answer_columns(answers: Answers) -> dict[str, object]:
-    """One answered question as a table row (ANSWER_COLUMNS)."""
+    """One answered question as a table row: counts, both answers, the signed-rank check, wins and notes."""
     fixed, new, check = answers.fixed, answers.new, answers.signed_rank
     wins_a, wins_b = answers.wins
     notes = [note for note in dict.fromkeys((fixed.note, new.note)) if note]  # one note once

@@ -18,9 +18,9 @@ from typing import Any
 import pandas as pd
 
 from backbone_facts import ARM_SEPARATOR, METHODS, arm_label, method_label, split_arm
-from comparison import ARM, OVERALL, pair_label, unfinished_flags
+from comparison import ARM, OVERALL, answer_row, pair_label
 from errors import RDError
-from inference import Answers, answer_cells, answer_columns, contrast_cells, paired_cells
+from inference import Answers, answer_cells, contrast_cells, paired_cells, seed_list_text
 
 __all__ = ["INTERACTION", "INTERACTION_KEYS", "InteractionQuestion", "answer_interaction", "compare_interaction",
            "interaction_cells", "interaction_parts", "is_interaction", "label_arms", "parse_interaction",
@@ -114,7 +114,7 @@ def interaction_parts(label: str) -> tuple[tuple[str, str], tuple[str, str]]:
 # cells and answers
 # ----------------------------------------------------------------------------------------------------
 def _seeds_text(cells: pd.DataFrame, category: str) -> str:
-    return ", ".join(map(str, sorted(cells.loc[cells["category"] == category, "seed"]))) or "none"
+    return seed_list_text(cells.loc[cells["category"] == category, "seed"])
 
 
 def interaction_cells(runs: pd.DataFrame, question: InteractionQuestion, categories: list[str] | None = None,
@@ -161,7 +161,5 @@ def answer_interaction(runs_frame: pd.DataFrame, question: InteractionQuestion, 
     categories where a − b is larger under the first method) and the unfinished flags of its runs."""
     frame = runs_frame[runs_frame["dataset"] == dataset]
     answers = compare_interaction(frame, question, categories)
-    members = frame[frame[ARM].isin(question.arms) & frame["category"].isin(list(answers.differences.index))]
     label, _, metric = question.key
-    return {"pair": label, "group": group, "metric": metric, "dataset": dataset, **answer_columns(answers),
-            "flags": unfinished_flags(members)}
+    return answer_row(frame, question.arms, answers, (label, group, metric, dataset))

@@ -15,18 +15,17 @@ import pandas as pd
 from metrics import AUPIMO_FPR_BAND
 from runs import METRICS, load_scores
 
-__all__ = ["CATEGORY_TESTED", "DEFAULT_PRIMARY_METRICS", "PAIRED_METRICS", "SPRO_FORMAT", "measured_metrics",
-           "unmeasured_metrics", "unmeasured_note"]
+__all__ = ["CATEGORY_TESTED", "DEFAULT_PRIMARY_METRICS", "METRIC_LABELS", "PAIRED_METRICS", "measured_metrics",
+           "unmeasured_note"]
 
 # The metrics tested in pairs: metrics.json key -> label (fractions in [0, 1]).
-PAIRED_METRICS: dict[str, str] = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
-                                  "aupro_5pct": METRICS["aupro_5pct"], "aupimo": METRICS["aupimo"],
-                                  "seg_f1": METRICS["seg_f1"], "spro": "sPRO"}
+PAIRED_METRICS: dict[str, str] = {**{key: METRICS[key] for key in ("image_auroc", "pixel_auroc", "aupro", "aupro_5pct",
+                                                                  "aupimo", "seg_f1")}, "spro": "sPRO"}
 DEFAULT_PRIMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro")  # the primary family when a config declares none
 CATEGORY_TESTED = tuple(metric for metric in PAIRED_METRICS if metric != "spro")  # with a per-category bootstrap
 SPRO_FORMAT = "mvtec_loco"  # layouts.DATA_FORMATS: the one data format with sPRO
 _PIXEL = ("pixel_auroc", "aupro", "aupro_5pct", "seg_f1", "seg_f1_max", "aupimo")
-_LABELS = {**METRICS, **PAIRED_METRICS}  # what the note may name: the descriptive tables' metrics too
+METRIC_LABELS: dict[str, str] = {**METRICS, **PAIRED_METRICS}  # every metric a note may name: the descriptive too
 _RETEST = "`main.py test --force` measures it"
 
 
@@ -45,8 +44,8 @@ def unmeasured_metrics(runs_frame: pd.DataFrame) -> dict[str, list[str]]:
     has it)."""
     out: dict[str, list[str]] = {}
     for dataset, frame in runs_frame.groupby("dataset", sort=True):
-        measured = set(measured_metrics(frame, tuple(_LABELS)))
-        for metric in _LABELS:
+        measured = set(measured_metrics(frame, tuple(METRIC_LABELS)))
+        for metric in METRIC_LABELS:
             if metric not in measured and _applies(metric, str(dataset)):
                 out.setdefault(metric, []).append(str(dataset))
     return out
@@ -85,6 +84,6 @@ def unmeasured_note(runs_frame: pd.DataFrame) -> str | None:
     for metric, datasets in missing.items():
         frame = runs_frame[runs_frame["dataset"].isin(datasets)]
         where = f" on {', '.join(datasets)}" if several else ""
-        parts.append(f"{_LABELS[metric]}{where}: {_reason(metric, frame)}")
+        parts.append(f"{METRIC_LABELS[metric]}{where}: {_reason(metric, frame)}")
     return ("**Not measured by any run**, so left out of the paired tables and the group means' left-out column "
             "(named here once, not per category): " + "; ".join(parts) + ".")

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from inference import cell_matrix, fixed_arrays, new_arrays
+from inference import cell_matrix, fixed_arrays, new_arrays, t_quantiles
 
 __all__ = ["Components", "N_PLAN_DRAWS", "components_from_cells", "detectable", "null_thresholds",
            "rejection_thresholds", "solve_detectable"]
@@ -66,8 +65,7 @@ def rejection_thresholds(arrays, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Per simulated null study (zero true difference): the estimate's noise m and the half-width h = t_(1-alpha/2)
     x se its test needs; the study rejects at true difference delta when |delta + m| > h (never where NaN)."""
     ok = np.isfinite(arrays.se) & np.isfinite(arrays.df)
-    df, inverse = np.unique(np.where(ok, arrays.df, 1.0), return_inverse=True)  # one quantile per distinct df
-    quantile = stats.t.ppf(1.0 - alpha / 2.0, df)[inverse.reshape(-1)]
+    quantile = t_quantiles(np.where(ok, arrays.df, 1.0), 1.0 - alpha / 2.0).reshape(-1)
     half = np.where(ok, quantile * np.where(ok, arrays.se, 0.0), np.inf)
     return arrays.estimate, half
 

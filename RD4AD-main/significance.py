@@ -6,8 +6,8 @@ replicates of the paired metrics, tests over categories, and the multiple-compar
 - ``paired_bootstrap_auroc_diff``: percentile interval of AUROC(a) - AUROC(b), resampling images in
   pairs, stratified by class.
 - Resampling replicates (``multiplicities``, ``stratified_multiplicities``, ``auroc_replicates``,
-  ``PixelStats`` / ``pixel_stats`` / ``pixel_replicates``): a bootstrap replicate is a vector of image
-  multiplicities, and every metric of a replicate is a weighted sum over per-image statistics (matrix
+  ``PixelStats`` / ``pixel_stats`` / ``pixel_replicates`` / ``aupro_replicates``): a bootstrap replicate is a
+  vector of image multiplicities, and every metric of a replicate is a weighted sum over per-image statistics (matrix
   products), never a re-sort of the pixels. Pixel AUROC and AUPRO use per-image histograms of the
   normal pixels, the defect pixels and the per-region overlaps on one grid of cells per run (see
   ``pixel_stats``): exact when every distinct normal score is a cell edge, otherwise the curve is
@@ -16,10 +16,8 @@ replicates of the paired metrics, tests over categories, and the multiple-compar
 - ``signed_rank_test``: Wilcoxon's signed-rank test, exact over mid-ranks (ties) with zero differences left out,
   enumerated by dynamic programming over doubled ranks up to EXACT_SIGNED_RANK non-zero values, Monte Carlo beyond;
   with the smallest p the same method can give.
-- ``detectable_difference``: the smallest true difference a z-test detects at a given power.
 - ``holm``: Holm-Bonferroni adjusted p-values (family-wise error control), for a study's primary questions.
 - ``benjamini_hochberg``: Benjamini-Hochberg adjusted p-values (false-discovery rate), for exploratory tables.
-- ``sign_flip_test``: paired permutation test that swaps the two models within each (category, seed) cell.
 
 Scores follow metrics.py's conventions (label 1 = anomalous, higher score = more anomalous).
 """
@@ -38,11 +36,11 @@ from scipy import ndimage, stats
 
 from metrics import ArrayLike, as_binary, as_score_vector, require_both_classes
 
-__all__ = ["BOOT_SEED", "BootstrapResult", "DeLongResult", "EXACT_FLIP_CELLS", "EXACT_SIGNED_RANK", "MAX_EDGES",
-           "PixelStats", "SignFlipResult", "SignedRankResult", "auroc_replicates", "benjamini_hochberg",
-           "binned_metrics", "bootstrap_p_value", "delong_covariance", "delong_test", "detectable_difference", "holm",
-           "multiplicities", "paired_bootstrap_auroc_diff", "percentile_interval", "pixel_replicates", "pixel_stats",
-           "seeded_rng", "sign_flip_test", "signed_rank_test", "stratified_multiplicities"]
+__all__ = ["BOOT_SEED", "BootstrapResult", "DeLongResult", "EXACT_SIGNED_RANK", "MAX_EDGES", "PixelStats",
+           "SignedRankResult", "aupro_replicates", "auroc_replicates", "benjamini_hochberg", "binned_metrics",
+           "bootstrap_p_value", "delong_covariance", "delong_test", "holm", "multiplicities",
+           "paired_bootstrap_auroc_diff", "percentile_interval", "pixel_replicates", "pixel_stats", "seeded_rng",
+           "signed_rank_test", "stratified_multiplicities"]
 
 
 @dataclass(frozen=True)
@@ -170,49 +168,6 @@ def benjamini_hochberg(p_values: pd.Series) -> pd.Series:
     scaled = valid.to_numpy(dtype=float) * count / np.arange(1, count + 1)
     adjusted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1]) if count else np.array([])
     return pd.Series(adjusted, index=valid.index, dtype=float).reindex(p_values.index)
-
-
-# Up to this many cells the sign-flip test enumerates every sign pattern (2^16 = 65,536 rows); above, it draws them.
-EXACT_FLIP_CELLS = 16
-
-
-@dataclass(frozen=True)
-class SignFlipResult:
-    """Paired sign-flip permutation test of sum(differences) = 0: p (two-sided), how many patterns, and the
-    smallest p this design can give (2 / 2^(non-zero cells) exact, capped at 1; 1 / (draws + 1) drawn): a zero cell
-    is the same under either sign, so it never makes a pattern more extreme."""
-
-    statistic: float
-    p_value: float
-    n_patterns: int
-    exact: bool
-    min_p: float
-
-
-def sign_flip_test(differences: ArrayLike, n_draws: int = 10_000,
-                   rng: np.random.Generator | None = None) -> SignFlipResult:
-    """Two-sided permutation test that swaps the two models' results within each cell (a difference d becomes -d)
-    independently: exact under the null that the two models are exchangeable within every cell. Every one of
-    the 2^n sign patterns when n <= EXACT_FLIP_CELLS, else ``n_draws`` random ones plus the observed one
-    (p = (1 + hits) / (1 + draws), valid for any number of draws). Vectorised: one matrix product."""
-    d = np.asarray(differences, dtype=np.float64).ravel()
-    if d.size == 0 or np.isnan(d).any():
-        raise ValueError(f"the sign-flip test needs finite differences, got {d.size} values with NaN or none")
-    observed = abs(float(d.sum()))
-    tolerance = 1e-12 * max(1.0, float(np.abs(d).sum()))  # floating sums of the same magnitudes: equal is equal
-    if d.size <= EXACT_FLIP_CELLS:
-        patterns = 1.0 - 2.0 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
-        hits = int((np.abs(patterns @ d) >= observed - tolerance).sum())
-        return SignFlipResult(observed, hits / len(patterns), len(patterns), True,
-                              min(1.0, 2.0 / 2 ** int(np.count_nonzero(d))))
-    rng = np.random.default_rng(0) if rng is None else rng
-    hits = 0
-    for start in range(0, n_draws, 4096):
-        signs = rng.integers(0, 2, size=(min(4096, n_draws - start), d.size)) * 2.0 - 1.0
-        hits += int((np.abs(signs @ d) >= observed - tolerance).sum())
-    return SignFlipResult(observed, (1 + hits) / (1 + n_draws), n_draws, False, 1.0 / (1 + n_draws))
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -441,13 +396,18 @@ def pixel_replicates(stats: PixelStats, weights: np.ndarray, fpr_limit: float = 
     kernel = stats.defect @ (below + 0.5 * stats.normal).T  # (N, N)
     auroc = ((weights @ kernel) * weights).sum(axis=1) / (
         (weights @ stats.defect.sum(axis=1)) * (weights @ stats.normal.sum(axis=1)))
+    return auroc, aupro_replicates(stats, weights, fpr_limit, chunk)
+
+
+def aupro_replicates(stats: PixelStats, weights: np.ndarray, fpr_limit: float = 0.3, chunk: int = 512) -> np.ndarray:
+    """AUPRO of each resample (row of ``weights``), pixel_replicates' second half: for callers that need no AUROC."""
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     above = _above(stats)
     full_fpr = above[0].sum(axis=0) / above[2].sum()  # descending thresholds: increasing FPR
     n_columns = min(int(np.searchsorted(full_fpr, min(1.0, CURVE_MARGIN * fpr_limit), side="right")) + 1,
                     stats.n_cells)
-    aupro = np.concatenate([_aupro_rows(above, weights[start:start + chunk], n_columns, stats.n_cells, fpr_limit)
-                            for start in range(0, len(weights), chunk)])
-    return auroc, aupro
+    return np.concatenate([_aupro_rows(above, weights[start:start + chunk], n_columns, stats.n_cells, fpr_limit)
+                           for start in range(0, len(weights), chunk)])
 
 
 def binned_metrics(stats: PixelStats, fpr_limit: float = 0.3) -> tuple[float, float, tuple[np.ndarray, np.ndarray]]:
@@ -541,9 +501,3 @@ def signed_rank_test(differences: ArrayLike, n_draws: int = 10_000,
         positive = rng.integers(0, 2, size=(min(4096, n_draws - start), n))
         hits += int((np.abs(2 * (positive @ doubled) - total) >= extreme).sum())
     return SignedRankResult(statistic, (1 + hits) / (1 + n_draws), n, zeros, False, 1.0 / (1 + n_draws))
-
-
-def detectable_difference(standard_error: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest true difference a two-sided z-test at ``alpha`` detects with probability ``power``:
-    (z_{1-alpha/2} + z_{power}) x standard error (2.80 x se at 0.05 and 80 %)."""
-    return float((stats.norm.ppf(1.0 - alpha / 2.0) + stats.norm.ppf(power)) * standard_error)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 import why_regions
 import why_scales
 import why_stability
-from calibration_table import CALIBRATION_COLUMNS, COVERAGE_GATE, SIZE_GATE
+from calibration_table import CALIBRATION_COLUMNS, gate_passes
 from significance import seeded_rng
 
 __all__ = ["N_STUDIES", "SCENARIOS", "Scenario", "describe", "rows"]
@@ -258,7 +258,7 @@ def _row(answer: str, scenario: Scenario, n_studies: int, tally: Tally) -> dict:
         note = ("one seed per category: the seed-to-seed variance cannot be estimated, so no interval is given"
                 if passes else "no interval although the design has seeds to estimate one")
     else:
-        passes = bool(COVERAGE_GATE[0] <= coverage <= COVERAGE_GATE[1] and size <= SIZE_GATE and tally.missing == 0)
+        passes = gate_passes(coverage, size, float("nan"), float("nan")) and tally.missing == 0  # no promise
         note = f"{RANDOM[answer]}; power at {POWER_AT[answer]} (no promise)"
         if tally.missing:
             note += f"; {tally.missing} intervals missing"

@@ -3,7 +3,6 @@ family only, the null behaviour of the fixed-categories answer, seeds as they co
 the planning table."""
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -45,27 +44,6 @@ def fair_report(six_by_three: Path) -> report.Report:
 
 
 # ---------------------------------------------------------------------------------------------- the statistics
-
-
-@pytest.mark.parametrize("differences", [[0.3, -0.1, 0.2, 0.05, 0.4], [0.1, 0.1, -0.1, 0.0], [1.0, 2.0, 3.0],
-                                         [0.01] * 5 + [0.0] * 3])
-def test_sign_flip_enumerates_every_pattern(differences: list[float]) -> None:
-    observed = abs(sum(differences))
-    sums = [abs(sum(s * d for s, d in zip(signs, differences)))
-            for signs in itertools.product((1, -1), repeat=len(differences))]
-    expected = np.mean([value >= observed - 1e-12 for value in sums])
-    result = significance.sign_flip_test(differences)
-    assert result.exact and result.p_value == pytest.approx(expected, abs=1e-15)
-    nonzero = sum(d != 0 for d in differences)  # a zero cell never makes a pattern more extreme
-    assert result.min_p == 2.0 / 2 ** nonzero == min(sums.count(max(sums)) / len(sums), 1.0)
-
-
-def test_sign_flip_draws_above_the_exact_limit() -> None:
-    d = np.full(significance.EXACT_FLIP_CELLS + 4, 0.1)  # every sign alike: the exact p would be 2 / 2^20
-    result = significance.sign_flip_test(d, n_draws=999, rng=np.random.default_rng(1))
-    assert not result.exact and result.p_value == result.min_p == 1.0 / 1000  # only the observed pattern counts
-    mixed = np.r_[d[:10], -d[10:]]  # sum 0: every pattern is at least as extreme
-    assert significance.sign_flip_test(mixed, n_draws=99).p_value == 1.0
 
 
 def test_benjamini_hochberg_by_hand() -> None:
