@@ -287,9 +287,7 @@ def _as_maps(maps: ArrayLike) -> torch.Tensor:
 def _sorted_normals(m: torch.Tensor, normal_mask: torch.Tensor) -> torch.Tensor:
     """The maps' pixels under ``normal_mask`` copied once, widened to float32 unless float32/64, sorted ascending."""
     normal = _select(m, normal_mask)
-    if normal.dtype not in (torch.float32, torch.float64):
-        normal = normal.float()
-    return _sort_owned(normal)
+    return _sort_owned(normal if normal.dtype in (torch.float32, torch.float64) else normal.float())
 
 
 def _maps_and_masks(maps: ArrayLike, masks: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
