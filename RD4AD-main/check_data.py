@@ -26,64 +26,73 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 from categories import (LOCO_ARCHIVE_COUNTS, LOCO_OFFICIAL_COUNTS, MVTEC_AD2_ARCHIVE_TOTALS, MVTEC_AD2_CATEGORIES,
                         MVTEC_AD2_PRIVATE_COUNTS, OFFICIAL_COUNTS, VISA_OFFICIAL_COUNTS, category_group)
 from dataset import (DATA_FORMATS, GOOD, VALIDATION_FOLDER_RULE, AnomalyDataset, DataWarning, list_categories,
                      mask_values, resolve_format)
 from errors import DataError
-from layouts import LOCO_TYPES
+from layouts import AD2_UNLABELLED_SPLITS, LOCO_TYPES
 from rd_model import validate_image_size
 
-__all__ = ["COUNT_FIELDS", "add_arguments", "check_category", "format_table", "mask_warnings", "official_counts",
-           "region_warnings", "run"]
+__all__ = ["OFFICIAL_TABLES", "OfficialTable", "add_arguments", "check_category", "format_table", "mask_warnings",
+           "official_counts", "region_warnings", "run"]
 
-# (name in messages, download command, category -> (train good, test good, test defect))
-OFFICIAL_TABLES: dict[str, tuple[str, str, dict[str, tuple[int, int, int]]]] = {
-    "mvtec": ("MVTec AD", "main.py download", OFFICIAL_COUNTS),
-    "visa": ("VisA (split_csv/1cls.csv)", "main.py download --dataset visa", VISA_OFFICIAL_COUNTS),
+
+
+class OfficialTable(NamedTuple):
+    """A data set's official counts: its name in messages, its download command, what the counts are, the table
+    (category -> counts) and whether only its own layout looks it up (else MVTec AD's and VisA's share names)."""
+
+    name: str
+    command: str
+    fields: str
+    counts: dict[str, tuple[int, ...]]
+    own_layout_only: bool
+
+
+_DEFAULT_FIELDS = "(train good, test good, test defect)"
+OFFICIAL_TABLES: dict[str, OfficialTable] = {  # by data format
+    "mvtec": OfficialTable("MVTec AD", "main.py download", _DEFAULT_FIELDS, OFFICIAL_COUNTS, False),
+    "visa": OfficialTable("VisA (split_csv/1cls.csv)", "main.py download --dataset visa", _DEFAULT_FIELDS,
+                          VISA_OFFICIAL_COUNTS, False),
+    "mvtec_loco": OfficialTable("MVTec LOCO AD", "main.py download --dataset mvtec_loco",
+                                "(train, validation, test good, logical, structural)", LOCO_OFFICIAL_COUNTS, True),
+    "mvtec_ad2": OfficialTable("MVTec AD 2", "main.py download --dataset mvtec_ad2",
+                               "(test_private, test_private_mixed)", MVTEC_AD2_PRIVATE_COUNTS, True),
 }
-# layouts with a table of their own: (name, command, category -> official counts)
-LAYOUT_TABLES: dict[str, tuple[str, str, dict[str, tuple[int, ...]]]] = {
-    "mvtec_loco": ("MVTec LOCO AD", "main.py download --dataset mvtec_loco", LOCO_OFFICIAL_COUNTS),
-    "mvtec_ad2": ("MVTec AD 2", "main.py download --dataset mvtec_ad2", MVTEC_AD2_PRIVATE_COUNTS),
-}
-# what the counts of each layout's table are
-COUNT_FIELDS: dict[str, str] = {
-    "mvtec_loco": "(train, validation, test good, logical, structural)",
-    "mvtec_ad2": "(test_private, test_private_mixed)",
-}
-DEFAULT_FIELDS = "(train good, test good, test defect)"
 MAX_MASK_MESSAGES = 5  # per kind of mask problem and category; the rest are counted
 
 
 def official_counts(category: str, data_format: str) -> tuple[str, str, tuple[int, ...]] | None:
     """(dataset name, download command, official counts) of a known category name, else None: MVTec AD's or
-    VisA's (train good, test good, test defect), MVTec LOCO AD's and MVTec AD 2's as ``COUNT_FIELDS`` says.
+    VisA's (train good, test good, test defect), MVTec LOCO AD's and MVTec AD 2's as their table's ``fields`` say.
 
     Split files (format ``csv``) are the user's own: none. VisA names are looked up in MVTec layout too,
     since converters (anomalib's) write VisA's one-class split in that layout.
     """
     if data_format == "csv":
         return None
-    if data_format in LAYOUT_TABLES:
-        name, command, table = LAYOUT_TABLES[data_format]
-        return (name, command, table[category]) if category in table else None
-    for name, command, table in OFFICIAL_TABLES.values():
-        if category in table:
-            return name, command, table[category]
+    own = OFFICIAL_TABLES.get(data_format)
+    tables = [own] if own is not None and own.own_layout_only else [
+        table for table in OFFICIAL_TABLES.values() if not table.own_layout_only]
+    for table in tables:
+        if category in table.counts:
+            return table.name, table.command, table.counts[category]
     return None
 
 
-def _observed(splits: dict[str, AnomalyDataset], train_good: int) -> tuple[int, ...]:
-    """A category's counts in the order of its layout's official table."""
+def _observed(splits: dict[str, AnomalyDataset], counts: tuple[int, int, int]) -> tuple[int, ...]:
+    """A category's counts in the order of its layout's official table (``counts``: train good, test good, test
+    defect)."""
     test = splits["test"]
     kinds = test.defect_types
     if test.data_format == "mvtec_loco":
         return (len(splits["train"]), len(splits["val"]), kinds.count(GOOD), *(kinds.count(t) for t in LOCO_TYPES))
     if test.data_format == "mvtec_ad2":
-        return tuple(len(test.unlabelled_splits.get(name, [])) for name in ("test_private", "test_private_mixed"))
-    return train_good, kinds.count(GOOD), len(kinds) - kinds.count(GOOD)
+        return tuple(len(test.unlabelled_splits.get(name, [])) for name in AD2_UNLABELLED_SPLITS)
+    return counts
 
 
 def check_category(
@@ -127,14 +136,14 @@ def check_category(
     if decode:
         messages += region_warnings(test) if test.defects_config is not None else mask_warnings(test)
     official = official_counts(category, test.data_format)
-    observed = _observed(splits, train_good)
+    observed = _observed(splits, counts)
     accepted = [] if official is None else [official[2]]
     if official is not None and test.data_format == "mvtec_loco" and category in LOCO_ARCHIVE_COUNTS:
         accepted.append(LOCO_ARCHIVE_COUNTS[category])  # the public archive's counts differ from the paper's
     if official is not None and observed not in accepted:
         name, command, expected = official
         messages.append(
-            f"{category}: {COUNT_FIELDS.get(test.data_format, DEFAULT_FIELDS)} = {observed} differ from the official "
+            f"{category}: {OFFICIAL_TABLES[test.data_format].fields} = {observed} differ from the official "
             f"{name} {expected}; a partial or damaged extraction? Re-run `{command}`"
         )
     return {

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -236,8 +237,7 @@ class AnomalyDataset(Dataset):
             files = mask_files(Path(mask_path))
             with readable():
                 decoded = [read_region(path, self.image_size) for path in files]
-            regions = [Region(torch.from_numpy(mask), value, scale, str(path))
-                       for (mask, value, scale), path in zip(decoded, files)]
+            regions = _region_list(files, decoded)
             if not self.cache:
                 return regions
             self._regions[key] = regions
@@ -269,16 +269,20 @@ class AnomalyDataset(Dataset):
         if mask_path is None:
             return image.contiguous(), None
         if self.defects_config is not None and Path(mask_path).is_dir():  # the regions are needed too: decode once
-            merged, regions = read_regions(Path(mask_path), self.image_size)
+            merged, files, decoded = read_regions(Path(mask_path), self.image_size)
             if self.cache:
-                self._regions[(self.paths[index], self.image_size)] = [
-                    Region(torch.from_numpy(mask), value, scale, str(path))
-                    for (mask, value, scale), path in zip(regions, mask_files(Path(mask_path)))]
+                self._regions[(self.paths[index], self.image_size)] = _region_list(files, decoded)
             return image.contiguous(), torch.from_numpy(merged).unsqueeze(0)
         return image.contiguous(), torch.from_numpy(read_mask(Path(mask_path), self.image_size)).unsqueeze(0)
 
 
 MVTecDataset = AnomalyDataset  # the name used before VisA and split files were supported
+
+
+def _region_list(files: Sequence[Path], decoded: Sequence[tuple[np.ndarray, int, float]]) -> list[Region]:
+    """The Regions of a mask's files from their decoded (mask, pixel value, scale), in file order."""
+    return [Region(torch.from_numpy(mask), value, scale, str(path))
+            for (mask, value, scale), path in zip(decoded, files)]
 
 
 def _split_items(

@@ -345,15 +345,12 @@ def run(args: argparse.Namespace) -> int:
     if not spec.url and args.url is not None:
         raise DataError(f"--url: {spec.title} is fetched by hand (licence), not by this command. "
                         f"{manual_instructions(dest, dataset=args.dataset)}")
-    if not spec.url and args.archive is None:
-        if dest.is_dir() and len(present_categories(dest, args.dataset)) == len(spec.categories):
-            print(f"{spec.title} is already in {dest} (all {len(spec.categories)} categories); nothing to do")
-            return 0
-        raise DataError(manual_instructions(dest, dataset=args.dataset))
     official_source = args.url in (None, spec.url) and args.archive is None
     if official_source and dest.is_dir() and len(present_categories(dest, args.dataset)) == len(spec.categories):
         print(f"{spec.title} is already in {dest} (all {len(spec.categories)} categories); nothing to do")
         return 0
+    if not spec.url and args.archive is None:
+        raise DataError(manual_instructions(dest, dataset=args.dataset))
     names = download_and_extract(dest, args.url, args.archive, sha256, dataset=args.dataset)
     categories = [name for name in names if (dest / name / spec.marker).is_dir()]
     print(f"extracted {len(names)} entries into {dest}: {len(categories)} categories ({', '.join(categories)})")

@@ -224,12 +224,14 @@ def read_region(path: Path, size: int) -> tuple[np.ndarray, int, float]:
     return _region(levels, path, size)
 
 
-def read_regions(path: Path, size: int) -> tuple[np.ndarray, list[tuple[np.ndarray, int, float]]]:
-    """A mask folder decoded once: its union as ``read_mask`` reads it, and each file as ``read_region`` reads it."""
+def read_regions(path: Path, size: int) -> tuple[np.ndarray, list[Path], list[tuple[np.ndarray, int, float]]]:
+    """A mask folder decoded once: its union as ``read_mask`` reads it, its files (``mask_files``) and each file as
+    ``read_region`` reads it."""
     files = mask_files(path)
     levels = [_region_levels(mask_file) for mask_file in files]
     union = np.logical_or.reduce([level != 0 for level in levels])
-    return _resized_binary(union, size), [_region(level, mask_file, size) for level, mask_file in zip(levels, files)]
+    return (_resized_binary(union, size), files,
+            [_region(level, mask_file, size) for level, mask_file in zip(levels, files)])
 
 
 def _region_levels(path: Path) -> np.ndarray:

@@ -60,7 +60,6 @@ __all__ = ["AD2_TEST_DIR", "AD2_UNLABELLED_SPLITS", "DATA_FORMATS", "FOLDER_FORM
            "split_file_for"]
 
 DATA_FORMATS = ("auto", "mvtec", "visa", "csv", "mvtec_ad2", "mvtec_loco")
-FOLDER_FORMATS = ("mvtec", "mvtec_ad2", "mvtec_loco")  # layouts whose split is their folders (no split file)
 GOOD = "good"
 MASK_SUFFIX = "_mask"
 MVTEC_MARKER = Path("train") / GOOD  # what makes a folder an MVTec-layout category
@@ -237,9 +236,8 @@ class Source(Protocol):
 
 def open_source(root: Path, category: str, data_format: str, split_csv: str | os.PathLike | None) -> Source:
     """The source of one category in a resolved ``data_format``."""
-    folder_sources = {"mvtec": _MVTecSource, "mvtec_ad2": _MVTecAD2Source, "mvtec_loco": _MVTecLOCOSource}
-    if data_format in folder_sources:
-        return folder_sources[data_format](root, category)
+    if data_format in _FOLDER_SOURCES:
+        return _FOLDER_SOURCES[data_format](root, category)
     split_file = existing_split_file(split_file_for(root, data_format, split_csv), data_format)
     return _SplitFileSource(_existing_root(root), category, split_file, data_format)
 
@@ -248,11 +246,23 @@ def open_source(root: Path, category: str, data_format: str, split_csv: str | os
 # ---------------------------------------------------------------------------------------------- MVTec layout
 
 
-class _MVTecSource:
+class _PlainSource:
+    """What most layouts lack: a defects config, validation normals of their own, test sets without labels."""
+
+    defects_config: dict[int, DefectSpec] | None = None
+
+    def validation_images(self) -> list[tuple[str, Path]] | None:
+        """None: the validation normals are held out from the training images."""
+        return None
+
+    def unlabelled_splits(self) -> dict[str, list[Path]]:
+        return {}
+
+
+class _MVTecSource(_PlainSource):
     """A category folder in MVTec layout: ``train/good``, ``test/<type>``, optional ``ground_truth/<type>``."""
 
     split_file = None
-    defects_config = None
 
     def __init__(self, root: Path, category: str) -> None:
         self.folder = _category_folder(root, category)
@@ -267,15 +277,8 @@ class _MVTecSource:
             raise DataError(f"{self.train_dir} holds no images; expected the normal training images (*.png) there")
         return [(path.name, path) for path in images]
 
-    def validation_images(self) -> list[tuple[str, Path]] | None:
-        """None: MVTec AD's validation normals are held out from ``train/good``."""
-        return None
-
     def test_items(self) -> list[Item]:
         return _test_items(self.folder, self.has_masks)
-
-    def unlabelled_splits(self) -> dict[str, list[Path]]:
-        return {}
 
 
 class _ValidationFolder(_MVTecSource):
@@ -323,6 +326,10 @@ class _MVTecLOCOSource(_ValidationFolder):
 
     def test_items(self) -> list[Item]:
         return _test_items(self.folder, self.has_masks, mask_folders=True)
+
+
+_FOLDER_SOURCES = {"mvtec": _MVTecSource, "mvtec_ad2": _MVTecAD2Source, "mvtec_loco": _MVTecLOCOSource}
+FOLDER_FORMATS = tuple(_FOLDER_SOURCES)  # layouts whose split is their folders (no split file)
 
 
 def _category_folder(root: Path, category: str) -> Path:
@@ -423,7 +430,7 @@ def _mask_id(mask: Path) -> str:
 # ---------------------------------------------------------------------------------------------- split-file layout
 
 
-class _SplitFileSource:
+class _SplitFileSource(_PlainSource):
     """One category of a split file (VisA's ``1cls.csv`` or a user's): its rows, files checked to exist.
 
     Images are named by their path relative to the data root; anomalies get the defect type ``"anomaly"``.
@@ -450,15 +457,6 @@ class _SplitFileSource:
                 f"mask for every anomaly, or for none (then pixel metrics are not available)"
             )
         self.has_masks = bool(masked)
-
-    defects_config = None
-
-    def validation_images(self) -> list[tuple[str, Path]] | None:
-        """None: a split file's validation normals are held out from its train rows."""
-        return None
-
-    def unlabelled_splits(self) -> dict[str, list[Path]]:
-        return {}
 
     def train_images(self) -> list[tuple[str, Path]]:
         """(path relative to the root, path) of the category's train normals, sorted."""

@@ -274,13 +274,25 @@ def _region_weights(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(weights).to(mask.device)
 
 
-def _maps_and_masks(maps: ArrayLike, masks: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, H, W) maps (float, bfloat16 widened) and bool masks of the same shape on the maps' device."""
+def _as_maps(maps: ArrayLike) -> torch.Tensor:
+    """(N, H, W) maps as a detached tensor, bfloat16 widened to float32 (numpy has no bfloat16)."""
     m = _as_tensor(maps).detach()
     if m.dtype == torch.bfloat16:  # numpy has no bfloat16
         m = m.float()
     if m.ndim != 3:
         raise ValueError(f"anomaly maps must be (N, H, W), got shape {tuple(m.shape)}")
+    return m
+
+
+def _sorted_normals(m: torch.Tensor, normal_mask: torch.Tensor) -> torch.Tensor:
+    """The maps' pixels under ``normal_mask`` copied once, widened to float32 unless float32/64, sorted ascending."""
+    normal = _select(m, normal_mask)
+    return _sort_owned(normal if normal.dtype in (torch.float32, torch.float64) else normal.float())
+
+
+def _maps_and_masks(maps: ArrayLike, masks: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W) maps (float, bfloat16 widened) and bool masks of the same shape on the maps' device."""
+    m = _as_maps(maps)
     mask = as_binary(masks, "masks").to(m.device)
     if mask.shape != m.shape:
         raise ValueError(f"maps and masks differ in shape: {tuple(m.shape)} vs {tuple(mask.shape)}")
@@ -295,11 +307,8 @@ def _split_pixels(maps: ArrayLike, masks: ArrayLike, with_weights: bool) -> _Pix
         raise ValueError("masks hold no defect pixel: pixel metrics need at least one defect pixel")
     if n_defect == mask.numel():
         raise ValueError("masks hold no normal pixel: pixel metrics need at least one normal pixel")
-    normal, defect = _select(m, ~mask), _select(m, mask)  # the one copy of the maps, split by class
-    if normal.dtype not in (torch.float32, torch.float64):
-        normal, defect = normal.float(), defect.float()
-    normal = _sort_owned(normal)
-    defect_sorted, order = torch.sort(defect)
+    normal = _sorted_normals(m, ~mask)  # with the defect pixels below, the one copy of the maps, split by class
+    defect_sorted, order = torch.sort(_select(m, mask).to(normal.dtype))
     if bool(torch.isnan(normal[-1])) or bool(torch.isnan(defect_sorted[-1])):  # NaN sorts last
         raise ValueError("anomaly maps contain NaN")
     weights = _region_weights(mask)[order] if with_weights else None
@@ -475,18 +484,11 @@ def spro_curve(maps: ArrayLike, region_masks: ArrayLike, region_images: ArrayLik
     ``fpr_limit`` the curve stops just past that FPR.
     """
     limit = None if fpr_limit is None else _check_fpr_limit(fpr_limit)
-    m = _as_tensor(maps).detach()
-    if m.dtype == torch.bfloat16:
-        m = m.float()
-    if m.ndim != 3:
-        raise ValueError(f"anomaly maps must be (N, H, W), got shape {tuple(m.shape)}")
+    m = _as_maps(maps)
     union, flat, region, sat = _region_pixels(m, region_masks, region_images, saturations)
     if bool(union.all()):
         raise ValueError("the regions cover every pixel: sPRO's FPR needs at least one normal pixel")
-    normal = _select(m, ~union)
-    if normal.dtype not in (torch.float32, torch.float64):
-        normal = normal.float()
-    normal = _sort_owned(normal)
+    normal = _sorted_normals(m, ~union)
     values = m.reshape(-1)[torch.from_numpy(flat).to(m.device)].to(normal.dtype)
     if bool(torch.isnan(normal[-1])) or bool(torch.isnan(values).any()):
         raise ValueError("anomaly maps contain NaN")

@@ -82,9 +82,11 @@ def find_images(sources: list[str]) -> list[Path]:
     return found
 
 
-def split_images(run_directory: Path, split: str) -> list[Path]:
-    """The images of an unlabelled MVTec AD 2 test set (``test_private``, ``test_private_mixed``) of a run's scene."""
-    config = TrainConfig.from_record(runs.read_run_config(run_directory))
+def split_images(run_directory: Path, split: str, config: TrainConfig | None = None) -> list[Path]:
+    """The images of an unlabelled MVTec AD 2 test set (``test_private``, ``test_private_mixed``) of a run's scene
+    (``config``: the run's, read from its config.json when not given)."""
+    if config is None:
+        config = TrainConfig.from_record(runs.read_run_config(run_directory))
     data_format = resolve_format(config.data_root, config.data_format, config.split_csv, config.category)
     folder = Path(config.data_root) / config.category / split
     if data_format != "mvtec_ad2":
@@ -206,10 +208,17 @@ def run(args: argparse.Namespace) -> int:
                       "--run-dir), not both and not neither")
     if args.split is not None and args.run_dir is None:
         raise RDError(f"--split {args.split} needs --run-dir: the run names the scene and its data root")
-    images = split_images(args.run_dir, args.split) if args.split else find_images(args.images)
+    run_config = None  # the run's config.json, read once
+    if args.split:
+        run_config = TrainConfig.from_record(runs.read_run_config(args.run_dir))
+        images = split_images(args.run_dir, args.split, run_config)
+    else:
+        images = find_images(args.images)
     device = resolve_device(args.device)
     if args.run_dir is not None:
-        checkpoint = TrainConfig.from_record(runs.read_run_config(args.run_dir)).selected_checkpoint_path
+        if run_config is None:
+            run_config = TrainConfig.from_record(runs.read_run_config(args.run_dir))
+        checkpoint = run_config.selected_checkpoint_path
     else:
         checkpoint = args.checkpoint
     model, payload = model_from_checkpoint(checkpoint)

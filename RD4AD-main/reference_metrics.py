@@ -139,6 +139,8 @@ def spro_naive(maps: np.ndarray, region_masks: np.ndarray, region_images: np.nda
     """Area under the sPRO curve up to ``fpr_limit``, divided by it (segment by segment)."""
     fpr, spro = spro_curve_naive(maps, region_masks, region_images, saturations)
     return integrate_naive(fpr, spro, fpr_limit)
+
+
 def aupimo_naive(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray,
                  fpr_band: tuple[float, float] = (1e-5, 1e-4)) -> np.ndarray:
     """Per-image AUPIMO from the definition, one value per image (NaN for normal images and images without a defect

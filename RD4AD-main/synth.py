@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -33,7 +34,8 @@ from tqdm import tqdm
 from cli import add_deprecated_alias
 from errors import DataError
 
-__all__ = ["DEFECTS", "MARKER", "category_names", "generate", "render_item", "add_arguments", "run"]
+__all__ = ["DEFECTS", "MARKER", "MIN_IMAGE_SIZE", "category_names", "generate", "render_item", "save",
+           "write_categories", "add_arguments", "run", "run_writer"]
 
 GOOD = "good"
 DEFECTS = {"texture": ("hole", "scratch", "stain"), "object": ("colour", "missing_part", "scratch")}
@@ -79,21 +81,42 @@ def generate(
     same name is left alone and reported as an error.
     """
     _check_arguments(categories, image_size, n_train, n_test, seed)
+    names = category_names(categories)
+    plans = [_plan(_kind(name), n_train, n_test) for name in names]
+    total = sum(map(len, plans))
+
+    def write_one(folder: Path, index: int, bar: tqdm) -> dict:
+        return _write_category(folder, names[index], index, plans[index], image_size, seed, bar)
+
+    write_categories(out, names, write_one,
+                     lambda: tqdm(total=total, desc="synth", unit="img", leave=False, disable=total < 500), "--out")
+    return names
+
+
+def write_categories(out: str | os.PathLike, names: Sequence[str], write_one: Callable[[Path, int, tqdm], dict],
+                     progress: Callable[[], tqdm], option: str = "--data-root") -> None:
+    """Write each category into a temporary folder beside its place, then move it in (never half-written);
+    ``write_one(folder, index, bar)`` returns its marker settings. Folders synth did not write are refused first."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--data-root {out} is a file; expected a folder (new or existing) for the categories")
-    names = category_names(categories)
     for name in names:
         folder = out / name
         if folder.exists() and not (folder / MARKER).is_file():
-            raise DataError(f"{folder} exists and was not written by synth; remove it or choose another --out")
+            raise DataError(f"{folder} exists and was not written by synth; remove it or choose another {option}")
     out.mkdir(parents=True, exist_ok=True)
-    plans = [_plan(_kind(name), n_train, n_test) for name in names]
-    total = sum(map(len, plans))
-    with tqdm(total=total, desc="synth", unit="img", leave=False, disable=total < 500) as bar:
-        for index, (name, plan) in enumerate(zip(names, plans)):
-            _write_category(out / name, index, plan, image_size, seed, bar)
-    return names
+    with progress() as bar:
+        for index, name in enumerate(names):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+            tmp.chmod(0o755)  # mkdtemp makes it private; the data is not
+            try:
+                settings = write_one(tmp, index, bar)
+                (tmp / MARKER).write_text(json.dumps(settings, sort_keys=True) + "\n", encoding="utf-8")
+                if (out / name).exists():
+                    shutil.rmtree(out / name)
+                os.replace(tmp, out / name)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_arguments(categories: int, image_size: int, n_train: int, n_test: int, seed: int) -> None:
@@ -127,26 +150,17 @@ def _kind(name: str) -> str:
 
 
 def _write_category(
-    folder: Path, index: int, plan: list[tuple[str, str, int]], image_size: int, seed: int, bar: tqdm
-) -> None:
-    """Render a category into a temporary folder beside ``folder``, then move it into place."""
-    kind = _kind(folder.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the data is not
-    try:
-        for split, defect, number in plan:
-            _, image, mask = render_item(kind, index, split, defect, number, image_size, seed)
-            _save(image, tmp / split / defect / f"{number:03d}.png")
-            if mask is not None:
-                _save(mask.astype(np.uint8) * 255, tmp / "ground_truth" / defect / f"{number:03d}_mask.png")
-            bar.update()
-        settings = {"kind": kind, "image_size": image_size, "seed": seed, "images": len(plan)}
-        (tmp / MARKER).write_text(json.dumps(settings, sort_keys=True) + "\n", encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    tmp: Path, name: str, index: int, plan: list[tuple[str, str, int]], image_size: int, seed: int, bar: tqdm
+) -> dict:
+    """Render category ``name`` into ``tmp``; its marker settings."""
+    kind = _kind(name)
+    for split, defect, number in plan:
+        _, image, mask = render_item(kind, index, split, defect, number, image_size, seed)
+        save(image, tmp / split / defect / f"{number:03d}.png")
+        if mask is not None:
+            save(mask.astype(np.uint8) * 255, tmp / "ground_truth" / defect / f"{number:03d}_mask.png")
+        bar.update()
+    return {"kind": kind, "image_size": image_size, "seed": seed, "images": len(plan)}
 
 
 def render_item(
@@ -289,7 +303,7 @@ def _paint(kind: str, defect: str, scene: _Scene, x, y, rng: np.random.Generator
     return image
 
 
-def _save(array: np.ndarray, path: Path) -> None:
+def save(array: np.ndarray, path: Path) -> None:
     """PNG without metadata: the bytes depend only on the pixels (and the zlib/Pillow versions)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, format="PNG")
@@ -308,12 +322,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    def write(data_root: Path) -> str:
+        names = generate(data_root, args.n_categories, args.image_size, args.n_train, args.n_test, args.seed)
+        return (f"wrote {', '.join(names)} to {data_root}: {args.n_train} train and {args.n_test} test images "
+                f"each, {args.image_size} px, seed {args.seed}")
+
+    return run_writer(args, write)
+
+
+def run_writer(args: argparse.Namespace, write: Callable[[Path], str]) -> int:
+    """Require --data-root, ``write`` into it (returns what it wrote, printed) and say how to check the result."""
     if args.data_root is None:
         raise DataError("--data-root is required: the folder to write the synthetic categories into")
-    names = generate(args.data_root, args.n_categories, args.image_size, args.n_train, args.n_test, args.seed)
-    print(
-        f"wrote {', '.join(names)} to {args.data_root}: {args.n_train} train and {args.n_test} test images "
-        f"each, {args.image_size} px, seed {args.seed}"
-    )
+    print(write(args.data_root))
     print(f"check it with: python RD4AD-main/main.py check-data --data-root {args.data_root}")
     return 0

@@ -24,8 +24,6 @@ import argparse
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -34,25 +32,26 @@ from PIL import Image
 from tqdm import tqdm
 
 import synth
+from defects_config import DEFECTS_CONFIG_FILE
 from errors import DataError
+from layouts import AD2_TEST_DIR, AD2_UNLABELLED_SPLITS, FOLDER_FORMATS, LOCO_TYPES
+from synth import MIN_IMAGE_SIZE, save
 
-__all__ = ["AD2_LIGHTINGS", "LAYOUTS", "LOCO_DEFECTS", "add_arguments", "generate_ad2", "generate_loco",
-           "layout_names", "render_loco", "run"]
+__all__ = ["AD2_LIGHTINGS", "LOCO_DEFECTS", "add_arguments", "generate_ad2", "generate_loco", "layout_names",
+           "render_loco", "run"]
 
-LAYOUTS = ("mvtec", "mvtec_ad2", "mvtec_loco")
 AD2_LIGHTINGS = {"regular": 1.0, "overexposed": 1.3, "underexposed": 0.7}
 AD2_ASPECT, LOCO_ASPECT = 1.5, 1.25  # source width / height
 # LOCO defect type -> (anomaly folder, pixel value, saturation threshold, relative); the absolute threshold is a
 # share of a part's area at the source size (set when written: half a part saturates a missing part)
 LOCO_DEFECTS: dict[str, tuple[str, int, float, bool]] = {
-    "missing_part": ("logical_anomalies", 255, 0.5, False),
-    "extra_part": ("logical_anomalies", 200, 0.8, True),
-    "scratch": ("structural_anomalies", 150, 1.0, True),
+    "missing_part": (LOCO_TYPES[0], 255, 0.5, False),
+    "extra_part": (LOCO_TYPES[0], 200, 0.8, True),
+    "scratch": (LOCO_TYPES[1], 150, 1.0, True),
 }
 _LOCO_KINDS = ("good", "missing_part", "extra_part", "missing_and_extra", "scratch", "two_scratches")
 _SLOTS = (0.22, 0.5, 0.78)  # x of the three slots (units of the width); parts sit in the outer two
 _PART_RADIUS = 0.13  # units of the height
-MIN_IMAGE_SIZE = 32
 
 
 def layout_names(layout: str, count: int) -> list[str]:
@@ -61,39 +60,22 @@ def layout_names(layout: str, count: int) -> list[str]:
     return [stem + ("" if number == 1 else str(number)) for number in range(1, count + 1)]
 
 
-def _save(array: np.ndarray, path: Path) -> None:
-    """PNG without metadata: the bytes depend only on the pixels."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
-
-
 def _stretch(array: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
     method = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(array).resize((width, height), method))
 
 
-def _write_categories(out: Path, names: list[str], write: Callable[[Path, int], int], settings: dict) -> None:
-    """Write each category into a temporary folder beside its place (``write(folder, index)`` returns how many
-    images it wrote), then move it in; folders synth did not write are refused first."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--data-root {out} is a file; expected a folder (new or existing) for the categories")
-    for name in names:
-        if (out / name).exists() and not (out / name / synth.MARKER).is_file():
-            raise DataError(f"{out / name} exists and was not written by synth; remove it or choose another "
-                            f"--data-root")
-    out.mkdir(parents=True, exist_ok=True)
-    for index, name in enumerate(tqdm(names, desc="synth", unit="category", leave=False, disable=len(names) < 4)):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
-        tmp.chmod(0o755)
-        try:
-            images = write(tmp, index)
-            marker = {**settings, "images": images}
-            (tmp / synth.MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n", encoding="utf-8")
-            if (out / name).exists():
-                shutil.rmtree(out / name)
-            os.replace(tmp, out / name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+def _write_categories(out: str | os.PathLike, names: list[str], write: Callable[[Path, int], int],
+                      settings: dict) -> None:
+    """synth.write_categories with one progress step per category (``write(folder, index)`` returns how many
+    images it wrote)."""
+    def write_one(folder: Path, index: int, bar: tqdm) -> dict:
+        images = write(folder, index)
+        bar.update()
+        return {**settings, "images": images}
+
+    synth.write_categories(out, names, write_one, lambda: tqdm(total=len(names), desc="synth", unit="category",
+                                                                leave=False, disable=len(names) < 4))
 
 
 def _check(image_size: int, counts: dict[str, tuple[int, int]], seed: int) -> None:
@@ -131,28 +113,28 @@ def generate_ad2(out: str | os.PathLike, scenes: int = 1, image_size: int = 64, 
         for number in range(n_train + n_validation):  # train numbers first, validation after them
             image, _ = scene_item(index, "train", number, False, "regular")
             split = "train" if number < n_train else "validation"
-            _save(image, folder / split / "good" / f"{number - (0 if split == 'train' else n_train):03d}_regular.png")
+            save(image, folder / split / "good" / f"{number - (0 if split == 'train' else n_train):03d}_regular.png")
             written += 1
         n_good = max(1, n_test // 3)
         for number in range(n_test):
             bad, lighting = number >= n_good, lightings[number % 3]
             image, mask = scene_item(index, "test", number, bad, lighting)
             stem = f"{number:03d}_{lighting}"
-            _save(image, folder / "test_public" / ("bad" if bad else "good") / f"{stem}.png")
+            save(image, folder / AD2_TEST_DIR / ("bad" if bad else "good") / f"{stem}.png")
             if mask is not None:
-                _save(mask, folder / "test_public" / "ground_truth" / "bad" / f"{stem}_mask.png")
+                save(mask, folder / AD2_TEST_DIR / "ground_truth" / "bad" / f"{stem}_mask.png")
             written += 1
-        for split, suffix in (("test_private", "regular"), ("test_private_mixed", "mixed")):
+        for split, suffix in zip(AD2_UNLABELLED_SPLITS, ("regular", "mixed")):
             rng = np.random.default_rng([seed, index, len(suffix)])
             for number in range(n_private):
                 lighting = "regular" if suffix == "regular" else lightings[int(rng.integers(3))]
                 image, _ = scene_item(index, "test", 1000 + number, number % 2 == 1, lighting)
-                _save(image, folder / split / f"{number:03d}_{suffix}.png")
+                save(image, folder / split / f"{number:03d}_{suffix}.png")
                 written += 1
         return written
 
     settings = {"layout": "mvtec_ad2", "image_size": image_size, "seed": seed}
-    _write_categories(Path(out), names, write, settings)
+    _write_categories(out, names, write, settings)
     return names
 
 
@@ -207,7 +189,7 @@ def generate_loco(out: str | os.PathLike, objects: int = 1, image_size: int = 64
     def write(folder: Path, index: int) -> int:
         for split, count in (("train", n_train), ("validation", n_validation)):
             for number in range(count):
-                _save(render_loco(index, split, "good", number, image_size, seed)[0],
+                save(render_loco(index, split, "good", number, image_size, seed)[0],
                       folder / split / "good" / f"{number:03d}.png")
         numbers: dict[str, int] = {}
         for position in range(n_test):
@@ -215,18 +197,18 @@ def generate_loco(out: str | os.PathLike, objects: int = 1, image_size: int = 64
             image, regions = render_loco(index, "test", kind, position, image_size, seed)
             folder_name = "good" if kind == "good" else LOCO_DEFECTS[regions[0][0]][0]
             number = numbers[folder_name] = numbers.get(folder_name, -1) + 1
-            _save(image, folder / "test" / folder_name / f"{number:03d}.png")
+            save(image, folder / "test" / folder_name / f"{number:03d}.png")
             for k, (defect, mask) in enumerate(regions):
-                _save(mask.astype(np.uint8) * LOCO_DEFECTS[defect][1],
+                save(mask.astype(np.uint8) * LOCO_DEFECTS[defect][1],
                       folder / "ground_truth" / folder_name / f"{number:03d}" / f"{k:03d}.png")
         config = [{"defect_name": name, "pixel_value": value,
                    "saturation_threshold": threshold if relative else int(threshold * part_area),
                    "relative_saturation": relative} for name, (_, value, threshold, relative) in LOCO_DEFECTS.items()]
-        (folder / "defects_config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+        (folder / DEFECTS_CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
         return n_train + n_validation + n_test
 
     settings = {"layout": "mvtec_loco", "image_size": image_size, "seed": seed}
-    _write_categories(Path(out), names, write, settings)
+    _write_categories(out, names, write, settings)
     return names
 
 
@@ -235,7 +217,7 @@ def generate_loco(out: str | os.PathLike, objects: int = 1, image_size: int = 64
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_arguments(parser)
-    parser.add_argument("--layout", choices=LAYOUTS, default="mvtec",
+    parser.add_argument("--layout", choices=FOLDER_FORMATS, default="mvtec",
                         help="folder layout: mvtec (MVTec AD, default), mvtec_ad2 (MVTec AD 2 scenes) or mvtec_loco "
                              "(MVTec LOCO AD objects with logical and structural anomalies)")
 
@@ -243,15 +225,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.layout == "mvtec":
         return synth.run(args)
-    if args.data_root is None:
-        raise DataError("--data-root is required: the folder to write the synthetic categories into")
-    if args.layout == "mvtec_ad2":
-        names = generate_ad2(args.data_root, args.n_categories, args.image_size, args.n_train,
-                             max(1, args.n_train // 4), args.n_test, max(1, args.n_test // 2), args.seed)
-    else:
-        names = generate_loco(args.data_root, args.n_categories, args.image_size, args.n_train,
-                              max(1, args.n_train // 4), args.n_test, args.seed)
-    print(f"wrote {', '.join(names)} to {args.data_root} ({args.layout} layout): {args.n_train} train and "
-          f"{args.n_test} test images each, {args.image_size} px high, seed {args.seed}")
-    print(f"check it with: python RD4AD-main/main.py check-data --data-root {args.data_root}")
-    return 0
+
+    def write(data_root: Path) -> str:
+        if args.layout == "mvtec_ad2":
+            names = generate_ad2(data_root, args.n_categories, args.image_size, args.n_train,
+                                 max(1, args.n_train // 4), args.n_test, max(1, args.n_test // 2), args.seed)
+        else:
+            names = generate_loco(data_root, args.n_categories, args.image_size, args.n_train,
+                                  max(1, args.n_train // 4), args.n_test, args.seed)
+        return (f"wrote {', '.join(names)} to {data_root} ({args.layout} layout): {args.n_train} train and "
+                f"{args.n_test} test images each, {args.image_size} px high, seed {args.seed}")
+
+    return synth.run_writer(args, write)

@@ -48,16 +48,19 @@ def split(size: int, good: int, logical: int, structural: int, seed: int = 0):  
     return maps, merged, regions
 
 
+def kind_inputs(maps: torch.Tensor, good: int, items: list) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list]:
+    """One kind's sPRO inputs: the maps of the good images and of its own, its region masks, each region's index
+    in those maps, and their saturations."""
+    members = list(range(good)) + sorted({index for _, index, _ in items})
+    position = {index: p for p, index in enumerate(members)}
+    masks = torch.stack([mask for mask, _, _ in items])
+    images = np.array([position[index] for _, index, _ in items])
+    return maps[members], masks, images, [s for _, _, s in items]
+
+
 def spro_per_kind(maps: torch.Tensor, good: int, regions: dict) -> dict[str, float]:
     """As layout_metrics.spro_results: each kind on its images plus the good ones."""
-    out = {}
-    for kind, items in regions.items():
-        members = list(range(good)) + sorted({index for _, index, _ in items})
-        position = {index: p for p, index in enumerate(members)}
-        masks = torch.stack([mask for mask, _, _ in items])
-        images = np.array([position[index] for _, index, _ in items])
-        out[kind] = metrics.spro(maps[members], masks, images, [s for _, _, s in items])
-    return out
+    return {kind: metrics.spro(*kind_inputs(maps, good, items)) for kind, items in regions.items()}
 
 
 def main() -> int:
@@ -72,12 +75,8 @@ def main() -> int:
     n_regions = sum(map(len, regions.values()))
     small_maps, _, small_regions = split(16, 2, 2, 2, seed=1)
     for kind, value in spro_per_kind(small_maps, 2, small_regions).items():
-        items = small_regions[kind]
-        members = [0, 1] + sorted({index for _, index, _ in items})
-        position = {index: p for p, index in enumerate(members)}
-        naive = reference_metrics.spro_naive(small_maps[members].numpy(),
-                                             torch.stack([m for m, _, _ in items]).numpy(),
-                                             np.array([position[i] for _, i, _ in items]), [s for _, _, s in items])
+        kind_maps, masks, images, saturations = kind_inputs(small_maps, 2, small_regions[kind])
+        naive = reference_metrics.spro_naive(kind_maps.numpy(), masks.numpy(), images, saturations)
         assert abs(value - naive) < 1e-12, (kind, value, naive)
     paths = {"pixel_metrics": lambda: metrics.pixel_metrics(maps, merged),
              "spro": lambda: spro_per_kind(maps, args.good, regions)}
