@@ -30,9 +30,8 @@ from metrics import image_auroc, roc_curve
 from runs import MAPS_FILE, METRICS, atomic_write, load_maps, load_scores, read_history
 
 __all__ = ["FigureItem", "PER_CATEGORY_FIGURES", "ProCurves", "backbone_colors", "bars_figure", "category_colors",
-           "extremes_figure",
-           "forest_figure", "gallery_figure", "histogram_figure", "history_figure", "make_figures", "pro_figure",
-           "roc_figure", "save_figures", "show", "skipped_figures"]
+           "extremes_figure", "forest_figure", "gallery_figure", "histogram_figure", "history_figure", "make_figures",
+           "pro_figure", "roc_figure", "save_figures", "show", "skipped_figures"]
 
 ProCurves = dict[str, tuple[np.ndarray, np.ndarray]]  # run_dir -> (FPR, PRO) up to just past PRO_FPR_LIMIT
 
