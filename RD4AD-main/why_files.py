@@ -25,8 +25,8 @@ import runs
 from errors import RDError
 
 __all__ = ["AUDIT_COLUMNS", "AUDIT_FILE", "CKA_FOLDER", "ERF_FILE", "LOCALITY_FILE", "LOCALITY_VERSION", "cka_path",
-           "erf_path", "locality_json", "locality_path", "locality_state", "outdated_locality", "read_audit", "read_cka", "read_locality", "write_audit",
-           "write_cka", "write_locality"]
+           "erf_path", "locality_json", "locality_path", "locality_state", "outdated_locality", "read_audit",
+           "read_cka", "read_locality", "write_audit", "write_cka", "write_locality"]
 
 LOCALITY_FILE = "teacher_locality.json"
 ERF_FILE = "teacher_erf.npz"
