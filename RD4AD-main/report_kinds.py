@@ -11,7 +11,7 @@ import runs
 from backbone_facts import backbone_family
 from report_tables import format_mean_std, mean_std
 
-__all__ = ["LOCO_KINDS", "anomaly_kind_table", "anomaly_kind_text"]
+__all__ = ["anomaly_kind_table", "anomaly_kind_text"]
 
 LOCO_KINDS = {"logical_anomalies": "logical", "structural_anomalies": "structural"}  # test folder -> label
 _BOTH = "mean of both"

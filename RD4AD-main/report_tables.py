@@ -15,10 +15,10 @@ from interaction import label_arms, question_text
 from paired_metrics import measured_metrics
 from runs import EFFICIENCY, METRICS
 
-__all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCE_METRICS", "REFERENCES", "Reference", "aggregate_table",
+__all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCES", "Reference", "aggregate_table",
            "category_stats", "category_table", "count_text", "detectable_text", "distinct_values", "efficiency_table",
            "fmt", "format_mean_std", "format_p", "group_stats", "group_table", "interval_text", "is_synthetic",
-           "mean_std", "method_backbone_table", "methods_per_backbone", "multi_dataset", "p_is",
+           "mean_std", "method_backbone_table", "multi_dataset", "p_is",
            "pairwise_table", "per_defect_table", "planning_display", "primary_table", "reference_table",
            "values_list"]
 

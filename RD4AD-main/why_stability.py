@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from plots import LINE_STYLES, FigureItem, category_colors
 from runs import GRAD_NORM_COLUMNS, HISTORY_FILE, METRICS, read_history
 from why_part import WhyPart
-from why_stats import CONFIDENCE, SpreadInterval, paired_values, spread_interval
+from why_stats import CONFIDENCE, SpreadInterval, paired_values, pooled_sd, spread_interval
 
 __all__ = ["ADDED_BY", "CURVES", "KEY", "SPREAD_METRICS", "TITLE", "final_losses", "part",
            "spread_ratio", "spread_table", "seed_spread"]
@@ -52,7 +52,7 @@ def spread_table(frame: pd.DataFrame, backbones: list[str]) -> pd.DataFrame:
         for backbone in backbones:
             mine = spread[spread["backbone"] == backbone]
             weights = mine["seeds"] - 1
-            row[backbone] = float(np.sqrt((weights * mine["variance"]).sum() / weights.sum())) if len(mine) else np.nan
+            row[backbone] = pooled_sd(weights, mine["variance"]) if len(mine) else np.nan
             row[f"{backbone} categories"] = len(mine)
         rows.append(row)
     return pd.DataFrame(rows)
