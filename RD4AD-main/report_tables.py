@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backbone_facts import DEFAULT_METHOD, METHODS, method_label, split_arm
+from backbone_facts import DEFAULT_METHOD, METHODS, method_label
 from comparison import (CONFIDENCE, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, backbone_family, group_members,
                         shared_categories, unfinished_flags)
 from interaction import label_arms, question_text
@@ -230,12 +230,9 @@ def reference_table(runs_frame: pd.DataFrame, stats: pd.DataFrame | None = None)
 
 
 def _arm_parts(runs_frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """arm label -> (registered backbone, method), from the runs table's own columns (runs.load_runs), or from the
-    label itself (backbone_facts.split_arm) for a table without them."""
-    if {"registered_backbone", "method"} <= set(runs_frame.columns):
-        return {arm: (str(backbone), str(method)) for arm, backbone, method in
-                runs_frame[["backbone", "registered_backbone", "method"]].drop_duplicates().itertuples(index=False)}
-    return {arm: split_arm(arm) for arm in set(runs_frame["backbone"])}
+    """arm label -> (registered backbone, method), from the runs table's own columns (runs.load_runs)."""
+    return {arm: (str(backbone), str(method)) for arm, backbone, method in
+            runs_frame[["backbone", "registered_backbone", "method"]].drop_duplicates().itertuples(index=False)}
 
 
 def methods_per_backbone(runs_frame: pd.DataFrame) -> dict[str, list[str]]:
