@@ -81,12 +81,12 @@ def source_runs(results: str, backbones: str, categories: str) -> dict[str, dict
 
 def _up_to_date(settings: AnalyseSettings, category: str, sources: dict[str, Path]) -> bool:
     for backbone, run_dir in sources.items():
-        path = why_files.locality_path(settings.results, backbone, category)
-        if not path.is_file() or not why_files.erf_path(settings.results, backbone, category).is_file():
+        if not why_files.erf_path(settings.results, backbone, category).is_file():
             return False
-        record = runs.read_json(path)
-        if (record.get("version"), record.get("source_run"), record.get("max_images")) != \
-                (why_files.LOCALITY_VERSION, str(run_dir), settings.max_images):
+        record, current = why_files.locality_json(why_files.locality_path(settings.results, backbone, category))
+        if not current:
+            return False
+        if (record.get("source_run"), record.get("max_images")) != (str(run_dir), settings.max_images):
             return False
     return all(why_files.cka_path(settings.results, category, a, b).is_file()
                for a, b in itertools.combinations(sorted(sources), 2))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.colors import Normalize, to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
@@ -29,9 +29,9 @@ from comparison import DEFAULT_PRIMARY_METRICS, PAIRED_METRICS, backbone_family,
 from metrics import image_auroc, roc_curve
 from runs import MAPS_FILE, METRICS, atomic_write, load_maps, load_scores, read_history
 
-__all__ = ["FigureItem", "PER_CATEGORY_FIGURES", "ProCurves", "backbone_colors", "bars_figure", "extremes_figure",
-           "forest_figure", "gallery_figure", "histogram_figure", "history_figure", "make_figures", "pro_figure",
-           "roc_figure", "save_figures", "show", "skipped_figures"]
+__all__ = ["FigureItem", "PER_CATEGORY_FIGURES", "ProCurves", "backbone_colors", "bars_figure", "category_colors",
+           "extremes_figure", "forest_figure", "gallery_figure", "histogram_figure", "history_figure", "make_figures",
+           "pro_figure", "roc_figure", "save_figures", "show", "skipped_figures"]
 
 ProCurves = dict[str, tuple[np.ndarray, np.ndarray]]  # run_dir -> (FPR, PRO) up to just past PRO_FPR_LIMIT
 
@@ -70,6 +70,12 @@ class FigureItem:
 
 
 FAMILY_ORDER = ("resnet", "convnext", "swin")  # the registry's families first, in this order; others after
+
+
+def category_colors(categories: list[str]) -> dict[str, str]:
+    """One colour per category (tab10, then tab20's light shades), fixed by the sorted names."""
+    palette = [f"C{i}" for i in range(10)] + [to_hex(color) for color in matplotlib.colormaps["tab20"].colors[1::2]]
+    return {category: palette[index % len(palette)] for index, category in enumerate(sorted(categories))}
 
 
 def backbone_colors(backbones: list[str]) -> dict[str, tuple]:

@@ -45,10 +45,9 @@ if TYPE_CHECKING:
 __all__ = ["BEGIN_MARKER", "DEFINITIONS", "END_MARKER", "REFERENCES", "Reference", "Report", "add_arguments",
            "aggregate_sentence", "build_report", "category_stats", "category_table", "category_test_sentence",
            "conclusions_markdown", "efficiency_table", "format_p", "group_stats", "group_table", "headline_console",
-           "headline_text", "is_synthetic", "planning_text", "prepare_portfolio", "primary_text", "protocol_text",
-           "provenance", "reference_table", "render_report", "replace_generated_block", "report_notes", "run",
-           "synthetic_note", "teacher_warning", "tests_method", "untested_note", "write_report"]
-__all__ += ["interaction_markdown"]  # the interaction answer beside the method x backbone table (issue 26)
+           "headline_text", "interaction_markdown", "is_synthetic", "planning_text", "prepare_portfolio",
+           "primary_text", "protocol_text", "provenance", "reference_table", "render_report", "replace_generated_block",
+           "report_notes", "run", "synthetic_note", "teacher_warning", "tests_method", "untested_note", "write_report"]
 
 BEGIN_MARKER, END_MARKER = generated_markers("compare")
 # ----------------------------------------------------------------------------------------------
@@ -166,6 +165,7 @@ class Report:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     why: list[WhyPart] = field(default_factory=list)  # the Why section's instruments (why.py)
     images: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-image AUPIMO tests (per_image.py)
+    stats: pd.DataFrame | None = None  # group_stats of ``runs`` (computed once by build_report; None: on demand)
 
     @property
     def tests(self) -> pd.DataFrame:
@@ -195,12 +195,13 @@ def build_report(results: str | os.PathLike, pairs: Any = None, n_boot: int = N_
     decision = decide(runs_frame, plan, chosen)
     report = Report(str(results), runs_frame, chosen, comparison, decision, n_boot,
                     sorted(set(all_runs["backbone"]) - compared), images=image_tests(runs_frame, chosen))
+    report.stats = stats = group_stats(runs_frame)
     report.tables = {
         "primary_tests_table": primary_table(decision.primary, runs_frame),
         "aggregate_tests_table": aggregate_table(comparison.aggregate, runs_frame),
         "category_metrics": category_table(runs_frame),
-        "group_means": group_table(runs_frame),
-        "reference": reference_table(runs_frame),
+        "group_means": group_table(runs_frame, stats),
+        "reference": reference_table(runs_frame, stats),
         "pairwise_tests": pairwise_table(comparison.tests),
         "aupimo_images": image_table(report.images, runs_frame),
         "per_defect": per_defect_table(comparison.per_defect, runs_frame),
@@ -208,7 +209,7 @@ def build_report(results: str | os.PathLike, pairs: Any = None, n_boot: int = N_
         "seed_power": planning_display(decision.planning, runs_frame),
         "efficiency": efficiency_table(runs_frame),
     }
-    methods = method_backbone_table(runs_frame)  # only when some backbone ran under two methods
+    methods = method_backbone_table(runs_frame, stats)  # only when some backbone ran under two methods
     if not methods.empty:
         report.tables["method_backbone"] = methods
     report.why = why_parts(runs_frame, results, chosen)
@@ -478,7 +479,7 @@ def _numeric_tables(report: Report) -> dict[str, pd.DataFrame]:
         "runs": report.runs,
         "aggregate_tests": comparison.aggregate,
         "category_stats": category_stats(report.runs),
-        "group_stats": group_stats(report.runs),
+        "group_stats": group_stats(report.runs) if report.stats is None else report.stats,
         "pairwise_tests_numeric": comparison.tests,
         "aupimo_images_numeric": report.images,
         "category_intervals": comparison.intervals,

@@ -9,9 +9,9 @@ import pandas as pd
 
 import runs
 from backbone_facts import backbone_family
-from report_tables import format_mean_std
+from report_tables import format_mean_std, mean_std
 
-__all__ = ["LOCO_KINDS", "anomaly_kind_table", "anomaly_kind_text"]
+__all__ = ["anomaly_kind_table", "anomaly_kind_text"]
 
 LOCO_KINDS = {"logical_anomalies": "logical", "structural_anomalies": "structural"}  # test folder -> label
 _BOTH = "mean of both"
@@ -40,22 +40,16 @@ def anomaly_kind_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
     for (category, backbone), group in frame.groupby(["category", "backbone"], sort=True):
         per_run = [_kind_values(runs.read_json(Path(directory) / runs.METRICS_FILE)) for directory in group["run_dir"]]
         for label in (*LOCO_KINDS.values(), _BOTH):
-            auroc = pd.Series([values[label][0] for values in per_run], dtype=float).dropna()
-            spro = pd.Series([values[label][1] for values in per_run], dtype=float).dropna()
+            auroc, auroc_std, _ = mean_std(pd.Series([values[label][0] for values in per_run], dtype=float))
+            spro, spro_std, _ = mean_std(pd.Series([values[label][1] for values in per_run], dtype=float))
             rows.append({
                 "category": category, "backbone": backbone, "family": backbone_family(backbone), "anomalies": label,
                 "n seeds": len(group),
-                "image AUROC (%)": format_mean_std(*_mean_std(auroc)),
-                "AU-sPRO (%)": format_mean_std(*_mean_std(spro)),
+                "image AUROC (%)": format_mean_std(auroc, auroc_std),
+                "AU-sPRO (%)": format_mean_std(spro, spro_std),
             })
     return pd.DataFrame(rows, columns=["category", "backbone", "family", "anomalies", "n seeds", "image AUROC (%)",
                                        "AU-sPRO (%)"])
-
-
-def _mean_std(values: pd.Series) -> tuple[float, float]:
-    if values.empty:
-        return float("nan"), float("nan")
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
 def anomaly_kind_text(runs_frame: pd.DataFrame) -> str:

@@ -8,16 +8,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backbone_facts import DEFAULT_METHOD, METHODS, method_label, split_arm
+from backbone_facts import DEFAULT_METHOD, METHODS, method_label
 from comparison import (CONFIDENCE, NOT_AVAILABLE, OVERALL, PAIRED_METRICS, backbone_family, group_members,
                         shared_categories, unfinished_flags)
 from interaction import label_arms, question_text
+from paired_metrics import measured_metrics
 from runs import EFFICIENCY, METRICS
 
-__all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCE_METRICS", "REFERENCES", "Reference", "aggregate_table",
+__all__ = ["OUR_PROTOCOL", "P_FLOOR", "PROTOCOLS", "REFERENCES", "Reference", "aggregate_table",
            "category_stats", "category_table", "count_text", "detectable_text", "distinct_values", "efficiency_table",
            "fmt", "format_mean_std", "format_p", "group_stats", "group_table", "interval_text", "is_synthetic",
-           "method_backbone_table", "methods_per_backbone", "multi_dataset", "p_is",
+           "mean_std", "method_backbone_table", "multi_dataset", "p_is",
            "pairwise_table", "per_defect_table", "planning_display", "primary_table", "reference_table",
            "values_list"]
 
@@ -64,7 +65,7 @@ def is_synthetic(runs_frame: pd.DataFrame) -> bool:
     return bool(runs_frame["category"].str.startswith("synth").any())
 
 
-def _mean_std(values: pd.Series) -> tuple[float, float, int]:
+def mean_std(values: pd.Series) -> tuple[float, float, int]:
     """Mean, sample std (ddof 1) and count of the non-null values."""
     valid = values.dropna()
     if valid.empty:
@@ -91,7 +92,7 @@ def category_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
     for (dataset, category, kind, backbone), group in runs_frame.groupby(["dataset", "category", "kind", "backbone"],
                                                                           sort=True):
         for metric in METRICS:
-            mean, std, count = _mean_std(group[metric])
+            mean, std, count = mean_std(group[metric])
             rows.append((dataset, category, kind, backbone, backbone_family(backbone), metric, mean, std, count,
                          len(group), bool(group["unfinished"].any())))
     return pd.DataFrame(rows, columns=["dataset", "category", "group", "backbone", "family", "metric", "mean", "std",
@@ -105,7 +106,7 @@ def category_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
                                                                           sort=True):
         cells = {}
         for metric, label in METRICS.items():
-            mean, std, _ = _mean_std(group[metric])
+            mean, std, _ = mean_std(group[metric])
             cells[label + " (%)"] = format_mean_std(mean, std)
         row = {"dataset": dataset} if multi_dataset(runs_frame) else {}
         rows.append({**row, "category": category, "group": kind, "backbone": backbone,
@@ -134,7 +135,7 @@ def _backbone_group_mean(frame: pd.DataFrame, metric: str) -> tuple[float, float
         return float("nan"), float("nan"), 0, "0"
     seed_sets = {tuple(sorted(group["seed"])) for _, group in measured.groupby("category")}
     if len(seed_sets) == 1:
-        mean, std, count = _mean_std(measured.groupby("seed")[metric].mean())
+        mean, std, count = mean_std(measured.groupby("seed")[metric].mean())
         return mean, std, count, str(count)
     per_category = measured.groupby("category")[metric].mean()
     sizes = measured.groupby("category")["seed"].count()
@@ -155,7 +156,7 @@ def group_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
         for dataset, group, shared, missing in _group_blocks(runs_frame, metric):
             members = runs_frame[(runs_frame["dataset"] == dataset) & runs_frame["category"].isin(shared)]
             # a metric no run of the dataset measured is named once in the report's notes, not per category
-            measured = runs_frame.loc[runs_frame["dataset"] == dataset, metric].notna().any()
+            measured = bool(measured_metrics(runs_frame[runs_frame["dataset"] == dataset], (metric,)))
             left_out = " | ".join(f"{c}: {why}" for c, why in missing.items()) if measured else ""
             for backbone in sorted(set(runs_frame["backbone"])):
                 frame = members[members["backbone"] == backbone]
@@ -170,9 +171,10 @@ def group_stats(runs_frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["_order", "backbone"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
-def group_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Group and overall means per backbone, "mean ± std" in percent over seeds, over the shared categories only."""
-    stats = group_stats(runs_frame)
+def group_table(runs_frame: pd.DataFrame, stats: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Group and overall means per backbone, "mean ± std" in percent over seeds, over the shared categories only
+    (``stats``: group_stats of ``runs_frame`` when already computed)."""
+    stats = group_stats(runs_frame) if stats is None else stats
     rows = []
     for (dataset, group, backbone), frame in stats.groupby(["dataset", "group", "backbone"], sort=False):
         by_metric = frame.set_index("metric")
@@ -203,10 +205,11 @@ def _reference_dataset(runs_frame: pd.DataFrame) -> str:
     return "mvtec" if "mvtec" in datasets else datasets[0]
 
 
-def reference_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Our overall means per backbone, then the published RD4AD and RD++ means as labelled reference rows."""
+def reference_table(runs_frame: pd.DataFrame, stats: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Our overall means per backbone, then the published RD4AD and RD++ means as labelled reference rows
+    (``stats``: group_stats of ``runs_frame`` when already computed)."""
     dataset = _reference_dataset(runs_frame)
-    stats = group_stats(runs_frame)
+    stats = group_stats(runs_frame) if stats is None else stats
     overall = stats[(stats["dataset"] == dataset) & (stats["group"] == OVERALL)]
     selection = "; ".join(PROTOCOLS.get(s, s) for s in sorted(set(runs_frame["selection"])))
     rows = []
@@ -227,12 +230,9 @@ def reference_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _arm_parts(runs_frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """arm label -> (registered backbone, method), from the runs table's own columns (runs.load_runs), or from the
-    label itself (backbone_facts.split_arm) for a table without them."""
-    if {"registered_backbone", "method"} <= set(runs_frame.columns):
-        return {arm: (str(backbone), str(method)) for arm, backbone, method in
-                runs_frame[["backbone", "registered_backbone", "method"]].drop_duplicates().itertuples(index=False)}
-    return {arm: split_arm(arm) for arm in set(runs_frame["backbone"])}
+    """arm label -> (registered backbone, method), from the runs table's own columns (runs.load_runs)."""
+    return {arm: (str(backbone), str(method)) for arm, backbone, method in
+            runs_frame[["backbone", "registered_backbone", "method"]].drop_duplicates().itertuples(index=False)}
 
 
 def methods_per_backbone(runs_frame: pd.DataFrame) -> dict[str, list[str]]:
@@ -243,14 +243,15 @@ def methods_per_backbone(runs_frame: pd.DataFrame) -> dict[str, list[str]]:
     return {backbone: sorted(methods, key=list(METHODS).index) for backbone, methods in sorted(found.items())}
 
 
-def method_backbone_table(runs_frame: pd.DataFrame) -> pd.DataFrame:
+def method_backbone_table(runs_frame: pd.DataFrame, stats: pd.DataFrame | None = None) -> pd.DataFrame:
     """Descriptive method x backbone table: per dataset and registered backbone, each method's overall mean ± std over
     seeds (group_stats: the categories complete for every arm of the report) and the difference of the means,
-    RD++ − RD4AD in points. No interval, no test. Empty when no backbone has runs of two methods."""
+    RD++ − RD4AD in points. No interval, no test. Empty when no backbone has runs of two methods (``stats``:
+    group_stats of ``runs_frame`` when already computed)."""
     if not any(len(methods) > 1 for methods in methods_per_backbone(runs_frame).values()):
         return pd.DataFrame()
     parts = _arm_parts(runs_frame)
-    stats = group_stats(runs_frame)
+    stats = group_stats(runs_frame) if stats is None else stats
     overall = stats[stats["group"] == OVERALL]
     overall = overall.assign(_backbone=[parts[a][0] for a in overall["backbone"]],
                              _method=[parts[a][1] for a in overall["backbone"]])
@@ -400,7 +401,7 @@ def _left_out(row: Any, runs_frame: pd.DataFrame) -> str:
     """The categories a primary answer left out; one phrase, not one per category, when no run measured the metric
     (the report's notes say why: paired_metrics.unmeasured_note)."""
     frame = runs_frame[runs_frame["dataset"] == row.dataset]
-    if row.metric not in frame.columns or frame[row.metric].isna().all():
+    if not measured_metrics(frame, (row.metric,)):
         return f"every category: no run measured {PAIRED_METRICS[row.metric]} (see the notes at the top)"
     return row.excluded or ""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
@@ -26,8 +27,7 @@ from why_part import WhyPart
 if TYPE_CHECKING:
     from plots import FigureItem
 
-__all__ = ["HEADING", "INSTRUMENTS", "INTRODUCTION", "Instrument", "WhyPart", "findings_markdown", "not_run_markdown",
-           "render_why", "why_parts", "why_tables"]
+__all__ = ["INTRODUCTION", "WhyPart", "findings_markdown", "not_run_markdown", "render_why", "why_parts", "why_tables"]
 
 HEADING = "What differs between the teachers"
 Builder = Callable[[pd.DataFrame, str, list[tuple[str, str]]], "WhyPart | None"]
@@ -43,14 +43,19 @@ class Instrument:
     added_by: str  # markdown; ``{results}`` is the results folder
     stale: Callable[[pd.DataFrame, str], list[str]] | None = None  # files written by an older version, by name
 
+    @classmethod
+    def of(cls, module: ModuleType, stale: Callable[[pd.DataFrame, str], list[str]] | None = None) -> "Instrument":
+        """The instrument of a why_* module: its KEY, TITLE, part and ADDED_BY."""
+        return cls(module.KEY, module.TITLE, module.part, module.ADDED_BY, stale)
+
 
 # The instruments in the order the section shows them.
 INSTRUMENTS: list[Instrument] = [
-    Instrument(why_scales.KEY, why_scales.TITLE, why_scales.part, why_scales.ADDED_BY),
-    Instrument(why_regions.KEY, why_regions.TITLE, why_regions.part, why_regions.ADDED_BY),
-    Instrument(why_stability.KEY, why_stability.TITLE, why_stability.part, why_stability.ADDED_BY),
-    Instrument(why_locality.KEY, why_locality.TITLE, why_locality.part, why_locality.ADDED_BY, why_locality.stale),
-    Instrument(why_audit.KEY, why_audit.TITLE, why_audit.part, why_audit.ADDED_BY),
+    Instrument.of(why_scales),
+    Instrument.of(why_regions),
+    Instrument.of(why_stability),
+    Instrument.of(why_locality, why_locality.stale),
+    Instrument.of(why_audit),
 ]
 
 INTRODUCTION = (

@@ -25,8 +25,8 @@ import runs
 from errors import RDError
 
 __all__ = ["AUDIT_COLUMNS", "AUDIT_FILE", "CKA_FOLDER", "ERF_FILE", "LOCALITY_FILE", "LOCALITY_VERSION", "cka_path",
-           "erf_path", "locality_path", "outdated_locality", "read_audit", "read_cka", "read_locality", "write_audit",
-           "write_cka", "write_locality"]
+           "erf_path", "locality_json", "locality_path", "locality_state", "outdated_locality", "read_audit",
+           "read_cka", "read_locality", "write_audit", "write_cka", "write_locality"]
 
 LOCALITY_FILE = "teacher_locality.json"
 ERF_FILE = "teacher_erf.npz"
@@ -56,14 +56,21 @@ def cka_path(results: str | os.PathLike, category: str, a: str, b: str) -> Path:
 
 # ---------------------------------------------------------------------------------------------- teacher locality
 
+def locality_json(path: str | os.PathLike) -> tuple[Any, bool]:
+    """A teacher_locality.json (or CKA JSON) as read (None when there is no file) and whether the current
+    ``analyse`` wrote it: the one place that checks LOCALITY_VERSION."""
+    path = Path(path)
+    if not path.is_file():
+        return None, False
+    record = runs.read_json(path)
+    return record, isinstance(record, dict) and record.get("version") == LOCALITY_VERSION
+
+
 def outdated_locality(results: str | os.PathLike, backbone: str, category: str) -> bool:
     """Whether the (backbone, category) has a teacher_locality.json written by an older ``analyse`` (which
     ``read_locality`` does not read; ``analyse`` measures it again)."""
-    path = locality_path(results, backbone, category)
-    if not path.is_file():
-        return False
-    record = runs.read_json(path)
-    return not isinstance(record, dict) or record.get("version") != LOCALITY_VERSION
+    record, current = locality_json(locality_path(results, backbone, category))
+    return record is not None and not current
 
 
 def write_locality(results: str | os.PathLike, backbone: str, category: str, record: dict[str, Any],
@@ -80,15 +87,12 @@ def write_locality(results: str | os.PathLike, backbone: str, category: str, rec
     return path
 
 
-def read_locality(results: str | os.PathLike, backbone: str, category: str) -> dict[str, Any] | None:
-    """The ERF record of one (backbone, category) with its arrays (``maps``, ``profiles``), or None when it was
-    not measured (or by an older version); a damaged file is an RDError naming it."""
+def locality_state(results: str | os.PathLike, backbone: str, category: str) -> tuple[dict[str, Any] | None, bool]:
+    """``read_locality``'s record and ``outdated_locality``'s answer from one read of the JSON."""
     path, arrays = locality_path(results, backbone, category), erf_path(results, backbone, category)
-    if not path.is_file():
-        return None
-    record = runs.read_json(path)
-    if not isinstance(record, dict) or record.get("version") != LOCALITY_VERSION:
-        return None
+    record, current = locality_json(path)
+    if not current:
+        return None, record is not None
     expected = "taps (a list of tap records with erf_r50_px and erf_r90_px) and its teacher_erf.npz"
     try:
         with np.load(arrays, allow_pickle=False) as data:
@@ -99,7 +103,13 @@ def read_locality(results: str | os.PathLike, backbone: str, category: str) -> d
     except (OSError, KeyError, TypeError, ValueError) as error:
         raise RDError(f"{path}: expected {expected} ({type(error).__name__}: {error}); "
                       + _REDO.format(results=results)) from None
-    return record | {"maps": maps, "profiles": profiles}
+    return record | {"maps": maps, "profiles": profiles}, False
+
+
+def read_locality(results: str | os.PathLike, backbone: str, category: str) -> dict[str, Any] | None:
+    """The ERF record of one (backbone, category) with its arrays (``maps``, ``profiles``), or None when it was
+    not measured (or by an older version); a damaged file is an RDError naming it."""
+    return locality_state(results, backbone, category)[0]
 
 
 def write_cka(results: str | os.PathLike, category: str, a: str, b: str, record: dict[str, Any]) -> Path:
@@ -111,10 +121,8 @@ def write_cka(results: str | os.PathLike, category: str, a: str, b: str, record:
 def read_cka(results: str | os.PathLike, category: str, a: str, b: str) -> dict[str, Any] | None:
     """The pair's CKA record (``taps``: one ``{"tap", "cka", ...}`` each), or None when not measured."""
     path = cka_path(results, category, a, b)
-    if not path.is_file():
-        return None
-    record = runs.read_json(path)
-    if not isinstance(record, dict) or record.get("version") != LOCALITY_VERSION:
+    record, current = locality_json(path)
+    if not current:
         return None
     if not isinstance(record.get("taps"), list) or not all(isinstance(t, dict) and "cka" in t for t in record["taps"]):
         raise RDError(f"{path}: expected taps, a list of {{tap, cka}} records; " + _REDO.format(results=results))

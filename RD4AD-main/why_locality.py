@@ -28,14 +28,17 @@ FRACTIONS = {"r50": 0.5, "r90": 0.9}
 Records = dict[tuple[str, str], dict]  # (backbone, category) -> read_locality's record
 
 
-def read_records(runs_frame: pd.DataFrame, results: str) -> Records:
-    """The locality records of the compared (backbone, category) pairs that ``analyse`` measured."""
-    found = {}
+def read_records(runs_frame: pd.DataFrame, results: str) -> tuple[Records, list[str]]:
+    """The locality records of the compared (backbone, category) pairs that ``analyse`` measured, and (in the same
+    read) those pairs whose teacher_locality.json an older ``analyse`` wrote, as "backbone/category"."""
+    found, outdated = {}, []
     for backbone, category in sorted(set(zip(runs_frame["backbone"], runs_frame["category"]))):
-        record = why_files.read_locality(results, backbone, category)
+        record, old = why_files.locality_state(results, backbone, category)
         if record is not None:
             found[(backbone, category)] = record
-    return found
+        if old:
+            outdated.append(f"{backbone}/{category}")
+    return found, outdated
 
 
 def stale(runs_frame: pd.DataFrame, results: str) -> list[str]:
@@ -170,7 +173,7 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
     """The instrument's share of the Why section; None when ``analyse`` has measured none of the compared teachers."""
     from plots import FigureItem
 
-    records = read_records(runs_frame, results)
+    records, outdated = read_records(runs_frame, results)
     if not records:
         return None
     radii = radius_table(records)
@@ -192,7 +195,6 @@ def part(runs_frame: pd.DataFrame, results: str, pairs: list[tuple[str, str]]) -
         f"interval from {N_BOOT} resamples of the normals within each category. CKA: linear CKA between the two "
         "teachers' taps of the same index on the same normals (rows: image x position, pooled to the smaller size; "
         "1 = the same features up to rotation and scale).")
-    outdated = stale(runs_frame, results)
     if outdated:
         text += (f" Not read here: {', '.join(outdated)}, measured by an older `main.py analyse` (rings centred on "
                  f"the patchify midpoint); `main.py analyse --results {results}` measures them again.")

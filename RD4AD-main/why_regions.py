@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from plots import FigureItem, backbone_colors
 from runs import REGIONS_FILE, load_regions
 from why_part import WhyPart
-from why_stats import CONFIDENCE, interval_text, paired_values, per_pair, seed_interval, stack_pairs
+from why_stats import CONFIDENCE, estimate_text, paired_values, per_pair, seed_interval, stack_pairs
 
 __all__ = ["ADDED_BY", "BIN_EDGES", "BIN_LABELS", "KEY", "TITLE", "by_bin", "differences", "part", "region_frame",
            "size_bin"]
@@ -117,7 +117,7 @@ def _figure(table: pd.DataFrame) -> Figure:
 
 
 def _text(row: pd.Series, name: str) -> str:
-    return interval_text(row[f"{name}_diff"], row[f"{name}_ci_low"], row[f"{name}_ci_high"], row["note"])
+    return estimate_text(row[f"{name}_diff"], row[f"{name}_ci_low"], row[f"{name}_ci_high"], row["note"])
 
 
 def _finding(diffs: dict[tuple[str, str], pd.DataFrame]) -> str | None:

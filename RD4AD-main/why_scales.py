@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from plots import FigureItem, backbone_colors
 from runs import METRICS, SCALES_FILE, load_scales
 from why_part import WhyPart
-from why_stats import CONFIDENCE, interval_text, paired_differences, per_pair, seed_interval, stack_pairs
+from why_stats import CONFIDENCE, estimate_text, paired_differences, per_pair, seed_interval, stack_pairs
 
 __all__ = ["ADDED_BY", "KEY", "METRIC_KEYS", "TITLE", "differences", "part", "scale_frame", "scale_means"]
 
@@ -95,7 +95,7 @@ def _figure(means: pd.DataFrame, metric: str) -> Figure:
 
 
 def _text(row: pd.Series) -> str:
-    return interval_text(row["mean_diff"], row["ci_low"], row["ci_high"], row["note"])
+    return estimate_text(row["mean_diff"], row["ci_low"], row["ci_high"], row["note"])
 
 
 def _finding(diffs: dict[tuple[str, str], pd.DataFrame], means: pd.DataFrame, metric: str) -> str | None:

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from plots import LINE_STYLES, FigureItem
+from plots import LINE_STYLES, FigureItem, category_colors
 from runs import GRAD_NORM_COLUMNS, HISTORY_FILE, METRICS, read_history
 from why_part import WhyPart
-from why_stats import CONFIDENCE, SpreadInterval, paired_values, spread_interval
+from why_stats import CONFIDENCE, SpreadInterval, paired_values, pooled_sd, spread_interval
 
-__all__ = ["ADDED_BY", "CURVES", "KEY", "SPREAD_METRICS", "TITLE", "category_colors", "final_losses", "part",
+__all__ = ["ADDED_BY", "CURVES", "KEY", "SPREAD_METRICS", "TITLE", "final_losses", "part",
            "spread_ratio", "spread_table", "seed_spread"]
 
 KEY = "stability"
@@ -52,7 +52,7 @@ def spread_table(frame: pd.DataFrame, backbones: list[str]) -> pd.DataFrame:
         for backbone in backbones:
             mine = spread[spread["backbone"] == backbone]
             weights = mine["seeds"] - 1
-            row[backbone] = float(np.sqrt((weights * mine["variance"]).sum() / weights.sum())) if len(mine) else np.nan
+            row[backbone] = pooled_sd(weights, mine["variance"]) if len(mine) else np.nan
             row[f"{backbone} categories"] = len(mine)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -73,19 +73,6 @@ def spread_ratio(frame: pd.DataFrame, pair: tuple[str, str], metric: str) -> Spr
     chosen = np.where(both[..., None], values, np.nan)[keep]
     variances = np.nanvar(chosen, axis=1, ddof=1)  # categories x (a, b)
     return spread_interval(variances[:, 0], variances[:, 1], seeds[keep])
-
-
-def category_colors(categories: list[str]) -> dict[str, str]:
-    """One colour per category (tab10, then tab20's light shades), fixed by the sorted names."""
-    palette = [f"C{i}" for i in range(10)] + [_light(i) for i in range(10)]
-    return {category: palette[index % len(palette)] for index, category in enumerate(sorted(categories))}
-
-
-def _light(index: int) -> str:
-    from matplotlib import colormaps
-
-    red, green, blue, _ = colormaps["tab20"](2 * index + 1)
-    return f"#{int(255 * red):02x}{int(255 * green):02x}{int(255 * blue):02x}"
 
 
 def _figure(histories: dict[str, pd.DataFrame], runs_frame: pd.DataFrame, backbones: list[str]) -> Figure:

@@ -25,8 +25,8 @@ from scipy import stats
 
 from significance import seeded_rng
 
-__all__ = ["CONFIDENCE", "NO_SEED_VARIANCE", "SeedInterval", "SpreadInterval", "interval_text",
-           "paired_differences", "paired_values", "per_pair", "seed_interval", "spread_interval", "stack_pairs"]
+__all__ = ["CONFIDENCE", "NO_SEED_VARIANCE", "SpreadInterval", "estimate_text", "paired_differences", "paired_values",
+           "per_pair", "pooled_sd", "seed_interval", "spread_interval", "stack_pairs"]
 
 CONFIDENCE = 0.95
 NO_SEED_VARIANCE = "no interval: one seed per category"
@@ -141,6 +141,11 @@ def _pivot_quantile(dfs: tuple[int, ...], confidence: float) -> float:
     return float(np.quantile(total / len(dfs), 0.5 + confidence / 2))
 
 
+def pooled_sd(dfs: np.ndarray | pd.Series, variances: np.ndarray | pd.Series) -> float:
+    """The pooled standard deviation: the root of the variances averaged with weights ``dfs`` (degrees of freedom)."""
+    return float(np.sqrt((dfs * variances).sum() / dfs.sum()))
+
+
 def spread_interval(variances_a: np.ndarray, variances_b: np.ndarray, seeds: np.ndarray,
                     confidence: float = CONFIDENCE) -> SpreadInterval | None:
     """Per category the seed variances of a and b over the same ``seeds`` seeds (>= 2): the geometric mean of the
@@ -156,13 +161,12 @@ def spread_interval(variances_a: np.ndarray, variances_b: np.ndarray, seeds: np.
     dfs = seeds - 1
     log_ratio = float(np.mean(np.log(variances_a[varied] / variances_b[varied])))
     half = _pivot_quantile(tuple(sorted(int(d) for d in dfs[varied])), confidence)
-    pooled_a = float(np.sqrt((dfs * variances_a).sum() / dfs.sum()))
-    pooled_b = float(np.sqrt((dfs * variances_b).sum() / dfs.sum()))
+    pooled_a, pooled_b = pooled_sd(dfs, variances_a), pooled_sd(dfs, variances_b)
     return SpreadInterval(float(np.exp(log_ratio / 2)), float(np.exp((log_ratio - half) / 2)),
                           float(np.exp((log_ratio + half) / 2)), pooled_a, pooled_b, int(varied.sum()))
 
 
-def interval_text(estimate: float, low: float, high: float, note: str = "", scale: float = 100.0,
+def estimate_text(estimate: float, low: float, high: float, note: str = "", scale: float = 100.0,
                   signed: bool = True) -> str:
     """``estimate [low, high]`` in ``scale`` units; without an interval ``estimate (note)``."""
     sign = "+" if signed else ""

@@ -37,10 +37,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="image size (px)")
     parser.add_argument("--images", type=int, default=2, help="noise images the ERF is averaged over")
     args = parser.parse_args()
-    torch.set_grad_enabled(True)
     size = args.size
-    print(f"| backbone | tap | cells | patchify midpoint (px) | receptive-field centre (px) | r50 / r90 at the "
-          f"midpoint (px) | r50 / r90 at the centre (px) |\n|---|---|---|---|---|---|---|")
+    print("| backbone | tap | cells | patchify midpoint (px) | receptive-field centre (px) | r50 / r90 at the "
+          "midpoint (px) | r50 / r90 at the centre (px) |\n|---|---|---|---|---|---|---|")
     for name in parse_backbones(args.backbones):
         torch.manual_seed(0)
         teacher = build_model(name, pretrained=False).teacher.eval()
@@ -56,8 +55,9 @@ def main() -> None:
     line = torch.exp(-((coordinates - size / 2) ** 2) / (2 * 10.0 ** 2))
     blob = torch.outer(line, line)
     for label, centre in (("its own centre", size / 2), ("a ResNet tap-3 patchify midpoint", size / 2 + 7.5)):
+        r50, r90 = radii(blob, centre)
         print(f"sigma-10 Gaussian at {size / 2:g} px, rings around {label} ({centre:g} px): "
-              f"r50 {radii(blob, centre)[0]:.1f} px, r90 {radii(blob, centre)[1]:.1f} px")
+              f"r50 {r50:.1f} px, r90 {r90:.1f} px")
 
 
 if __name__ == "__main__":

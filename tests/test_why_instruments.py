@@ -13,6 +13,7 @@ import why_regions
 import why_scales
 import why_stability
 from fake_results import write_fake_results
+from plots import category_colors
 
 PAIR = ("resnet50", "convnext_tiny")
 CATEGORIES = ("synth_object", "synth_texture")
@@ -218,7 +219,7 @@ def test_the_stability_figure_tells_categories_and_seeds_apart(study):
     figure = why_stability.part(frame, str(results), [PAIR]).figures[0].figure
     (legend,) = figure.legends
     assert [t.get_text() for t in legend.get_texts()] == [*sorted(CATEGORIES), *[f"seed {s}" for s in SEEDS]]
-    colours = why_stability.category_colors(list(CATEGORIES))
+    colours = category_colors(list(CATEGORIES))
     lines = figure.axes[0].get_lines()  # resnet50's losses: one line per run, coloured by its category
     assert len(lines) == len(CATEGORIES) * len(SEEDS)
     assert {line.get_color() for line in lines} == set(colours.values())
