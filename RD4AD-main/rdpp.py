@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbone_facts import RDPP_LOSS_TERMS
 from dataset import IMAGENET_STD
 from errors import RDError
 from rd_model import ReverseDistillation, full_precision, sum_scales
@@ -59,7 +60,7 @@ SINKHORN_SETTINGS = {"loss": "sinkhorn", "p": 2, "blur": 0.05, "reach": None, "d
                      "truncate": 10, "cost": None, "kernel": None, "cluster_scale": None, "debias": True,
                      "potentials": False, "verbose": False, "backend": "tensorized"}
 # the step's loss terms after RD's three per-scale ones (history.csv's rdpp columns, runs.RDPP_LOSS_COLUMNS)
-LOSS_TERMS = ("distill", "projection", "ssot", "reconstruct", "contrast")
+LOSS_TERMS = RDPP_LOSS_TERMS
 # the noise stream of a run: its own generator per epoch (the batch order's is seed * 1_000_003 + epoch)
 _NOISE_STREAM = 2**62
 
