@@ -12,8 +12,8 @@ registry order and capacity lookups below take either a backbone or an arm label
 """
 from __future__ import annotations
 
-__all__ = ["ARM_SEPARATOR", "BIG_PAIR", "DEFAULT_METHOD", "FAIR_PAIR", "FAMILIES", "METHODS", "UNKNOWN_FAMILY",
-           "arm_label", "backbone_family", "method_label", "registry_order", "split_arm"]
+__all__ = ["ARM_SEPARATOR", "BIG_PAIR", "DEFAULT_METHOD", "FAIR_PAIR", "FAMILIES", "METHODS", "RDPP_LOSS_TERMS",
+           "UNKNOWN_FAMILY", "arm_label", "backbone_family", "method_label", "registry_order", "split_arm"]
 
 # Registry order (the default pair order of a report) -> family ("resnet", "convnext", "swin"): reports group by it.
 FAMILIES: dict[str, str] = {
@@ -37,6 +37,9 @@ METHODS: dict[str, str] = {
 }
 DEFAULT_METHOD = "rd"
 ARM_SEPARATOR = "+"
+# RD++'s loss terms after RD's three per-scale ones (rdpp.LOSS_TERMS; history.csv's runs.RDPP_LOSS_COLUMNS), here
+# so that the results readers know them without torch
+RDPP_LOSS_TERMS = ("distill", "projection", "ssot", "reconstruct", "contrast")
 
 
 def arm_label(backbone: str, method: str = DEFAULT_METHOD) -> str:

@@ -62,7 +62,8 @@ def summarize(backbone: str, image_size: int = 256, method: str = DEFAULT_METHOD
     for t, s in zip(teacher_features, student_features, strict=True):
         assert t.shape == s.shape, f"{backbone}: teacher {tuple(t.shape)} != student {tuple(s.shape)}"
     bottleneck, decoder = count_parameters(model.bottleneck), count_parameters(model.student)
-    projection = count_parameters(model.projection) if hasattr(model, "projection") else 0
+    trainable = count_parameters(model.trainable_modules())
+    projection = trainable - bottleneck - decoder  # RD++'s projection: trainable beyond OCBE and decoder
     entry = get_backbone(backbone)
     depths = getattr(model.student, "depths", None)
     return ModelSummary(
@@ -71,7 +72,7 @@ def summarize(backbone: str, image_size: int = 256, method: str = DEFAULT_METHOD
         teacher_params=count_parameters(model.teacher),
         bottleneck_params=bottleneck,
         decoder_params=decoder,
-        trainable_params=bottleneck + decoder + projection,
+        trainable_params=trainable,
         gflops=gflops,
         feature_shapes=[list(t.shape[1:]) for t in teacher_features],
         family=entry.family,

@@ -15,7 +15,7 @@ from pathlib import Path
 from errors import RDError
 
 __all__ = ["DiskFull", "NO_SPACE_ERRNOS", "TORCH_SHORT_WRITE", "disk_full", "existing_folder", "format_bytes",
-           "free_bytes", "is_write_failure", "same_file_system"]
+           "file_system", "free_bytes", "is_write_failure", "same_file_system"]
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # what torch's zip writer (caffe2's PyTorchStreamWriter) says when a write comes up short: it never names the errno
@@ -39,9 +39,14 @@ def free_bytes(path: str | os.PathLike) -> int:
     return shutil.disk_usage(existing_folder(path)).free
 
 
+def file_system(path: str | os.PathLike) -> int:
+    """The device id of the file system that holds ``path`` (or would hold it): equal ids share space and speed."""
+    return existing_folder(path).stat().st_dev
+
+
 def same_file_system(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     """Whether two paths (existing or not) would be written to one file system: their space is then shared."""
-    return existing_folder(first).stat().st_dev == existing_folder(second).stat().st_dev
+    return file_system(first) == file_system(second)
 
 
 def format_bytes(count: float) -> str:

@@ -195,7 +195,7 @@ def check_protocol(runs_frame: pd.DataFrame, pair: tuple[str, str] | None = None
     """
     frame = runs_frame if pair is None else runs_frame[runs_frame["backbone"].isin(pair)]
     names = pair or tuple(sorted(set(frame["backbone"])))
-    methods = tuple(dict.fromkeys(sorted(set(_methods_of(frame)), key=lambda m: (m != DEFAULT_METHOD, m))))
+    methods = tuple(sorted(set(_methods_of(frame)), key=lambda m: (m != DEFAULT_METHOD, m)))
     result = PairProtocol(tuple(names), len(frame), methods or (DEFAULT_METHOD,))
     for column in PROTOCOL_FIELDS:
         if column not in frame.columns:

@@ -8,6 +8,7 @@ and #3-scoring).
 from __future__ import annotations
 
 import copy
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,11 @@ class ReverseDistillation(nn.Module):
     def trainable_modules(self) -> nn.ModuleDict:
         """The parts that are trained and checkpointed."""
         return nn.ModuleDict({"bottleneck": self.bottleneck, "student": self.student})
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups (``recipe.make_optimizer``): one, every trainable parameter, at the run's
+        lr and betas."""
+        return [{"params": list(self.trainable_modules().parameters())}]
 
     def keep_teacher_in(self, dtype: torch.dtype) -> None:
         """Keep a copy of the frozen teacher cast to ``dtype`` (bf16 under amp), used whenever autocast runs
@@ -174,10 +180,12 @@ def scale_maps(teacher_features: list[Tensor], student_features: list[Tensor],
                 for t, s in zip(teacher_features, student_features, strict=True)]
 
 
-def sum_scales(maps: list[Tensor]) -> Tensor:
-    """The per-scale maps added in their order, first to last (the anomaly map's order: bit-identical sums)."""
-    total = maps[0]
-    for distance in maps[1:]:
+def sum_scales(maps: Iterable[Tensor]) -> Tensor:
+    """The per-scale maps (or any terms, a generator too) added in their order, first to last, as ``a + b + c``
+    (the anomaly map's order: bit-identical sums)."""
+    iterator = iter(maps)
+    total = next(iterator)
+    for distance in iterator:
         total = total + distance
     return total
 

@@ -11,7 +11,7 @@ docs/reproduction.md#11-rd-a-second-method):
 - **scoring through the projection**: student(OCBE(projection(teacher(x)))) against the raw teacher features, with
   RD's map (``evaluation_multi_proj``); ``RevisitedReverseDistillation.forward`` is that path;
 - **training pairs**: each image and a copy with a patch of fractal simplex noise (``dataset/dataset.py``
-  ``MVTecDataset_train``; ``noise_patches``), and the loss ``L_distill + 0.2 L_proj`` (``main.py``), where
+  ``MVTecDataset_train``; ``NoisePairs``), and the loss ``L_distill + 0.2 L_proj`` (``main.py``), where
   ``L_proj = (SSOT + 0.01 reconstruction + 0.1 contrast) / 1.11`` (``Revisit_RDLoss``: ``projection_losses``);
 - **two Adams**: the projection's (lr 0.001, betas (0.5, 0.999)) beside the distillation's over OCBE + student (the
   run's lr and betas; 0.005 and (0.5, 0.999) as RD's), here two parameter groups of one Adam (Adam's update is per
@@ -25,15 +25,17 @@ project's test-free choice (last epoch or synthetic validation), not the best te
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbone_facts import RDPP_LOSS_TERMS
 from dataset import IMAGENET_STD
 from errors import RDError
-from rd_model import ReverseDistillation, full_precision
+from rd_model import ReverseDistillation, full_precision, sum_scales
 from simplex_noise import SEED_RANGE, fractal_noise
 
 __all__ = ["ACCUMULATION_STEPS", "CONTRAST_MARGIN", "CONTRAST_WEIGHT", "LOSS_TERMS", "METHOD", "NOISE_AMPLITUDE",
@@ -58,7 +60,7 @@ SINKHORN_SETTINGS = {"loss": "sinkhorn", "p": 2, "blur": 0.05, "reach": None, "d
                      "truncate": 10, "cost": None, "kernel": None, "cluster_scale": None, "debias": True,
                      "potentials": False, "verbose": False, "backend": "tensorized"}
 # the step's loss terms after RD's three per-scale ones (history.csv's rdpp columns, runs.RDPP_LOSS_COLUMNS)
-LOSS_TERMS = ("distill", "projection", "ssot", "reconstruct", "contrast")
+LOSS_TERMS = RDPP_LOSS_TERMS
 # the noise stream of a run: its own generator per epoch (the batch order's is seed * 1_000_003 + epoch)
 _NOISE_STREAM = 2**62
 
@@ -109,6 +111,12 @@ class RevisitedReverseDistillation(ReverseDistillation):
     def trainable_modules(self) -> nn.ModuleDict:
         """The parts that are trained and checkpointed: bottleneck, student and projection."""
         return nn.ModuleDict({"bottleneck": self.bottleneck, "student": self.student, "projection": self.projection})
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Two groups: OCBE + student at the run's lr and betas, then the projection at RD++'s own (the official
+        code's two Adams)."""
+        return [{"params": [*self.bottleneck.parameters(), *self.student.parameters()]},
+                {"params": list(self.projection.parameters()), "lr": PROJECTION_LR, "betas": PROJECTION_BETAS}]
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         teacher_features = self.teacher_features(images)
@@ -168,25 +176,16 @@ def projection_losses(teacher_noisy: list[Tensor], projected_noisy: list[Tensor]
         shuffled = [clean[shuffle] for clean in projected]
         # the official order (every SSOT term, then every reconstruction, then every contrast term): autograd adds
         # the gradients reaching one tensor in that order, so the float rounding is the official one too
-        ssot = _tap_sum(_sinkhorn(torch.softmax(clean.reshape(batch, -1), -1),
+        ssot = sum_scales(_sinkhorn(torch.softmax(clean.reshape(batch, -1), -1),
                                   torch.softmax(mixed.reshape(batch, -1), -1))
                         for clean, mixed in zip(projected, shuffled, strict=True))
-        reconstruct = _tap_sum((1 - F.cosine_similarity(noisy, clean, dim=1)).mean()
+        reconstruct = sum_scales((1 - F.cosine_similarity(noisy, clean, dim=1)).mean()
                                for noisy, clean in zip(projected_noisy, projected, strict=True))
-        contrast = _tap_sum(F.cosine_embedding_loss(raw.reshape(batch, -1), clean.reshape(batch, -1), target,
+        contrast = sum_scales(F.cosine_embedding_loss(raw.reshape(batch, -1), clean.reshape(batch, -1), target,
                                                     margin=CONTRAST_MARGIN)
                             for raw, clean in zip(teacher_noisy, projected, strict=True))
         total = (ssot + RECONSTRUCT_WEIGHT * reconstruct + CONTRAST_WEIGHT * contrast) / PROJECTION_NORMALISER
         return {"projection": total, "ssot": ssot, "reconstruct": reconstruct, "contrast": contrast}
-
-
-def _tap_sum(terms: Iterable[Tensor]) -> Tensor:
-    """The terms added first to last (as the official ``a + b + c``)."""
-    iterator = iter(terms)
-    total = next(iterator)
-    for term in iterator:
-        total = total + term
-    return total
 
 
 # ---------------------------------------------------------------------------------------------- noise pairs
@@ -252,6 +251,10 @@ class NoisePairs:
         placed, mixed = on_device.split([sum(batch_sizes)] * 2)
         return list(zip(placed.split(batch_sizes), mixed[:, 0].split(batch_sizes)))
 
+    def noisy(self, clean: Tensor, patches: Tensor) -> Tensor:
+        """The noisy copy of the normalised batch ``clean`` with this run's field at ``patches`` (``noisy_images``)."""
+        return noisy_images(clean, self.field, patches)
+
 
 def noisy_images(clean: Tensor, field: Tensor, patches: Tensor) -> Tensor:
     """The normalised noisy copy of a normalised batch: ``NOISE_AMPLITUDE`` x the field's corner of each patch's size
@@ -264,9 +267,14 @@ def noisy_images(clean: Tensor, field: Tensor, patches: Tensor) -> Tensor:
     inside = ((rows >= 0) & (rows < height[:, None]))[:, :, None] & ((cols >= 0) & (cols < width[:, None]))[:, None]
     limit_y, limit_x = field.shape[1] - 1, field.shape[2] - 1
     patch = field[:, rows.clamp(0, limit_y)[:, :, None], cols.clamp(0, limit_x)[:, None, :]]  # (3, B, H, W)
-    std = torch.tensor(IMAGENET_STD, device=clean.device, dtype=field.dtype).view(3, 1, 1, 1)
-    noise = torch.where(inside[None], patch * NOISE_AMPLITUDE / std, torch.zeros((), device=clean.device))
+    noise = torch.where(inside[None], patch * NOISE_AMPLITUDE / _channel_std(clean.device, field.dtype), 0.0)
     return clean + noise.permute(1, 0, 2, 3).to(clean.dtype)
+
+
+@lru_cache(maxsize=None)
+def _channel_std(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """ImageNet's per-channel std as (3, 1, 1, 1), made once per device and dtype (no host copy per step)."""
+    return torch.tensor(IMAGENET_STD, dtype=dtype).view(3, 1, 1, 1).to(device)
 
 
 def recipe_record() -> dict[str, object]:

@@ -45,7 +45,7 @@ import pandas as pd
 
 from atomic_files import (LOCK_FILE, TEMPORARY_SUFFIX, RunLock, RunLocked, atomic_write, atomic_write_json,
                           atomic_write_text, read_json, remove_stale_temporaries, strict_json, write_csv)
-from backbone_facts import DEFAULT_METHOD, arm_label
+from backbone_facts import DEFAULT_METHOD, RDPP_LOSS_TERMS, arm_label
 from categories import category_group
 from errors import CheckpointError, RDError
 from protocol import recorded_settings
@@ -87,7 +87,7 @@ HISTORY_COLUMNS = ("epoch", "loss", "loss_scale1", "loss_scale2", "loss_scale3",
                    "epoch_time_s", "images_per_s", "peak_memory_mb", *SYNTH_VAL_COLUMNS, *GRAD_NORM_COLUMNS)
 _OPTIONAL_HISTORY = (*SYNTH_VAL_COLUMNS, *GRAD_NORM_COLUMNS)
 # RD++ runs only (rdpp.LOSS_TERMS): the image-weighted epoch means of its loss terms, after HISTORY_COLUMNS
-RDPP_LOSS_COLUMNS = ("loss_distill", "loss_projection", "loss_ssot", "loss_reconstruct", "loss_contrast")
+RDPP_LOSS_COLUMNS = tuple(f"loss_{term}" for term in RDPP_LOSS_TERMS)
 # metrics.json key -> label; all are fractions in [0, 1], shown in percent.
 METRICS: dict[str, str] = {
     "image_auroc": "image AUROC",

@@ -2,14 +2,15 @@
 
 RD++ (docs/reproduction.md#11-rd-a-second-method) corrupts a patch of each training image with fractal simplex noise:
 ``Simplex_CLASS().rand_3d_octaves((3, h, w), 6, 0.6)`` with its default base frequency of 32 pixels. The official
-code evaluates each point with a branchy numba kernel that picks, per region of the lattice cell, the (at most 8)
-lattice vertices whose kernel reaches the point. This module evaluates the same sum vectorised: every vertex
-within two cells of the point, each weighted ``max(0, 2 - |d|^2)^4`` times its gradient's dot product with the
-displacement, so the vertices the kernel does not reach add exact zeros. It needs no numba; the fields equal the
-official ones to float64 rounding (``tests/test_rdpp_parity.py`` checks them against values of the official code).
+code evaluates each point with a branchy numba kernel that, per region of the point's lattice cell, adds the kernel
+``max(0, 2 - |d|^2)^4`` times the gradient's dot product with the displacement of the region's vertices and of two
+more chosen from the point's position. This module makes the same choices for every point at once (numpy ``where``
+and ``select`` in place of the branches) and adds the same vertices in the same order. It needs no numba; the fields
+equal the official ones to float64 rounding (``tests/test_rdpp_parity.py`` checks them against values of the
+official code).
 
 The permutation comes from one integer seed, as the official ``Simplex_CLASS.newSeed(seed)``; RD++'s data set
-draws that seed once, so every noise patch of a run is a crop of one field (``noise_field``).
+draws that seed once, so every noise patch of a run is a crop of one field (``rdpp.NoisePairs.field``).
 """
 from __future__ import annotations
 
@@ -37,8 +38,6 @@ OCTAVES = 6
 PERSISTENCE = 0.6
 BASE_FREQUENCY = 32.0
 SEED_RANGE = (-10_000_000_000, 10_000_000_000)  # np.random.randint's bounds in the official newSeed()
-# lattice offsets (skewed coordinates, relative to the point's cell) that can lie within the kernel's reach
-_OFFSETS = np.array([(i, j, k) for i in range(-1, 3) for j in range(-1, 3) for k in range(-1, 3)], dtype=np.int64)
 
 
 def _wrap64(value: int) -> int:

@@ -29,7 +29,7 @@ from recipe import SELECT_SYNTHETIC_VAL, TrainConfig, open_split
 __all__ = ["RESULTS_FIXED_BYTES", "WRITE_PROBE_BYTES", "CheckpointSizes", "check_free_space", "checkpoint_saves",
            "checkpoint_sizes", "measure_write_speed", "results_bytes"]
 
-WRITE_PROBE_BYTES = 64 * 2**20  # written (and synced) once per checkpoint folder to time the estimate's saves
+WRITE_PROBE_BYTES = 64 * 2**20  # written (and synced) once per checkpoints' file system to time the estimate's saves
 RESULTS_FIXED_BYTES = 8 * 2**20  # config.json, history.csv and the run's lock, with room to spare
 
 
@@ -68,10 +68,12 @@ def checkpoint_saves(config: TrainConfig, epochs_done: int = 0) -> int:
     return sum(1 for epoch in range(epochs_done + 1, config.epochs) if epoch % config.checkpoint_every == 0)
 
 
-def results_bytes(config: TrainConfig) -> int:
+def results_bytes(config: TrainConfig, n_val: int | None = None) -> int:
     """What training writes under the results folder: its small files and the cached synthetic validation set
-    (synthval.py: the validation normals and two anomalous copies of each, uint8 images and masks)."""
-    n_val = len(open_split(config, "val"))
+    (synthval.py: the validation normals and two anomalous copies of each, uint8 images and masks). ``n_val``: the
+    validation normals when known (else counted from the run's split)."""
+    if n_val is None:
+        n_val = len(open_split(config, "val"))
     return RESULTS_FIXED_BYTES + 3 * n_val * 4 * config.image_size ** 2
 
 
@@ -104,6 +106,7 @@ def check_free_space(configs: list[TrainConfig], epochs_done: Callable[[TrainCon
     at_once: dict[int, dict[str, tuple[int, str]]] = {}  # file system -> kind -> (largest bytes needed at once, what)
     kept: dict[int, int] = {}  # file system -> bytes of the finished checkpoints at the end of the sweep
     where: dict[int, Path] = {}
+    val_counts: dict[tuple, int] = {}  # one split listing per data set, hold-out and split (as preflight_runs)
     for config in configs:
         done = epochs_done(config)
         if done >= config.epochs:
@@ -111,10 +114,14 @@ def check_free_space(configs: list[TrainConfig], epochs_done: Callable[[TrainCon
         sizes = checkpoint_sizes(config)
         largest = sizes.unfinished if checkpoint_saves(config, done) or config.keep_optimizer else sizes.finished
         best = sizes.finished if config.selection == SELECT_SYNTHETIC_VAL else 0  # best.pth beside last.pth
+        data_key = (config.data_root, config.category, config.data_format, config.split_csv, config.val_fraction,
+                    config.split_seed)
+        if data_key not in val_counts:
+            val_counts[data_key] = len(open_split(config, "val"))
         for kind, folder, need in (("checkpoints", config.checkpoint_path.parent, largest),
-                                   ("results", config.run_dir, results_bytes(config))):
+                                   ("results", config.run_dir, results_bytes(config, val_counts[data_key]))):
             folder = diskspace.existing_folder(folder)
-            device = folder.stat().st_dev
+            device = diskspace.file_system(folder)
             where.setdefault(device, folder)
             previous = at_once.setdefault(device, {}).get(kind, (0, ""))
             if need > previous[0]:

@@ -28,7 +28,7 @@ from backbones import build_model, check_method, check_teacher_weights, parse_ba
 from categories import OFFICIAL_COUNTS, validate_category
 from dataset import DATA_FORMATS, list_categories, split_train_val
 from errors import CheckpointError, DataError, RDError, WeightsError
-from rdpp import METHOD as RDPP, NoisePairs, noisy_images
+from rdpp import METHOD as RDPP, NoisePairs
 from recipe import (SELECT_SYNTHETIC_VAL, SELECTIONS, Amp, EvalAmp, FastPath, TrainConfig, check_config, make_optimizer,
                     open_split, rdpp_train_step, train_step)
 from system_info import describe_hardware, synchronize
@@ -465,29 +465,20 @@ def measure_throughput(config: TrainConfig, device: torch.device, steps: int = 2
         torch.manual_seed(0)
         model = fast.place(build_model(config.backbone, pretrained=False, method=config.method, **config.model_knobs),
                            device)
-        optimizer = make_optimizer(model, config)
         images = torch.randint(0, 256, (config.batch_size, 3, config.image_size, config.image_size),
                                dtype=torch.uint8, device=device)
-        noise = NoisePairs(0, config.image_size, device) if config.method == RDPP else None
         scoring = fast.scoring()
-
-        def train_once() -> None:
-            model.train()
-            batch = fast.prepare(images)
-            if noise is None:
-                train_step(model, optimizer, batch, fast, device)
-            else:  # RD++: noisy copy and two teacher passes per step (its optimiser steps every second one)
-                patches, shuffle = noise.epoch(1, [len(images)])[0]
-                rdpp_train_step(model, optimizer, batch, noisy_images(batch, noise.field, patches), shuffle, fast,
-                                device)
 
         def score_once() -> None:
             model.eval()
             with torch.no_grad(), scoring.autocast(device):
                 model.anomaly_map(scoring.prepare(images))
 
+        timed = [("score", score_once)]
+        if train:
+            timed.insert(0, ("train", _training_step_of(model, config, images, fast, device)))
         best = {}
-        for name, once in (("train", train_once), ("score", score_once))[0 if train else 1:]:
+        for name, once in timed:
             times = []
             for _ in tqdm(range(1 + steps), desc=f"timing {name} steps for the estimate", unit="step", leave=False):
                 synchronize(device)
@@ -496,11 +487,31 @@ def measure_throughput(config: TrainConfig, device: torch.device, steps: int = 2
                 synchronize(device)
                 times.append(time.perf_counter() - started)
             best[name] = config.batch_size / min(times[1:])
-    del model, optimizer
+    del model, timed
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return Throughput(best.get("train", 0.0), f"{steps} timed training steps after a warm-up",
                       scoring_images_per_s=best["score"])
+
+
+def _training_step_of(model: torch.nn.Module, config: TrainConfig, images: torch.Tensor, fast: FastPath,
+                      device: torch.device) -> Callable[[], None]:
+    """One training step on ``images`` as ``measure_throughput`` times it, with its optimiser (and RD++'s noise
+    pairs, drawn once as training draws them once per epoch) made here, outside the timing."""
+    optimizer = make_optimizer(model, config)
+    noise = NoisePairs(0, config.image_size, device) if config.method == RDPP else None
+    pair = None if noise is None else noise.epoch(1, [len(images)])[0]
+
+    def train_once() -> None:
+        model.train()
+        batch = fast.prepare(images)
+        if noise is None:
+            train_step(model, optimizer, batch, fast, device)
+        else:  # RD++: noisy copy and two teacher passes per step; each timed step also steps the optimiser
+            patches, shuffle = pair
+            rdpp_train_step(model, optimizer, batch, noise.noisy(batch, patches), shuffle, fast, device)
+
+    return train_once
 
 
 @dataclass
@@ -572,7 +583,7 @@ def estimate_sweep(configs: list[TrainConfig], bench_file: str | None = "bench.j
     sizes: dict[tuple, tuple[int, int]] = {}
     groups: dict[tuple, list[_RunWork]] = {}  # (backbone, size, batch, knobs) -> the work left per run
     representative: dict[tuple, TrainConfig] = {}
-    write_speeds: dict[Path, float] = {}
+    write_speeds: dict[int, tuple[Path, float]] = {}  # file system -> (the first checkpoint folder on it, its speed)
     checkpoint_s = 0.0
     for config in configs:
         done = epochs_done(config)
@@ -583,9 +594,10 @@ def estimate_sweep(configs: list[TrainConfig], bench_file: str | None = "bench.j
             sizes[data_key] = (train_images(config), val_images(config))
         work = _run_work(config, done, *sizes[data_key])
         folder = diskspace.existing_folder(config.checkpoint_path.parent)
-        if write_bytes_per_s is None and folder not in write_speeds:
-            write_speeds[folder] = storage.measure_write_speed(folder)
-        checkpoint_s += work.checkpoint_bytes / (write_bytes_per_s or write_speeds[folder])
+        disk = diskspace.file_system(folder)
+        if write_bytes_per_s is None and disk not in write_speeds:
+            write_speeds[disk] = (folder, storage.measure_write_speed(folder))
+        checkpoint_s += work.checkpoint_bytes / (write_bytes_per_s or write_speeds[disk][1])
         key = (config.backbone, config.method, config.image_size, config.batch_size,
                json.dumps(config.model_knobs, sort_keys=True))
         groups.setdefault(key, []).append(work)
@@ -611,7 +623,7 @@ def estimate_sweep(configs: list[TrainConfig], bench_file: str | None = "bench.j
                      f"{format_duration(seconds)} (throughput from {speed.basis}); {validated:,} validation images "
                      f"at {scoring:.1f} img/s -> {format_duration(scored)}")
     if write_speeds or write_bytes_per_s:
-        speeds = ", ".join(f"{speed / 1e6:.0f} MB/s in {folder}" for folder, speed in write_speeds.items()) or \
+        speeds = ", ".join(f"{speed / 1e6:.0f} MB/s in {folder}" for folder, speed in write_speeds.values()) or \
             f"{write_bytes_per_s / 1e6:.0f} MB/s given"
         written = sum(w.checkpoint_bytes for works in groups.values() for w in works)
         lines.append(f"  checkpoints: {written / 1e9:.2f} GB written at {speeds} (synced) -> "

@@ -215,8 +215,8 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
             else:  # RD++: the optimiser steps every ACCUMULATION_STEPS batches of the epoch, as the official loop
                 patches, shuffle = pairs[index]
                 update = (index + 1) % rdpp.ACCUMULATION_STEPS == 0
-                loss, terms = step(net, optimizer, batch, rdpp.noisy_images(batch, noise.field, patches), shuffle,
-                                   fast, device, fresh=not pending, update=update)
+                loss, terms = step(net, optimizer, batch, noise.noisy(batch, patches), shuffle, fast, device,
+                                   fresh=not pending, update=update)
                 pending = not update
             sums += torch.stack([loss, *terms]) * len(indices)
             grad_sums += gradient_norms(model)  # read after the step: the gradients stay until the next zero_grad
@@ -258,8 +258,7 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
             if epoch < config.epochs or config.keep_optimizer:
                 training_state["optimizer"] = optimizer.state_dict()
                 if pending:  # RD++: gradients of a batch not yet stepped (an odd last batch) carry into the next epoch
-                    training_state["pending_gradients"] = [p.grad for group in optimizer.param_groups
-                                                           for p in group["params"]]
+                    training_state["pending_gradients"] = [p.grad for p in _optimised_parameters(optimizer)]
             save_checkpoint(config.checkpoint_path, model, backbone=config.backbone, image_size=config.image_size,
                             teacher_weights=weights_id, model_knobs=config.model_knobs, training_state=training_state,
                             teacher_seed=config.seed if weights_id == "random" else None,
@@ -271,11 +270,16 @@ def _train_locked(config: TrainConfig, world: distributed.World, restart: bool, 
     return config.run_dir
 
 
+def _optimised_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimiser's parameters in group order: the order of an RD++ checkpoint's pending gradients."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def _restore_pending_gradients(optimizer: torch.optim.Optimizer, gradients: list | None, device: torch.device) -> bool:
     """Put an RD++ checkpoint's not-yet-stepped gradients back on the parameters; whether there were any."""
     if not gradients:
         return False
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    parameters = _optimised_parameters(optimizer)
     if len(parameters) != len(gradients):
         raise CheckpointError(f"the checkpoint's pending gradients ({len(gradients)}) do not fit the model's "
                               f"{len(parameters)} parameters; train the run again with --restart")
